@@ -1,0 +1,30 @@
+/*
+ * caps — IMAP capability lists (space-separated atoms, RFC 3501 7.2.1).
+ *
+ * The proxy hands clients the backend's capabilities less what it does not
+ * carry: STARTTLS, LOGINDISABLED, AUTH=*, SASL-IR (login belongs to the
+ * proxy), COMPRESS=* (the proxy parses the stream, so it cannot be
+ * compressed end to end) and UNAUTHENTICATE (the proxy owns the
+ * not-authenticated state). Matching is case-insensitive.
+ */
+#ifndef IMAPMUX_CAPS_H
+#define IMAPMUX_CAPS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* True if capability atom cap[0..len) is one the proxy never passes on. */
+bool caps_is_hidden(const char *cap, size_t len);
+
+/*
+ * Copy the list in[0..inlen) into out (NUL-terminated) without the hidden
+ * capabilities, single-space separated, order kept. Returns the output
+ * length, or -1 if out is too small.
+ */
+__attribute__((warn_unused_result))
+long caps_filter(const char *in, size_t inlen, char *out, size_t outcap);
+
+/* True if list[0..len) contains capability cap (case-insensitive, whole atoms). */
+bool caps_has(const char *list, size_t len, const char *cap);
+
+#endif

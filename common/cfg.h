@@ -1,0 +1,139 @@
+/*
+ * cfg — proxy.conf: an INI file read into a typed, validated struct cfg.
+ *
+ *   [section] or [section name], key = value, '#' or ';' comments (whole
+ *   lines, or after whitespace at the end of a value), blank lines.
+ *   Unknown sections and keys, duplicate keys and bad values are errors,
+ *   reported as "file:line: reason". Durations are seconds unless suffixed
+ *   ms, s, m or h. Booleans: yes/no, true/false, on/off, 1/0.
+ *   Addresses (host:port, [v6]:port, unix:/path) are resolved here, at load
+ *   time, so that nothing resolves names on the event loops.
+ *
+ * The struct is immutable once loaded; a reload builds a new one.
+ */
+#ifndef IMAPMUX_CFG_H
+#define IMAPMUX_CFG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "log.h"
+
+#define CFG_NAME_MAX 64
+
+enum cfg_tls {
+	CFG_TLS_NONE,
+	CFG_TLS_STARTTLS,
+	CFG_TLS_IMPLICIT,
+};
+
+enum cfg_auth {
+	CFG_AUTH_BACKEND, /* the backend verifies the client's credentials */
+	CFG_AUTH_REDIS,   /* crypt(3) hash from Redis, then master login */
+};
+
+enum cfg_lookup {
+	CFG_LOOKUP_STATIC,
+	CFG_LOOKUP_REDIS,
+};
+
+enum cfg_fallback {
+	CFG_FALLBACK_HASH,
+	CFG_FALLBACK_DENY,
+	CFG_FALLBACK_BACKEND, /* fallback_backend names it */
+};
+
+struct cfg_addr {
+	struct sockaddr_storage ss; /* AF_INET, AF_INET6 or AF_UNIX */
+	socklen_t len;
+	char text[300];             /* as written in the file, for logs */
+};
+
+struct cfg_listen {
+	char name[CFG_NAME_MAX];
+	struct cfg_addr addr;           /* address = (required) */
+	enum cfg_tls tls;               /* tls = implicit | starttls | none (default none) */
+	char *cert;                     /* cert = PEM chain; required unless tls = none */
+	char *key;                      /* key = PEM key; required unless tls = none */
+	bool proxy_protocol;            /* proxy_protocol = no */
+	bool allow_plaintext_auth;      /* allow_plaintext_auth = no */
+	int line;                       /* line of the section header */
+};
+
+struct cfg_backend {
+	char name[CFG_NAME_MAX];
+	struct cfg_addr addr;           /* address = (required) */
+	enum cfg_tls tls;               /* tls = none | starttls | implicit (default none) */
+	char *ca;                       /* ca = PEM bundle: verify the backend's certificate; NULL = no verification */
+	char *tls_name;                 /* tls_name = name for SNI and certificate check (default: the host of address) */
+	char *master_user;              /* master_user = (optional) */
+	char *master_password;          /* master_password = (optional) */
+	unsigned pool_min_idle;         /* pool_min_idle = 0 */
+	unsigned pool_max;              /* pool_max = 5000 */
+	unsigned weight;                /* weight = 1 (1..1000), for hashing */
+	double connect_timeout;         /* connect_timeout = 10s: TCP connect, TLS, greeting */
+	double command_timeout;         /* command_timeout = 30s: the proxy's own commands (login, CAPABILITY) */
+	int line;
+};
+
+struct cfg {
+	char *path;
+
+	/* [imapmux] */
+	unsigned workers;               /* workers = 2; "auto" = 0 here, meaning one per core */
+	enum log_level log_level;       /* log_level = info */
+	bool has_stats;                 /* stats_listen set */
+	struct cfg_addr stats_listen;
+	enum cfg_auth auth;             /* auth = backend */
+	double park_idle_after;         /* park_idle_after = 30; 0 = never */
+	double preauth_timeout;         /* preauth_timeout = 60 */
+	double idle_timeout;            /* idle_timeout = 1800 */
+	double shutdown_timeout;        /* shutdown_timeout = 30 */
+
+	/* [redis] */
+	bool has_redis;                 /* the section is present */
+	struct cfg_addr redis_addr;     /* address = 127.0.0.1:6379 | unix:/path */
+	char *redis_prefix;             /* prefix = imapmux: */
+	char *redis_password;           /* password = (optional) */
+	unsigned redis_db;              /* db = 0 */
+
+	/* [routing] */
+	enum cfg_lookup lookup;         /* lookup = static */
+	enum cfg_fallback fallback;     /* fallback = hash | deny | NAME */
+	char fallback_backend[CFG_NAME_MAX];
+	double cache_ttl;               /* cache_ttl = 60 */
+
+	struct cfg_listen *listens;
+	size_t nlistens;
+	struct cfg_backend *backends;
+	size_t nbackends;
+};
+
+/*
+ * Read and validate the file at path. Returns 0 with *cfg_r set (free with
+ * cfg_destroy), or -1 with "file:line: reason" in err (line 0 when the
+ * problem is not on one line, e.g. "file: no [listen] section").
+ * Cross-checks: at least one listener and one backend; section names unique
+ * per kind; fallback NAME names a backend; lookup = static needs fallback =
+ * NAME or hash; lookup = redis or auth = redis need [redis]; auth = redis
+ * needs master_user and master_password on every backend; a TLS listener
+ * needs cert and key; the files named must be readable.
+ */
+__attribute__((warn_unused_result))
+int cfg_load(const char *path, struct cfg **cfg_r, char *err, size_t errlen);
+
+/* Parse pieces, exposed for unit tests and reuse. Each returns 0 or -1. */
+__attribute__((warn_unused_result))
+int cfg_parse_duration(const char *s, double *secs_r);
+__attribute__((warn_unused_result))
+int cfg_parse_bool(const char *s, bool *b_r);
+__attribute__((warn_unused_result))
+int cfg_parse_addr(const char *s, bool allow_unix, struct cfg_addr *a_r);
+
+/* Find a backend by name; NULL if none. */
+const struct cfg_backend *cfg_backend_find(const struct cfg *cfg, const char *name);
+
+void cfg_destroy(struct cfg **cfgp);
+
+#endif
