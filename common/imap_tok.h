@@ -13,9 +13,12 @@
  *             unit says so, the next unit is the LITERAL body, and the
  *             logical line (the command or response) goes on after it.
  *   FRAGMENT  a prefix of an over-long line part, only when frag_size is set:
- *             the rest follows as further FRAGMENT units and a final LINE.
+ *             exactly frag_size bytes without a line end; the rest follows
+ *             as further FRAGMENT units and a final LINE. Quote and {n}
+ *             recognition carry across fragments.
  *   LITERAL   opaque literal body bytes: at most what is buffered and at most
- *             what is left of the literal. Never interpreted.
+ *             what is left of the literal. Never interpreted. A {0} literal
+ *             has no LITERAL unit: the next line part follows directly.
  *
  * Contract (resumable, never rescans):
  *   - p always starts at the first byte not yet consumed. After -2 the caller
@@ -23,6 +26,7 @@
  *   - imap_tok_next() only looks; imap_tok_consume() moves on. A LINE or
  *     FRAGMENT is consumed whole; a LITERAL may be consumed in part.
  *   - Calling imap_tok_next() again without consuming returns the same unit.
+ *   - No unit has len 0 or reaches past len.
  *
  * Literal announcements are recognised only outside quoted strings (with
  * backslash escapes), and, in the RESPONSES direction, never in the free text
@@ -49,7 +53,8 @@ enum imap_tok_type {
 };
 
 struct imap_tok_limits {
-	size_t max_line;      /* a line part longer than this (line end included) is an error; 0 = no bound */
+	size_t max_line;      /* a line part longer than this (line end included) is an error,
+	                       * raised as soon as the excess byte arrives; 0 = no bound */
 	size_t frag_size;     /* emit FRAGMENT units of this size for longer parts; 0 = never */
 	uint64_t max_literal; /* an announced literal larger than this is an error; 0 = no bound */
 };
@@ -57,9 +62,11 @@ struct imap_tok_limits {
 struct imap_tok_unit {
 	enum imap_tok_type type;
 	size_t len;        /* bytes of input this unit covers */
-	bool first;        /* the unit starts a new logical line */
+	bool first;        /* the unit starts a new logical line (never a LITERAL) */
 	bool last;         /* a LINE that ends the logical line (no literal follows) */
-	bool text;         /* RESPONSES: the logical line is a status or continuation response */
+	bool text;         /* RESPONSES: the logical line is a status or continuation response
+	                    * (known once its first word is scanned: a FRAGMENT cut before
+	                    * that may still say false; the LINE always knows) */
 	bool has_literal;  /* a LINE that ends in a literal announcement */
 	bool lit_nonsync;  /* ... of the form {n+} */
 	bool lit_binary;   /* ... of the form ~{n} */
@@ -90,7 +97,6 @@ struct imap_tok {
 	char word[8];         /* first word after the tag, upper-cased, for text detection */
 	size_t word_len;
 	bool word_long;
-	bool tag_plus;        /* the tag is "+" */
 	bool in_quote;
 	bool quote_esc;
 	int ann;              /* literal announcement scanner state */
@@ -99,7 +105,6 @@ struct imap_tok {
 	bool ann_tilde;       /* previous byte was '~' */
 	uint64_t ann_num;
 	bool ann_overflow;
-	bool seen_cr;
 };
 
 /* Prepare t for a new stream. lim may be NULL (no bounds, no fragments). */
@@ -108,8 +113,9 @@ void imap_tok_init(struct imap_tok *t, enum imap_tok_dir dir, const struct imap_
 /*
  * Find the next unit in p[0..len). Returns 0 with *u_r set, -2 when the
  * bytes hold no complete unit yet, -1 on a protocol error (imap_tok_error()
- * says which: line too long, literal too large, bad literal size). -1 is
- * sticky until imap_tok_init().
+ * says which: "line too long", "literal too large" (above max_literal),
+ * "literal size too large" (above 2^63-1), or "consume does not match unit"
+ * after a misuse of imap_tok_consume()). -1 is sticky until imap_tok_init().
  */
 __attribute__((warn_unused_result))
 int imap_tok_next(struct imap_tok *t, const uint8_t *p, size_t len, struct imap_tok_unit *u_r);
@@ -121,7 +127,8 @@ void imap_tok_consume(struct imap_tok *t, const struct imap_tok_unit *u, size_t 
 /* Human-readable reason for the last -1, or NULL. */
 const char *imap_tok_error(const struct imap_tok *t);
 
-/* True when the stream is between logical lines (no partial line, no literal). */
+/* True when everything consumed so far ends a logical line: no part of a
+ * command or response consumed without its end, no literal open. */
 bool imap_tok_at_boundary(const struct imap_tok *t);
 
 #endif
