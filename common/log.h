@@ -24,7 +24,7 @@ enum log_level log_get_level(void);
 int log_level_parse(const char *s, enum log_level *lvl_r);
 
 void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void log_vmsg(enum log_level lvl, const char *fmt, va_list ap);
+void log_vmsg(enum log_level lvl, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
 #define log_enabled(lvl) ((lvl) <= log_get_level())
 #define log_error(...) log_msg(LOG_LVL_ERROR, __VA_ARGS__)

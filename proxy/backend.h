@@ -1,0 +1,91 @@
+/*
+ * backend — one connection from imapmux to a backend IMAP server, from TCP
+ * connect to logged in. Once logged in the owning session takes over the
+ * conn and forwards streams through it; this module is then only storage.
+ *
+ *   CONNECTING -> [TLS] -> GREETING -> [STARTTLS -> TLS] -> [CAPS] -> READY
+ *   READY -> LOGIN -> [LOGIN_CAPS] -> ATTACHED
+ *   any -> FAILED (the owner is told once, then destroys it)
+ */
+#ifndef IMAPMUX_BACKEND_H
+#define IMAPMUX_BACKEND_H
+
+#include <ev.h>
+#include <stdbool.h>
+
+#include "cfg.h"
+#include "conn.h"
+#include "imap_tok.h"
+#include "worker.h"
+
+enum bk_state {
+	BK_CONNECTING, /* TCP connect in flight; connect_timeout running */
+	BK_TLS,        /* TLS handshake (implicit, or after STARTTLS) */
+	BK_GREETING,   /* waiting for "* OK"; nothing sent yet */
+	BK_STARTTLS,   /* "S STARTTLS" sent, waiting for its tagged OK */
+	BK_CAPS,       /* "C CAPABILITY" sent, waiting for its tagged OK */
+	BK_READY,      /* greeted, capabilities known, not logged in */
+	BK_LOGIN,      /* login command sent; command_timeout running */
+	BK_LOGIN_CAPS, /* logged in, but the OK lacked capabilities: asking */
+	BK_ATTACHED,   /* logged in; the session owns the conn */
+	BK_FAILED,     /* dead; the owner was told */
+};
+
+enum bk_result {
+	BK_RES_OK,
+	BK_RES_AUTH_FAILED, /* the backend refused the credentials */
+	BK_RES_UNAVAILABLE, /* no usable backend connection */
+};
+
+struct backend;
+
+/* Called once per login attempt; `why` is a static text for logs. After it
+ * returns with a failure the owner must destroy the backend. */
+typedef void backend_done_cb(void *owner, struct backend *b, enum bk_result r, const char *why);
+
+struct backend {
+	struct defer defer;         /* for backend_destroy_later */
+	enum bk_state state;
+	const struct cfg_backend *cfg;
+	SSL_CTX *ssl_ctx;          /* NULL for tls = none */
+	struct conn conn;
+	struct imap_tok tok;       /* response lines before ATTACHED */
+	ev_timer timer;
+	bool after_starttls;
+	char caps[2048];           /* the server's capabilities (raw list), "" until known */
+	bool caps_known;
+
+	/* the pending login */
+	bool login_wanted;
+	char *user;                /* owned copies; wiped and freed when sent */
+	size_t user_len;
+	char *pass;
+	size_t pass_len;
+	bool plain_continuation;   /* AUTHENTICATE PLAIN without SASL-IR: send on "+" */
+	char *plain_b64;
+
+	backend_done_cb *done;
+	void *owner;
+	unsigned long sid;         /* session id for logs */
+};
+
+/* Start connecting to backend cfg. Returns NULL on immediate failure (no
+ * callback then). */
+struct backend *backend_new(struct ev_loop *loop, const struct cfg_backend *cfg, SSL_CTX *ctx,
+			    unsigned long sid, backend_done_cb *done, void *owner);
+
+/* Log in with the given credentials as soon as the connection is ready.
+ * The backend keeps its own copy (wiped after use). Returns 0 or -1. */
+__attribute__((warn_unused_result))
+int backend_login(struct backend *b, const char *user, size_t user_len, const char *pass,
+		  size_t pass_len);
+
+/* Hand the logged-in conn to a new owner: its callbacks go to cb(owner). */
+void backend_attach(struct backend *b, conn_cb *cb, void *owner);
+
+void backend_destroy(struct backend **bp);
+
+/* Stop it now, free it once the current callbacks are done; *bp = NULL. */
+void backend_destroy_later(struct worker *w, struct backend **bp);
+
+#endif

@@ -1,0 +1,101 @@
+/*
+ * conn — one non-blocking socket, plain or TLS, with an input and an output
+ * buffer, on a libev loop.
+ *
+ *   socket --read--> [in]  --(owner parses)-->  other conn's [out] --write--> socket
+ *
+ * The owner (a client session or a backend connection) gets one callback
+ * whenever the socket is ready in a direction the conn asked for, calls
+ * conn_read()/conn_flush() and its own pump, and then conn_update() to
+ * re-arm exactly the watchers needed now:
+ *   - read while the owner wants input and `in` has room, or while OpenSSL
+ *     needs to read to finish a write or a handshake;
+ *   - write while `out` holds bytes, or while OpenSSL needs to write to
+ *     finish a read or a handshake.
+ * What OpenSSL wants is tracked apart from what the owner wants.
+ */
+#ifndef IMAPMUX_CONN_H
+#define IMAPMUX_CONN_H
+
+#include <ev.h>
+#include <openssl/ssl.h>
+#include <stdbool.h>
+#include <sys/socket.h>
+
+#include "buf.h"
+
+struct conn;
+typedef void conn_cb(struct conn *c, void *owner);
+
+struct conn {
+	int fd;
+	SSL *ssl;                  /* NULL while plaintext */
+	struct ev_loop *loop;
+	ev_io rio;
+	ev_io wio;
+	conn_cb *cb;
+	void *owner;
+
+	struct buf in;
+	struct buf out;
+
+	bool want_input;           /* the owner wants to read */
+	bool handshaking;          /* TLS handshake in progress */
+	bool tls_server;           /* handshake side */
+	bool hs_wants_read;        /* the handshake waits for readability */
+	bool hs_wants_write;       /* the handshake waits for writability */
+	bool rd_wants_write;       /* SSL_read needs the socket writable */
+	bool wr_wants_read;        /* SSL_write needs the socket readable */
+	bool eof;                  /* the peer closed its side (or TLS close_notify) */
+	bool error;                /* I/O or TLS error: the conn is dead */
+	bool connecting;           /* non-blocking connect() in progress */
+	const char *errmsg;        /* static text for logs when error */
+	unsigned long long bytes_in;
+	unsigned long long bytes_out;
+};
+
+/* Set up c around a connected (or connecting) non-blocking fd. */
+void conn_init(struct conn *c, struct ev_loop *loop, int fd, size_t in_cap, size_t out_cap,
+	       conn_cb *cb, void *owner);
+
+/* Start TLS on the conn: server side (accept) or client side (connect) with
+ * optional SNI/verification name. Returns 0 or -1. The handshake then runs
+ * inside conn_read/conn_flush; conn_handshake_done() tells when it is over. */
+__attribute__((warn_unused_result))
+int conn_start_tls(struct conn *c, SSL_CTX *ctx, bool server, const char *sni);
+
+/*
+ * Drive I/O. conn_read fills `in` as far as there is room (and the TLS
+ * handshake, if one runs); conn_flush writes `out`. Both return 1 when they
+ * moved bytes (or advanced the handshake), 0 when nothing could be done now,
+ * -1 when the conn is dead (c->error set) — eof alone is not an error:
+ * conn_read returns 0 and sets c->eof.
+ */
+int conn_read(struct conn *c);
+int conn_flush(struct conn *c);
+
+/* Finish a non-blocking connect(): 0 done, -2 still in progress, -1 failed. */
+int conn_connect_check(struct conn *c);
+
+static inline bool conn_handshake_done(const struct conn *c)
+{
+	return !c->handshaking;
+}
+
+/* Re-arm the watchers for what the owner and OpenSSL need now. */
+void conn_update(struct conn *c);
+
+/* Stop watchers without closing: the conn goes quiet until conn_update. */
+void conn_stop(struct conn *c);
+
+/* Free buffers that are empty (idle connections keep no buffer memory). */
+void conn_release_buffers(struct conn *c);
+
+/* Stop watchers, free SSL, close fd, free buffers. Safe to call twice. */
+void conn_close(struct conn *c);
+
+/* Create a non-blocking TCP/UNIX socket and start connecting to addr.
+ * Returns the fd (connect in progress or done) or -1 with errno set. */
+int conn_socket_connect(const struct sockaddr *sa, socklen_t len);
+
+#endif

@@ -1,0 +1,291 @@
+/*
+ * main — command line, configuration, listening sockets, worker threads,
+ * and signals.
+ *
+ *   main thread: load cfg -> runtime -> sockets -> N workers -> sigwait loop
+ *     SIGHUP  reload cfg and certificates; sessions keep their old runtime
+ *     SIGTERM drain: workers stop accepting, BYE the quiet sessions, exit
+ *             when all are gone or after shutdown_timeout
+ *     SIGINT  stop at once
+ *
+ * Listening sockets are made here, one per worker and listener, with
+ * SO_REUSEPORT, so that a bind error stops the start-up with a clear
+ * message and the kernel spreads connections over the workers.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <openssl/ssl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "cfg.h"
+#include "log.h"
+#include "runtime.h"
+#include "worker.h"
+
+#ifndef IMAPMUX_VERSION
+#define IMAPMUX_VERSION "0.1.0"
+#endif
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: imapmux -c FILE [-t]\n"
+			"       imapmux -V\n"
+			"  -c FILE  configuration (proxy.conf)\n"
+			"  -t       check the configuration and exit (0 ok, 1 error)\n"
+			"  -V       print the version\n");
+}
+
+/* Refuse settings this build does not implement, rather than ignore them. */
+static int check_supported(const struct cfg *cfg, char *err, size_t errlen)
+{
+	if (cfg->auth == CFG_AUTH_REDIS) {
+		snprintf(err, errlen, "%s: auth = redis is not supported by this build", cfg->path);
+		return -1;
+	}
+	if (cfg->lookup == CFG_LOOKUP_REDIS) {
+		snprintf(err, errlen, "%s: lookup = redis is not supported by this build", cfg->path);
+		return -1;
+	}
+	for (size_t i = 0; i < cfg->nlistens; i++) {
+		if (cfg->listens[i].proxy_protocol) {
+			snprintf(err, errlen, "%s:%d: proxy_protocol is not supported by this build",
+				 cfg->path, cfg->listens[i].line);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static struct runtime *load(const char *path, char *err, size_t errlen)
+{
+	struct cfg *cfg = NULL;
+
+	if (cfg_load(path, &cfg, err, errlen) < 0)
+		return NULL;
+	if (check_supported(cfg, err, errlen) < 0) {
+		cfg_destroy(&cfg);
+		return NULL;
+	}
+	return runtime_new(cfg, err, errlen);
+}
+
+static int listen_socket(const struct cfg_listen *l)
+{
+	int one = 1;
+	int fd = socket(l->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		goto fail;
+	(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+		goto fail;
+	if (l->addr.ss.ss_family == AF_INET6)
+		(void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, (const struct sockaddr *)&l->addr.ss, l->addr.len) < 0)
+		goto fail;
+	if (listen(fd, 1024) < 0)
+		goto fail;
+	return fd;
+fail:
+	log_error("cannot listen on %s ([listen %s]): %s", l->addr.text, l->name, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+/* A reload may change anything but the listening addresses. */
+static int same_listeners(const struct cfg *a, const struct cfg *b)
+{
+	if (a->nlistens != b->nlistens)
+		return 0;
+	for (size_t i = 0; i < a->nlistens; i++) {
+		if (strcmp(a->listens[i].name, b->listens[i].name) != 0 ||
+		    a->listens[i].addr.len != b->listens[i].addr.len ||
+		    memcmp(&a->listens[i].addr.ss, &b->listens[i].addr.ss, a->listens[i].addr.len) != 0)
+			return 0;
+	}
+	return 1;
+}
+
+static unsigned worker_count(const struct cfg *cfg)
+{
+	long n = cfg->workers;
+
+	if (n == 0)
+		n = sysconf(_SC_NPROCESSORS_ONLN);
+	if (n < 1)
+		n = 1;
+	if (n > 64)
+		n = 64;
+	return (unsigned)n;
+}
+
+int main(int argc, char **argv)
+{
+	const char *path = NULL;
+	bool test_only = false;
+	char err[1024];
+	struct runtime *rt;
+	struct worker *workers = NULL;
+	unsigned nworkers, started = 0;
+	sigset_t set;
+	int opt, status = 1;
+
+	while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+		switch (opt) {
+		case 'c':
+			path = optarg;
+			break;
+		case 't':
+			test_only = true;
+			break;
+		case 'V':
+			printf("imapmux %s (%s)\n", IMAPMUX_VERSION, OpenSSL_version(OPENSSL_VERSION));
+			return 0;
+		case 'h':
+			usage();
+			return 0;
+		default:
+			usage();
+			return 1;
+		}
+	}
+	if (path == NULL || optind != argc) {
+		usage();
+		return 1;
+	}
+
+	rt = load(path, err, sizeof(err));
+	if (rt == NULL) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	if (test_only) {
+		fprintf(stderr, "%s: configuration ok\n", path);
+		runtime_unref(&rt);
+		return 0;
+	}
+	log_set_level(rt->cfg->log_level);
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&set);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	/* Workers inherit the mask: only this thread takes the signals. */
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+	nworkers = worker_count(rt->cfg);
+	workers = calloc(nworkers, sizeof(*workers));
+	if (workers == NULL)
+		goto out;
+	for (unsigned i = 0; i < nworkers; i++) {
+		int fds[64];
+		size_t n = rt->cfg->nlistens;
+
+		if (n > 64) {
+			log_error("too many listeners (at most 64)");
+			goto out;
+		}
+		for (size_t j = 0; j < n; j++) {
+			fds[j] = listen_socket(&rt->cfg->listens[j]);
+			if (fds[j] < 0) {
+				while (j-- > 0)
+					close(fds[j]);
+				goto out;
+			}
+		}
+		if (worker_init(&workers[i], (int)i, rt, fds, n) < 0) {
+			log_error("cannot set up worker %u", i);
+			goto out;
+		}
+	}
+	for (unsigned i = 0; i < nworkers; i++) {
+		if (worker_start(&workers[i]) < 0) {
+			log_error("cannot start worker %u", i);
+			goto stop;
+		}
+		started++;
+	}
+	for (size_t j = 0; j < rt->cfg->nlistens; j++)
+		log_info("listening on %s ([listen %s], tls = %s)", rt->cfg->listens[j].addr.text,
+			 rt->cfg->listens[j].name,
+			 rt->cfg->listens[j].tls == CFG_TLS_IMPLICIT   ? "implicit"
+			 : rt->cfg->listens[j].tls == CFG_TLS_STARTTLS ? "starttls"
+								       : "none");
+	log_info("imapmux %s started with %u workers", IMAPMUX_VERSION, nworkers);
+
+	for (;;) {
+		int sig = sigwaitinfo(&set, NULL);
+
+		if (sig < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (sig == SIGHUP) {
+			struct runtime *nrt = load(path, err, sizeof(err));
+			if (nrt == NULL) {
+				log_error("reload failed, keeping the running configuration: %s", err);
+				continue;
+			}
+			if (!same_listeners(rt->cfg, nrt->cfg)) {
+				log_error("reload refused: listener changes need a restart");
+				runtime_unref(&nrt);
+				continue;
+			}
+			log_set_level(nrt->cfg->log_level);
+			for (unsigned i = 0; i < started; i++)
+				worker_post_reload(&workers[i], nrt);
+			runtime_unref(&rt);
+			rt = nrt;
+			log_info("configuration reloaded from %s", path);
+			continue;
+		}
+		if (sig == SIGTERM) {
+			log_info("SIGTERM: draining (at most %.0fs)", rt->cfg->shutdown_timeout);
+			for (unsigned i = 0; i < started; i++)
+				worker_post_drain(&workers[i]);
+			/* Wait for the workers, but still obey SIGINT. */
+			struct timespec ts = { .tv_sec = 0, .tv_nsec = 100 * 1000 * 1000 };
+			double waited = 0;
+			for (;;) {
+				bool alive = false;
+				for (unsigned i = 0; i < started; i++) {
+					if (pthread_tryjoin_np(workers[i].thread, NULL) == EBUSY)
+						alive = true;
+					else
+						workers[i].thread = 0;
+				}
+				if (!alive)
+					break;
+				sig = sigtimedwait(&set, NULL, &ts);
+				waited += 0.1;
+				if (sig == SIGINT || waited > rt->cfg->shutdown_timeout + 10)
+					break;
+			}
+			break;
+		}
+		if (sig == SIGINT)
+			break;
+	}
+	status = 0;
+stop:
+	for (unsigned i = 0; i < started; i++)
+		worker_post_stop(&workers[i]);
+	for (unsigned i = 0; i < started; i++) {
+		if (workers[i].thread != 0)
+			worker_join(&workers[i]);
+	}
+	for (unsigned i = 0; i < nworkers; i++)
+		worker_destroy(&workers[i]);
+	log_info("imapmux stopped");
+out:
+	free(workers);
+	runtime_unref(&rt);
+	return status;
+}

@@ -1,0 +1,37 @@
+/*
+ * runtime — one loaded configuration with everything built from it: the
+ * TLS contexts of listeners and backends. Shared read-only by all workers
+ * and reference-counted, so that a reload (SIGHUP) can swap in a new one
+ * while sessions keep the one they started with.
+ */
+#ifndef IMAPMUX_RUNTIME_H
+#define IMAPMUX_RUNTIME_H
+
+#include <openssl/ssl.h>
+#include <stdatomic.h>
+#include <stddef.h>
+
+#include "cfg.h"
+
+struct runtime {
+	atomic_int refs;
+	struct cfg *cfg;
+	SSL_CTX **listen_ctx;  /* per cfg->listens[i]; NULL when tls = none */
+	SSL_CTX **backend_ctx; /* per cfg->backends[i]; NULL when tls = none */
+};
+
+/* Build TLS contexts for cfg. Takes ownership of cfg (also on failure).
+ * Returns a runtime with one reference, or NULL with a reason in err. */
+struct runtime *runtime_new(struct cfg *cfg, char *err, size_t errlen);
+
+struct runtime *runtime_ref(struct runtime *rt);
+void runtime_unref(struct runtime **rtp);
+
+/* Index of backend b within rt->cfg->backends. */
+size_t runtime_backend_index(const struct runtime *rt, const struct cfg_backend *b);
+
+/* The CAPABILITY list clients see before login: depends on the listener's
+ * TLS mode, whether TLS is active and whether plaintext auth is allowed. */
+const char *runtime_preauth_caps(const struct cfg_listen *l, int tls_active);
+
+#endif

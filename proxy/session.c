@@ -1,0 +1,1114 @@
+/*
+ * session — one client connection, its whole life.
+ *
+ *   accept -> [HANDSHAKE] -> PREAUTH <-> STARTTLS -> HANDSHAKE -> PREAUTH
+ *   PREAUTH -> LOGIN -> PROXYING -> CLOSING -> (freed)
+ *              LOGIN -> PREAUTH (credentials refused, backend unavailable)
+ *   any -> CLOSING (BYE if the stream is at a response boundary) -> freed
+ *
+ * Before login the proxy answers everything itself; a command is assembled
+ * whole (line parts and literal bodies) in a bounded buffer and parsed by
+ * imap_cmd_parse. After login both streams are cut by imap_tok into lines
+ * and literal chunks and copied to the other side as they come:
+ *
+ *   client.in --ctok--> backend.out        backend.in --btok--> client.out
+ *                                                    local --^ (proxy replies,
+ *                                                    only between responses)
+ *
+ * Literal bodies are never held whole: a LITERAL unit moves as far as the
+ * destination buffer has room. A full destination stops reading from the
+ * source (conn_update arms no read watcher without room): back-pressure.
+ *
+ * Invariants:
+ *   - a session is freed only by the worker's reaper (sess_free_later), never
+ *     inside its own callbacks; the backend likewise;
+ *   - proxy-made lines reach the client only at a response boundary;
+ *   - credentials live in the command buffer until handed to the backend and
+ *     are wiped then; no log line carries them.
+ */
+#include "session.h"
+
+#include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "base64.h"
+#include "buf.h"
+#include "caps.h"
+#include "conn.h"
+#include "imap_args.h"
+#include "imap_tok.h"
+#include "log.h"
+#include "route.h"
+#include "runtime.h"
+#include "worker.h"
+
+#define IMAPMUX_NAME "imapmux"
+#ifndef IMAPMUX_VERSION
+#define IMAPMUX_VERSION "0.1.0"
+#endif
+
+#define CLIENT_IN_SIZE (16 * 1024)
+#define CLIENT_OUT_SIZE (32 * 1024)
+#define PREAUTH_MAX_LINE 8192     /* one line part before login */
+#define PREAUTH_MAX_LITERAL 4096  /* one literal before login */
+#define PREAUTH_MAX_CMD 16384     /* a whole command before login */
+#define PREAUTH_MAX_BAD 10        /* invalid commands before we hang up */
+#define REPLY_ROOM 2048           /* room kept for one proxy reply */
+#define STREAM_FRAG 4096          /* forwarding unit for long lines */
+#define LOCAL_SIZE 4096           /* proxy replies queued during proxying */
+#define TAG_MAX 64
+#define USER_MAX 255
+#define IDLE_MIN_TIMEOUT 1800.0   /* RFC 3501 5.4: at least 30 minutes */
+#define CLOSE_FLUSH_TIMEOUT 5.0
+#define RUN_ROUNDS 16             /* fairness: I/O rounds per callback */
+
+enum sess_state {
+	SESS_HANDSHAKE, /* TLS handshake (implicit, or after STARTTLS) running */
+	SESS_PREAUTH,   /* greeted; the proxy answers commands itself */
+	SESS_STARTTLS,  /* "OK Begin TLS" flushing; client input ignored */
+	SESS_LOGIN,     /* credentials with a backend; client input paused */
+	SESS_PROXYING,  /* logged in; streams parsed and forwarded */
+	SESS_CLOSING,   /* last words flushing, then freed */
+	SESS_DEAD,      /* on the reaper's list */
+};
+
+struct session {
+	struct defer defer; /* first: the reaper frees through it */
+	unsigned long id;
+	struct worker *w;
+	struct runtime *rt;
+	const struct cfg_listen *lcfg;
+	size_t lidx;
+	enum sess_state state;
+	struct session *prev, *next;
+	struct conn client;
+	struct backend *bk;
+	const struct cfg_backend *bcfg;
+	char peer[64];       /* "ip:port" */
+	char user[64];       /* printable prefix of the user name, for logs */
+	bool tls_active;
+	bool starttls_done;
+	ev_timer timer;
+	ev_tstamp last_activity;
+	const char *reason;
+
+	/* before login */
+	struct imap_tok ctok; /* client stream (re-initialised at login) */
+	struct buf cmd;       /* the command being assembled */
+	unsigned nbad;
+	bool sasl_wait;       /* AUTHENTICATE sent "+ ": next line is the response */
+	char tag[TAG_MAX + 1];
+
+	/* after login */
+	struct imap_tok btok;  /* backend stream */
+	struct buf local;      /* proxy replies waiting for a response boundary */
+	bool idle_pending;     /* IDLE forwarded, "+" not yet seen */
+	bool idling;           /* backend in IDLE: the client's next line is DONE */
+	char idle_tag[TAG_MAX + 1];
+	unsigned inflight;     /* commands forwarded minus tagged completions */
+	bool backend_bye;      /* the backend announced its close */
+	bool backend_gone;     /* backend EOF or error: drain what it sent, then close */
+	bool draining;         /* SIGTERM: close at the next quiet point */
+};
+
+static unsigned long next_session_id(void)
+{
+	static _Atomic unsigned long counter;
+
+	return atomic_fetch_add(&counter, 1) + 1;
+}
+
+static void sess_run(struct session *s);
+static void sess_close(struct session *s, const char *reason, const char *bye);
+
+/* ---- list, lifetime ---------------------------------------------------- */
+
+static void sess_link(struct session *s)
+{
+	struct worker *w = s->w;
+
+	s->prev = NULL;
+	s->next = w->sessions;
+	if (w->sessions != NULL)
+		w->sessions->prev = s;
+	w->sessions = s;
+	w->nsessions++;
+}
+
+static void sess_unlink(struct session *s)
+{
+	struct worker *w = s->w;
+
+	if (s->prev != NULL)
+		s->prev->next = s->next;
+	else
+		w->sessions = s->next;
+	if (s->next != NULL)
+		s->next->prev = s->prev;
+	s->prev = s->next = NULL;
+	w->nsessions--;
+}
+
+static void sess_reap(struct defer *d)
+{
+	struct session *s = (struct session *)d;
+
+	conn_close(&s->client);
+	explicit_bzero(s->cmd.data ? s->cmd.data : (uint8_t *)s->tag, s->cmd.data ? s->cmd.cap : 1);
+	buf_free(&s->cmd);
+	buf_free(&s->local);
+	runtime_unref(&s->rt);
+	free(s);
+}
+
+static void sess_free_later(struct session *s)
+{
+	if (s->state == SESS_DEAD)
+		return;
+	s->state = SESS_DEAD;
+	ev_timer_stop(s->w->loop, &s->timer);
+	conn_stop(&s->client);
+	ev_clear_pending(s->w->loop, &s->client.rio);
+	ev_clear_pending(s->w->loop, &s->client.wio);
+	backend_destroy_later(s->w, &s->bk);
+	sess_unlink(s);
+	s->defer.fn = sess_reap;
+	worker_defer(s->w, &s->defer);
+}
+
+/* ---- output helpers ---------------------------------------------------- */
+
+/* Append bytes whose room the caller has checked. */
+static void buf_put(struct buf *b, const void *p, size_t n)
+{
+	if (buf_append(b, p, n) < 0)
+		log_error("internal: buffer overrun avoided (%zu bytes)", n);
+}
+
+/* Queue a proxy-made line for the client. Before login it goes straight to
+ * the output; during proxying to `local`, flushed at a response boundary. */
+__attribute__((format(printf, 2, 3)))
+static void sess_reply(struct session *s, const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof(line) - 2, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n > sizeof(line) - 3)
+		n = (int)(sizeof(line) - 3);
+	line[n++] = '\r';
+	line[n++] = '\n';
+	struct buf *dst = s->state == SESS_PROXYING ? &s->local : &s->client.out;
+	if (buf_append(dst, line, (size_t)n) < 0)
+		log_warn("S-%lu %s@%s reply dropped: output full", s->id, s->user, s->peer);
+}
+
+static void sess_log(struct session *s, enum log_level lvl, const char *what)
+{
+	if (log_enabled(lvl))
+		log_msg(lvl, "S-%lu %s@%s %s", s->id, s->user[0] ? s->user : "-", s->peer, what);
+}
+
+/* Remember a printable, bounded form of the user name for log lines. */
+static void sess_set_user(struct session *s, const uint8_t *u, size_t len)
+{
+	size_t i, n = len < sizeof(s->user) - 1 ? len : sizeof(s->user) - 1;
+
+	for (i = 0; i < n; i++)
+		s->user[i] = (u[i] > 0x20 && u[i] < 0x7f) ? (char)u[i] : '?';
+	s->user[n] = '\0';
+}
+
+static void sess_set_tag(struct session *s, const uint8_t *tag, size_t len)
+{
+	if (len > TAG_MAX)
+		len = TAG_MAX;
+	memcpy(s->tag, tag, len);
+	s->tag[len] = '\0';
+}
+
+/* ---- timers ------------------------------------------------------------ */
+
+static void sess_arm(struct session *s, double secs)
+{
+	ev_timer_stop(s->w->loop, &s->timer);
+	ev_timer_set(&s->timer, secs, 0.);
+	ev_timer_start(s->w->loop, &s->timer);
+}
+
+static double sess_idle_limit(const struct session *s)
+{
+	double t = s->rt->cfg->idle_timeout;
+
+	if ((s->idling || s->idle_pending) && t < IDLE_MIN_TIMEOUT)
+		t = IDLE_MIN_TIMEOUT;
+	return t;
+}
+
+static void sess_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct session *s = t->data;
+
+	(void)revents;
+	switch (s->state) {
+	case SESS_HANDSHAKE:
+	case SESS_PREAUTH:
+	case SESS_STARTTLS:
+	case SESS_LOGIN:
+		sess_close(s, "pre-login timeout",
+			   s->tls_active || s->lcfg->tls != CFG_TLS_IMPLICIT
+				   ? "* BYE Disconnected for inactivity."
+				   : NULL);
+		break;
+	case SESS_PROXYING: {
+		double left = s->last_activity + sess_idle_limit(s) - ev_now(loop);
+		if (left > 0.5) {
+			sess_arm(s, left);
+			return;
+		}
+		sess_close(s, "idle timeout", "* BYE Autologout; idle for too long.");
+		break;
+	}
+	case SESS_CLOSING:
+		sess_free_later(s);
+		return;
+	case SESS_DEAD:
+		return;
+	}
+	sess_run(s);
+}
+
+/* ---- closing ----------------------------------------------------------- */
+
+static bool sess_client_usable(const struct session *s)
+{
+	return !s->client.error && !s->client.eof &&
+	       (s->state != SESS_HANDSHAKE && s->state != SESS_STARTTLS);
+}
+
+/*
+ * End the session: say bye (a full line without CRLF) if the client can
+ * take it at a clean point, close the backend, flush, then free.
+ */
+static void sess_close(struct session *s, const char *reason, const char *bye)
+{
+	if (s->state == SESS_CLOSING || s->state == SESS_DEAD)
+		return;
+	s->reason = reason;
+	if (bye != NULL && sess_client_usable(s)) {
+		bool clean = s->state != SESS_PROXYING || imap_tok_at_boundary(&s->btok);
+		if (clean) {
+			if (s->state == SESS_PROXYING && !buf_is_empty(&s->local))
+				buf_put(&s->client.out, buf_head(&s->local), buf_len(&s->local));
+			s->state = SESS_CLOSING; /* so that sess_reply writes to client.out */
+			sess_reply(s, "%s", bye);
+		}
+	}
+	if (log_enabled(LOG_LVL_INFO))
+		log_info("S-%lu %s@%s closed: %s (in=%llu out=%llu)", s->id,
+			 s->user[0] ? s->user : "-", s->peer, reason, s->client.bytes_in,
+			 s->client.bytes_out);
+	s->state = SESS_CLOSING;
+	backend_destroy_later(s->w, &s->bk);
+	s->client.want_input = false;
+	if (s->client.error || s->client.eof || buf_is_empty(&s->client.out)) {
+		sess_free_later(s);
+		return;
+	}
+	sess_arm(s, CLOSE_FLUSH_TIMEOUT);
+}
+
+/* ---- pre-login --------------------------------------------------------- */
+
+static bool sess_plaintext_ok(const struct session *s)
+{
+	return s->tls_active || s->lcfg->allow_plaintext_auth;
+}
+
+static void sess_greet(struct session *s)
+{
+	s->state = SESS_PREAUTH;
+	s->client.want_input = true;
+	sess_reply(s, "* OK [CAPABILITY %s] %s ready.", runtime_preauth_caps(s->lcfg, s->tls_active),
+		   IMAPMUX_NAME);
+}
+
+static bool arg_is_string(const struct imap_arg *a)
+{
+	return a->type == IMAP_ARG_ATOM || a->type == IMAP_ARG_QUOTED ||
+	       a->type == IMAP_ARG_LITERAL;
+}
+
+static void sess_bad(struct session *s, const char *tag, size_t tag_len, const char *why)
+{
+	s->nbad++;
+	if (tag_len > 0)
+		sess_reply(s, "%.*s BAD %s", (int)tag_len, tag, why);
+	else
+		sess_reply(s, "* BAD %s", why);
+	if (s->nbad >= PREAUTH_MAX_BAD)
+		sess_close(s, "too many invalid commands", "* BYE Too many invalid commands.");
+}
+
+static void sess_login_done(void *owner, struct backend *b, enum bk_result r, const char *why);
+
+/* Resolve the user's backend. NULL: refused (deny). */
+static const struct cfg_backend *sess_route(struct session *s, const uint8_t *user, size_t len)
+{
+	const struct cfg *cfg = s->rt->cfg;
+
+	switch (cfg->fallback) {
+	case CFG_FALLBACK_BACKEND:
+		return cfg_backend_find(cfg, cfg->fallback_backend);
+	case CFG_FALLBACK_HASH:
+		return route_rendezvous(cfg, user, len);
+	case CFG_FALLBACK_DENY:
+		break;
+	}
+	return NULL;
+}
+
+/* Check the user name, pick the backend and start logging in. */
+static void sess_start_login(struct session *s, const uint8_t *user, size_t ulen,
+			     const uint8_t *pass, size_t plen)
+{
+	const struct cfg_backend *bc;
+	size_t i;
+
+	sess_set_user(s, user, ulen);
+	if (ulen == 0 || ulen > USER_MAX || plen == 0) {
+		sess_log(s, LOG_LVL_INFO, "login refused: empty or over-long user name or password");
+		sess_reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", s->tag);
+		return;
+	}
+	for (i = 0; i < ulen; i++) {
+		/* No control bytes, and never the master-user separator: a
+		 * client must not reach "user*master" logins on the backend. */
+		if (user[i] < 0x20 || user[i] == 0x7f || user[i] == '*')
+			break;
+	}
+	for (size_t j = 0; i == ulen && j < plen; j++) {
+		if (pass[j] == '\0' || pass[j] == '\r' || pass[j] == '\n')
+			i = 0;
+	}
+	if (i != ulen) {
+		sess_log(s, LOG_LVL_WARN, "login refused: forbidden byte in user name or password");
+		sess_reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", s->tag);
+		return;
+	}
+	bc = sess_route(s, user, ulen);
+	if (bc == NULL) {
+		sess_log(s, LOG_LVL_INFO, "login refused: no route");
+		sess_reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", s->tag);
+		return;
+	}
+	s->bcfg = bc;
+	s->bk = backend_new(s->w->loop, bc, s->rt->backend_ctx[runtime_backend_index(s->rt, bc)],
+			    s->id, sess_login_done, s);
+	if (s->bk == NULL ||
+	    backend_login(s->bk, (const char *)user, ulen, (const char *)pass, plen) < 0) {
+		backend_destroy_later(s->w, &s->bk);
+		sess_reply(s, "%s NO [UNAVAILABLE] Backend unavailable.", s->tag);
+		return;
+	}
+	if (log_enabled(LOG_LVL_DEBUG)) {
+		char what[128];
+		snprintf(what, sizeof(what), "login: trying backend %s", bc->name);
+		sess_log(s, LOG_LVL_DEBUG, what);
+	}
+	s->state = SESS_LOGIN;
+	s->client.want_input = false;
+}
+
+/* SASL PLAIN (RFC 4616): [authzid] NUL authcid NUL passwd, base64. */
+static void sess_sasl_plain(struct session *s, const uint8_t *b64, size_t len)
+{
+	uint8_t raw[1024];
+	size_t rawlen = 0;
+	const uint8_t *n1, *n2;
+
+	if (len == 1 && b64[0] == '=')
+		len = 0;
+	if (b64_decode((const char *)b64, len, raw, sizeof(raw), &rawlen) < 0) {
+		sess_bad(s, s->tag, strlen(s->tag), "Invalid base64 data in AUTHENTICATE.");
+		return;
+	}
+	n1 = memchr(raw, '\0', rawlen);
+	n2 = n1 ? memchr(n1 + 1, '\0', rawlen - (size_t)(n1 + 1 - raw)) : NULL;
+	if (n1 == NULL || n2 == NULL) {
+		sess_reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", s->tag);
+		goto out;
+	}
+	const uint8_t *authz = raw, *authc = n1 + 1, *pass = n2 + 1;
+	size_t authz_len = (size_t)(n1 - raw), authc_len = (size_t)(n2 - authc);
+	size_t pass_len = rawlen - (size_t)(pass - raw);
+	if (authz_len > 0 && (authz_len != authc_len || memcmp(authz, authc, authc_len) != 0)) {
+		sess_set_user(s, authc, authc_len);
+		sess_log(s, LOG_LVL_WARN, "login refused: SASL authorization identity differs");
+		sess_reply(s, "%s NO [AUTHORIZATIONFAILED] Authorization identity not allowed.",
+			   s->tag);
+		goto out;
+	}
+	sess_start_login(s, authc, authc_len, pass, pass_len);
+out:
+	explicit_bzero(raw, sizeof(raw));
+}
+
+static bool id_args_ok(const struct imap_cmd *c)
+{
+	size_t i, pairs = 0;
+
+	if (c->nargs == 1 && c->args[0].type == IMAP_ARG_ATOM &&
+	    imap_word_eq(c->args[0].data, c->args[0].len, "NIL"))
+		return true;
+	if (c->nargs < 2 || c->args[0].type != IMAP_ARG_LIST_OPEN ||
+	    c->args[c->nargs - 1].type != IMAP_ARG_LIST_CLOSE)
+		return false;
+	for (i = 1; i + 1 < c->nargs; i++) {
+		if (c->args[i].type == IMAP_ARG_LIST_OPEN || c->args[i].type == IMAP_ARG_LIST_CLOSE)
+			return false;
+		pairs++;
+	}
+	return pairs % 2 == 0 && pairs <= 60;
+}
+
+static void sess_cmd_starttls(struct session *s, const struct imap_cmd *c)
+{
+	const char *tag = s->tag;
+
+	if (c->nargs != 0) {
+		sess_bad(s, tag, strlen(tag), "STARTTLS takes no arguments.");
+		return;
+	}
+	if (s->lcfg->tls != CFG_TLS_STARTTLS || s->tls_active) {
+		sess_bad(s, tag, strlen(tag),
+			 s->tls_active ? "TLS is already active." : "STARTTLS is not available.");
+		return;
+	}
+	sess_reply(s, "%s OK Begin TLS negotiation now.", tag);
+	/* Whatever the client sent after STARTTLS was sent in the clear and
+	 * must not be taken as coming over TLS (plaintext command injection). */
+	if (!buf_is_empty(&s->client.in)) {
+		char what[96];
+		snprintf(what, sizeof(what), "discarded %zu bytes pipelined after STARTTLS",
+			 buf_len(&s->client.in));
+		sess_log(s, LOG_LVL_WARN, what);
+		buf_consume(&s->client.in, buf_len(&s->client.in));
+	}
+	s->state = SESS_STARTTLS;
+	s->client.want_input = false;
+}
+
+/* Run one complete pre-login command from s->cmd. */
+static void sess_preauth_command(struct session *s)
+{
+	struct imap_cmd c;
+	const char *err = NULL;
+	uint8_t *p = s->cmd.data + s->cmd.start;
+	size_t len = buf_len(&s->cmd);
+
+	if (imap_cmd_parse(p, len, &c, &err) < 0) {
+		sess_bad(s, (const char *)c.tag, c.tag_len, err ? err : "Invalid command.");
+		return;
+	}
+	if (c.tag_len > TAG_MAX) {
+		sess_bad(s, NULL, 0, "Tag too long.");
+		return;
+	}
+	sess_set_tag(s, c.tag, c.tag_len);
+	const char *tag = s->tag;
+	const uint8_t *name = c.name;
+	size_t nlen = c.name_len;
+
+	if (imap_word_eq(name, nlen, "CAPABILITY") && c.nargs == 0) {
+		sess_reply(s, "* CAPABILITY %s", runtime_preauth_caps(s->lcfg, s->tls_active));
+		sess_reply(s, "%s OK Pre-login capabilities listed, post-login capabilities have more.",
+			   tag);
+	} else if (imap_word_eq(name, nlen, "NOOP") && c.nargs == 0) {
+		sess_reply(s, "%s OK NOOP completed.", tag);
+	} else if (imap_word_eq(name, nlen, "LOGOUT") && c.nargs == 0) {
+		sess_reply(s, "* BYE Logging out");
+		sess_reply(s, "%s OK Logout completed.", tag);
+		sess_close(s, "logout", NULL);
+	} else if (imap_word_eq(name, nlen, "ID")) {
+		if (!id_args_ok(&c)) {
+			sess_bad(s, tag, strlen(tag), "Invalid ID arguments.");
+			return;
+		}
+		sess_reply(s, "* ID (\"name\" \"%s\" \"version\" \"%s\")", IMAPMUX_NAME,
+			   IMAPMUX_VERSION);
+		sess_reply(s, "%s OK ID completed.", tag);
+	} else if (imap_word_eq(name, nlen, "STARTTLS")) {
+		sess_cmd_starttls(s, &c);
+	} else if (imap_word_eq(name, nlen, "LOGIN")) {
+		if (c.nargs != 2 || !arg_is_string(&c.args[0]) || !arg_is_string(&c.args[1])) {
+			sess_bad(s, tag, strlen(tag), "Invalid arguments.");
+			return;
+		}
+		if (!sess_plaintext_ok(s)) {
+			sess_reply(s, "%s NO [PRIVACYREQUIRED] Plaintext authentication disallowed "
+				      "on non-secure (SSL/TLS) connections.", tag);
+			return;
+		}
+		sess_start_login(s, c.args[0].data, c.args[0].len, c.args[1].data, c.args[1].len);
+	} else if (imap_word_eq(name, nlen, "AUTHENTICATE")) {
+		if (c.nargs < 1 || c.nargs > 2 || c.args[0].type != IMAP_ARG_ATOM ||
+		    (c.nargs == 2 && c.args[1].type != IMAP_ARG_ATOM)) {
+			sess_bad(s, tag, strlen(tag), "Invalid arguments.");
+			return;
+		}
+		if (!sess_plaintext_ok(s)) {
+			sess_reply(s, "%s NO [PRIVACYREQUIRED] Plaintext authentication disallowed "
+				      "on non-secure (SSL/TLS) connections.", tag);
+			return;
+		}
+		if (!imap_word_eq(c.args[0].data, c.args[0].len, "PLAIN")) {
+			sess_reply(s, "%s NO Unsupported authentication mechanism.", tag);
+			return;
+		}
+		if (c.nargs == 2) {
+			sess_sasl_plain(s, c.args[1].data, c.args[1].len);
+		} else {
+			sess_reply(s, "+ ");
+			s->sasl_wait = true;
+		}
+	} else {
+		sess_bad(s, tag, strlen(tag), "Unknown command or not valid before login.");
+	}
+}
+
+/* The client's answer to "+ " in AUTHENTICATE: one line, base64 or "*". */
+static void sess_sasl_response(struct session *s, const uint8_t *line, size_t len)
+{
+	s->sasl_wait = false;
+	while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+		len--;
+	if (len == 1 && line[0] == '*') {
+		sess_reply(s, "%s BAD Authentication aborted by client.", s->tag);
+		return;
+	}
+	sess_sasl_plain(s, line, len);
+}
+
+static void sess_cmd_reset(struct session *s)
+{
+	if (s->cmd.data != NULL)
+		explicit_bzero(s->cmd.data, s->cmd.cap);
+	buf_consume(&s->cmd, buf_len(&s->cmd));
+}
+
+/* Take complete pre-login commands from client.in. Returns 1 on progress. */
+static int sess_preauth_input(struct session *s)
+{
+	int progress = 0;
+
+	while (s->state == SESS_PREAUTH && !buf_is_empty(&s->client.in) &&
+	       buf_room(&s->client.out) >= REPLY_ROOM) {
+		struct imap_tok_unit u;
+		const uint8_t *p = buf_head(&s->client.in);
+		int r = imap_tok_next(&s->ctok, p, buf_len(&s->client.in), &u);
+
+		if (r == -2)
+			break;
+		if (r < 0) {
+			const char *e = imap_tok_error(&s->ctok);
+			char bye[128];
+			snprintf(bye, sizeof(bye), "* BYE %s.", e ? e : "Protocol error");
+			sess_close(s, e ? e : "protocol error", bye);
+			return 1;
+		}
+		progress = 1;
+		if (s->sasl_wait) {
+			if (u.type != IMAP_TOK_LINE || !u.last) {
+				sess_close(s, "bad AUTHENTICATE response", "* BYE Invalid AUTHENTICATE response.");
+				return 1;
+			}
+			uint8_t line[PREAUTH_MAX_LINE];
+			memcpy(line, p, u.len);
+			imap_tok_consume(&s->ctok, &u, u.len);
+			buf_consume(&s->client.in, u.len);
+			sess_sasl_response(s, line, u.len);
+			explicit_bzero(line, u.len);
+			continue;
+		}
+		if (buf_append(&s->cmd, p, u.len) < 0) {
+			sess_close(s, "command too long", "* BYE Command too long.");
+			return 1;
+		}
+		imap_tok_consume(&s->ctok, &u, u.len);
+		buf_consume(&s->client.in, u.len);
+		if (u.type == IMAP_TOK_LINE && u.has_literal && !u.lit_nonsync && u.literal > 0)
+			sess_reply(s, "+ Ready for literal data.");
+		if (u.type == IMAP_TOK_LINE && u.last) {
+			sess_preauth_command(s);
+			sess_cmd_reset(s);
+		}
+	}
+	return progress;
+}
+
+/* The TLS handshake finished: greet (implicit TLS) or go on (STARTTLS). */
+static void sess_tls_up(struct session *s)
+{
+	s->tls_active = true;
+	if (s->starttls_done) {
+		s->state = SESS_PREAUTH;
+		s->client.want_input = true;
+	} else {
+		sess_greet(s);
+	}
+}
+
+/* ---- login result ------------------------------------------------------ */
+
+static void sess_backend_io(struct conn *c, void *arg);
+
+static void sess_login_done(void *owner, struct backend *b, enum bk_result r, const char *why)
+{
+	struct session *s = owner;
+	char caps[2048];
+	char what[160];
+
+	if (s->state != SESS_LOGIN)
+		return;
+	if (r != BK_RES_OK) {
+		snprintf(what, sizeof(what), "login failed on backend %s: %s", s->bcfg->name, why);
+		sess_log(s, LOG_LVL_INFO, what);
+		backend_destroy_later(s->w, &s->bk);
+		s->state = SESS_PREAUTH;
+		s->client.want_input = true;
+		if (r == BK_RES_AUTH_FAILED)
+			sess_reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", s->tag);
+		else
+			sess_reply(s, "%s NO [UNAVAILABLE] Backend unavailable.", s->tag);
+		ev_feed_event(s->w->loop, &s->client.wio, EV_WRITE);
+		return;
+	}
+	if (caps_filter(b->caps, strlen(b->caps), caps, sizeof(caps)) < 0)
+		caps[0] = '\0';
+	backend_attach(b, sess_backend_io, s);
+	sess_reply(s, "%s OK [CAPABILITY %s] Logged in", s->tag, caps);
+	s->state = SESS_PROXYING;
+	sess_cmd_reset(s);
+	buf_free(&s->cmd);
+
+	struct imap_tok_limits lim = { .frag_size = STREAM_FRAG };
+	imap_tok_init(&s->ctok, IMAP_TOK_COMMANDS, &lim);
+	imap_tok_init(&s->btok, IMAP_TOK_RESPONSES, &lim);
+	buf_init(&s->local, LOCAL_SIZE);
+	s->client.want_input = true;
+	b->conn.want_input = true;
+	s->last_activity = ev_now(s->w->loop);
+	sess_arm(s, sess_idle_limit(s));
+	snprintf(what, sizeof(what), "login ok on backend %s", s->bcfg->name);
+	sess_log(s, LOG_LVL_INFO, what);
+	/* Run from a fresh callback: this one is the backend's. */
+	ev_feed_event(s->w->loop, &s->client.wio, EV_WRITE);
+}
+
+/* ---- proxying ---------------------------------------------------------- */
+
+/* Client to backend. Returns 1 on progress. */
+static int sess_pump_c2b(struct session *s)
+{
+	struct conn *b = &s->bk->conn;
+	int progress = 0;
+
+	while (!buf_is_empty(&s->client.in)) {
+		struct imap_tok_unit u;
+		const uint8_t *p = buf_head(&s->client.in);
+		int r = imap_tok_next(&s->ctok, p, buf_len(&s->client.in), &u);
+
+		if (r == -2)
+			break;
+		if (r < 0) {
+			sess_close(s, imap_tok_error(&s->ctok), "* BYE Protocol error.");
+			return 1;
+		}
+		size_t n = u.len;
+		if (u.type == IMAP_TOK_LITERAL) {
+			if (n > buf_room(&b->out))
+				n = buf_room(&b->out);
+			if (n == 0)
+				break;
+		} else if (buf_room(&b->out) < n) {
+			break;
+		}
+		if (u.first && u.type != IMAP_TOK_LITERAL) {
+			struct imap_head h;
+			if (s->idling) {
+				/* "DONE" ends IDLE; it is not a command. */
+				s->idling = false;
+			} else if (imap_head_parse(p, u.len, &h) == 0) {
+				if (imap_word_eq(h.w1, h.w1_len, "COMPRESS")) {
+					if (!u.last) {
+						sess_close(s, "COMPRESS with a literal", "* BYE Protocol error.");
+						return 1;
+					}
+					if (buf_room(&s->local) < REPLY_ROOM / 2)
+						break;
+					sess_reply(s, "%.*s NO [CANNOT] COMPRESS is not available through this proxy.",
+						   (int)(h.tag_len > TAG_MAX ? TAG_MAX : h.tag_len), h.tag);
+					imap_tok_consume(&s->ctok, &u, u.len);
+					buf_consume(&s->client.in, u.len);
+					progress = 1;
+					continue;
+				}
+				if (imap_word_eq(h.w1, h.w1_len, "IDLE") && h.tag_len <= TAG_MAX) {
+					memcpy(s->idle_tag, h.tag, h.tag_len);
+					s->idle_tag[h.tag_len] = '\0';
+					s->idle_pending = true;
+				}
+				s->inflight++;
+			}
+		}
+		if (buf_append(&b->out, p, n) < 0)
+			break;
+		imap_tok_consume(&s->ctok, &u, n);
+		buf_consume(&s->client.in, n);
+		progress = 1;
+	}
+	if (progress)
+		s->last_activity = ev_now(s->w->loop);
+	return progress;
+}
+
+/* Rewrite "[CAPABILITY ...]" in a status line or a "* CAPABILITY" line so the
+ * client never sees what the proxy does not carry. Returns the new length
+ * in out, or 0 when the line needs no change. */
+static size_t sess_filter_caps_line(const uint8_t *p, size_t len, const struct imap_head *h,
+				    char *out, size_t outcap)
+{
+	const uint8_t *start, *end;
+	size_t prefix, caplen;
+	long n;
+	char caps[2048];
+
+	if (imap_word_eq(h->w1, h->w1_len, "CAPABILITY") && h->tag_len == 1 && h->tag[0] == '*') {
+		start = h->rest;
+		end = h->rest + h->rest_len;
+	} else {
+		static const char key[] = "[CAPABILITY ";
+		size_t klen = sizeof(key) - 1;
+		if (h->rest_len <= klen || !imap_word_eq(h->rest, klen, key))
+			return 0;
+		start = h->rest + klen;
+		end = memchr(start, ']', h->rest_len - klen);
+		if (end == NULL)
+			return 0;
+	}
+	caplen = (size_t)(end - start);
+	n = caps_filter((const char *)start, caplen, caps, sizeof(caps));
+	if (n < 0 || ((size_t)n == caplen && memcmp(caps, start, caplen) == 0))
+		return 0;
+	prefix = (size_t)(start - p);
+	if (prefix + (size_t)n + (len - (size_t)(end - p)) > outcap)
+		return 0;
+	memcpy(out, p, prefix);
+	memcpy(out + prefix, caps, (size_t)n);
+	memcpy(out + prefix + (size_t)n, end, len - (size_t)(end - p));
+	return prefix + (size_t)n + (len - (size_t)(end - p));
+}
+
+/* Inspect the first unit of a response. */
+static void sess_track_response(struct session *s, const struct imap_head *h)
+{
+	bool untagged = h->tag_len == 1 && h->tag[0] == '*';
+	bool cont = h->tag_len == 1 && h->tag[0] == '+';
+
+	if (untagged) {
+		if (imap_word_eq(h->w1, h->w1_len, "BYE"))
+			s->backend_bye = true;
+		return;
+	}
+	if (cont) {
+		if (s->idle_pending) {
+			s->idle_pending = false;
+			s->idling = true;
+		}
+		return;
+	}
+	if (s->inflight > 0)
+		s->inflight--;
+	if ((s->idle_pending || s->idling) && strlen(s->idle_tag) == h->tag_len &&
+	    memcmp(s->idle_tag, h->tag, h->tag_len) == 0) {
+		s->idle_pending = false;
+		s->idling = false;
+	}
+}
+
+/* Backend to client. Returns 1 on progress. */
+static int sess_pump_b2c(struct session *s)
+{
+	struct conn *b = &s->bk->conn;
+	struct conn *c = &s->client;
+	int progress = 0;
+
+	for (;;) {
+		if (!buf_is_empty(&s->local) && imap_tok_at_boundary(&s->btok)) {
+			if (buf_room(&c->out) < buf_len(&s->local))
+				break;
+			buf_put(&c->out, buf_head(&s->local), buf_len(&s->local));
+			buf_consume(&s->local, buf_len(&s->local));
+			progress = 1;
+		}
+		if (buf_is_empty(&b->in))
+			break;
+		struct imap_tok_unit u;
+		const uint8_t *p = buf_head(&b->in);
+		int r = imap_tok_next(&s->btok, p, buf_len(&b->in), &u);
+		if (r == -2)
+			break;
+		if (r < 0) {
+			sess_close(s, "backend protocol error", "* BYE [UNAVAILABLE] Backend protocol error.");
+			return 1;
+		}
+		size_t n = u.len;
+		if (u.type == IMAP_TOK_LITERAL) {
+			if (n > buf_room(&c->out))
+				n = buf_room(&c->out);
+			if (n == 0)
+				break;
+			buf_put(&c->out, p, n);
+		} else {
+			char line[STREAM_FRAG + 2048];
+			size_t nl = 0;
+			if (buf_room(&c->out) < n + 2048)
+				break;
+			if (u.first) {
+				struct imap_head h;
+				if (imap_head_parse(p, u.len, &h) == 0) {
+					sess_track_response(s, &h);
+					if (u.type == IMAP_TOK_LINE && u.last)
+						nl = sess_filter_caps_line(p, u.len, &h, line, sizeof(line));
+				}
+			}
+			if (nl > 0)
+				buf_put(&c->out, line, nl);
+			else
+				buf_put(&c->out, p, n);
+		}
+		imap_tok_consume(&s->btok, &u, n);
+		buf_consume(&b->in, n);
+		progress = 1;
+	}
+	return progress;
+}
+
+static bool sess_quiet(const struct session *s)
+{
+	return imap_tok_at_boundary(&s->ctok) && imap_tok_at_boundary(&s->btok) &&
+	       buf_is_empty(&s->client.in) && (s->inflight == 0 || s->idling);
+}
+
+/* ---- the loop body ----------------------------------------------------- */
+
+static void sess_update(struct session *s)
+{
+	if (s->state == SESS_DEAD)
+		return;
+	if (s->state == SESS_PROXYING)
+		s->client.want_input = buf_room(&s->local) >= REPLY_ROOM / 2;
+	conn_update(&s->client);
+	if (s->bk != NULL && s->state == SESS_PROXYING)
+		conn_update(&s->bk->conn);
+	if (buf_is_empty(&s->client.in) && buf_is_empty(&s->client.out))
+		buf_free(&s->client.in), buf_free(&s->client.out);
+	if (s->bk != NULL && s->state == SESS_PROXYING && buf_is_empty(&s->bk->conn.in) &&
+	    buf_is_empty(&s->bk->conn.out))
+		conn_release_buffers(&s->bk->conn);
+}
+
+static void sess_run(struct session *s)
+{
+	int rounds = 0;
+	int progress;
+
+	do {
+		progress = 0;
+		if (s->state == SESS_DEAD)
+			return;
+
+		int r = conn_read(&s->client);
+		if (r < 0) {
+			sess_close(s, s->client.errmsg ? s->client.errmsg : "client error", NULL);
+			if (s->state == SESS_DEAD)
+				return;
+		}
+		progress |= r > 0;
+		if (s->state == SESS_HANDSHAKE && conn_handshake_done(&s->client) && !s->client.error) {
+			sess_tls_up(s);
+			progress = 1;
+		}
+		if (s->state == SESS_PROXYING && !s->backend_gone) {
+			r = conn_read(&s->bk->conn);
+			if (r < 0 || s->bk->conn.eof)
+				s->backend_gone = true;
+			progress |= r > 0;
+		}
+
+		if (s->state == SESS_PREAUTH)
+			progress |= sess_preauth_input(s);
+		if (s->state == SESS_PROXYING)
+			progress |= sess_pump_c2b(s);
+		if (s->state == SESS_PROXYING)
+			progress |= sess_pump_b2c(s);
+
+		if (s->state == SESS_PROXYING && !s->backend_gone) {
+			r = conn_flush(&s->bk->conn);
+			if (r < 0)
+				s->backend_gone = true;
+			progress |= r > 0;
+		}
+		r = conn_flush(&s->client);
+		if (r < 0) {
+			sess_close(s, s->client.errmsg ? s->client.errmsg : "client error", NULL);
+			if (s->state == SESS_DEAD)
+				return;
+		}
+		progress |= r > 0;
+
+		if (s->state == SESS_STARTTLS && buf_is_empty(&s->client.out)) {
+			SSL_CTX *ctx = s->rt->listen_ctx[s->lidx];
+			if (conn_start_tls(&s->client, ctx, true, NULL) < 0) {
+				sess_close(s, "cannot start TLS", NULL);
+				return;
+			}
+			s->starttls_done = true;
+			s->state = SESS_HANDSHAKE;
+			imap_tok_init(&s->ctok, IMAP_TOK_COMMANDS,
+				      &(struct imap_tok_limits){ .max_line = PREAUTH_MAX_LINE,
+								  .max_literal = PREAUTH_MAX_LITERAL });
+			progress = 1;
+		}
+		if (s->state == SESS_CLOSING && buf_is_empty(&s->client.out)) {
+			sess_free_later(s);
+			return;
+		}
+		if (s->state == SESS_PROXYING) {
+			if (s->backend_gone && (buf_is_empty(&s->bk->conn.in) || !progress)) {
+				if (s->backend_bye)
+					sess_close(s, "backend closed the session", NULL);
+				else
+					sess_close(s, s->bk->conn.error ? s->bk->conn.errmsg : "backend lost",
+						   "* BYE [UNAVAILABLE] Backend connection lost.");
+				continue;
+			}
+			if (s->client.eof && (buf_is_empty(&s->client.in) || !progress)) {
+				sess_close(s, "client closed", NULL);
+				continue;
+			}
+			if (s->draining && sess_quiet(s)) {
+				sess_close(s, "shutdown", "* BYE Server shutting down.");
+				continue;
+			}
+		} else if (s->client.eof && s->state != SESS_CLOSING) {
+			sess_close(s, "client closed", NULL);
+			continue;
+		}
+	} while (progress && ++rounds < RUN_ROUNDS);
+
+	sess_update(s);
+	/* Out of rounds with work left: come back after the other sessions. */
+	if (progress && s->state != SESS_DEAD)
+		ev_feed_event(s->w->loop, &s->client.wio, EV_WRITE);
+}
+
+static void sess_client_io(struct conn *c, void *arg)
+{
+	(void)c;
+	sess_run(arg);
+}
+
+static void sess_backend_io(struct conn *c, void *arg)
+{
+	(void)c;
+	sess_run(arg);
+}
+
+/* ---- accept, drain ------------------------------------------------------ */
+
+static void peer_text(const struct sockaddr *sa, char *out, size_t outlen)
+{
+	char host[INET6_ADDRSTRLEN] = "?";
+	unsigned port = 0;
+
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+		port = ntohs(in->sin_port);
+		snprintf(out, outlen, "%s:%u", host, port);
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+		port = ntohs(in6->sin6_port);
+		snprintf(out, outlen, "[%s]:%u", host, port);
+	} else {
+		snprintf(out, outlen, "local");
+	}
+}
+
+void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr *peer,
+		    socklen_t peerlen)
+{
+	struct session *s = calloc(1, sizeof(*s));
+
+	(void)peerlen;
+	if (s == NULL) {
+		close(fd);
+		return;
+	}
+	s->id = next_session_id();
+	s->w = w;
+	s->rt = runtime_ref(w->rt);
+	s->lidx = lidx;
+	s->lcfg = &s->rt->cfg->listens[lidx];
+	peer_text(peer, s->peer, sizeof(s->peer));
+	conn_init(&s->client, w->loop, fd, CLIENT_IN_SIZE, CLIENT_OUT_SIZE, sess_client_io, s);
+	buf_init(&s->cmd, PREAUTH_MAX_CMD);
+	buf_init(&s->local, LOCAL_SIZE);
+	struct imap_tok_limits lim = { .max_line = PREAUTH_MAX_LINE,
+				       .max_literal = PREAUTH_MAX_LITERAL };
+	imap_tok_init(&s->ctok, IMAP_TOK_COMMANDS, &lim);
+	imap_tok_init(&s->btok, IMAP_TOK_RESPONSES, NULL);
+	ev_timer_init(&s->timer, sess_timeout, s->rt->cfg->preauth_timeout, 0.);
+	s->timer.data = s;
+	sess_link(s);
+	log_debug("S-%lu -@%s connected on %s", s->id, s->peer, s->lcfg->name);
+
+	if (s->lcfg->tls == CFG_TLS_IMPLICIT) {
+		if (conn_start_tls(&s->client, s->rt->listen_ctx[lidx], true, NULL) < 0) {
+			sess_close(s, "cannot start TLS", NULL);
+			return;
+		}
+		s->state = SESS_HANDSHAKE;
+	} else {
+		sess_greet(s);
+	}
+	ev_timer_start(w->loop, &s->timer);
+	sess_run(s);
+}
+
+void session_drain_all(struct worker *w, bool force)
+{
+	struct session *s, *next;
+
+	for (s = w->sessions; s != NULL; s = next) {
+		next = s->next;
+		if (s->state == SESS_CLOSING || s->state == SESS_DEAD)
+			continue;
+		s->draining = true;
+		if (s->state != SESS_PROXYING || force || sess_quiet(s))
+			sess_close(s, "shutdown", "* BYE Server shutting down.");
+		sess_run(s);
+	}
+}

@@ -1,0 +1,21 @@
+/*
+ * session — one client connection, from accept to close. See session.c.
+ */
+#ifndef IMAPMUX_SESSION_H
+#define IMAPMUX_SESSION_H
+
+#include <stdbool.h>
+#include <sys/socket.h>
+
+struct worker;
+struct session;
+
+/* Take over accepted fd on listener index lidx of w->rt. */
+void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr *peer,
+		    socklen_t peerlen);
+
+/* Shut down every session of w gracefully (SIGTERM): BYE now to the quiet
+ * ones, the others at their next quiet point; force: BYE to all now. */
+void session_drain_all(struct worker *w, bool force);
+
+#endif

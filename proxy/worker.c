@@ -1,0 +1,248 @@
+/*
+ * worker — an event-loop thread (see worker.h).
+ *
+ * The main thread owns configuration and signals; a worker owns its loop,
+ * its listening sockets and its sessions, and touches nothing else. The
+ * mailbox (new runtime, drain, stop) is the only shared state, under lock,
+ * read when the ev_async fires.
+ */
+#include "worker.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "session.h"
+
+static void listeners_set(struct worker *w, bool on)
+{
+	for (size_t i = 0; i < w->nlisteners; i++) {
+		struct listener *l = &w->listeners[i];
+		if (l->fd < 0)
+			continue;
+		if (on)
+			ev_io_start(w->loop, &l->io);
+		else
+			ev_io_stop(w->loop, &l->io);
+	}
+}
+
+static void accept_pause_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct worker *w = t->data;
+
+	(void)loop;
+	(void)revents;
+	if (!w->draining)
+		listeners_set(w, true);
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+	struct listener *l = io->data;
+	struct worker *w = l->w;
+
+	(void)loop;
+	(void)revents;
+	/* A bounded batch: accepting must not starve established sessions. */
+	for (int i = 0; i < 64 && !w->draining; i++) {
+		struct sockaddr_storage ss;
+		socklen_t len = sizeof(ss);
+		int one = 1;
+		int fd = accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+				log_error("worker %d: accept: %s; pausing accepts for 1s", w->id,
+					  strerror(errno));
+				listeners_set(w, false);
+				ev_timer_stop(w->loop, &w->accept_pause);
+				ev_timer_set(&w->accept_pause, 1., 0.);
+				ev_timer_start(w->loop, &w->accept_pause);
+			}
+			break;
+		}
+		if (ss.ss_family != AF_UNIX)
+			(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		session_accept(w, l->index, fd, (struct sockaddr *)&ss, len);
+	}
+}
+
+static void reaper_cb(struct ev_loop *loop, ev_prepare *p, int revents)
+{
+	struct worker *w = p->data;
+
+	(void)revents;
+	while (w->dead != NULL) {
+		struct defer *d = w->dead;
+		w->dead = d->next;
+		d->fn(d);
+	}
+	if (w->draining && w->nsessions == 0)
+		ev_break(loop, EVBREAK_ALL);
+}
+
+void worker_defer(struct worker *w, struct defer *d)
+{
+	d->next = w->dead;
+	w->dead = d;
+}
+
+static void drain_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct worker *w = t->data;
+
+	(void)loop;
+	(void)revents;
+	log_warn("worker %d: shutdown_timeout reached, closing %zu sessions", w->id, w->nsessions);
+	session_drain_all(w, true);
+}
+
+static void start_drain(struct worker *w)
+{
+	if (w->draining)
+		return;
+	w->draining = true;
+	listeners_set(w, false);
+	for (size_t i = 0; i < w->nlisteners; i++) {
+		if (w->listeners[i].fd >= 0) {
+			close(w->listeners[i].fd);
+			w->listeners[i].fd = -1;
+		}
+	}
+	session_drain_all(w, false);
+	ev_timer_set(&w->drain_timer, w->rt->cfg->shutdown_timeout, 0.);
+	ev_timer_start(w->loop, &w->drain_timer);
+}
+
+static void wake_cb(struct ev_loop *loop, ev_async *a, int revents)
+{
+	struct worker *w = a->data;
+	struct runtime *rt;
+	bool drain, stop;
+
+	(void)revents;
+	pthread_mutex_lock(&w->lock);
+	rt = w->new_rt;
+	w->new_rt = NULL;
+	drain = w->cmd_drain;
+	stop = w->cmd_stop;
+	pthread_mutex_unlock(&w->lock);
+
+	if (rt != NULL) {
+		runtime_unref(&w->rt);
+		w->rt = rt;
+	}
+	if (stop) {
+		ev_break(loop, EVBREAK_ALL);
+		return;
+	}
+	if (drain)
+		start_drain(w);
+}
+
+int worker_init(struct worker *w, int id, struct runtime *rt, const int *fds, size_t nfds)
+{
+	memset(w, 0, sizeof(*w));
+	w->id = id;
+	w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+	if (w->loop == NULL)
+		return -1;
+	w->rt = runtime_ref(rt);
+	pthread_mutex_init(&w->lock, NULL);
+	w->listeners = calloc(nfds ? nfds : 1, sizeof(*w->listeners));
+	if (w->listeners == NULL)
+		return -1;
+	w->nlisteners = nfds;
+	for (size_t i = 0; i < nfds; i++) {
+		struct listener *l = &w->listeners[i];
+		l->w = w;
+		l->fd = fds[i];
+		l->index = i;
+		ev_io_init(&l->io, accept_cb, fds[i], EV_READ);
+		l->io.data = l;
+	}
+	ev_async_init(&w->wake, wake_cb);
+	w->wake.data = w;
+	ev_async_start(w->loop, &w->wake);
+	ev_prepare_init(&w->reaper, reaper_cb);
+	w->reaper.data = w;
+	ev_prepare_start(w->loop, &w->reaper);
+	ev_init(&w->drain_timer, drain_timer_cb);
+	w->drain_timer.data = w;
+	ev_init(&w->accept_pause, accept_pause_cb);
+	w->accept_pause.data = w;
+	listeners_set(w, true);
+	return 0;
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+
+	ev_run(w->loop, 0);
+	return NULL;
+}
+
+int worker_start(struct worker *w)
+{
+	return pthread_create(&w->thread, NULL, worker_main, w) == 0 ? 0 : -1;
+}
+
+void worker_join(struct worker *w)
+{
+	pthread_join(w->thread, NULL);
+}
+
+static void worker_post(struct worker *w, struct runtime *rt, bool drain, bool stop)
+{
+	pthread_mutex_lock(&w->lock);
+	if (rt != NULL) {
+		if (w->new_rt != NULL)
+			runtime_unref(&w->new_rt);
+		w->new_rt = runtime_ref(rt);
+	}
+	w->cmd_drain |= drain;
+	w->cmd_stop |= stop;
+	pthread_mutex_unlock(&w->lock);
+	ev_async_send(w->loop, &w->wake);
+}
+
+void worker_post_reload(struct worker *w, struct runtime *rt)
+{
+	worker_post(w, rt, false, false);
+}
+
+void worker_post_drain(struct worker *w)
+{
+	worker_post(w, NULL, true, false);
+}
+
+void worker_post_stop(struct worker *w)
+{
+	worker_post(w, NULL, false, true);
+}
+
+void worker_destroy(struct worker *w)
+{
+	/* Sessions still open at a hard stop: their sockets close with the
+	 * process; freeing them one by one would gain nothing. */
+	for (size_t i = 0; i < w->nlisteners; i++) {
+		if (w->listeners[i].fd >= 0)
+			close(w->listeners[i].fd);
+	}
+	free(w->listeners);
+	if (w->new_rt != NULL)
+		runtime_unref(&w->new_rt);
+	runtime_unref(&w->rt);
+	if (w->loop != NULL)
+		ev_loop_destroy(w->loop);
+	pthread_mutex_destroy(&w->lock);
+}

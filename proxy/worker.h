@@ -1,0 +1,68 @@
+/*
+ * worker — one event-loop thread: its own listening sockets (SO_REUSEPORT),
+ * its sessions, and a reaper that frees what callbacks marked dead. Workers
+ * share nothing but the read-only runtime; the main thread talks to them
+ * through an ev_async and a mutex-protected mailbox.
+ */
+#ifndef IMAPMUX_WORKER_H
+#define IMAPMUX_WORKER_H
+
+#include <ev.h>
+#include <pthread.h>
+#include <stdbool.h>
+
+#include "runtime.h"
+
+struct worker;
+struct session;
+
+/* An object whose free must wait until no callback of it is on the stack. */
+struct defer {
+	struct defer *next;
+	void (*fn)(struct defer *d);
+};
+
+struct listener {
+	struct worker *w;
+	int fd;
+	size_t index; /* in runtime->cfg->listens (same across reloads) */
+	ev_io io;
+};
+
+struct worker {
+	int id;
+	pthread_t thread;
+	struct ev_loop *loop;
+	struct runtime *rt;        /* current configuration, for new sessions */
+	struct listener *listeners;
+	size_t nlisteners;
+	ev_async wake;
+	ev_prepare reaper;
+	ev_timer drain_timer;
+	ev_timer accept_pause;     /* out of fds: stop accepting for a moment */
+	struct defer *dead;        /* freed by the reaper */
+	struct session *sessions;  /* all live sessions (doubly linked) */
+	size_t nsessions;
+	bool draining;
+
+	pthread_mutex_t lock;      /* protects the mailbox below */
+	struct runtime *new_rt;    /* reload: swap in */
+	bool cmd_drain;
+	bool cmd_stop;
+};
+
+/* Set up worker id with listening fds (one per listener, ownership taken). */
+int worker_init(struct worker *w, int id, struct runtime *rt, const int *fds, size_t nfds);
+int worker_start(struct worker *w);
+void worker_join(struct worker *w);
+void worker_destroy(struct worker *w);
+
+/* From the main thread: post a command and wake the worker. */
+void worker_post_reload(struct worker *w, struct runtime *rt);
+void worker_post_drain(struct worker *w);
+void worker_post_stop(struct worker *w);
+
+/* From the worker's own thread: free d->fn(d) after the current callbacks. */
+void worker_defer(struct worker *w, struct defer *d);
+
+#endif
