@@ -118,12 +118,23 @@ struct cfg {
  * per kind; fallback NAME names a backend; lookup = static needs fallback =
  * NAME or hash; lookup = redis or auth = redis need [redis]; auth = redis
  * needs master_user and master_password on every backend; a TLS listener
- * needs cert and key; the files named must be readable.
+ * needs cert and key; the files named must be readable; master_user and
+ * master_password come together; pool_min_idle <= pool_max.
+ * A backend's tls_name is never NULL once loaded: when the file sets none,
+ * it is the host part of address (a name or an IP literal).
  */
 __attribute__((warn_unused_result))
 int cfg_load(const char *path, struct cfg **cfg_r, char *err, size_t errlen);
 
-/* Parse pieces, exposed for unit tests and reuse. Each returns 0 or -1. */
+/*
+ * Parse pieces, exposed for unit tests and reuse. Each returns 0 or -1 and
+ * writes its output only on success.
+ * Duration: digits with an optional fraction ("1.5"), then "", s, ms, m or
+ * h; no sign, no space; at most 365 days.
+ * Bool: yes/no, true/false, on/off, 1/0, in any case.
+ * Address: host:port, [v6]:port or (if allow_unix) unix:/path; a host
+ * that is not a literal is resolved with getaddrinfo, which blocks.
+ */
 __attribute__((warn_unused_result))
 int cfg_parse_duration(const char *s, double *secs_r);
 __attribute__((warn_unused_result))
