@@ -13,10 +13,12 @@
  */
 #include "conn.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
+#include <openssl/x509v3.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -76,11 +78,20 @@ int conn_start_tls(struct conn *c, SSL_CTX *ctx, bool server, const char *sni)
 	} else {
 		SSL_set_connect_state(c->ssl);
 		if (sni != NULL && sni[0] != '\0') {
-			if (SSL_set_tlsext_host_name(c->ssl, sni) != 1)
+			struct in6_addr a6;
+			struct in_addr a4;
+			bool is_ip = inet_pton(AF_INET, sni, &a4) == 1 ||
+				     inet_pton(AF_INET6, sni, &a6) == 1;
+
+			/* RFC 6066: no IP literals in SNI; verify the address instead.
+			 * Verification (when the context verifies) checks this. */
+			if (is_ip) {
+				if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), sni) != 1)
+					goto fail;
+			} else if (SSL_set_tlsext_host_name(c->ssl, sni) != 1 ||
+				   SSL_set1_host(c->ssl, sni) != 1) {
 				goto fail;
-			/* Verification (when the context verifies) checks this name. */
-			if (SSL_set1_host(c->ssl, sni) != 1)
-				goto fail;
+			}
 		}
 	}
 	c->tls_server = server;
