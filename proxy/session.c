@@ -113,6 +113,7 @@ struct session {
 	bool backend_bye;      /* the backend announced its close */
 	bool backend_gone;     /* backend EOF or error: drain what it sent, then close */
 	bool draining;         /* SIGTERM: close at the next quiet point */
+	bool counted_proxying; /* included in stats.sessions_proxying */
 };
 
 static unsigned long next_session_id(void)
@@ -170,6 +171,11 @@ static void sess_free_later(struct session *s)
 	if (s->state == SESS_DEAD)
 		return;
 	s->state = SESS_DEAD;
+	STAT_DEC(&s->w->stats, sessions_active);
+	if (s->counted_proxying)
+		STAT_DEC(&s->w->stats, sessions_proxying);
+	STAT_ADD(&s->w->stats, client_bytes_in, s->client.bytes_in);
+	STAT_ADD(&s->w->stats, client_bytes_out, s->client.bytes_out);
 	ev_timer_stop(s->w->loop, &s->timer);
 	conn_stop(&s->client);
 	ev_clear_pending(s->w->loop, &s->client.rio);
@@ -351,6 +357,7 @@ static bool arg_is_string(const struct imap_arg *a)
 static void sess_bad(struct session *s, const char *tag, size_t tag_len, const char *why)
 {
 	s->nbad++;
+	STAT_INC(&s->w->stats, preauth_bad);
 	if (tag_len > 0)
 		sess_reply(s, "%.*s BAD %s", (int)tag_len, tag, why);
 	else
@@ -408,15 +415,18 @@ static void sess_start_login(struct session *s, const uint8_t *user, size_t ulen
 	bc = sess_route(s, user, ulen);
 	if (bc == NULL) {
 		sess_log(s, LOG_LVL_INFO, "login refused: no route");
+		STAT_INC(&s->w->stats, logins_auth_failed);
 		sess_reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", s->tag);
 		return;
 	}
 	s->bcfg = bc;
+	STAT_INC(&s->w->stats, backend_connects);
 	s->bk = backend_new(s->w->loop, bc, s->rt->backend_ctx[runtime_backend_index(s->rt, bc)],
 			    s->id, sess_login_done, s);
 	if (s->bk == NULL ||
 	    backend_login(s->bk, (const char *)user, ulen, (const char *)pass, plen) < 0) {
 		backend_destroy_later(s->w, &s->bk);
+		STAT_INC(&s->w->stats, logins_unavailable);
 		sess_reply(s, "%s NO [UNAVAILABLE] Backend unavailable.", s->tag);
 		return;
 	}
@@ -687,6 +697,10 @@ static void sess_login_done(void *owner, struct backend *b, enum bk_result r, co
 		s->state = SESS_PREAUTH;
 		s->client.want_input = true;
 		if (r == BK_RES_AUTH_FAILED)
+			STAT_INC(&s->w->stats, logins_auth_failed);
+		else
+			STAT_INC(&s->w->stats, logins_unavailable);
+		if (r == BK_RES_AUTH_FAILED)
 			sess_reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", s->tag);
 		else
 			sess_reply(s, "%s NO [UNAVAILABLE] Backend unavailable.", s->tag);
@@ -698,6 +712,9 @@ static void sess_login_done(void *owner, struct backend *b, enum bk_result r, co
 	backend_attach(b, sess_backend_io, s);
 	sess_reply(s, "%s OK [CAPABILITY %s] Logged in", s->tag, caps);
 	s->state = SESS_PROXYING;
+	STAT_INC(&s->w->stats, logins_ok);
+	STAT_INC(&s->w->stats, sessions_proxying);
+	s->counted_proxying = true;
 	sess_cmd_reset(s);
 	buf_free(&s->cmd);
 
@@ -940,6 +957,8 @@ static void sess_run(struct session *s)
 
 		int r = conn_read(&s->client);
 		if (r < 0) {
+			if (s->state == SESS_HANDSHAKE)
+				STAT_INC(&s->w->stats, tls_handshake_failed);
 			sess_close(s, s->client.errmsg ? s->client.errmsg : "client error", NULL);
 			if (s->state == SESS_DEAD)
 				return;
@@ -998,9 +1017,11 @@ static void sess_run(struct session *s)
 			if (s->backend_gone && (buf_is_empty(&s->bk->conn.in) || !progress)) {
 				if (s->backend_bye)
 					sess_close(s, "backend closed the session", NULL);
-				else
+				else {
+					STAT_INC(&s->w->stats, backend_lost);
 					sess_close(s, s->bk->conn.error ? s->bk->conn.errmsg : "backend lost",
 						   "* BYE [UNAVAILABLE] Backend connection lost.");
+				}
 				continue;
 			}
 			if (s->client.eof && (buf_is_empty(&s->client.in) || !progress)) {
@@ -1069,6 +1090,8 @@ void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr
 	}
 	s->id = next_session_id();
 	s->w = w;
+	STAT_INC(&w->stats, conns_total);
+	STAT_INC(&w->stats, sessions_active);
 	s->rt = runtime_ref(w->rt);
 	s->lidx = lidx;
 	s->lcfg = &s->rt->cfg->listens[lidx];

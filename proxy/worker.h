@@ -12,6 +12,7 @@
 #include <stdbool.h>
 
 #include "runtime.h"
+#include "stats.h"
 
 struct worker;
 struct session;
@@ -44,6 +45,7 @@ struct worker {
 	struct session *sessions;  /* all live sessions (doubly linked) */
 	size_t nsessions;
 	bool draining;
+	struct stats stats;         /* written by this worker only */
 
 	pthread_mutex_t lock;      /* protects the mailbox below */
 	struct runtime *new_rt;    /* reload: swap in */

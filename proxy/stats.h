@@ -1,0 +1,45 @@
+/*
+ * stats — counters for Prometheus, and the tiny HTTP server that shows them.
+ *
+ * Each worker owns a struct stats and is its only writer (relaxed atomic
+ * adds, no locks on the hot path); the stats thread sums all workers'
+ * counters when GET /metrics is scraped.
+ */
+#ifndef IMAPMUX_STATS_H
+#define IMAPMUX_STATS_H
+
+#include <stdatomic.h>
+
+#include "cfg.h"
+
+struct stats {
+	atomic_ulong conns_total;          /* client connections accepted */
+	atomic_long sessions_active;       /* client sessions open now (gauge) */
+	atomic_long sessions_proxying;     /* of which logged in (gauge) */
+	atomic_ulong logins_ok;            /* logins that reached PROXYING */
+	atomic_ulong logins_auth_failed;   /* credentials refused */
+	atomic_ulong logins_unavailable;   /* no usable backend */
+	atomic_ulong backend_connects;     /* backend connections opened */
+	atomic_ulong backend_lost;         /* sessions ended by a lost backend */
+	atomic_ulong client_bytes_in;      /* bytes read from clients (after TLS) */
+	atomic_ulong client_bytes_out;     /* bytes written to clients (before TLS) */
+	atomic_ulong preauth_bad;          /* BAD answers before login */
+	atomic_ulong tls_handshake_failed; /* client TLS handshakes that failed */
+};
+
+#define STAT_ADD(st, field, n) atomic_fetch_add_explicit(&(st)->field, (n), memory_order_relaxed)
+#define STAT_INC(st, field) STAT_ADD(st, field, 1)
+#define STAT_DEC(st, field) atomic_fetch_sub_explicit(&(st)->field, 1, memory_order_relaxed)
+
+struct worker;
+
+/*
+ * Serve GET /metrics on addr from a thread of its own, summing the stats of
+ * workers[0..n). Returns 0, or -1 (logged) when the socket cannot be bound.
+ */
+int stats_start(const struct cfg_addr *addr, struct worker *workers, unsigned n);
+
+/* Stop the stats thread and close its socket (safe if never started). */
+void stats_stop(void);
+
+#endif
