@@ -52,8 +52,7 @@ static inline size_t buf_room(const struct buf *b)
  * if that gives more contiguous space. Returns a pointer to the free tail
  * and its size in *room_r (0 when full), or NULL when allocation failed.
  */
-__attribute__((warn_unused_result))
-uint8_t *buf_tail(struct buf *b, size_t *room_r);
+__attribute__((warn_unused_result)) uint8_t *buf_tail(struct buf *b, size_t *room_r);
 
 /* Record n bytes written at the tail returned by buf_tail. */
 void buf_produced(struct buf *b, size_t n);
@@ -62,8 +61,7 @@ void buf_produced(struct buf *b, size_t n);
 void buf_consume(struct buf *b, size_t n);
 
 /* Append n bytes; returns 0, or -1 (nothing appended) if they do not fit. */
-__attribute__((warn_unused_result))
-int buf_append(struct buf *b, const void *p, size_t n);
+__attribute__((warn_unused_result)) int buf_append(struct buf *b, const void *p, size_t n);
 
 /* Free the storage if nothing is pending. */
 void buf_release(struct buf *b);

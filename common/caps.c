@@ -20,15 +20,15 @@
 
 /* The atoms hidden whole; AUTH= and COMPRESS= are hidden as prefixes. */
 static const char *const caps_hidden_words[] = {
-	"STARTTLS",
-	"LOGINDISABLED",
-	"SASL-IR",
-	"UNAUTHENTICATE",
+    "STARTTLS",
+    "LOGINDISABLED",
+    "SASL-IR",
+    "UNAUTHENTICATE",
 };
 
 static const char *const caps_hidden_prefixes[] = {
-	"AUTH=",
-	"COMPRESS=",
+    "AUTH=",
+    "COMPRESS=",
 };
 
 /* ASCII only: capability names are ASCII and the locale must not matter. */
@@ -82,8 +82,7 @@ bool caps_is_hidden(const char *cap, size_t len)
  * Find the next atom in s[*pos..len): returns true with *start_r and *len_r set
  * and *pos moved past it, or false at the end of the list.
  */
-static bool caps_next_atom(const char *s, size_t len, size_t *pos, size_t *start_r,
-			   size_t *len_r)
+static bool caps_next_atom(const char *s, size_t len, size_t *pos, size_t *start_r, size_t *len_r)
 {
 	size_t i = *pos, start;
 

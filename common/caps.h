@@ -21,8 +21,8 @@ bool caps_is_hidden(const char *cap, size_t len);
  * capabilities, single-space separated, order kept. Returns the output
  * length, or -1 if out is too small.
  */
-__attribute__((warn_unused_result))
-long caps_filter(const char *in, size_t inlen, char *out, size_t outcap);
+__attribute__((warn_unused_result)) long caps_filter(const char *in, size_t inlen, char *out,
+                                                     size_t outcap);
 
 /* True if list[0..len) contains capability cap (case-insensitive, whole atoms). */
 bool caps_has(const char *list, size_t len, const char *cap);

@@ -50,8 +50,8 @@
 #define CFG_DURATION_DIGITS 15
 
 #define POOL_MAX_LIMIT 1000000u
-#define WORKERS_MAX 64u
-#define KEYS_MAX 16
+#define WORKERS_MAX    64u
+#define KEYS_MAX       16
 
 enum val_type {
 	V_DURATION,  /* double, seconds */
@@ -70,7 +70,7 @@ enum val_type {
 
 #define KF_REQUIRED 0x1u /* the section is incomplete without it */
 #define KF_POSITIVE 0x2u /* duration where zero makes no sense */
-#define KF_FILE 0x4u     /* string naming a file that must be readable now */
+#define KF_FILE     0x4u /* string naming a file that must be readable now */
 #define KF_EMPTY_OK 0x8u /* "" is a meaningful value */
 
 struct key_def {
@@ -86,51 +86,51 @@ struct key_def {
 #define BF(f) offsetof(struct cfg_backend, f)
 
 static const struct key_def imapmux_keys[] = {
-	{ "workers", V_WORKERS, CF(workers), 0, 0, 0 },
-	{ "log_level", V_LOG_LEVEL, CF(log_level), 0, 0, 0 },
-	{ "stats_listen", V_ADDR, CF(stats_listen), 0, 0, 0 },
-	{ "auth", V_AUTH, CF(auth), 0, 0, 0 },
-	{ "park_idle_after", V_DURATION, CF(park_idle_after), 0, 0, 0 },
-	{ "preauth_timeout", V_DURATION, CF(preauth_timeout), KF_POSITIVE, 0, 0 },
-	{ "idle_timeout", V_DURATION, CF(idle_timeout), KF_POSITIVE, 0, 0 },
-	{ "shutdown_timeout", V_DURATION, CF(shutdown_timeout), 0, 0, 0 },
+    {"workers", V_WORKERS, CF(workers), 0, 0, 0},
+    {"log_level", V_LOG_LEVEL, CF(log_level), 0, 0, 0},
+    {"stats_listen", V_ADDR, CF(stats_listen), 0, 0, 0},
+    {"auth", V_AUTH, CF(auth), 0, 0, 0},
+    {"park_idle_after", V_DURATION, CF(park_idle_after), 0, 0, 0},
+    {"preauth_timeout", V_DURATION, CF(preauth_timeout), KF_POSITIVE, 0, 0},
+    {"idle_timeout", V_DURATION, CF(idle_timeout), KF_POSITIVE, 0, 0},
+    {"shutdown_timeout", V_DURATION, CF(shutdown_timeout), 0, 0, 0},
 };
 
 static const struct key_def listen_keys[] = {
-	{ "address", V_ADDR, LF(addr), KF_REQUIRED, 0, 0 },
-	{ "tls", V_TLS, LF(tls), 0, 0, 0 },
-	{ "cert", V_STRING, LF(cert), KF_FILE, 0, 0 },
-	{ "key", V_STRING, LF(key), KF_FILE, 0, 0 },
-	{ "proxy_protocol", V_BOOL, LF(proxy_protocol), 0, 0, 0 },
-	{ "allow_plaintext_auth", V_BOOL, LF(allow_plaintext_auth), 0, 0, 0 },
+    {"address", V_ADDR, LF(addr), KF_REQUIRED, 0, 0},
+    {"tls", V_TLS, LF(tls), 0, 0, 0},
+    {"cert", V_STRING, LF(cert), KF_FILE, 0, 0},
+    {"key", V_STRING, LF(key), KF_FILE, 0, 0},
+    {"proxy_protocol", V_BOOL, LF(proxy_protocol), 0, 0, 0},
+    {"allow_plaintext_auth", V_BOOL, LF(allow_plaintext_auth), 0, 0, 0},
 };
 
 static const struct key_def redis_keys[] = {
-	{ "address", V_ADDR_UNIX, CF(redis_addr), 0, 0, 0 },
-	{ "prefix", V_STRING, CF(redis_prefix), KF_EMPTY_OK, 0, 0 },
-	{ "password", V_STRING, CF(redis_password), 0, 0, 0 },
-	/* Redis parses SELECT's index as a signed 32-bit number. */
-	{ "db", V_UINT, CF(redis_db), 0, 0, 2147483647u },
+    {"address", V_ADDR_UNIX, CF(redis_addr), 0, 0, 0},
+    {"prefix", V_STRING, CF(redis_prefix), KF_EMPTY_OK, 0, 0},
+    {"password", V_STRING, CF(redis_password), 0, 0, 0},
+    /* Redis parses SELECT's index as a signed 32-bit number. */
+    {"db", V_UINT, CF(redis_db), 0, 0, 2147483647u},
 };
 
 static const struct key_def routing_keys[] = {
-	{ "lookup", V_LOOKUP, CF(lookup), 0, 0, 0 },
-	{ "fallback", V_FALLBACK, CF(fallback), 0, 0, 0 },
-	{ "cache_ttl", V_DURATION, CF(cache_ttl), 0, 0, 0 },
+    {"lookup", V_LOOKUP, CF(lookup), 0, 0, 0},
+    {"fallback", V_FALLBACK, CF(fallback), 0, 0, 0},
+    {"cache_ttl", V_DURATION, CF(cache_ttl), 0, 0, 0},
 };
 
 static const struct key_def backend_keys[] = {
-	{ "address", V_ADDR, BF(addr), KF_REQUIRED, 0, 0 },
-	{ "tls", V_TLS, BF(tls), 0, 0, 0 },
-	{ "ca", V_STRING, BF(ca), KF_FILE, 0, 0 },
-	{ "tls_name", V_STRING, BF(tls_name), 0, 0, 0 },
-	{ "master_user", V_STRING, BF(master_user), 0, 0, 0 },
-	{ "master_password", V_STRING, BF(master_password), 0, 0, 0 },
-	{ "pool_min_idle", V_UINT, BF(pool_min_idle), 0, 0, POOL_MAX_LIMIT },
-	{ "pool_max", V_UINT, BF(pool_max), 0, 1, POOL_MAX_LIMIT },
-	{ "weight", V_UINT, BF(weight), 0, 1, 1000 },
-	{ "connect_timeout", V_DURATION, BF(connect_timeout), KF_POSITIVE, 0, 0 },
-	{ "command_timeout", V_DURATION, BF(command_timeout), KF_POSITIVE, 0, 0 },
+    {"address", V_ADDR, BF(addr), KF_REQUIRED, 0, 0},
+    {"tls", V_TLS, BF(tls), 0, 0, 0},
+    {"ca", V_STRING, BF(ca), KF_FILE, 0, 0},
+    {"tls_name", V_STRING, BF(tls_name), 0, 0, 0},
+    {"master_user", V_STRING, BF(master_user), 0, 0, 0},
+    {"master_password", V_STRING, BF(master_password), 0, 0, 0},
+    {"pool_min_idle", V_UINT, BF(pool_min_idle), 0, 0, POOL_MAX_LIMIT},
+    {"pool_max", V_UINT, BF(pool_max), 0, 1, POOL_MAX_LIMIT},
+    {"weight", V_UINT, BF(weight), 0, 1, 1000},
+    {"connect_timeout", V_DURATION, BF(connect_timeout), KF_POSITIVE, 0, 0},
+    {"command_timeout", V_DURATION, BF(command_timeout), KF_POSITIVE, 0, 0},
 };
 
 enum sec_kind {
@@ -151,12 +151,12 @@ struct sec_def {
 };
 
 static const struct sec_def sec_defs[SEC_COUNT] = {
-	[SEC_NONE] = { "", false, NULL, 0 },
-	[SEC_IMAPMUX] = { "imapmux", false, imapmux_keys, ARRAY_SIZE(imapmux_keys) },
-	[SEC_LISTEN] = { "listen", true, listen_keys, ARRAY_SIZE(listen_keys) },
-	[SEC_REDIS] = { "redis", false, redis_keys, ARRAY_SIZE(redis_keys) },
-	[SEC_ROUTING] = { "routing", false, routing_keys, ARRAY_SIZE(routing_keys) },
-	[SEC_BACKEND] = { "backend", true, backend_keys, ARRAY_SIZE(backend_keys) },
+    [SEC_NONE] = {"", false, NULL, 0},
+    [SEC_IMAPMUX] = {"imapmux", false, imapmux_keys, ARRAY_SIZE(imapmux_keys)},
+    [SEC_LISTEN] = {"listen", true, listen_keys, ARRAY_SIZE(listen_keys)},
+    [SEC_REDIS] = {"redis", false, redis_keys, ARRAY_SIZE(redis_keys)},
+    [SEC_ROUTING] = {"routing", false, routing_keys, ARRAY_SIZE(routing_keys)},
+    [SEC_BACKEND] = {"backend", true, backend_keys, ARRAY_SIZE(backend_keys)},
 };
 
 _Static_assert(ARRAY_SIZE(imapmux_keys) <= KEYS_MAX, "raise KEYS_MAX");
@@ -167,17 +167,17 @@ _Static_assert(ARRAY_SIZE(backend_keys) <= KEYS_MAX, "raise KEYS_MAX");
 
 /* Keyword tables, indexed by the enum value they stand for. */
 static const char *const tls_names[] = {
-	[CFG_TLS_NONE] = "none",
-	[CFG_TLS_STARTTLS] = "starttls",
-	[CFG_TLS_IMPLICIT] = "implicit",
+    [CFG_TLS_NONE] = "none",
+    [CFG_TLS_STARTTLS] = "starttls",
+    [CFG_TLS_IMPLICIT] = "implicit",
 };
 static const char *const auth_names[] = {
-	[CFG_AUTH_BACKEND] = "backend",
-	[CFG_AUTH_REDIS] = "redis",
+    [CFG_AUTH_BACKEND] = "backend",
+    [CFG_AUTH_REDIS] = "redis",
 };
 static const char *const lookup_names[] = {
-	[CFG_LOOKUP_STATIC] = "static",
-	[CFG_LOOKUP_REDIS] = "redis",
+    [CFG_LOOKUP_STATIC] = "static",
+    [CFG_LOOKUP_REDIS] = "redis",
 };
 
 struct parser {
@@ -187,13 +187,13 @@ struct parser {
 	size_t errlen;
 	int line; /* of the line being read; 0 before the first */
 
-	enum sec_kind kind; /* of the open section */
-	size_t idx;         /* its index in listens/backends */
-	int sec_line;       /* line of its header */
-	char label[96];     /* "[listen imaps]", for messages */
+	enum sec_kind kind;     /* of the open section */
+	size_t idx;             /* its index in listens/backends */
+	int sec_line;           /* line of its header */
+	char label[96];         /* "[listen imaps]", for messages */
 	int key_line[KEYS_MAX]; /* where each key of its table was set; 0 = not */
 
-	int single_line[SEC_COUNT]; /* header line of each unnamed kind seen */
+	int single_line[SEC_COUNT];                /* header line of each unnamed kind seen */
 	int auth_line, lookup_line, fallback_line; /* for whole-file checks */
 };
 
@@ -201,8 +201,8 @@ struct parser {
  * Write "path:line: reason" (or "path: reason" for line 0) into the
  * caller's buffer, truncating as needed.
  */
-__attribute__((format(printf, 3, 4)))
-static void set_err(struct parser *p, int line, const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static void set_err(struct parser *p, int line,
+                                                          const char *fmt, ...)
 {
 	va_list ap;
 	int n;
@@ -253,7 +253,7 @@ static bool valid_name(const char *s)
 	if (n == 0 || n >= CFG_NAME_MAX)
 		return false;
 	return strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-			 "0123456789_.-") == n;
+	                 "0123456789_.-") == n;
 }
 
 /* Index of s in names (case-insensitive), or -1. */
@@ -333,8 +333,8 @@ int cfg_parse_duration(const char *s, double *secs_r)
 
 int cfg_parse_bool(const char *s, bool *b_r)
 {
-	static const char *const yes[] = { "yes", "true", "on", "1" };
-	static const char *const no[] = { "no", "false", "off", "0" };
+	static const char *const yes[] = {"yes", "true", "on", "1"};
+	static const char *const no[] = {"no", "false", "off", "0"};
 
 	if (parse_keyword(s, yes, ARRAY_SIZE(yes)) >= 0) {
 		*b_r = true;
@@ -358,7 +358,7 @@ static int parse_port(const char *s)
 }
 
 static int parse_unix_addr(const char *path, bool allow_unix, struct cfg_addr *a, char *why,
-			   size_t whylen)
+                           size_t whylen)
 {
 	struct sockaddr_un *sun = (struct sockaddr_un *)&a->ss;
 	size_t n = strlen(path);
@@ -373,7 +373,7 @@ static int parse_unix_addr(const char *path, bool allow_unix, struct cfg_addr *a
 	}
 	if (n >= sizeof(sun->sun_path)) {
 		snprintf(why, whylen, "unix socket path longer than %zu bytes",
-			 sizeof(sun->sun_path) - 1);
+		         sizeof(sun->sun_path) - 1);
 		return -1;
 	}
 	sun->sun_family = AF_UNIX;
@@ -479,7 +479,7 @@ fail:
  * the reason for a failure.
  */
 static int parse_addr(const char *s, bool allow_unix, struct cfg_addr *a_r, char *why,
-		      size_t whylen)
+                      size_t whylen)
 {
 	struct cfg_addr a;
 	size_t n = strlen(s);
@@ -653,7 +653,7 @@ static int set_value(struct parser *p, const struct key_def *k, const char *v)
 		}
 		if ((k->flags & KF_POSITIVE) && d <= 0) {
 			set_err(p, p->line, "bad duration '%s' for %s (must be more than 0)", v,
-				k->name);
+			        k->name);
 			return -1;
 		}
 		*(double *)f = d;
@@ -668,7 +668,7 @@ static int set_value(struct parser *p, const struct key_def *k, const char *v)
 	case V_UINT:
 		if (parse_uint(v, k->min, k->max, &u) < 0) {
 			set_err(p, p->line, "bad number '%s' for %s (%u..%u)", v, k->name, k->min,
-				k->max);
+			        k->max);
 			return -1;
 		}
 		*(unsigned *)f = u;
@@ -678,7 +678,7 @@ static int set_value(struct parser *p, const struct key_def *k, const char *v)
 			u = 0;
 		} else if (parse_uint(v, 1, WORKERS_MAX, &u) < 0) {
 			set_err(p, p->line, "bad value '%s' for %s (1..%u or auto)", v, k->name,
-				WORKERS_MAX);
+			        WORKERS_MAX);
 			return -1;
 		}
 		*(unsigned *)f = u;
@@ -686,14 +686,14 @@ static int set_value(struct parser *p, const struct key_def *k, const char *v)
 	case V_LOG_LEVEL:
 		if (log_level_parse(v, (enum log_level *)f) < 0) {
 			set_err(p, p->line, "bad value '%s' for %s (error, warn, info, debug)", v,
-				k->name);
+			        k->name);
 			return -1;
 		}
 		break;
 	case V_ADDR:
 	case V_ADDR_UNIX:
-		if (parse_addr(v, k->type == V_ADDR_UNIX, (struct cfg_addr *)f, why,
-			       sizeof(why)) < 0) {
+		if (parse_addr(v, k->type == V_ADDR_UNIX, (struct cfg_addr *)f, why, sizeof(why)) <
+		    0) {
 			set_err(p, p->line, "bad address '%s' for %s: %s", v, k->name, why);
 			return -1;
 		}
@@ -714,7 +714,7 @@ static int set_value(struct parser *p, const struct key_def *k, const char *v)
 		i = parse_keyword(v, tls_names, ARRAY_SIZE(tls_names));
 		if (i < 0) {
 			set_err(p, p->line, "bad value '%s' for %s (none, starttls, implicit)", v,
-				k->name);
+			        k->name);
 			return -1;
 		}
 		*(enum cfg_tls *)f = (enum cfg_tls)i;
@@ -746,10 +746,10 @@ static int set_value(struct parser *p, const struct key_def *k, const char *v)
 		} else if (valid_name(v)) {
 			p->cfg->fallback = CFG_FALLBACK_BACKEND;
 			snprintf(p->cfg->fallback_backend, sizeof(p->cfg->fallback_backend), "%s",
-				 v);
+			         v);
 		} else {
 			set_err(p, p->line, "bad value '%s' for %s (hash, deny or a backend name)",
-				v, k->name);
+			        v, k->name);
 			return -1;
 		}
 		p->fallback_line = p->line;
@@ -783,7 +783,7 @@ static int cut_value(struct parser *p, char *s, char **v_r)
 		*v_r = s;
 		return 0;
 	}
-	for (r = s + 1, w = s; *r != '"'; ) {
+	for (r = s + 1, w = s; *r != '"';) {
 		if (*r == '\0') {
 			set_err(p, p->line, "unterminated quoted value");
 			return -1;
@@ -794,8 +794,9 @@ static int cut_value(struct parser *p, char *s, char **v_r)
 				return -1;
 			}
 			if (r[1] != '"' && r[1] != '\\') {
-				set_err(p, p->line, "bad escape '\\%c' in quoted value (only \\\" and \\\\)",
-					r[1]);
+				set_err(p, p->line,
+				        "bad escape '\\%c' in quoted value (only \\\" and \\\\)",
+				        r[1]);
 				return -1;
 			}
 			r++;
@@ -847,7 +848,7 @@ static int parse_key(struct parser *p, char *s)
 	}
 	if (p->key_line[i] != 0) {
 		set_err(p, p->line, "duplicate key '%s' in %s (first at line %d)", s, p->label,
-			p->key_line[i]);
+		        p->key_line[i]);
 		return -1;
 	}
 	p->key_line[i] = p->line;
@@ -882,7 +883,7 @@ static int close_section(struct parser *p)
 		l = &p->cfg->listens[p->idx];
 		if (l->tls != CFG_TLS_NONE && (l->cert == NULL || l->key == NULL)) {
 			set_err(p, p->sec_line, "missing %s in %s (tls = %s needs cert and key)",
-				l->cert == NULL ? "cert" : "key", p->label, tls_names[l->tls]);
+			        l->cert == NULL ? "cert" : "key", p->label, tls_names[l->tls]);
 			return -1;
 		}
 		break;
@@ -891,16 +892,16 @@ static int close_section(struct parser *p)
 		if (b->pool_min_idle > b->pool_max) {
 			line = key_line(p, "pool_min_idle");
 			set_err(p, line != 0 ? line : key_line(p, "pool_max"),
-				"pool_min_idle %u is more than pool_max %u in %s", b->pool_min_idle,
-				b->pool_max, p->label);
+			        "pool_min_idle %u is more than pool_max %u in %s", b->pool_min_idle,
+			        b->pool_max, p->label);
 			return -1;
 		}
 		/* One without the other can only be a mistake. */
 		if ((b->master_user == NULL) != (b->master_password == NULL)) {
 			set_err(p, p->sec_line, "missing %s in %s (%s is set)",
-				b->master_user == NULL ? "master_user" : "master_password",
-				p->label,
-				b->master_user == NULL ? "master_password" : "master_user");
+			        b->master_user == NULL ? "master_user" : "master_password",
+			        p->label,
+			        b->master_user == NULL ? "master_password" : "master_user");
 			return -1;
 		}
 		break;
@@ -921,8 +922,8 @@ static int add_listen(struct parser *p, const char *name)
 
 	for (size_t i = 0; i < c->nlistens; i++) {
 		if (strcmp(c->listens[i].name, name) == 0) {
-			set_err(p, p->line, "duplicate section [listen %s] (first at line %d)", name,
-				c->listens[i].line);
+			set_err(p, p->line, "duplicate section [listen %s] (first at line %d)",
+			        name, c->listens[i].line);
 			return -1;
 		}
 	}
@@ -949,7 +950,7 @@ static int add_backend(struct parser *p, const char *name)
 	for (size_t i = 0; i < c->nbackends; i++) {
 		if (strcmp(c->backends[i].name, name) == 0) {
 			set_err(p, p->line, "duplicate section [backend %s] (first at line %d)",
-				name, c->backends[i].line);
+			        name, c->backends[i].line);
 			return -1;
 		}
 	}
@@ -1030,9 +1031,8 @@ static int parse_header(struct parser *p, char *s)
 		return -1;
 	}
 	if (sec_defs[kind].named && !valid_name(name)) {
-		set_err(p, p->line,
-			"bad section name '%s' (1..%d characters of A-Z a-z 0-9 _ . -)", name,
-			CFG_NAME_MAX - 1);
+		set_err(p, p->line, "bad section name '%s' (1..%d characters of A-Z a-z 0-9 _ . -)",
+		        name, CFG_NAME_MAX - 1);
 		return -1;
 	}
 	if (kind == SEC_LISTEN) {
@@ -1044,7 +1044,7 @@ static int parse_header(struct parser *p, char *s)
 	} else {
 		if (p->single_line[kind] != 0) {
 			set_err(p, p->line, "duplicate section [%s] (first at line %d)", s,
-				p->single_line[kind]);
+			        p->single_line[kind]);
 			return -1;
 		}
 		p->single_line[kind] = p->line;
@@ -1102,14 +1102,15 @@ static int check_whole(struct parser *p)
 		set_err(p, 0, "no [backend] section");
 		return -1;
 	}
-	if (c->fallback == CFG_FALLBACK_BACKEND && cfg_backend_find(c, c->fallback_backend) == NULL) {
+	if (c->fallback == CFG_FALLBACK_BACKEND &&
+	    cfg_backend_find(c, c->fallback_backend) == NULL) {
 		set_err(p, p->fallback_line, "unknown backend '%s' for fallback",
-			c->fallback_backend);
+		        c->fallback_backend);
 		return -1;
 	}
 	if (c->lookup == CFG_LOOKUP_STATIC && c->fallback == CFG_FALLBACK_DENY) {
 		set_err(p, p->fallback_line,
-			"fallback = deny with lookup = static would refuse every login");
+		        "fallback = deny with lookup = static would refuse every login");
 		return -1;
 	}
 	if (c->lookup == CFG_LOOKUP_REDIS && !c->has_redis) {
@@ -1125,9 +1126,10 @@ static int check_whole(struct parser *p)
 
 		/* The proxy logs in as the user with these; it never sees a user password. */
 		if (c->auth == CFG_AUTH_REDIS && b->master_user == NULL) {
-			set_err(p, b->line,
-				"auth = redis needs master_user and master_password in [backend %s]",
-				b->name);
+			set_err(
+			    p, b->line,
+			    "auth = redis needs master_user and master_password in [backend %s]",
+			    b->name);
 			return -1;
 		}
 		if (b->tls_name == NULL) {

@@ -47,33 +47,35 @@ enum cfg_fallback {
 struct cfg_addr {
 	struct sockaddr_storage ss; /* AF_INET, AF_INET6 or AF_UNIX */
 	socklen_t len;
-	char text[300];             /* as written in the file, for logs */
+	char text[300]; /* as written in the file, for logs */
 };
 
 struct cfg_listen {
 	char name[CFG_NAME_MAX];
-	struct cfg_addr addr;           /* address = (required) */
-	enum cfg_tls tls;               /* tls = implicit | starttls | none (default none) */
-	char *cert;                     /* cert = PEM chain; required unless tls = none */
-	char *key;                      /* key = PEM key; required unless tls = none */
-	bool proxy_protocol;            /* proxy_protocol = no */
-	bool allow_plaintext_auth;      /* allow_plaintext_auth = no */
-	int line;                       /* line of the section header */
+	struct cfg_addr addr;      /* address = (required) */
+	enum cfg_tls tls;          /* tls = implicit | starttls | none (default none) */
+	char *cert;                /* cert = PEM chain; required unless tls = none */
+	char *key;                 /* key = PEM key; required unless tls = none */
+	bool proxy_protocol;       /* proxy_protocol = no */
+	bool allow_plaintext_auth; /* allow_plaintext_auth = no */
+	int line;                  /* line of the section header */
 };
 
 struct cfg_backend {
 	char name[CFG_NAME_MAX];
-	struct cfg_addr addr;           /* address = (required) */
-	enum cfg_tls tls;               /* tls = none | starttls | implicit (default none) */
-	char *ca;                       /* ca = PEM bundle: verify the backend's certificate; NULL = no verification */
-	char *tls_name;                 /* tls_name = name for SNI and certificate check (default: the host of address) */
-	char *master_user;              /* master_user = (optional) */
-	char *master_password;          /* master_password = (optional) */
-	unsigned pool_min_idle;         /* pool_min_idle = 0 */
-	unsigned pool_max;              /* pool_max = 5000 */
-	unsigned weight;                /* weight = 1 (1..1000), for hashing */
-	double connect_timeout;         /* connect_timeout = 10s: TCP connect, TLS, greeting */
-	double command_timeout;         /* command_timeout = 30s: the proxy's own commands (login, CAPABILITY) */
+	struct cfg_addr addr; /* address = (required) */
+	enum cfg_tls tls;     /* tls = none | starttls | implicit (default none) */
+	char *ca; /* ca = PEM bundle: verify the backend's certificate; NULL = no verification */
+	char *
+	    tls_name; /* tls_name = name for SNI and certificate check (default: the host of address) */
+	char *master_user;      /* master_user = (optional) */
+	char *master_password;  /* master_password = (optional) */
+	unsigned pool_min_idle; /* pool_min_idle = 0 */
+	unsigned pool_max;      /* pool_max = 5000 */
+	unsigned weight;        /* weight = 1 (1..1000), for hashing */
+	double connect_timeout; /* connect_timeout = 10s: TCP connect, TLS, greeting */
+	double
+	    command_timeout; /* command_timeout = 30s: the proxy's own commands (login, CAPABILITY) */
 	int line;
 };
 
@@ -81,28 +83,28 @@ struct cfg {
 	char *path;
 
 	/* [imapmux] */
-	unsigned workers;               /* workers = 2; "auto" = 0 here, meaning one per core */
-	enum log_level log_level;       /* log_level = info */
-	bool has_stats;                 /* stats_listen set */
+	unsigned workers;         /* workers = 2; "auto" = 0 here, meaning one per core */
+	enum log_level log_level; /* log_level = info */
+	bool has_stats;           /* stats_listen set */
 	struct cfg_addr stats_listen;
-	enum cfg_auth auth;             /* auth = backend */
-	double park_idle_after;         /* park_idle_after = 30; 0 = never */
-	double preauth_timeout;         /* preauth_timeout = 60 */
-	double idle_timeout;            /* idle_timeout = 1800 */
-	double shutdown_timeout;        /* shutdown_timeout = 30 */
+	enum cfg_auth auth;      /* auth = backend */
+	double park_idle_after;  /* park_idle_after = 30; 0 = never */
+	double preauth_timeout;  /* preauth_timeout = 60 */
+	double idle_timeout;     /* idle_timeout = 1800 */
+	double shutdown_timeout; /* shutdown_timeout = 30 */
 
 	/* [redis] */
-	bool has_redis;                 /* the section is present */
-	struct cfg_addr redis_addr;     /* address = 127.0.0.1:6379 | unix:/path */
-	char *redis_prefix;             /* prefix = imapmux: */
-	char *redis_password;           /* password = (optional) */
-	unsigned redis_db;              /* db = 0 */
+	bool has_redis;             /* the section is present */
+	struct cfg_addr redis_addr; /* address = 127.0.0.1:6379 | unix:/path */
+	char *redis_prefix;         /* prefix = imapmux: */
+	char *redis_password;       /* password = (optional) */
+	unsigned redis_db;          /* db = 0 */
 
 	/* [routing] */
-	enum cfg_lookup lookup;         /* lookup = static */
-	enum cfg_fallback fallback;     /* fallback = hash | deny | NAME */
+	enum cfg_lookup lookup;     /* lookup = static */
+	enum cfg_fallback fallback; /* fallback = hash | deny | NAME */
 	char fallback_backend[CFG_NAME_MAX];
-	double cache_ttl;               /* cache_ttl = 60 */
+	double cache_ttl; /* cache_ttl = 60 */
 
 	struct cfg_listen *listens;
 	size_t nlistens;
@@ -123,8 +125,8 @@ struct cfg {
  * A backend's tls_name is never NULL once loaded: when the file sets none,
  * it is the host part of address (a name or an IP literal).
  */
-__attribute__((warn_unused_result))
-int cfg_load(const char *path, struct cfg **cfg_r, char *err, size_t errlen);
+__attribute__((warn_unused_result)) int cfg_load(const char *path, struct cfg **cfg_r, char *err,
+                                                 size_t errlen);
 
 /*
  * Parse pieces, exposed for unit tests and reuse. Each returns 0 or -1 and
@@ -135,12 +137,10 @@ int cfg_load(const char *path, struct cfg **cfg_r, char *err, size_t errlen);
  * Address: host:port, [v6]:port or (if allow_unix) unix:/path; a host
  * that is not a literal is resolved with getaddrinfo, which blocks.
  */
-__attribute__((warn_unused_result))
-int cfg_parse_duration(const char *s, double *secs_r);
-__attribute__((warn_unused_result))
-int cfg_parse_bool(const char *s, bool *b_r);
-__attribute__((warn_unused_result))
-int cfg_parse_addr(const char *s, bool allow_unix, struct cfg_addr *a_r);
+__attribute__((warn_unused_result)) int cfg_parse_duration(const char *s, double *secs_r);
+__attribute__((warn_unused_result)) int cfg_parse_bool(const char *s, bool *b_r);
+__attribute__((warn_unused_result)) int cfg_parse_addr(const char *s, bool allow_unix,
+                                                       struct cfg_addr *a_r);
 
 /* Find a backend by name; NULL if none. */
 const struct cfg_backend *cfg_backend_find(const struct cfg *cfg, const char *name);

@@ -93,8 +93,7 @@ static int fail(struct imap_parser *p, const char *err)
 	return -1;
 }
 
-static int emit(struct imap_parser *p, enum imap_arg_type type, const uint8_t *data,
-		size_t len)
+static int emit(struct imap_parser *p, enum imap_arg_type type, const uint8_t *data, size_t len)
 {
 	struct imap_arg *a;
 
@@ -321,7 +320,7 @@ static int parse_args(struct imap_parser *p)
 
 int imap_cmd_parse(uint8_t *buf, size_t len, struct imap_cmd *c_r, const char **err_r)
 {
-	struct imap_parser p = { .buf = buf, .len = len, .cmd = c_r };
+	struct imap_parser p = {.buf = buf, .len = len, .cmd = c_r};
 
 	c_r->tag = NULL;
 	c_r->tag_len = 0;

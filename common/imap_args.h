@@ -53,21 +53,21 @@ struct imap_cmd {
  * Rejects: NUL bytes, bare CR, 8-bit bytes outside quoted strings and
  * literals, unbalanced parentheses, too many arguments, a bad tag.
  */
-__attribute__((warn_unused_result))
-int imap_cmd_parse(uint8_t *buf, size_t len, struct imap_cmd *c_r, const char **err_r);
+__attribute__((warn_unused_result)) int imap_cmd_parse(uint8_t *buf, size_t len,
+                                                       struct imap_cmd *c_r, const char **err_r);
 
 /* Case-insensitive comparison of a byte span with a NUL-terminated ASCII word. */
 bool imap_word_eq(const uint8_t *p, size_t len, const char *word);
 
 /* The head of a line: tag and up to two following space-separated words. */
 struct imap_head {
-	const uint8_t *tag;   /* "*", "+", or a command tag */
+	const uint8_t *tag; /* "*", "+", or a command tag */
 	size_t tag_len;
-	const uint8_t *w1;    /* command name, or response status / number */
+	const uint8_t *w1; /* command name, or response status / number */
 	size_t w1_len;
-	const uint8_t *w2;    /* e.g. "EXISTS" after "* 3", or the first argument */
+	const uint8_t *w2; /* e.g. "EXISTS" after "* 3", or the first argument */
 	size_t w2_len;
-	const uint8_t *rest;  /* what follows w1 (and its space), up to the line end */
+	const uint8_t *rest; /* what follows w1 (and its space), up to the line end */
 	size_t rest_len;
 };
 

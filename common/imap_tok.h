@@ -61,48 +61,48 @@ struct imap_tok_limits {
 
 struct imap_tok_unit {
 	enum imap_tok_type type;
-	size_t len;        /* bytes of input this unit covers */
-	bool first;        /* the unit starts a new logical line (never a LITERAL) */
-	bool last;         /* a LINE that ends the logical line (no literal follows) */
-	bool text;         /* RESPONSES: the logical line is a status or continuation response
+	size_t len;       /* bytes of input this unit covers */
+	bool first;       /* the unit starts a new logical line (never a LITERAL) */
+	bool last;        /* a LINE that ends the logical line (no literal follows) */
+	bool text;        /* RESPONSES: the logical line is a status or continuation response
 	                    * (known once its first word is scanned: a FRAGMENT cut before
 	                    * that may still say false; the LINE always knows) */
-	bool has_literal;  /* a LINE that ends in a literal announcement */
-	bool lit_nonsync;  /* ... of the form {n+} */
-	bool lit_binary;   /* ... of the form ~{n} */
-	uint64_t literal;  /* ... its size (may be 0) */
+	bool has_literal; /* a LINE that ends in a literal announcement */
+	bool lit_nonsync; /* ... of the form {n+} */
+	bool lit_binary;  /* ... of the form ~{n} */
+	uint64_t literal; /* ... its size (may be 0) */
 };
 
 /* Opaque to callers: only imap_tok.c reads or writes these fields. */
 struct imap_tok {
 	enum imap_tok_dir dir;
 	struct imap_tok_limits lim;
-	const char *err;      /* why the last call returned -1 */
-	bool failed;          /* sticky: once -1, always -1 */
+	const char *err; /* why the last call returned -1 */
+	bool failed;     /* sticky: once -1, always -1 */
 
 	/* the unit being scanned */
-	size_t scanned;       /* bytes of the current unit already looked at */
-	bool have_unit;       /* unit below is complete and not yet consumed */
+	size_t scanned; /* bytes of the current unit already looked at */
+	bool have_unit; /* unit below is complete and not yet consumed */
 	struct imap_tok_unit unit;
 
 	/* logical line state */
-	bool at_line_start;   /* next byte starts a logical line */
+	bool at_line_start; /* next byte starts a logical line */
 	bool in_literal;
 	uint64_t lit_left;
-	bool line_text;       /* RESPONSES: current logical line is free text */
-	size_t part_len;      /* bytes of the current line part seen in earlier FRAGMENTs */
+	bool line_text;  /* RESPONSES: current logical line is free text */
+	size_t part_len; /* bytes of the current line part seen in earlier FRAGMENTs */
 
 	/* lexical state inside a line part */
-	int head;             /* head scanner state (tag, word) */
-	char word[8];         /* first word after the tag, upper-cased, for text detection */
+	int head;     /* head scanner state (tag, word) */
+	char word[8]; /* first word after the tag, upper-cased, for text detection */
 	size_t word_len;
 	bool word_long;
 	bool in_quote;
 	bool quote_esc;
-	int ann;              /* literal announcement scanner state */
+	int ann; /* literal announcement scanner state */
 	bool ann_binary;
 	bool ann_nonsync;
-	bool ann_tilde;       /* previous byte was '~' */
+	bool ann_tilde; /* previous byte was '~' */
 	uint64_t ann_num;
 	bool ann_overflow;
 };
@@ -117,8 +117,8 @@ void imap_tok_init(struct imap_tok *t, enum imap_tok_dir dir, const struct imap_
  * "literal size too large" (above 2^63-1), or "consume does not match unit"
  * after a misuse of imap_tok_consume()). -1 is sticky until imap_tok_init().
  */
-__attribute__((warn_unused_result))
-int imap_tok_next(struct imap_tok *t, const uint8_t *p, size_t len, struct imap_tok_unit *u_r);
+__attribute__((warn_unused_result)) int imap_tok_next(struct imap_tok *t, const uint8_t *p,
+                                                      size_t len, struct imap_tok_unit *u_r);
 
 /* Consume n bytes of the unit imap_tok_next() returned: u->len for a LINE
  * or FRAGMENT, anything up to u->len for a LITERAL. */

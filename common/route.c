@@ -42,8 +42,8 @@ double route_score(const uint8_t *user, size_t ulen, const char *name, unsigned 
 }
 
 const struct cfg_backend *route_rendezvous_among(const struct cfg *cfg, const uint8_t *user,
-						 size_t ulen, bool (*usable)(size_t i, void *arg),
-						 void *arg)
+                                                 size_t ulen, bool (*usable)(size_t i, void *arg),
+                                                 void *arg)
 {
 	const struct cfg_backend *best = NULL;
 	double best_score = -1.0;

@@ -24,11 +24,11 @@ double route_score(const uint8_t *user, size_t ulen, const char *name, unsigned 
 /* Highest-scoring backend among cfg's backends for which usable(i) is true
  * (usable NULL: all). NULL when none is usable. */
 const struct cfg_backend *route_rendezvous_among(const struct cfg *cfg, const uint8_t *user,
-						 size_t ulen, bool (*usable)(size_t i, void *arg),
-						 void *arg);
+                                                 size_t ulen, bool (*usable)(size_t i, void *arg),
+                                                 void *arg);
 
-static inline const struct cfg_backend *route_rendezvous(const struct cfg *cfg,
-							 const uint8_t *user, size_t ulen)
+static inline const struct cfg_backend *route_rendezvous(const struct cfg *cfg, const uint8_t *user,
+                                                         size_t ulen)
 {
 	return route_rendezvous_among(cfg, user, ulen, NULL, NULL);
 }

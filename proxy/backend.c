@@ -81,7 +81,7 @@ static void bk_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 	(void)loop;
 	(void)revents;
 	bk_fail(b, b->state == BK_LOGIN || b->state == BK_LOGIN_CAPS ? "login timed out"
-								      : "connect timed out");
+	                                                             : "connect timed out");
 }
 
 static void bk_arm_timer(struct backend *b, double secs)
@@ -92,7 +92,7 @@ static void bk_arm_timer(struct backend *b, double secs)
 }
 
 struct backend *backend_new(struct ev_loop *loop, const struct cfg_backend *cfg, SSL_CTX *ctx,
-			    unsigned long sid, backend_done_cb *done, void *owner)
+                            unsigned long sid, backend_done_cb *done, void *owner)
 {
 	struct backend *b;
 	int fd;
@@ -100,7 +100,7 @@ struct backend *backend_new(struct ev_loop *loop, const struct cfg_backend *cfg,
 	fd = conn_socket_connect((const struct sockaddr *)&cfg->addr.ss, cfg->addr.len);
 	if (fd < 0) {
 		log_warn("S-%lu backend %s (%s): connect: %s", sid, cfg->name, cfg->addr.text,
-			 strerror(errno));
+		         strerror(errno));
 		return NULL;
 	}
 	b = calloc(1, sizeof(*b));
@@ -117,7 +117,7 @@ struct backend *backend_new(struct ev_loop *loop, const struct cfg_backend *cfg,
 	conn_init(&b->conn, loop, fd, BK_BUF_SIZE, BK_BUF_SIZE, bk_io, b);
 	b->conn.connecting = true;
 	b->conn.want_input = true;
-	struct imap_tok_limits lim = { .max_line = BK_MAX_LINE };
+	struct imap_tok_limits lim = {.max_line = BK_MAX_LINE};
 	imap_tok_init(&b->tok, IMAP_TOK_RESPONSES, &lim);
 	ev_timer_init(&b->timer, bk_timeout, cfg->connect_timeout, 0.);
 	b->timer.data = b;
@@ -232,7 +232,7 @@ static void bk_send_login(struct backend *b)
 }
 
 int backend_login(struct backend *b, const char *user, size_t user_len, const char *pass,
-		  size_t pass_len)
+                  size_t pass_len)
 {
 	b->user = malloc(user_len + 1);
 	b->pass = malloc(pass_len + 1);
@@ -419,7 +419,7 @@ static void bk_line(struct backend *b, const uint8_t *p, size_t len)
 			return;
 		}
 		bk_finish(b, no ? bk_login_no(h.rest, h.rest_len) : BK_RES_UNAVAILABLE,
-			  no ? "credentials refused" : "login command rejected");
+		          no ? "credentials refused" : "login command rejected");
 		return;
 	default:
 		bk_fail(b, "unexpected tagged response");

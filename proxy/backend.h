@@ -44,41 +44,41 @@ struct backend;
 typedef void backend_done_cb(void *owner, struct backend *b, enum bk_result r, const char *why);
 
 struct backend {
-	struct defer defer;         /* for backend_destroy_later */
+	struct defer defer; /* for backend_destroy_later */
 	enum bk_state state;
 	const struct cfg_backend *cfg;
-	SSL_CTX *ssl_ctx;          /* NULL for tls = none */
+	SSL_CTX *ssl_ctx; /* NULL for tls = none */
 	struct conn conn;
-	struct imap_tok tok;       /* response lines before ATTACHED */
+	struct imap_tok tok; /* response lines before ATTACHED */
 	ev_timer timer;
 	bool after_starttls;
-	char caps[2048];           /* the server's capabilities (raw list), "" until known */
+	char caps[2048]; /* the server's capabilities (raw list), "" until known */
 	bool caps_known;
 
 	/* the pending login */
 	bool login_wanted;
-	char *user;                /* owned copies; wiped and freed when sent */
+	char *user; /* owned copies; wiped and freed when sent */
 	size_t user_len;
 	char *pass;
 	size_t pass_len;
-	bool plain_continuation;   /* AUTHENTICATE PLAIN without SASL-IR: send on "+" */
+	bool plain_continuation; /* AUTHENTICATE PLAIN without SASL-IR: send on "+" */
 	char *plain_b64;
 
 	backend_done_cb *done;
 	void *owner;
-	unsigned long sid;         /* session id for logs */
+	unsigned long sid; /* session id for logs */
 };
 
 /* Start connecting to backend cfg. Returns NULL on immediate failure (no
  * callback then). */
 struct backend *backend_new(struct ev_loop *loop, const struct cfg_backend *cfg, SSL_CTX *ctx,
-			    unsigned long sid, backend_done_cb *done, void *owner);
+                            unsigned long sid, backend_done_cb *done, void *owner);
 
 /* Log in with the given credentials as soon as the connection is ready.
  * The backend keeps its own copy (wiped after use). Returns 0 or -1. */
-__attribute__((warn_unused_result))
-int backend_login(struct backend *b, const char *user, size_t user_len, const char *pass,
-		  size_t pass_len);
+__attribute__((warn_unused_result)) int backend_login(struct backend *b, const char *user,
+                                                      size_t user_len, const char *pass,
+                                                      size_t pass_len);
 
 /* Hand the logged-in conn to a new owner: its callbacks go to cb(owner). */
 void backend_attach(struct backend *b, conn_cb *cb, void *owner);

@@ -33,7 +33,7 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 }
 
 void conn_init(struct conn *c, struct ev_loop *loop, int fd, size_t in_cap, size_t out_cap,
-	       conn_cb *cb, void *owner)
+               conn_cb *cb, void *owner)
 {
 	memset(c, 0, sizeof(*c));
 	c->fd = fd;
@@ -80,8 +80,8 @@ int conn_start_tls(struct conn *c, SSL_CTX *ctx, bool server, const char *sni)
 		if (sni != NULL && sni[0] != '\0') {
 			struct in6_addr a6;
 			struct in_addr a4;
-			bool is_ip = inet_pton(AF_INET, sni, &a4) == 1 ||
-				     inet_pton(AF_INET6, sni, &a6) == 1;
+			bool is_ip =
+			    inet_pton(AF_INET, sni, &a4) == 1 || inet_pton(AF_INET6, sni, &a6) == 1;
 
 			/* RFC 6066: no IP literals in SNI; verify the address instead.
 			 * Verification (when the context verifies) checks this. */
@@ -89,7 +89,7 @@ int conn_start_tls(struct conn *c, SSL_CTX *ctx, bool server, const char *sni)
 				if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), sni) != 1)
 					goto fail;
 			} else if (SSL_set_tlsext_host_name(c->ssl, sni) != 1 ||
-				   SSL_set1_host(c->ssl, sni) != 1) {
+			           SSL_set1_host(c->ssl, sni) != 1) {
 				goto fail;
 			}
 		}
@@ -122,8 +122,7 @@ static int conn_handshake(struct conn *c)
 	c->hs_wants_write = e == SSL_ERROR_WANT_WRITE;
 	if (c->hs_wants_read || c->hs_wants_write)
 		return 0;
-	conn_fail(c, e == SSL_ERROR_SYSCALL ? "TLS handshake: connection lost"
-					    : ssl_reason());
+	conn_fail(c, e == SSL_ERROR_SYSCALL ? "TLS handshake: connection lost" : ssl_reason());
 	return -1;
 }
 
@@ -243,7 +242,8 @@ int conn_flush(struct conn *c)
 			int e;
 
 			ERR_clear_error();
-			n = SSL_write(c->ssl, buf_head(&c->out), len > INT32_MAX ? INT32_MAX : (int)len);
+			n = SSL_write(c->ssl, buf_head(&c->out),
+			              len > INT32_MAX ? INT32_MAX : (int)len);
 			if (n <= 0) {
 				e = SSL_get_error(c->ssl, (int)n);
 				if (e == SSL_ERROR_WANT_WRITE) {

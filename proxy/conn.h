@@ -29,7 +29,7 @@ typedef void conn_cb(struct conn *c, void *owner);
 
 struct conn {
 	int fd;
-	SSL *ssl;                  /* NULL while plaintext */
+	SSL *ssl; /* NULL while plaintext */
 	struct ev_loop *loop;
 	ev_io rio;
 	ev_io wio;
@@ -39,30 +39,30 @@ struct conn {
 	struct buf in;
 	struct buf out;
 
-	bool want_input;           /* the owner wants to read */
-	bool handshaking;          /* TLS handshake in progress */
-	bool tls_server;           /* handshake side */
-	bool hs_wants_read;        /* the handshake waits for readability */
-	bool hs_wants_write;       /* the handshake waits for writability */
-	bool rd_wants_write;       /* SSL_read needs the socket writable */
-	bool wr_wants_read;        /* SSL_write needs the socket readable */
-	bool eof;                  /* the peer closed its side (or TLS close_notify) */
-	bool error;                /* I/O or TLS error: the conn is dead */
-	bool connecting;           /* non-blocking connect() in progress */
-	const char *errmsg;        /* static text for logs when error */
+	bool want_input;     /* the owner wants to read */
+	bool handshaking;    /* TLS handshake in progress */
+	bool tls_server;     /* handshake side */
+	bool hs_wants_read;  /* the handshake waits for readability */
+	bool hs_wants_write; /* the handshake waits for writability */
+	bool rd_wants_write; /* SSL_read needs the socket writable */
+	bool wr_wants_read;  /* SSL_write needs the socket readable */
+	bool eof;            /* the peer closed its side (or TLS close_notify) */
+	bool error;          /* I/O or TLS error: the conn is dead */
+	bool connecting;     /* non-blocking connect() in progress */
+	const char *errmsg;  /* static text for logs when error */
 	unsigned long long bytes_in;
 	unsigned long long bytes_out;
 };
 
 /* Set up c around a connected (or connecting) non-blocking fd. */
 void conn_init(struct conn *c, struct ev_loop *loop, int fd, size_t in_cap, size_t out_cap,
-	       conn_cb *cb, void *owner);
+               conn_cb *cb, void *owner);
 
 /* Start TLS on the conn: server side (accept) or client side (connect) with
  * optional SNI/verification name. Returns 0 or -1. The handshake then runs
  * inside conn_read/conn_flush; conn_handshake_done() tells when it is over. */
-__attribute__((warn_unused_result))
-int conn_start_tls(struct conn *c, SSL_CTX *ctx, bool server, const char *sni);
+__attribute__((warn_unused_result)) int conn_start_tls(struct conn *c, SSL_CTX *ctx, bool server,
+                                                       const char *sni);
 
 /*
  * Drive I/O. conn_read fills `in` as far as there is room (and the TLS

@@ -34,10 +34,10 @@
 static void usage(void)
 {
 	fprintf(stderr, "usage: imapmux -c FILE [-t]\n"
-			"       imapmux -V\n"
-			"  -c FILE  configuration (proxy.conf)\n"
-			"  -t       check the configuration and exit (0 ok, 1 error)\n"
-			"  -V       print the version\n");
+	                "       imapmux -V\n"
+	                "  -c FILE  configuration (proxy.conf)\n"
+	                "  -t       check the configuration and exit (0 ok, 1 error)\n"
+	                "  -V       print the version\n");
 }
 
 /* Refuse settings this build does not implement, rather than ignore them. */
@@ -48,13 +48,15 @@ static int check_supported(const struct cfg *cfg, char *err, size_t errlen)
 		return -1;
 	}
 	if (cfg->lookup == CFG_LOOKUP_REDIS) {
-		snprintf(err, errlen, "%s: lookup = redis is not supported by this build", cfg->path);
+		snprintf(err, errlen, "%s: lookup = redis is not supported by this build",
+		         cfg->path);
 		return -1;
 	}
 	for (size_t i = 0; i < cfg->nlistens; i++) {
 		if (cfg->listens[i].proxy_protocol) {
-			snprintf(err, errlen, "%s:%d: proxy_protocol is not supported by this build",
-				 cfg->path, cfg->listens[i].line);
+			snprintf(err, errlen,
+			         "%s:%d: proxy_protocol is not supported by this build", cfg->path,
+			         cfg->listens[i].line);
 			return -1;
 		}
 	}
@@ -106,7 +108,8 @@ static int same_listeners(const struct cfg *a, const struct cfg *b)
 	for (size_t i = 0; i < a->nlistens; i++) {
 		if (strcmp(a->listens[i].name, b->listens[i].name) != 0 ||
 		    a->listens[i].addr.len != b->listens[i].addr.len ||
-		    memcmp(&a->listens[i].addr.ss, &b->listens[i].addr.ss, a->listens[i].addr.len) != 0)
+		    memcmp(&a->listens[i].addr.ss, &b->listens[i].addr.ss,
+		           a->listens[i].addr.len) != 0)
 			return 0;
 	}
 	return 1;
@@ -145,7 +148,8 @@ int main(int argc, char **argv)
 			test_only = true;
 			break;
 		case 'V':
-			printf("imapmux %s (%s)\n", IMAPMUX_VERSION, OpenSSL_version(OPENSSL_VERSION));
+			printf("imapmux %s (%s)\n", IMAPMUX_VERSION,
+			       OpenSSL_version(OPENSSL_VERSION));
 			return 0;
 		case 'h':
 			usage();
@@ -213,10 +217,10 @@ int main(int argc, char **argv)
 	}
 	for (size_t j = 0; j < rt->cfg->nlistens; j++)
 		log_info("listening on %s ([listen %s], tls = %s)", rt->cfg->listens[j].addr.text,
-			 rt->cfg->listens[j].name,
-			 rt->cfg->listens[j].tls == CFG_TLS_IMPLICIT   ? "implicit"
-			 : rt->cfg->listens[j].tls == CFG_TLS_STARTTLS ? "starttls"
-								       : "none");
+		         rt->cfg->listens[j].name,
+		         rt->cfg->listens[j].tls == CFG_TLS_IMPLICIT   ? "implicit"
+		         : rt->cfg->listens[j].tls == CFG_TLS_STARTTLS ? "starttls"
+		                                                       : "none");
 	log_info("imapmux %s started with %u workers", IMAPMUX_VERSION, nworkers);
 
 	for (;;) {
@@ -230,7 +234,8 @@ int main(int argc, char **argv)
 		if (sig == SIGHUP) {
 			struct runtime *nrt = load(path, err, sizeof(err));
 			if (nrt == NULL) {
-				log_error("reload failed, keeping the running configuration: %s", err);
+				log_error("reload failed, keeping the running configuration: %s",
+				          err);
 				continue;
 			}
 			if (!same_listeners(rt->cfg, nrt->cfg)) {
@@ -251,7 +256,7 @@ int main(int argc, char **argv)
 			for (unsigned i = 0; i < started; i++)
 				worker_post_drain(&workers[i]);
 			/* Wait for the workers, but still obey SIGINT. */
-			struct timespec ts = { .tv_sec = 0, .tv_nsec = 100 * 1000 * 1000 };
+			struct timespec ts = {.tv_sec = 0, .tv_nsec = 100 * 1000 * 1000};
 			double waited = 0;
 			for (;;) {
 				bool alive = false;

@@ -51,20 +51,20 @@
 #define IMAPMUX_VERSION "0.1.0"
 #endif
 
-#define CLIENT_IN_SIZE (16 * 1024)
-#define CLIENT_OUT_SIZE (32 * 1024)
-#define PREAUTH_MAX_LINE 8192     /* one line part before login */
+#define CLIENT_IN_SIZE      (16 * 1024)
+#define CLIENT_OUT_SIZE     (32 * 1024)
+#define PREAUTH_MAX_LINE    8192  /* one line part before login */
 #define PREAUTH_MAX_LITERAL 4096  /* one literal before login */
-#define PREAUTH_MAX_CMD 16384     /* a whole command before login */
-#define PREAUTH_MAX_BAD 10        /* invalid commands before we hang up */
-#define REPLY_ROOM 2048           /* room kept for one proxy reply */
-#define STREAM_FRAG 4096          /* forwarding unit for long lines */
-#define LOCAL_SIZE 4096           /* proxy replies queued during proxying */
-#define TAG_MAX 64
-#define USER_MAX 255
-#define IDLE_MIN_TIMEOUT 1800.0   /* RFC 3501 5.4: at least 30 minutes */
+#define PREAUTH_MAX_CMD     16384 /* a whole command before login */
+#define PREAUTH_MAX_BAD     10    /* invalid commands before we hang up */
+#define REPLY_ROOM          2048  /* room kept for one proxy reply */
+#define STREAM_FRAG         4096  /* forwarding unit for long lines */
+#define LOCAL_SIZE          4096  /* proxy replies queued during proxying */
+#define TAG_MAX             64
+#define USER_MAX            255
+#define IDLE_MIN_TIMEOUT    1800.0 /* RFC 3501 5.4: at least 30 minutes */
 #define CLOSE_FLUSH_TIMEOUT 5.0
-#define RUN_ROUNDS 16             /* fairness: I/O rounds per callback */
+#define RUN_ROUNDS          16 /* fairness: I/O rounds per callback */
 
 enum sess_state {
 	SESS_HANDSHAKE, /* TLS handshake (implicit, or after STARTTLS) running */
@@ -88,8 +88,8 @@ struct session {
 	struct conn client;
 	struct backend *bk;
 	const struct cfg_backend *bcfg;
-	char peer[64];       /* "ip:port" */
-	char user[64];       /* printable prefix of the user name, for logs */
+	char peer[64]; /* "ip:port" */
+	char user[64]; /* printable prefix of the user name, for logs */
 	bool tls_active;
 	bool starttls_done;
 	ev_timer timer;
@@ -100,14 +100,14 @@ struct session {
 	struct imap_tok ctok; /* client stream (re-initialised at login) */
 	struct buf cmd;       /* the command being assembled */
 	unsigned nbad;
-	bool sasl_wait;       /* AUTHENTICATE sent "+ ": next line is the response */
+	bool sasl_wait; /* AUTHENTICATE sent "+ ": next line is the response */
 	char tag[TAG_MAX + 1];
 
 	/* after login */
-	struct imap_tok btok;  /* backend stream */
-	struct buf local;      /* proxy replies waiting for a response boundary */
-	bool idle_pending;     /* IDLE forwarded, "+" not yet seen */
-	bool idling;           /* backend in IDLE: the client's next line is DONE */
+	struct imap_tok btok; /* backend stream */
+	struct buf local;     /* proxy replies waiting for a response boundary */
+	bool idle_pending;    /* IDLE forwarded, "+" not yet seen */
+	bool idling;          /* backend in IDLE: the client's next line is DONE */
 	char idle_tag[TAG_MAX + 1];
 	unsigned inflight;     /* commands forwarded minus tagged completions */
 	bool backend_bye;      /* the backend announced its close */
@@ -195,9 +195,11 @@ static void buf_put(struct buf *b, const void *p, size_t n)
 		log_error("internal: buffer overrun avoided (%zu bytes)", n);
 }
 
+static void sess_reply(struct session *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
 /* Queue a proxy-made line for the client. Before login it goes straight to
  * the output; during proxying to `local`, flushed at a response boundary. */
-__attribute__((format(printf, 2, 3)))
 static void sess_reply(struct session *s, const char *fmt, ...)
 {
 	char line[1024];
@@ -271,9 +273,9 @@ static void sess_timeout(struct ev_loop *loop, ev_timer *t, int revents)
 	case SESS_STARTTLS:
 	case SESS_LOGIN:
 		sess_close(s, "pre-login timeout",
-			   s->tls_active || s->lcfg->tls != CFG_TLS_IMPLICIT
-				   ? "* BYE Disconnected for inactivity."
-				   : NULL);
+		           s->tls_active || s->lcfg->tls != CFG_TLS_IMPLICIT
+		               ? "* BYE Disconnected for inactivity."
+		               : NULL);
 		break;
 	case SESS_PROXYING: {
 		double left = s->last_activity + sess_idle_limit(s) - ev_now(loop);
@@ -321,8 +323,8 @@ static void sess_close(struct session *s, const char *reason, const char *bye)
 	}
 	if (log_enabled(LOG_LVL_INFO))
 		log_info("S-%lu %s@%s closed: %s (in=%llu out=%llu)", s->id,
-			 s->user[0] ? s->user : "-", s->peer, reason, s->client.bytes_in,
-			 s->client.bytes_out);
+		         s->user[0] ? s->user : "-", s->peer, reason, s->client.bytes_in,
+		         s->client.bytes_out);
 	s->state = SESS_CLOSING;
 	backend_destroy_later(s->w, &s->bk);
 	s->client.want_input = false;
@@ -344,8 +346,8 @@ static void sess_greet(struct session *s)
 {
 	s->state = SESS_PREAUTH;
 	s->client.want_input = true;
-	sess_reply(s, "* OK [CAPABILITY %s] %s ready.", runtime_preauth_caps(s->lcfg, s->tls_active),
-		   IMAPMUX_NAME);
+	sess_reply(s, "* OK [CAPABILITY %s] %s ready.",
+	           runtime_preauth_caps(s->lcfg, s->tls_active), IMAPMUX_NAME);
 }
 
 static bool arg_is_string(const struct imap_arg *a)
@@ -386,14 +388,15 @@ static const struct cfg_backend *sess_route(struct session *s, const uint8_t *us
 
 /* Check the user name, pick the backend and start logging in. */
 static void sess_start_login(struct session *s, const uint8_t *user, size_t ulen,
-			     const uint8_t *pass, size_t plen)
+                             const uint8_t *pass, size_t plen)
 {
 	const struct cfg_backend *bc;
 	size_t i;
 
 	sess_set_user(s, user, ulen);
 	if (ulen == 0 || ulen > USER_MAX || plen == 0) {
-		sess_log(s, LOG_LVL_INFO, "login refused: empty or over-long user name or password");
+		sess_log(s, LOG_LVL_INFO,
+		         "login refused: empty or over-long user name or password");
 		sess_reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", s->tag);
 		return;
 	}
@@ -422,7 +425,7 @@ static void sess_start_login(struct session *s, const uint8_t *user, size_t ulen
 	s->bcfg = bc;
 	STAT_INC(&s->w->stats, backend_connects);
 	s->bk = backend_new(s->w->loop, bc, s->rt->backend_ctx[runtime_backend_index(s->rt, bc)],
-			    s->id, sess_login_done, s);
+	                    s->id, sess_login_done, s);
 	if (s->bk == NULL ||
 	    backend_login(s->bk, (const char *)user, ulen, (const char *)pass, plen) < 0) {
 		backend_destroy_later(s->w, &s->bk);
@@ -465,7 +468,7 @@ static void sess_sasl_plain(struct session *s, const uint8_t *b64, size_t len)
 		sess_set_user(s, authc, authc_len);
 		sess_log(s, LOG_LVL_WARN, "login refused: SASL authorization identity differs");
 		sess_reply(s, "%s NO [AUTHORIZATIONFAILED] Authorization identity not allowed.",
-			   s->tag);
+		           s->tag);
 		goto out;
 	}
 	sess_start_login(s, authc, authc_len, pass, pass_len);
@@ -501,7 +504,7 @@ static void sess_cmd_starttls(struct session *s, const struct imap_cmd *c)
 	}
 	if (s->lcfg->tls != CFG_TLS_STARTTLS || s->tls_active) {
 		sess_bad(s, tag, strlen(tag),
-			 s->tls_active ? "TLS is already active." : "STARTTLS is not available.");
+		         s->tls_active ? "TLS is already active." : "STARTTLS is not available.");
 		return;
 	}
 	sess_reply(s, "%s OK Begin TLS negotiation now.", tag);
@@ -510,7 +513,7 @@ static void sess_cmd_starttls(struct session *s, const struct imap_cmd *c)
 	if (!buf_is_empty(&s->client.in)) {
 		char what[96];
 		snprintf(what, sizeof(what), "discarded %zu bytes pipelined after STARTTLS",
-			 buf_len(&s->client.in));
+		         buf_len(&s->client.in));
 		sess_log(s, LOG_LVL_WARN, what);
 		buf_consume(&s->client.in, buf_len(&s->client.in));
 	}
@@ -541,8 +544,9 @@ static void sess_preauth_command(struct session *s)
 
 	if (imap_word_eq(name, nlen, "CAPABILITY") && c.nargs == 0) {
 		sess_reply(s, "* CAPABILITY %s", runtime_preauth_caps(s->lcfg, s->tls_active));
-		sess_reply(s, "%s OK Pre-login capabilities listed, post-login capabilities have more.",
-			   tag);
+		sess_reply(
+		    s, "%s OK Pre-login capabilities listed, post-login capabilities have more.",
+		    tag);
 	} else if (imap_word_eq(name, nlen, "NOOP") && c.nargs == 0) {
 		sess_reply(s, "%s OK NOOP completed.", tag);
 	} else if (imap_word_eq(name, nlen, "LOGOUT") && c.nargs == 0) {
@@ -555,7 +559,7 @@ static void sess_preauth_command(struct session *s)
 			return;
 		}
 		sess_reply(s, "* ID (\"name\" \"%s\" \"version\" \"%s\")", IMAPMUX_NAME,
-			   IMAPMUX_VERSION);
+		           IMAPMUX_VERSION);
 		sess_reply(s, "%s OK ID completed.", tag);
 	} else if (imap_word_eq(name, nlen, "STARTTLS")) {
 		sess_cmd_starttls(s, &c);
@@ -565,8 +569,10 @@ static void sess_preauth_command(struct session *s)
 			return;
 		}
 		if (!sess_plaintext_ok(s)) {
-			sess_reply(s, "%s NO [PRIVACYREQUIRED] Plaintext authentication disallowed "
-				      "on non-secure (SSL/TLS) connections.", tag);
+			sess_reply(s,
+			           "%s NO [PRIVACYREQUIRED] Plaintext authentication disallowed "
+			           "on non-secure (SSL/TLS) connections.",
+			           tag);
 			return;
 		}
 		sess_start_login(s, c.args[0].data, c.args[0].len, c.args[1].data, c.args[1].len);
@@ -577,8 +583,10 @@ static void sess_preauth_command(struct session *s)
 			return;
 		}
 		if (!sess_plaintext_ok(s)) {
-			sess_reply(s, "%s NO [PRIVACYREQUIRED] Plaintext authentication disallowed "
-				      "on non-secure (SSL/TLS) connections.", tag);
+			sess_reply(s,
+			           "%s NO [PRIVACYREQUIRED] Plaintext authentication disallowed "
+			           "on non-secure (SSL/TLS) connections.",
+			           tag);
 			return;
 		}
 		if (!imap_word_eq(c.args[0].data, c.args[0].len, "PLAIN")) {
@@ -639,7 +647,8 @@ static int sess_preauth_input(struct session *s)
 		progress = 1;
 		if (s->sasl_wait) {
 			if (u.type != IMAP_TOK_LINE || !u.last) {
-				sess_close(s, "bad AUTHENTICATE response", "* BYE Invalid AUTHENTICATE response.");
+				sess_close(s, "bad AUTHENTICATE response",
+				           "* BYE Invalid AUTHENTICATE response.");
 				return 1;
 			}
 			uint8_t line[PREAUTH_MAX_LINE];
@@ -701,7 +710,8 @@ static void sess_login_done(void *owner, struct backend *b, enum bk_result r, co
 		else
 			STAT_INC(&s->w->stats, logins_unavailable);
 		if (r == BK_RES_AUTH_FAILED)
-			sess_reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", s->tag);
+			sess_reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.",
+			           s->tag);
 		else
 			sess_reply(s, "%s NO [UNAVAILABLE] Backend unavailable.", s->tag);
 		ev_feed_event(s->w->loop, &s->client.wio, EV_WRITE);
@@ -718,7 +728,7 @@ static void sess_login_done(void *owner, struct backend *b, enum bk_result r, co
 	sess_cmd_reset(s);
 	buf_free(&s->cmd);
 
-	struct imap_tok_limits lim = { .frag_size = STREAM_FRAG };
+	struct imap_tok_limits lim = {.frag_size = STREAM_FRAG};
 	imap_tok_init(&s->ctok, IMAP_TOK_COMMANDS, &lim);
 	imap_tok_init(&s->btok, IMAP_TOK_RESPONSES, &lim);
 	buf_init(&s->local, LOCAL_SIZE);
@@ -768,13 +778,17 @@ static int sess_pump_c2b(struct session *s)
 			} else if (imap_head_parse(p, u.len, &h) == 0) {
 				if (imap_word_eq(h.w1, h.w1_len, "COMPRESS")) {
 					if (!u.last) {
-						sess_close(s, "COMPRESS with a literal", "* BYE Protocol error.");
+						sess_close(s, "COMPRESS with a literal",
+						           "* BYE Protocol error.");
 						return 1;
 					}
 					if (buf_room(&s->local) < REPLY_ROOM / 2)
 						break;
-					sess_reply(s, "%.*s NO [CANNOT] COMPRESS is not available through this proxy.",
-						   (int)(h.tag_len > TAG_MAX ? TAG_MAX : h.tag_len), h.tag);
+					sess_reply(
+					    s,
+					    "%.*s NO [CANNOT] COMPRESS is not available through this proxy.",
+					    (int)(h.tag_len > TAG_MAX ? TAG_MAX : h.tag_len),
+					    h.tag);
 					imap_tok_consume(&s->ctok, &u, u.len);
 					buf_consume(&s->client.in, u.len);
 					progress = 1;
@@ -803,7 +817,7 @@ static int sess_pump_c2b(struct session *s)
  * client never sees what the proxy does not carry. Returns the new length
  * in out, or 0 when the line needs no change. */
 static size_t sess_filter_caps_line(const uint8_t *p, size_t len, const struct imap_head *h,
-				    char *out, size_t outcap)
+                                    char *out, size_t outcap)
 {
 	const uint8_t *start, *end;
 	size_t prefix, caplen;
@@ -886,7 +900,8 @@ static int sess_pump_b2c(struct session *s)
 		if (r == -2)
 			break;
 		if (r < 0) {
-			sess_close(s, "backend protocol error", "* BYE [UNAVAILABLE] Backend protocol error.");
+			sess_close(s, "backend protocol error",
+			           "* BYE [UNAVAILABLE] Backend protocol error.");
 			return 1;
 		}
 		size_t n = u.len;
@@ -906,7 +921,8 @@ static int sess_pump_b2c(struct session *s)
 				if (imap_head_parse(p, u.len, &h) == 0) {
 					sess_track_response(s, &h);
 					if (u.type == IMAP_TOK_LINE && u.last)
-						nl = sess_filter_caps_line(p, u.len, &h, line, sizeof(line));
+						nl = sess_filter_caps_line(p, u.len, &h, line,
+						                           sizeof(line));
 				}
 			}
 			if (nl > 0)
@@ -964,7 +980,8 @@ static void sess_run(struct session *s)
 				return;
 		}
 		progress |= r > 0;
-		if (s->state == SESS_HANDSHAKE && conn_handshake_done(&s->client) && !s->client.error) {
+		if (s->state == SESS_HANDSHAKE && conn_handshake_done(&s->client) &&
+		    !s->client.error) {
 			sess_tls_up(s);
 			progress = 1;
 		}
@@ -1004,9 +1021,10 @@ static void sess_run(struct session *s)
 			}
 			s->starttls_done = true;
 			s->state = SESS_HANDSHAKE;
-			imap_tok_init(&s->ctok, IMAP_TOK_COMMANDS,
-				      &(struct imap_tok_limits){ .max_line = PREAUTH_MAX_LINE,
-								  .max_literal = PREAUTH_MAX_LITERAL });
+			imap_tok_init(
+			    &s->ctok, IMAP_TOK_COMMANDS,
+			    &(struct imap_tok_limits){.max_line = PREAUTH_MAX_LINE,
+			                              .max_literal = PREAUTH_MAX_LITERAL});
 			progress = 1;
 		}
 		if (s->state == SESS_CLOSING && buf_is_empty(&s->client.out)) {
@@ -1019,8 +1037,10 @@ static void sess_run(struct session *s)
 					sess_close(s, "backend closed the session", NULL);
 				else {
 					STAT_INC(&s->w->stats, backend_lost);
-					sess_close(s, s->bk->conn.error ? s->bk->conn.errmsg : "backend lost",
-						   "* BYE [UNAVAILABLE] Backend connection lost.");
+					sess_close(s,
+					           s->bk->conn.error ? s->bk->conn.errmsg
+					                             : "backend lost",
+					           "* BYE [UNAVAILABLE] Backend connection lost.");
 				}
 				continue;
 			}
@@ -1079,7 +1099,7 @@ static void peer_text(const struct sockaddr *sa, char *out, size_t outlen)
 }
 
 void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr *peer,
-		    socklen_t peerlen)
+                    socklen_t peerlen)
 {
 	struct session *s = calloc(1, sizeof(*s));
 
@@ -1099,8 +1119,8 @@ void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr
 	conn_init(&s->client, w->loop, fd, CLIENT_IN_SIZE, CLIENT_OUT_SIZE, sess_client_io, s);
 	buf_init(&s->cmd, PREAUTH_MAX_CMD);
 	buf_init(&s->local, LOCAL_SIZE);
-	struct imap_tok_limits lim = { .max_line = PREAUTH_MAX_LINE,
-				       .max_literal = PREAUTH_MAX_LITERAL };
+	struct imap_tok_limits lim = {.max_line = PREAUTH_MAX_LINE,
+	                              .max_literal = PREAUTH_MAX_LITERAL};
 	imap_tok_init(&s->ctok, IMAP_TOK_COMMANDS, &lim);
 	imap_tok_init(&s->btok, IMAP_TOK_RESPONSES, NULL);
 	ev_timer_init(&s->timer, sess_timeout, s->rt->cfg->preauth_timeout, 0.);

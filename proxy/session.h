@@ -12,7 +12,7 @@ struct session;
 
 /* Take over accepted fd on listener index lidx of w->rt. */
 void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr *peer,
-		    socklen_t peerlen);
+                    socklen_t peerlen);
 
 /* Shut down every session of w gracefully (SIGTERM): BYE now to the quiet
  * ones, the others at their next quiet point; force: BYE to all now. */

@@ -28,8 +28,8 @@ struct stats {
 };
 
 #define STAT_ADD(st, field, n) atomic_fetch_add_explicit(&(st)->field, (n), memory_order_relaxed)
-#define STAT_INC(st, field) STAT_ADD(st, field, 1)
-#define STAT_DEC(st, field) atomic_fetch_sub_explicit(&(st)->field, 1, memory_order_relaxed)
+#define STAT_INC(st, field)    STAT_ADD(st, field, 1)
+#define STAT_DEC(st, field)    atomic_fetch_sub_explicit(&(st)->field, 1, memory_order_relaxed)
 
 struct worker;
 

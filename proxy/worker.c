@@ -59,9 +59,10 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
-			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+			    errno == ENOMEM) {
 				log_error("worker %d: accept: %s; pausing accepts for 1s", w->id,
-					  strerror(errno));
+				          strerror(errno));
 				listeners_set(w, false);
 				ev_timer_stop(w->loop, &w->accept_pause);
 				ev_timer_set(&w->accept_pause, 1., 0.);

@@ -34,21 +34,21 @@ struct worker {
 	int id;
 	pthread_t thread;
 	struct ev_loop *loop;
-	struct runtime *rt;        /* current configuration, for new sessions */
+	struct runtime *rt; /* current configuration, for new sessions */
 	struct listener *listeners;
 	size_t nlisteners;
 	ev_async wake;
 	ev_prepare reaper;
 	ev_timer drain_timer;
-	ev_timer accept_pause;     /* out of fds: stop accepting for a moment */
-	struct defer *dead;        /* freed by the reaper */
-	struct session *sessions;  /* all live sessions (doubly linked) */
+	ev_timer accept_pause;    /* out of fds: stop accepting for a moment */
+	struct defer *dead;       /* freed by the reaper */
+	struct session *sessions; /* all live sessions (doubly linked) */
 	size_t nsessions;
 	bool draining;
-	struct stats stats;         /* written by this worker only */
+	struct stats stats; /* written by this worker only */
 
-	pthread_mutex_t lock;      /* protects the mailbox below */
-	struct runtime *new_rt;    /* reload: swap in */
+	pthread_mutex_t lock;   /* protects the mailbox below */
+	struct runtime *new_rt; /* reload: swap in */
 	bool cmd_drain;
 	bool cmd_stop;
 };

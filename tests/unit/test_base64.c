@@ -22,17 +22,17 @@ struct vector {
 
 /* RFC 4648 section 10, plus SASL PLAIN messages ("\0user\0pass"). */
 static const struct vector vectors[] = {
-	{ "", 0, "" },
-	{ "f", 1, "Zg==" },
-	{ "fo", 2, "Zm8=" },
-	{ "foo", 3, "Zm9v" },
-	{ "foob", 4, "Zm9vYg==" },
-	{ "fooba", 5, "Zm9vYmE=" },
-	{ "foobar", 6, "Zm9vYmFy" },
-	{ "\0alice\0secret", 13, "AGFsaWNlAHNlY3JldA==" },
-	{ "\0j\xc3\xb6rg\0p\xc3\xa4ss", 12, "AGrDtnJnAHDDpHNz" },
-	{ "\xff\xfe\xfd", 3, "//79" },
-	{ "\xfb\xef\xbe", 3, "++++" },
+    {"", 0, ""},
+    {"f", 1, "Zg=="},
+    {"fo", 2, "Zm8="},
+    {"foo", 3, "Zm9v"},
+    {"foob", 4, "Zm9vYg=="},
+    {"fooba", 5, "Zm9vYmE="},
+    {"foobar", 6, "Zm9vYmFy"},
+    {"\0alice\0secret", 13, "AGFsaWNlAHNlY3JldA=="},
+    {"\0j\xc3\xb6rg\0p\xc3\xa4ss", 12, "AGrDtnJnAHDDpHNz"},
+    {"\xff\xfe\xfd", 3, "//79"},
+    {"\xfb\xef\xbe", 3, "++++"},
 };
 
 #define NVEC (sizeof(vectors) / sizeof(vectors[0]))
@@ -43,7 +43,7 @@ static void test_vectors_encode(void **state)
 	for (size_t i = 0; i < NVEC; i++) {
 		char out[64];
 		long n = b64_encode((const uint8_t *)vectors[i].plain, vectors[i].plain_len, out,
-				    sizeof(out));
+		                    sizeof(out));
 
 		assert_int_equal(n, (long)strlen(vectors[i].enc));
 		assert_string_equal(out, vectors[i].enc);
@@ -58,9 +58,9 @@ static void test_vectors_decode(void **state)
 		uint8_t out[64];
 		size_t outlen = 99;
 
-		assert_int_equal(b64_decode(vectors[i].enc, strlen(vectors[i].enc), out,
-					    sizeof(out), &outlen),
-				 0);
+		assert_int_equal(
+		    b64_decode(vectors[i].enc, strlen(vectors[i].enc), out, sizeof(out), &outlen),
+		    0);
 		assert_int_equal(outlen, vectors[i].plain_len);
 		if (outlen > 0)
 			assert_memory_equal(out, vectors[i].plain, outlen);
@@ -139,12 +139,12 @@ static void test_roundtrip_all_bytes(void **state)
 static void test_alphabet_exhaustive(void **state)
 {
 	static const char alpha[] =
-		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 	(void)state;
 	for (int c = 0; c < 256; c++) {
 		/* "cAAA": c supplies the top 6 bits of the first byte. */
-		char in[4] = { (char)c, 'A', 'A', 'A' };
+		char in[4] = {(char)c, 'A', 'A', 'A'};
 		uint8_t out[3];
 		size_t outlen = 0;
 		const char *hit = (c != 0) ? strchr(alpha, c) : NULL;
@@ -196,32 +196,32 @@ static void test_decode_outcap(void **state)
 static void test_decode_rejects(void **state)
 {
 	static const char *const bad[] = {
-		"Zg",             /* unpadded */
-		"Zg=",            /* length not a multiple of 4 */
-		"Zm9vY",          /* length not a multiple of 4 */
-		"=",              /* lone padding */
-		"====",           /* only padding */
-		"Z===",           /* three pad characters */
-		"=Zg=",           /* padding first */
-		"Z=g=",           /* padding inside the quantum */
-		"Zg=a",           /* data after padding */
-		"Zg==Zg==",       /* padding before the last quantum */
-		"Zm8=Zm9v",       /* same */
-		"Zh==",           /* non-zero unused bits (4) */
-		"Zm9=",           /* non-zero unused bits (2) */
-		"Zm8/Zm/=",       /* non-zero unused bits in the last quantum only */
-		"Zm9vYmFy\r\n",   /* line break after the data */
-		"Zm\r\n",         /* CRLF making up a quantum */
-		"Zm9\n",          /* LF making up a quantum */
-		"Zm 9v",          /* space */
-		" Zm9v",          /* leading space */
-		"Zm9v ",          /* trailing space */
-		"Zm\t9",          /* tab */
-		"Zm-v",           /* base64url alphabet */
-		"Zm_v",           /* base64url alphabet */
-		"Zm9.",           /* punctuation */
-		"Zm9v\xc3\xa4==", /* 8-bit */
-		"*",              /* IMAP client cancelling an exchange */
+	    "Zg",             /* unpadded */
+	    "Zg=",            /* length not a multiple of 4 */
+	    "Zm9vY",          /* length not a multiple of 4 */
+	    "=",              /* lone padding */
+	    "====",           /* only padding */
+	    "Z===",           /* three pad characters */
+	    "=Zg=",           /* padding first */
+	    "Z=g=",           /* padding inside the quantum */
+	    "Zg=a",           /* data after padding */
+	    "Zg==Zg==",       /* padding before the last quantum */
+	    "Zm8=Zm9v",       /* same */
+	    "Zh==",           /* non-zero unused bits (4) */
+	    "Zm9=",           /* non-zero unused bits (2) */
+	    "Zm8/Zm/=",       /* non-zero unused bits in the last quantum only */
+	    "Zm9vYmFy\r\n",   /* line break after the data */
+	    "Zm\r\n",         /* CRLF making up a quantum */
+	    "Zm9\n",          /* LF making up a quantum */
+	    "Zm 9v",          /* space */
+	    " Zm9v",          /* leading space */
+	    "Zm9v ",          /* trailing space */
+	    "Zm\t9",          /* tab */
+	    "Zm-v",           /* base64url alphabet */
+	    "Zm_v",           /* base64url alphabet */
+	    "Zm9.",           /* punctuation */
+	    "Zm9v\xc3\xa4==", /* 8-bit */
+	    "*",              /* IMAP client cancelling an exchange */
 	};
 
 	(void)state;
@@ -269,17 +269,17 @@ static void test_decode_prefixes(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_vectors_encode),
-		cmocka_unit_test(test_vectors_decode),
-		cmocka_unit_test(test_empty),
-		cmocka_unit_test(test_roundtrip_lengths),
-		cmocka_unit_test(test_roundtrip_all_bytes),
-		cmocka_unit_test(test_alphabet_exhaustive),
-		cmocka_unit_test(test_encode_outcap),
-		cmocka_unit_test(test_decode_outcap),
-		cmocka_unit_test(test_decode_rejects),
-		cmocka_unit_test(test_decode_embedded_nul),
-		cmocka_unit_test(test_decode_prefixes),
+	    cmocka_unit_test(test_vectors_encode),
+	    cmocka_unit_test(test_vectors_decode),
+	    cmocka_unit_test(test_empty),
+	    cmocka_unit_test(test_roundtrip_lengths),
+	    cmocka_unit_test(test_roundtrip_all_bytes),
+	    cmocka_unit_test(test_alphabet_exhaustive),
+	    cmocka_unit_test(test_encode_outcap),
+	    cmocka_unit_test(test_decode_outcap),
+	    cmocka_unit_test(test_decode_rejects),
+	    cmocka_unit_test(test_decode_embedded_nul),
+	    cmocka_unit_test(test_decode_prefixes),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -118,7 +118,7 @@ static void test_route_stable_and_minimal_moves(void **state)
 		const struct cfg_backend *a = route_rendezvous(cfg, (uint8_t *)user, (size_t)n);
 		const struct cfg_backend *a2 = route_rendezvous(cfg, (uint8_t *)user, (size_t)n);
 		const struct cfg_backend *b =
-			route_rendezvous_among(cfg, (uint8_t *)user, (size_t)n, skip_one, &down);
+		    route_rendezvous_among(cfg, (uint8_t *)user, (size_t)n, skip_one, &down);
 		assert_ptr_equal(a, a2);
 		assert_true(b != &cfg->backends[down]);
 		if (a == &cfg->backends[down])
@@ -134,9 +134,9 @@ static void test_route_stable_and_minimal_moves(void **state)
 
 static void test_route_weights(void **state)
 {
-	unsigned w[3] = { 1, 1, 2 };
+	unsigned w[3] = {1, 1, 2};
 	struct cfg *cfg = make_cfg(3, w);
-	size_t count[3] = { 0 };
+	size_t count[3] = {0};
 	char user[32];
 
 	(void)state;
@@ -182,13 +182,13 @@ static void test_route_hash_spread(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_buf_lazy_and_release),
-		cmocka_unit_test(test_buf_bounded),
-		cmocka_unit_test(test_buf_compacts),
-		cmocka_unit_test(test_route_stable_and_minimal_moves),
-		cmocka_unit_test(test_route_weights),
-		cmocka_unit_test(test_route_empty),
-		cmocka_unit_test(test_route_hash_spread),
+	    cmocka_unit_test(test_buf_lazy_and_release),
+	    cmocka_unit_test(test_buf_bounded),
+	    cmocka_unit_test(test_buf_compacts),
+	    cmocka_unit_test(test_route_stable_and_minimal_moves),
+	    cmocka_unit_test(test_route_weights),
+	    cmocka_unit_test(test_route_empty),
+	    cmocka_unit_test(test_route_hash_spread),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

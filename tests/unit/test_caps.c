@@ -15,23 +15,23 @@
 #include "caps.h"
 
 static const char dovecot_caps[] =
-	"IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY "
-	"THREAD=REFERENCES THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND URL-PARTIAL "
-	"CATENATE UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 "
-	"CONDSTORE QRESYNC ESEARCH ESORT SEARCHRES WITHIN CONTEXT=SEARCH LIST-STATUS "
-	"BINARY MOVE SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW STATUS=SIZE SAVEDATE LITERAL+ "
-	"NOTIFY SPECIAL-USE COMPRESS=DEFLATE STARTTLS AUTH=PLAIN AUTH=LOGIN "
-	"LOGINDISABLED UNAUTHENTICATE";
+    "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY "
+    "THREAD=REFERENCES THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND URL-PARTIAL "
+    "CATENATE UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 "
+    "CONDSTORE QRESYNC ESEARCH ESORT SEARCHRES WITHIN CONTEXT=SEARCH LIST-STATUS "
+    "BINARY MOVE SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW STATUS=SIZE SAVEDATE LITERAL+ "
+    "NOTIFY SPECIAL-USE COMPRESS=DEFLATE STARTTLS AUTH=PLAIN AUTH=LOGIN "
+    "LOGINDISABLED UNAUTHENTICATE";
 
 /* The same less SASL-IR, COMPRESS=DEFLATE, STARTTLS, AUTH=*, LOGINDISABLED
  * and UNAUTHENTICATE. */
 static const char dovecot_filtered[] =
-	"IMAP4rev1 LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY "
-	"THREAD=REFERENCES THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND URL-PARTIAL "
-	"CATENATE UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 "
-	"CONDSTORE QRESYNC ESEARCH ESORT SEARCHRES WITHIN CONTEXT=SEARCH LIST-STATUS "
-	"BINARY MOVE SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW STATUS=SIZE SAVEDATE LITERAL+ "
-	"NOTIFY SPECIAL-USE";
+    "IMAP4rev1 LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY "
+    "THREAD=REFERENCES THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND URL-PARTIAL "
+    "CATENATE UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 "
+    "CONDSTORE QRESYNC ESEARCH ESORT SEARCHRES WITHIN CONTEXT=SEARCH LIST-STATUS "
+    "BINARY MOVE SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW STATUS=SIZE SAVEDATE LITERAL+ "
+    "NOTIFY SPECIAL-USE";
 
 static void test_dovecot_line(void **state)
 {
@@ -55,7 +55,7 @@ static void test_dovecot_line_exact_room(void **state)
 	assert_int_equal(caps_filter(dovecot_caps, strlen(dovecot_caps), out, need - 1), -1);
 	assert_int_equal(out[0], '\0');
 	assert_int_equal(caps_filter(dovecot_caps, strlen(dovecot_caps), out, need),
-			 (long)need - 1);
+	                 (long)need - 1);
 	assert_string_equal(out, dovecot_filtered);
 	free(out);
 }
@@ -80,15 +80,30 @@ static void test_outcap_small(void **state)
 static void test_is_hidden(void **state)
 {
 	static const char *const hidden[] = {
-		"STARTTLS", "starttls", "LOGINDISABLED", "LoginDisabled", "SASL-IR", "sasl-ir",
-		"UNAUTHENTICATE", "AUTH=PLAIN", "auth=plain", "AUTH=LOGIN", "AUTH=XOAUTH2",
-		"AUTH=", "COMPRESS=DEFLATE", "compress=deflate", "COMPRESS=",
+	    "STARTTLS",     "starttls",       "LOGINDISABLED",    "LoginDisabled",    "SASL-IR",
+	    "sasl-ir",      "UNAUTHENTICATE", "AUTH=PLAIN",       "auth=plain",       "AUTH=LOGIN",
+	    "AUTH=XOAUTH2", "AUTH=",          "COMPRESS=DEFLATE", "compress=deflate", "COMPRESS=",
 	};
 	static const char *const shown[] = {
-		"", "STARTTLSX", "STARTTL", "LOGIN-REFERRALS", "LOGIN", "LOGINDISABLE",
-		"SASL", "SASL-IR2", "UNAUTHENTICATED", "AUTH", "AUTHENTICATE", "XAUTH=PLAIN",
-		"COMPRESS", "X-COMPRESS=DEFLATE", "IMAP4rev1", "IDLE", "LITERAL+",
-		"AUTH~PLAIN", "STARTTLS\xff",
+	    "",
+	    "STARTTLSX",
+	    "STARTTL",
+	    "LOGIN-REFERRALS",
+	    "LOGIN",
+	    "LOGINDISABLE",
+	    "SASL",
+	    "SASL-IR2",
+	    "UNAUTHENTICATED",
+	    "AUTH",
+	    "AUTHENTICATE",
+	    "XAUTH=PLAIN",
+	    "COMPRESS",
+	    "X-COMPRESS=DEFLATE",
+	    "IMAP4rev1",
+	    "IDLE",
+	    "LITERAL+",
+	    "AUTH~PLAIN",
+	    "STARTTLS\xff",
 	};
 
 	(void)state;
@@ -113,21 +128,24 @@ struct filter_case {
 static void test_filter_table(void **state)
 {
 	static const struct filter_case cases[] = {
-		{ "", "" },
-		{ "   ", "" },
-		{ "STARTTLS", "" },
-		{ "STARTTLS AUTH=PLAIN LOGINDISABLED", "" },
-		{ "IMAP4rev1", "IMAP4rev1" },
-		{ "  IMAP4rev1   IDLE  ", "IMAP4rev1 IDLE" },
-		{ "IMAP4rev1 STARTTLS IDLE", "IMAP4rev1 IDLE" },
-		{ "STARTTLS IMAP4rev1", "IMAP4rev1" },
-		{ "IMAP4rev1 STARTTLS", "IMAP4rev1" },
-		{ "imap4rev1 auth=plain Idle compress=deflate", "imap4rev1 Idle" },
-		{ "IMAP4rev2 IMAP4rev1 AUTH=SCRAM-SHA-256 ENABLE", "IMAP4rev2 IMAP4rev1 ENABLE" },
-		/* Line breaks and other controls separate and never get through. */
-		{ "IMAP4rev1 IDLE\r\n", "IMAP4rev1 IDLE" },
-		{ "IMAP4rev1\r\nSTARTTLS\tIDLE", "IMAP4rev1 IDLE" },
-		{ "A\x01" "B\x7f" "C", "A B C" },
+	    {"", ""},
+	    {"   ", ""},
+	    {"STARTTLS", ""},
+	    {"STARTTLS AUTH=PLAIN LOGINDISABLED", ""},
+	    {"IMAP4rev1", "IMAP4rev1"},
+	    {"  IMAP4rev1   IDLE  ", "IMAP4rev1 IDLE"},
+	    {"IMAP4rev1 STARTTLS IDLE", "IMAP4rev1 IDLE"},
+	    {"STARTTLS IMAP4rev1", "IMAP4rev1"},
+	    {"IMAP4rev1 STARTTLS", "IMAP4rev1"},
+	    {"imap4rev1 auth=plain Idle compress=deflate", "imap4rev1 Idle"},
+	    {"IMAP4rev2 IMAP4rev1 AUTH=SCRAM-SHA-256 ENABLE", "IMAP4rev2 IMAP4rev1 ENABLE"},
+	    /* Line breaks and other controls separate and never get through. */
+	    {"IMAP4rev1 IDLE\r\n", "IMAP4rev1 IDLE"},
+	    {"IMAP4rev1\r\nSTARTTLS\tIDLE", "IMAP4rev1 IDLE"},
+	    {"A\x01"
+	     "B\x7f"
+	     "C",
+	     "A B C"},
 	};
 
 	(void)state;
@@ -203,14 +221,10 @@ static void test_has(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_dovecot_line),
-		cmocka_unit_test(test_dovecot_line_exact_room),
-		cmocka_unit_test(test_outcap_small),
-		cmocka_unit_test(test_is_hidden),
-		cmocka_unit_test(test_filter_table),
-		cmocka_unit_test(test_filter_embedded_nul),
-		cmocka_unit_test(test_filter_prefixes),
-		cmocka_unit_test(test_has),
+	    cmocka_unit_test(test_dovecot_line),    cmocka_unit_test(test_dovecot_line_exact_room),
+	    cmocka_unit_test(test_outcap_small),    cmocka_unit_test(test_is_hidden),
+	    cmocka_unit_test(test_filter_table),    cmocka_unit_test(test_filter_embedded_nul),
+	    cmocka_unit_test(test_filter_prefixes), cmocka_unit_test(test_has),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

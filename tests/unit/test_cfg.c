@@ -159,7 +159,7 @@ static void assert_inet(const struct cfg_addr *a, int family, const char *host, 
 {
 	assert_int_equal(a->ss.ss_family, family);
 	assert_int_equal(a->len, family == AF_INET ? sizeof(struct sockaddr_in)
-						   : sizeof(struct sockaddr_in6));
+	                                           : sizeof(struct sockaddr_in6));
 	assert_string_equal(host_of(a), host);
 	assert_int_equal(port_of(a), port);
 }
@@ -169,7 +169,7 @@ static void assert_inet(const struct cfg_addr *a, int family, const char *host, 
 static int group_setup(void **state)
 {
 	char path[128];
-	static const char *const files[] = { "cert.pem", "key.pem", "ca.pem" };
+	static const char *const files[] = {"cert.pem", "key.pem", "ca.pem"};
 
 	(void)state;
 	snprintf(dir, sizeof(dir), "/tmp/test_cfg.XXXXXX");
@@ -189,7 +189,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
 	char path[128];
-	static const char *const files[] = { "cert.pem", "key.pem", "ca.pem", "proxy.conf" };
+	static const char *const files[] = {"cert.pem", "key.pem", "ca.pem", "proxy.conf"};
 
 	(void)state;
 	for (size_t i = 0; i < 4; i++) {
@@ -207,15 +207,15 @@ static void test_duration(void **state)
 		const char *s;
 		double v;
 	} good[] = {
-		{ "0", 0 },	     { "30", 30 },	  { "1.5", 1.5 },     { "0.1", 0.1 },
-		{ "1.5s", 1.5 },     { "500ms", 0.5 },	  { "1ms", 0.001 },   { "2m", 120 },
-		{ "2.5m", 150 },     { "1h", 3600 },	  { "0.25h", 900 },   { "0s", 0 },
-		{ "8760h", 31536000 }, { "007", 7 },
+	    {"0", 0},       {"30", 30},     {"1.5", 1.5},        {"0.1", 0.1},  {"1.5s", 1.5},
+	    {"500ms", 0.5}, {"1ms", 0.001}, {"2m", 120},         {"2.5m", 150}, {"1h", 3600},
+	    {"0.25h", 900}, {"0s", 0},      {"8760h", 31536000}, {"007", 7},
 	};
 	static const char *const bad[] = {
-		"", " ", "x", "-1", "+1", "1.", ".5", "1e3", "1 s", " 1", "1 ", "1d", "1sec",
-		"1S", "s", "ms", "inf", "nan", "0x10", "1.5.2", "1,5", "8761h", "31536001",
-		"1234567890123456", "1h1m",
+	    "",     " ",   "x",    "-1",    "+1",   "1.",    ".5",       "1e3",
+	    "1 s",  " 1",  "1 ",   "1d",    "1sec", "1S",    "s",        "ms",
+	    "inf",  "nan", "0x10", "1.5.2", "1,5",  "8761h", "31536001", "1234567890123456",
+	    "1h1m",
 	};
 	double d;
 
@@ -237,9 +237,9 @@ static void test_duration(void **state)
 
 static void test_bool(void **state)
 {
-	static const char *const yes[] = { "yes", "true", "on", "1", "YES", "True", "On" };
-	static const char *const no[] = { "no", "false", "off", "0", "NO", "False", "OFF" };
-	static const char *const bad[] = { "", "y", "n", "2", "yes ", "enable", "01", "nope" };
+	static const char *const yes[] = {"yes", "true", "on", "1", "YES", "True", "On"};
+	static const char *const no[] = {"no", "false", "off", "0", "NO", "False", "OFF"};
+	static const char *const bad[] = {"", "y", "n", "2", "yes ", "enable", "01", "nope"};
 	bool b;
 
 	(void)state;
@@ -298,7 +298,7 @@ static void test_addr_unix(void **state)
 	assert_int_equal(a.ss.ss_family, AF_UNIX);
 	assert_string_equal(sun->sun_path, "/run/redis/redis.sock");
 	assert_int_equal(a.len, offsetof(struct sockaddr_un, sun_path) +
-					strlen("/run/redis/redis.sock") + 1);
+	                            strlen("/run/redis/redis.sock") + 1);
 	assert_string_equal(a.text, "unix:/run/redis/redis.sock");
 
 	/* Not where the caller says unix sockets make no sense. */
@@ -317,12 +317,29 @@ static void test_addr_unix(void **state)
 static void test_addr_bad(void **state)
 {
 	static const char *const bad[] = {
-		"",		   "127.0.0.1",	     "127.0.0.1:",   "127.0.0.1:0",
-		"127.0.0.1:65536", "127.0.0.1:abc",  "127.0.0.1:-1", "127.0.0.1:+1",
-		"127.0.0.1:99999999999", "127.0.0.1: 1", ":143",   "::1:143",
-		"[::1]",	   "[::1:143",	     "[::1]143",     "[::1]:",
-		"[1.2.3.4]:1",	   "[]:1",	     "[nothost]:1",  "256.1.1.1:1",
-		"1.2.3:1",	   "1.2.3.4.5:1",    "unix:/x",
+	    "",
+	    "127.0.0.1",
+	    "127.0.0.1:",
+	    "127.0.0.1:0",
+	    "127.0.0.1:65536",
+	    "127.0.0.1:abc",
+	    "127.0.0.1:-1",
+	    "127.0.0.1:+1",
+	    "127.0.0.1:99999999999",
+	    "127.0.0.1: 1",
+	    ":143",
+	    "::1:143",
+	    "[::1]",
+	    "[::1:143",
+	    "[::1]143",
+	    "[::1]:",
+	    "[1.2.3.4]:1",
+	    "[]:1",
+	    "[nothost]:1",
+	    "256.1.1.1:1",
+	    "1.2.3:1",
+	    "1.2.3.4.5:1",
+	    "unix:/x",
 	};
 	struct cfg_addr a, before;
 	char big[400];
@@ -419,54 +436,54 @@ static void test_defaults(void **state)
 static void test_every_key(void **state)
 {
 	struct cfg *c = load_ok("# every key\n"
-				"[imapmux]\n"
-				"workers = auto\n"
-				"log_level = debug\n"
-				"stats_listen = 127.0.0.1:9100\n"
-				"auth = redis\n"
-				"park_idle_after = 0\n"
-				"preauth_timeout = 1.5s\n"
-				"idle_timeout = 2m\n"
-				"shutdown_timeout = 500ms\n"
-				"\n"
-				"[listen imaps]\n"
-				"address = [::1]:9993\n"
-				"tls = implicit\n"
-				"cert = @D@/cert.pem\n"
-				"key = @D@/key.pem\n"
-				"proxy_protocol = yes\n"
-				"allow_plaintext_auth = true\n"
-				"[listen imap]\n"
-				"address = 127.0.0.1:9143\n"
-				"tls = starttls\n"
-				"cert = @D@/cert.pem\n"
-				"key = @D@/key.pem\n"
-				"[redis]\n"
-				"address = unix:/run/redis/redis.sock\n"
-				"prefix = mux:\n"
-				"password = \"p\\\"w\\\\d # ;\"\n"
-				"db = 3\n"
-				"[routing]\n"
-				"lookup = redis\n"
-				"fallback = deny\n"
-				"cache_ttl = 1h\n"
-				"[backend b2]\n"
-				"address = [::1]:11144\n"
-				"tls = implicit\n"
-				"ca = @D@/ca.pem\n"
-				"tls_name = imap.example.com\n"
-				"master_user = proxymaster\n"
-				"master_password = se#cret;x\n"
-				"pool_min_idle = 4\n"
-				"pool_max = 4\n"
-				"weight = 1000\n"
-				"connect_timeout = 250ms\n"
-				"command_timeout = 1m\n"
-				"[backend a]\n"
-				"address = 127.0.0.1:11143\n"
-				"tls = starttls\n"
-				"master_user = m\n"
-				"master_password = \"two words\"\n");
+	                        "[imapmux]\n"
+	                        "workers = auto\n"
+	                        "log_level = debug\n"
+	                        "stats_listen = 127.0.0.1:9100\n"
+	                        "auth = redis\n"
+	                        "park_idle_after = 0\n"
+	                        "preauth_timeout = 1.5s\n"
+	                        "idle_timeout = 2m\n"
+	                        "shutdown_timeout = 500ms\n"
+	                        "\n"
+	                        "[listen imaps]\n"
+	                        "address = [::1]:9993\n"
+	                        "tls = implicit\n"
+	                        "cert = @D@/cert.pem\n"
+	                        "key = @D@/key.pem\n"
+	                        "proxy_protocol = yes\n"
+	                        "allow_plaintext_auth = true\n"
+	                        "[listen imap]\n"
+	                        "address = 127.0.0.1:9143\n"
+	                        "tls = starttls\n"
+	                        "cert = @D@/cert.pem\n"
+	                        "key = @D@/key.pem\n"
+	                        "[redis]\n"
+	                        "address = unix:/run/redis/redis.sock\n"
+	                        "prefix = mux:\n"
+	                        "password = \"p\\\"w\\\\d # ;\"\n"
+	                        "db = 3\n"
+	                        "[routing]\n"
+	                        "lookup = redis\n"
+	                        "fallback = deny\n"
+	                        "cache_ttl = 1h\n"
+	                        "[backend b2]\n"
+	                        "address = [::1]:11144\n"
+	                        "tls = implicit\n"
+	                        "ca = @D@/ca.pem\n"
+	                        "tls_name = imap.example.com\n"
+	                        "master_user = proxymaster\n"
+	                        "master_password = se#cret;x\n"
+	                        "pool_min_idle = 4\n"
+	                        "pool_max = 4\n"
+	                        "weight = 1000\n"
+	                        "connect_timeout = 250ms\n"
+	                        "command_timeout = 1m\n"
+	                        "[backend a]\n"
+	                        "address = 127.0.0.1:11143\n"
+	                        "tls = starttls\n"
+	                        "master_user = m\n"
+	                        "master_password = \"two words\"\n");
 	const struct cfg_listen *l;
 	const struct cfg_backend *b;
 	char cert[128], key[128], ca[128];
@@ -505,7 +522,7 @@ static void test_every_key(void **state)
 	assert_true(c->has_redis);
 	assert_int_equal(c->redis_addr.ss.ss_family, AF_UNIX);
 	assert_string_equal(((struct sockaddr_un *)&c->redis_addr.ss)->sun_path,
-			    "/run/redis/redis.sock");
+	                    "/run/redis/redis.sock");
 	assert_string_equal(c->redis_prefix, "mux:");
 	assert_string_equal(c->redis_password, "p\"w\\d # ;");
 	assert_int_equal(c->redis_db, 3);
@@ -540,27 +557,27 @@ static void test_every_key(void **state)
 static void test_comments_and_quotes(void **state)
 {
 	struct cfg *c = load_ok("; semicolon comment\n"
-				"   # indented comment\n"
-				"\t\n"
-				"[redis]   # comment after a header\n"
-				"  prefix   =   imapmux:   \n"
-				"password = a;b#c  ; trailing comment\n"
-				"[routing]# right after ']'\n"
-				"fallback = b\t# tab before the comment\n"
-				"[listen imap]\r\n"
-				"address = 127.0.0.1:9143\r\n"
-				"[backend a]\n"
-				"address=127.0.0.1:11143\n"
-				"master_user = \"  spaced  \"   # kept inside quotes\n"
-				"master_password = \"#not a comment;\"\n"
-				"tls_name = \"\\\\server\\\\\"\n"
-				"[backend b]\n"
-				"address = 127.0.0.1:11144\n"
-				"master_user = \"\\\"\\\"\"\n"
-				"master_password = x\"y\n"
-				"tls_name = a=b\n"
-				"[ backend  v6 ]\n"
-				"address = [::1]:11145\n");
+	                        "   # indented comment\n"
+	                        "\t\n"
+	                        "[redis]   # comment after a header\n"
+	                        "  prefix   =   imapmux:   \n"
+	                        "password = a;b#c  ; trailing comment\n"
+	                        "[routing]# right after ']'\n"
+	                        "fallback = b\t# tab before the comment\n"
+	                        "[listen imap]\r\n"
+	                        "address = 127.0.0.1:9143\r\n"
+	                        "[backend a]\n"
+	                        "address=127.0.0.1:11143\n"
+	                        "master_user = \"  spaced  \"   # kept inside quotes\n"
+	                        "master_password = \"#not a comment;\"\n"
+	                        "tls_name = \"\\\\server\\\\\"\n"
+	                        "[backend b]\n"
+	                        "address = 127.0.0.1:11144\n"
+	                        "master_user = \"\\\"\\\"\"\n"
+	                        "master_password = x\"y\n"
+	                        "tls_name = a=b\n"
+	                        "[ backend  v6 ]\n"
+	                        "address = [::1]:11145\n");
 
 	(void)state;
 	assert_string_equal(c->redis_prefix, "imapmux:");
@@ -591,11 +608,11 @@ static void test_comments_and_quotes(void **state)
 static void test_order_and_find(void **state)
 {
 	struct cfg *c = load_ok("[backend zeta]\naddress = 127.0.0.1:1\n"
-				"[listen z]\naddress = 127.0.0.1:2\n"
-				"[backend " N63 "]\naddress = 127.0.0.1:3\n"
-				"[listen a.b-c_D]\naddress = 127.0.0.1:4\n"
-				"[backend alpha]\naddress = localhost:5\n"
-				"[listen m]\naddress = 127.0.0.1:6\n");
+	                        "[listen z]\naddress = 127.0.0.1:2\n"
+	                        "[backend " N63 "]\naddress = 127.0.0.1:3\n"
+	                        "[listen a.b-c_D]\naddress = 127.0.0.1:4\n"
+	                        "[backend alpha]\naddress = localhost:5\n"
+	                        "[listen m]\naddress = 127.0.0.1:6\n");
 
 	(void)state;
 	assert_int_equal(c->nbackends, 3);
@@ -623,9 +640,9 @@ static void test_cross_ok(void **state)
 
 	(void)state;
 	c = load_ok("[imapmux]\nauth = redis\n[redis]\n"
-		    "[listen imap]\naddress = 127.0.0.1:9143\n"
-		    "[backend a]\naddress = 127.0.0.1:1\nmaster_user = m\nmaster_password = p\n"
-		    "[backend b]\naddress = 127.0.0.1:2\nmaster_user = m\nmaster_password = p\n");
+	            "[listen imap]\naddress = 127.0.0.1:9143\n"
+	            "[backend a]\naddress = 127.0.0.1:1\nmaster_user = m\nmaster_password = p\n"
+	            "[backend b]\naddress = 127.0.0.1:2\nmaster_user = m\nmaster_password = p\n");
 	assert_int_equal(c->auth, CFG_AUTH_REDIS);
 	assert_true(c->has_redis);
 	cfg_destroy(&c);
@@ -666,159 +683,158 @@ struct err_case {
 };
 
 static const struct err_case err_cases[] = {
-	/* structure */
-	{ "workers = 2\n", true, 1, "key 'workers' outside any section" },
-	{ "[imapmux]\njunk\n", true, 2, "expected '[section]' or 'key = value'" },
-	{ "[imapmux]\n  = 2\n", true, 2, "missing key before '='" },
-	{ "[imapmux\n", true, 1, "missing ']' in section header" },
-	{ "[imapmux] x\n", true, 1, "unexpected text after ']'" },
-	{ "[imapmux] # fine\n[ ]\n", true, 2, "empty section header" },
-	{ "[foo]\n", true, 1, "unknown section kind 'foo'" },
-	{ "[Listen x]\n", true, 1, "unknown section kind 'Listen'" },
-	{ "[listen]\n", true, 1, "[listen] needs a name" },
-	{ "[backend]\n", true, 1, "[backend] needs a name" },
-	{ "[imapmux main]\n", true, 1, "[imapmux] takes no name" },
-	{ "[redis x]\n", true, 1, "[redis] takes no name" },
-	{ "[routing x]\n", true, 1, "[routing] takes no name" },
-	{ "[listen a b]\n", true, 1, "expected [kind] or [kind name] in section header" },
-	{ "[listen bad/name]\n", true, 1,
-	  "bad section name 'bad/name' (1..63 characters of A-Z a-z 0-9 _ . -)" },
-	{ "[backend " N64 "]\n", true, 1,
-	  "bad section name '" N64 "' (1..63 characters of A-Z a-z 0-9 _ . -)" },
-	{ "[imapmux]\n[imapmux]\n", true, 2, "duplicate section [imapmux] (first at line 1)" },
-	{ "[redis]\n[routing]\n[redis]\n", true, 3, "duplicate section [redis] (first at line 1)" },
-	{ "[routing]\n\n[routing]\n", true, 3, "duplicate section [routing] (first at line 1)" },
-	{ "[listen imap]\naddress = 127.0.0.1:1\n", true, 3,
-	  "duplicate section [listen imap] (first at line 1)" },
-	{ "[backend a]\naddress = 127.0.0.1:1\n", true, 5,
-	  "duplicate section [backend a] (first at line 1)" },
-	{ "[imapmux]\nfoo = 1\n", true, 2, "unknown key 'foo' in [imapmux]" },
-	{ "[listen imaps]\naddress = 127.0.0.1:1\nfoo = 1\n", true, 3,
-	  "unknown key 'foo' in [listen imaps]" },
-	{ "[backend b]\nAddress = 127.0.0.1:1\n", true, 2, "unknown key 'Address' in [backend b]" },
-	{ "[redis]\nworkers = 2\n", true, 2, "unknown key 'workers' in [redis]" },
-	{ "[routing]\nlookup = redis\nlookup = static\n", true, 3,
-	  "duplicate key 'lookup' in [routing] (first at line 2)" },
-	{ "[imapmux]\nworkers = 2\n# c\nworkers = 2\n", true, 4,
-	  "duplicate key 'workers' in [imapmux] (first at line 2)" },
-	{ "[imapmux]\nlog_level =\n", true, 2, "empty value for 'log_level'" },
-	{ "[imapmux]\nlog_level = # none\n", true, 2, "empty value for 'log_level'" },
-	{ "[redis]\npassword = \"\"\n", true, 2, "empty value for 'password'" },
-	{ "[redis]\npassword = \"abc\n", true, 2, "unterminated quoted value" },
-	{ "[redis]\npassword = \"abc\\\"\n", true, 2, "unterminated quoted value" },
-	{ "[redis]\npassword = \"abc\\\n", true, 2, "unterminated quoted value" },
-	{ "[redis]\npassword = \"a\\xb\"\n", true, 2,
-	  "bad escape '\\x' in quoted value (only \\\" and \\\\)" },
-	{ "[redis]\npassword = \"a\" b\n", true, 2, "unexpected text after closing quote" },
-	{ "[redis]\npassword = \"\"\"\"\n", true, 2, "unexpected text after closing quote" },
+    /* structure */
+    {"workers = 2\n", true, 1, "key 'workers' outside any section"},
+    {"[imapmux]\njunk\n", true, 2, "expected '[section]' or 'key = value'"},
+    {"[imapmux]\n  = 2\n", true, 2, "missing key before '='"},
+    {"[imapmux\n", true, 1, "missing ']' in section header"},
+    {"[imapmux] x\n", true, 1, "unexpected text after ']'"},
+    {"[imapmux] # fine\n[ ]\n", true, 2, "empty section header"},
+    {"[foo]\n", true, 1, "unknown section kind 'foo'"},
+    {"[Listen x]\n", true, 1, "unknown section kind 'Listen'"},
+    {"[listen]\n", true, 1, "[listen] needs a name"},
+    {"[backend]\n", true, 1, "[backend] needs a name"},
+    {"[imapmux main]\n", true, 1, "[imapmux] takes no name"},
+    {"[redis x]\n", true, 1, "[redis] takes no name"},
+    {"[routing x]\n", true, 1, "[routing] takes no name"},
+    {"[listen a b]\n", true, 1, "expected [kind] or [kind name] in section header"},
+    {"[listen bad/name]\n", true, 1,
+     "bad section name 'bad/name' (1..63 characters of A-Z a-z 0-9 _ . -)"},
+    {"[backend " N64 "]\n", true, 1,
+     "bad section name '" N64 "' (1..63 characters of A-Z a-z 0-9 _ . -)"},
+    {"[imapmux]\n[imapmux]\n", true, 2, "duplicate section [imapmux] (first at line 1)"},
+    {"[redis]\n[routing]\n[redis]\n", true, 3, "duplicate section [redis] (first at line 1)"},
+    {"[routing]\n\n[routing]\n", true, 3, "duplicate section [routing] (first at line 1)"},
+    {"[listen imap]\naddress = 127.0.0.1:1\n", true, 3,
+     "duplicate section [listen imap] (first at line 1)"},
+    {"[backend a]\naddress = 127.0.0.1:1\n", true, 5,
+     "duplicate section [backend a] (first at line 1)"},
+    {"[imapmux]\nfoo = 1\n", true, 2, "unknown key 'foo' in [imapmux]"},
+    {"[listen imaps]\naddress = 127.0.0.1:1\nfoo = 1\n", true, 3,
+     "unknown key 'foo' in [listen imaps]"},
+    {"[backend b]\nAddress = 127.0.0.1:1\n", true, 2, "unknown key 'Address' in [backend b]"},
+    {"[redis]\nworkers = 2\n", true, 2, "unknown key 'workers' in [redis]"},
+    {"[routing]\nlookup = redis\nlookup = static\n", true, 3,
+     "duplicate key 'lookup' in [routing] (first at line 2)"},
+    {"[imapmux]\nworkers = 2\n# c\nworkers = 2\n", true, 4,
+     "duplicate key 'workers' in [imapmux] (first at line 2)"},
+    {"[imapmux]\nlog_level =\n", true, 2, "empty value for 'log_level'"},
+    {"[imapmux]\nlog_level = # none\n", true, 2, "empty value for 'log_level'"},
+    {"[redis]\npassword = \"\"\n", true, 2, "empty value for 'password'"},
+    {"[redis]\npassword = \"abc\n", true, 2, "unterminated quoted value"},
+    {"[redis]\npassword = \"abc\\\"\n", true, 2, "unterminated quoted value"},
+    {"[redis]\npassword = \"abc\\\n", true, 2, "unterminated quoted value"},
+    {"[redis]\npassword = \"a\\xb\"\n", true, 2,
+     "bad escape '\\x' in quoted value (only \\\" and \\\\)"},
+    {"[redis]\npassword = \"a\" b\n", true, 2, "unexpected text after closing quote"},
+    {"[redis]\npassword = \"\"\"\"\n", true, 2, "unexpected text after closing quote"},
 
-	/* values, [imapmux] */
-	{ "[imapmux]\nworkers = 0\n", true, 2, "bad value '0' for workers (1..64 or auto)" },
-	{ "[imapmux]\nworkers = 65\n", true, 2, "bad value '65' for workers (1..64 or auto)" },
-	{ "[imapmux]\nworkers = two\n", true, 2, "bad value 'two' for workers (1..64 or auto)" },
-	{ "[imapmux]\nworkers = -1\n", true, 2, "bad value '-1' for workers (1..64 or auto)" },
-	{ "[imapmux]\nlog_level = loud\n", true, 2,
-	  "bad value 'loud' for log_level (error, warn, info, debug)" },
-	{ "[imapmux]\nstats_listen = 127.0.0.1\n", true, 2,
-	  "bad address '127.0.0.1' for stats_listen: missing port" },
-	{ "[imapmux]\nstats_listen = unix:/tmp/s\n", true, 2,
-	  "bad address 'unix:/tmp/s' for stats_listen: unix sockets are not allowed here" },
-	{ "[imapmux]\nauth = ldap\n", true, 2, "bad value 'ldap' for auth (backend, redis)" },
-	{ "[imapmux]\npark_idle_after = x\n", true, 2, "bad duration 'x' for park_idle_after" },
-	{ "[imapmux]\npreauth_timeout = x\n", true, 2, "bad duration 'x' for preauth_timeout" },
-	{ "[imapmux]\npreauth_timeout = 0\n", true, 2,
-	  "bad duration '0' for preauth_timeout (must be more than 0)" },
-	{ "[imapmux]\nidle_timeout = 0s\n", true, 2,
-	  "bad duration '0s' for idle_timeout (must be more than 0)" },
-	{ "[imapmux]\nshutdown_timeout = -1\n", true, 2, "bad duration '-1' for shutdown_timeout" },
+    /* values, [imapmux] */
+    {"[imapmux]\nworkers = 0\n", true, 2, "bad value '0' for workers (1..64 or auto)"},
+    {"[imapmux]\nworkers = 65\n", true, 2, "bad value '65' for workers (1..64 or auto)"},
+    {"[imapmux]\nworkers = two\n", true, 2, "bad value 'two' for workers (1..64 or auto)"},
+    {"[imapmux]\nworkers = -1\n", true, 2, "bad value '-1' for workers (1..64 or auto)"},
+    {"[imapmux]\nlog_level = loud\n", true, 2,
+     "bad value 'loud' for log_level (error, warn, info, debug)"},
+    {"[imapmux]\nstats_listen = 127.0.0.1\n", true, 2,
+     "bad address '127.0.0.1' for stats_listen: missing port"},
+    {"[imapmux]\nstats_listen = unix:/tmp/s\n", true, 2,
+     "bad address 'unix:/tmp/s' for stats_listen: unix sockets are not allowed here"},
+    {"[imapmux]\nauth = ldap\n", true, 2, "bad value 'ldap' for auth (backend, redis)"},
+    {"[imapmux]\npark_idle_after = x\n", true, 2, "bad duration 'x' for park_idle_after"},
+    {"[imapmux]\npreauth_timeout = x\n", true, 2, "bad duration 'x' for preauth_timeout"},
+    {"[imapmux]\npreauth_timeout = 0\n", true, 2,
+     "bad duration '0' for preauth_timeout (must be more than 0)"},
+    {"[imapmux]\nidle_timeout = 0s\n", true, 2,
+     "bad duration '0s' for idle_timeout (must be more than 0)"},
+    {"[imapmux]\nshutdown_timeout = -1\n", true, 2, "bad duration '-1' for shutdown_timeout"},
 
-	/* values, [listen] */
-	{ "[listen s]\ntls = ssl\n", true, 2, "bad value 'ssl' for tls (none, starttls, implicit)" },
-	{ "[listen s]\nproxy_protocol = maybe\n", true, 2, "bad boolean 'maybe' for proxy_protocol" },
-	{ "[listen s]\nallow_plaintext_auth = 2\n", true, 2,
-	  "bad boolean '2' for allow_plaintext_auth" },
-	{ "[listen s]\ncert = @D@/nope.pem\n", true, 2,
-	  "cannot read cert '@D@/nope.pem': No such file or directory" },
-	{ "[listen s]\ncert = @D@/cert.pem\nkey = @D@\n", true, 3,
-	  "cannot read key '@D@': Is a directory" },
-	{ "[listen s]\naddress = 127.0.0.1:65536\n", true, 2,
-	  "bad address '127.0.0.1:65536' for address: bad port (1..65535)" },
-	{ "[listen s]\naddress = 1.2.3:4\n", true, 2,
-	  "bad address '1.2.3:4' for address: bad IPv4 address" },
-	{ "[listen s]\naddress = [::1\n", true, 2, "bad address '[::1' for address: missing ']'" },
-	{ "[listen s]\naddress = [::1]\n", true, 2, "bad address '[::1]' for address: missing port" },
-	{ "[listen s]\naddress = [::x]:1\n", true, 2,
-	  "bad address '[::x]:1' for address: bad IPv6 address" },
-	{ "[listen s]\naddress = :1\n", true, 2, "bad address ':1' for address: missing host" },
+    /* values, [listen] */
+    {"[listen s]\ntls = ssl\n", true, 2, "bad value 'ssl' for tls (none, starttls, implicit)"},
+    {"[listen s]\nproxy_protocol = maybe\n", true, 2, "bad boolean 'maybe' for proxy_protocol"},
+    {"[listen s]\nallow_plaintext_auth = 2\n", true, 2, "bad boolean '2' for allow_plaintext_auth"},
+    {"[listen s]\ncert = @D@/nope.pem\n", true, 2,
+     "cannot read cert '@D@/nope.pem': No such file or directory"},
+    {"[listen s]\ncert = @D@/cert.pem\nkey = @D@\n", true, 3,
+     "cannot read key '@D@': Is a directory"},
+    {"[listen s]\naddress = 127.0.0.1:65536\n", true, 2,
+     "bad address '127.0.0.1:65536' for address: bad port (1..65535)"},
+    {"[listen s]\naddress = 1.2.3:4\n", true, 2,
+     "bad address '1.2.3:4' for address: bad IPv4 address"},
+    {"[listen s]\naddress = [::1\n", true, 2, "bad address '[::1' for address: missing ']'"},
+    {"[listen s]\naddress = [::1]\n", true, 2, "bad address '[::1]' for address: missing port"},
+    {"[listen s]\naddress = [::x]:1\n", true, 2,
+     "bad address '[::x]:1' for address: bad IPv6 address"},
+    {"[listen s]\naddress = :1\n", true, 2, "bad address ':1' for address: missing host"},
 
-	/* values, [redis] and [routing] */
-	{ "[redis]\naddress = unix:\n", true, 2,
-	  "bad address 'unix:' for address: empty unix socket path" },
-	{ "[redis]\naddress = 127.0.0.1:0\n", true, 2,
-	  "bad address '127.0.0.1:0' for address: bad port (1..65535)" },
-	{ "[redis]\ndb = x\n", true, 2, "bad number 'x' for db (0..2147483647)" },
-	{ "[redis]\ndb = 2147483648\n", true, 2, "bad number '2147483648' for db (0..2147483647)" },
-	{ "[routing]\nlookup = ldap\n", true, 2, "bad value 'ldap' for lookup (static, redis)" },
-	{ "[routing]\nfallback = \"b a\"\n", true, 2,
-	  "bad value 'b a' for fallback (hash, deny or a backend name)" },
-	{ "[routing]\ncache_ttl = 1d\n", true, 2, "bad duration '1d' for cache_ttl" },
+    /* values, [redis] and [routing] */
+    {"[redis]\naddress = unix:\n", true, 2,
+     "bad address 'unix:' for address: empty unix socket path"},
+    {"[redis]\naddress = 127.0.0.1:0\n", true, 2,
+     "bad address '127.0.0.1:0' for address: bad port (1..65535)"},
+    {"[redis]\ndb = x\n", true, 2, "bad number 'x' for db (0..2147483647)"},
+    {"[redis]\ndb = 2147483648\n", true, 2, "bad number '2147483648' for db (0..2147483647)"},
+    {"[routing]\nlookup = ldap\n", true, 2, "bad value 'ldap' for lookup (static, redis)"},
+    {"[routing]\nfallback = \"b a\"\n", true, 2,
+     "bad value 'b a' for fallback (hash, deny or a backend name)"},
+    {"[routing]\ncache_ttl = 1d\n", true, 2, "bad duration '1d' for cache_ttl"},
 
-	/* values, [backend] */
-	{ "[backend z]\naddress = unix:/run/imap.sock\n", true, 2,
-	  "bad address 'unix:/run/imap.sock' for address: unix sockets are not allowed here" },
-	{ "[backend z]\naddress = ::1:143\n", true, 2,
-	  "bad address '::1:143' for address: IPv6 addresses need brackets: [ADDR]:PORT" },
-	{ "[backend z]\naddress = 127.0.0.1:abc\n", true, 2,
-	  "bad address '127.0.0.1:abc' for address: bad port (1..65535)" },
-	{ "[backend z]\ntls = IMPLICITLY\n", true, 2,
-	  "bad value 'IMPLICITLY' for tls (none, starttls, implicit)" },
-	{ "[backend z]\nca = @D@/nope.pem\n", true, 2,
-	  "cannot read ca '@D@/nope.pem': No such file or directory" },
-	{ "[backend z]\npool_max = 0\n", true, 2, "bad number '0' for pool_max (1..1000000)" },
-	{ "[backend z]\npool_max = 1000001\n", true, 2,
-	  "bad number '1000001' for pool_max (1..1000000)" },
-	{ "[backend z]\npool_min_idle = -1\n", true, 2,
-	  "bad number '-1' for pool_min_idle (0..1000000)" },
-	{ "[backend z]\nweight = 0\n", true, 2, "bad number '0' for weight (1..1000)" },
-	{ "[backend z]\nweight = 1001\n", true, 2, "bad number '1001' for weight (1..1000)" },
-	{ "[backend z]\nconnect_timeout = 0ms\n", true, 2,
-	  "bad duration '0ms' for connect_timeout (must be more than 0)" },
-	{ "[backend z]\ncommand_timeout = 0\n", true, 2,
-	  "bad duration '0' for command_timeout (must be more than 0)" },
-	{ "[backend z]\ncommand_timeout = 1 s\n", true, 2, "bad duration '1 s' for command_timeout" },
+    /* values, [backend] */
+    {"[backend z]\naddress = unix:/run/imap.sock\n", true, 2,
+     "bad address 'unix:/run/imap.sock' for address: unix sockets are not allowed here"},
+    {"[backend z]\naddress = ::1:143\n", true, 2,
+     "bad address '::1:143' for address: IPv6 addresses need brackets: [ADDR]:PORT"},
+    {"[backend z]\naddress = 127.0.0.1:abc\n", true, 2,
+     "bad address '127.0.0.1:abc' for address: bad port (1..65535)"},
+    {"[backend z]\ntls = IMPLICITLY\n", true, 2,
+     "bad value 'IMPLICITLY' for tls (none, starttls, implicit)"},
+    {"[backend z]\nca = @D@/nope.pem\n", true, 2,
+     "cannot read ca '@D@/nope.pem': No such file or directory"},
+    {"[backend z]\npool_max = 0\n", true, 2, "bad number '0' for pool_max (1..1000000)"},
+    {"[backend z]\npool_max = 1000001\n", true, 2,
+     "bad number '1000001' for pool_max (1..1000000)"},
+    {"[backend z]\npool_min_idle = -1\n", true, 2,
+     "bad number '-1' for pool_min_idle (0..1000000)"},
+    {"[backend z]\nweight = 0\n", true, 2, "bad number '0' for weight (1..1000)"},
+    {"[backend z]\nweight = 1001\n", true, 2, "bad number '1001' for weight (1..1000)"},
+    {"[backend z]\nconnect_timeout = 0ms\n", true, 2,
+     "bad duration '0ms' for connect_timeout (must be more than 0)"},
+    {"[backend z]\ncommand_timeout = 0\n", true, 2,
+     "bad duration '0' for command_timeout (must be more than 0)"},
+    {"[backend z]\ncommand_timeout = 1 s\n", true, 2, "bad duration '1 s' for command_timeout"},
 
-	/* whole sections */
-	{ "[listen x]\ntls = none\n", true, 1, "missing address in [listen x]" },
-	{ "[backend z]\nweight = 2\n", true, 1, "missing address in [backend z]" },
-	{ "[listen z]\naddress = 127.0.0.1:1\n[backend z]\nweight = 2\n", false, 3,
-	  "missing address in [backend z]" },
-	{ "[listen x]\n[foo]\n", true, 1, "missing address in [listen x]" },
-	{ "[listen s]\naddress = 127.0.0.1:1\ntls = implicit\n", true, 1,
-	  "missing cert in [listen s] (tls = implicit needs cert and key)" },
-	{ "[listen s]\naddress = 127.0.0.1:1\ntls = starttls\ncert = @D@/cert.pem\n", true, 1,
-	  "missing key in [listen s] (tls = starttls needs cert and key)" },
-	{ "[backend z]\naddress = 127.0.0.1:1\npool_max = 5\npool_min_idle = 10\n", true, 4,
-	  "pool_min_idle 10 is more than pool_max 5 in [backend z]" },
-	{ "[backend z]\naddress = 127.0.0.1:1\nmaster_user = m\n", true, 1,
-	  "missing master_password in [backend z] (master_user is set)" },
-	{ "[backend z]\naddress = 127.0.0.1:1\nmaster_password = p\n", true, 1,
-	  "missing master_user in [backend z] (master_password is set)" },
+    /* whole sections */
+    {"[listen x]\ntls = none\n", true, 1, "missing address in [listen x]"},
+    {"[backend z]\nweight = 2\n", true, 1, "missing address in [backend z]"},
+    {"[listen z]\naddress = 127.0.0.1:1\n[backend z]\nweight = 2\n", false, 3,
+     "missing address in [backend z]"},
+    {"[listen x]\n[foo]\n", true, 1, "missing address in [listen x]"},
+    {"[listen s]\naddress = 127.0.0.1:1\ntls = implicit\n", true, 1,
+     "missing cert in [listen s] (tls = implicit needs cert and key)"},
+    {"[listen s]\naddress = 127.0.0.1:1\ntls = starttls\ncert = @D@/cert.pem\n", true, 1,
+     "missing key in [listen s] (tls = starttls needs cert and key)"},
+    {"[backend z]\naddress = 127.0.0.1:1\npool_max = 5\npool_min_idle = 10\n", true, 4,
+     "pool_min_idle 10 is more than pool_max 5 in [backend z]"},
+    {"[backend z]\naddress = 127.0.0.1:1\nmaster_user = m\n", true, 1,
+     "missing master_password in [backend z] (master_user is set)"},
+    {"[backend z]\naddress = 127.0.0.1:1\nmaster_password = p\n", true, 1,
+     "missing master_user in [backend z] (master_password is set)"},
 
-	/* whole file */
-	{ "", false, 0, "no [listen] section" },
-	{ "# only a comment\n", false, 0, "no [listen] section" },
-	{ "[backend a]\naddress = 127.0.0.1:1\n", false, 0, "no [listen] section" },
-	{ "[listen a]\naddress = 127.0.0.1:1\n", false, 0, "no [backend] section" },
-	{ "[routing]\nfallback = nosuch\n", true, 2, "unknown backend 'nosuch' for fallback" },
-	{ "[routing]\nfallback = A\n", true, 2, "unknown backend 'A' for fallback" },
-	{ "[routing]\nlookup = static\nfallback = deny\n", true, 3,
-	  "fallback = deny with lookup = static would refuse every login" },
-	{ "[routing]\nfallback = deny\n", true, 2,
-	  "fallback = deny with lookup = static would refuse every login" },
-	{ "[routing]\nlookup = redis\n", true, 2, "lookup = redis needs a [redis] section" },
-	{ "[imapmux]\nauth = redis\n", true, 2, "auth = redis needs a [redis] section" },
-	{ "[imapmux]\nauth = redis\n[redis]\n", true, 6,
-	  "auth = redis needs master_user and master_password in [backend a]" },
+    /* whole file */
+    {"", false, 0, "no [listen] section"},
+    {"# only a comment\n", false, 0, "no [listen] section"},
+    {"[backend a]\naddress = 127.0.0.1:1\n", false, 0, "no [listen] section"},
+    {"[listen a]\naddress = 127.0.0.1:1\n", false, 0, "no [backend] section"},
+    {"[routing]\nfallback = nosuch\n", true, 2, "unknown backend 'nosuch' for fallback"},
+    {"[routing]\nfallback = A\n", true, 2, "unknown backend 'A' for fallback"},
+    {"[routing]\nlookup = static\nfallback = deny\n", true, 3,
+     "fallback = deny with lookup = static would refuse every login"},
+    {"[routing]\nfallback = deny\n", true, 2,
+     "fallback = deny with lookup = static would refuse every login"},
+    {"[routing]\nlookup = redis\n", true, 2, "lookup = redis needs a [redis] section"},
+    {"[imapmux]\nauth = redis\n", true, 2, "auth = redis needs a [redis] section"},
+    {"[imapmux]\nauth = redis\n[redis]\n", true, 6,
+     "auth = redis needs master_user and master_password in [backend a]"},
 };
 
 static void test_errors(void **state)
@@ -863,7 +879,7 @@ static void test_line_limits(void **state)
 	free(text);
 
 	expect_err_n("[imapmux]\nworkers = 2\0junk\n" TAIL,
-		     sizeof("[imapmux]\nworkers = 2\0junk\n" TAIL) - 1, 2, "NUL byte in line");
+	             sizeof("[imapmux]\nworkers = 2\0junk\n" TAIL) - 1, 2, "NUL byte in line");
 }
 
 static void test_open_errors(void **state)
@@ -1016,7 +1032,7 @@ static void test_shipped_conf(void **state)
 			bad_line = lineno;
 			bad_errno = errno;
 			snprintf(want, sizeof(want), "proxy.conf:%d: cannot read %s '%s': %s",
-				 bad_line, k, v, strerror(bad_errno));
+			         bad_line, k, v, strerror(bad_errno));
 		}
 	}
 	fclose(f);
@@ -1033,24 +1049,15 @@ static void test_shipped_conf(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_duration),
-		cmocka_unit_test(test_bool),
-		cmocka_unit_test(test_addr_ipv4),
-		cmocka_unit_test(test_addr_ipv6),
-		cmocka_unit_test(test_addr_unix),
-		cmocka_unit_test(test_addr_bad),
-		cmocka_unit_test(test_addr_name),
-		cmocka_unit_test(test_defaults),
-		cmocka_unit_test(test_every_key),
-		cmocka_unit_test(test_comments_and_quotes),
-		cmocka_unit_test(test_order_and_find),
-		cmocka_unit_test(test_cross_ok),
-		cmocka_unit_test(test_errors),
-		cmocka_unit_test(test_line_limits),
-		cmocka_unit_test(test_open_errors),
-		cmocka_unit_test(test_err_buffer),
-		cmocka_unit_test(test_destroy_null),
-		cmocka_unit_test(test_shipped_conf),
+	    cmocka_unit_test(test_duration),       cmocka_unit_test(test_bool),
+	    cmocka_unit_test(test_addr_ipv4),      cmocka_unit_test(test_addr_ipv6),
+	    cmocka_unit_test(test_addr_unix),      cmocka_unit_test(test_addr_bad),
+	    cmocka_unit_test(test_addr_name),      cmocka_unit_test(test_defaults),
+	    cmocka_unit_test(test_every_key),      cmocka_unit_test(test_comments_and_quotes),
+	    cmocka_unit_test(test_order_and_find), cmocka_unit_test(test_cross_ok),
+	    cmocka_unit_test(test_errors),         cmocka_unit_test(test_line_limits),
+	    cmocka_unit_test(test_open_errors),    cmocka_unit_test(test_err_buffer),
+	    cmocka_unit_test(test_destroy_null),   cmocka_unit_test(test_shipped_conf),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);

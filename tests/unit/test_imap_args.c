@@ -27,11 +27,26 @@ struct exp_arg {
 	size_t len;
 };
 
-#define ATOM(s) { IMAP_ARG_ATOM, S(s) }
-#define QUOTED(s) { IMAP_ARG_QUOTED, S(s) }
-#define LIT(s) { IMAP_ARG_LITERAL, S(s) }
-#define OPEN { IMAP_ARG_LIST_OPEN, S("(") }
-#define CLOSE { IMAP_ARG_LIST_CLOSE, S(")") }
+#define ATOM(s)                                                                                    \
+	{                                                                                          \
+		IMAP_ARG_ATOM, S(s)                                                                \
+	}
+#define QUOTED(s)                                                                                  \
+	{                                                                                          \
+		IMAP_ARG_QUOTED, S(s)                                                              \
+	}
+#define LIT(s)                                                                                     \
+	{                                                                                          \
+		IMAP_ARG_LITERAL, S(s)                                                             \
+	}
+#define OPEN                                                                                       \
+	{                                                                                          \
+		IMAP_ARG_LIST_OPEN, S("(")                                                         \
+	}
+#define CLOSE                                                                                      \
+	{                                                                                          \
+		IMAP_ARG_LIST_CLOSE, S(")")                                                        \
+	}
 
 struct ok_case {
 	const char *in;
@@ -43,53 +58,73 @@ struct ok_case {
 };
 
 static const struct ok_case ok_cases[] = {
-	{ S("a1 LOGIN alice secret\r\n"), "a1", "LOGIN", 2, { ATOM("alice"), ATOM("secret") } },
-	{ S("a1 login alice secret\n"), "a1", "login", 2, { ATOM("alice"), ATOM("secret") } },
-	{ S("a2 LOGIN \"alice\" \"se\\\"cr\\\\et\"\r\n"), "a2", "LOGIN", 2,
-	  { QUOTED("alice"), QUOTED("se\"cr\\et") } },
-	{ S("a2 LOGIN \"\\\\\" \"\\\"\"\r\n"), "a2", "LOGIN", 2, { QUOTED("\\"), QUOTED("\"") } },
-	{ S("a2 LOGIN \"j\xc3\xb6rg\" \"p\xc3\xa4ss \xff\"\r\n"), "a2", "LOGIN", 2,
-	  { QUOTED("j\xc3\xb6rg"), QUOTED("p\xc3\xa4ss \xff") } },
-	{ S("a2 LOGIN \"\" \"(){}*%] \"\r\n"), "a2", "LOGIN", 2,
-	  { QUOTED(""), QUOTED("(){}*%] ") } },
-	{ S("a3 LOGIN {5}\r\nalice {6}\r\nsecret\r\n"), "a3", "LOGIN", 2,
-	  { LIT("alice"), LIT("secret") } },
-	{ S("a4 LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n"), "a4", "LOGIN", 2,
-	  { LIT("alice"), LIT("secret") } },
-	{ S("a4 LOGIN {5}\nalice {6+}\nsecret\n"), "a4", "LOGIN", 2,
-	  { LIT("alice"), LIT("secret") } },
-	/* A literal body is opaque: NUL, CRLF, quotes, braces, 8-bit. */
-	{ S("a5 LOGIN alice {13}\r\na\0b\r\nc\"d\"{1}\xff\r\n"), "a5", "LOGIN", 2,
-	  { ATOM("alice"), LIT("a\0b\r\nc\"d\"{1}\xff") } },
-	{ S("a5 LOGIN {0}\r\n {0+}\r\n\r\n"), "a5", "LOGIN", 2, { LIT(""), LIT("") } },
-	{ S("a5 LOGIN ~{3}\r\nabc ~{3+}\r\nd\0f\r\n"), "a5", "LOGIN", 2,
-	  { LIT("abc"), LIT("d\0f") } },
-	{ S("a5 LOGIN {005}\r\nalice x\r\n"), "a5", "LOGIN", 2, { LIT("alice"), ATOM("x") } },
-	{ S("a5 LOGIN \"alice\" {6}\r\nsecret\r\n"), "a5", "LOGIN", 2,
-	  { QUOTED("alice"), LIT("secret") } },
-	{ S("a6 AUTHENTICATE PLAIN\r\n"), "a6", "AUTHENTICATE", 1, { ATOM("PLAIN") } },
-	{ S("a6 authenticate plain AGFsaWNlAHNlY3JldA==\r\n"), "a6", "authenticate", 2,
-	  { ATOM("plain"), ATOM("AGFsaWNlAHNlY3JldA==") } },
-	{ S("a6 AUTHENTICATE PLAIN =\r\n"), "a6", "AUTHENTICATE", 2,
-	  { ATOM("PLAIN"), ATOM("=") } },
-	{ S("a7 ID (\"name\" \"Thunderbird\" \"version\" \"115.3.1\")\r\n"), "a7", "ID", 6,
-	  { OPEN, QUOTED("name"), QUOTED("Thunderbird"), QUOTED("version"), QUOTED("115.3.1"),
-	    CLOSE } },
-	{ S("a7 ID (\"name\" NIL \"os\" {5}\r\nLinux)\r\n"), "a7", "ID", 6,
-	  { OPEN, QUOTED("name"), ATOM("NIL"), QUOTED("os"), LIT("Linux"), CLOSE } },
-	{ S("a7 ID NIL\r\n"), "a7", "ID", 1, { ATOM("NIL") } },
-	{ S("a7 ID ()\r\n"), "a7", "ID", 2, { OPEN, CLOSE } },
-	{ S("a8 X (a (b \"c\") () ((d))) e\r\n"), "a8", "X", 15,
-	  { OPEN, ATOM("a"), OPEN, ATOM("b"), QUOTED("c"), CLOSE, OPEN, CLOSE, OPEN, OPEN,
-	    ATOM("d"), CLOSE, CLOSE, CLOSE, ATOM("e") } },
-	{ S("a9 NOOP\r\n"), "a9", "NOOP", 0, { { 0, NULL, 0 } } },
-	{ S("A001 CAPABILITY\n"), "A001", "CAPABILITY", 0, { { 0, NULL, 0 } } },
-	{ S("t-1_2.3]x~ X-FOO.bar_1\r\n"), "t-1_2.3]x~", "X-FOO.bar_1", 0, { { 0, NULL, 0 } } },
-	{ S("b LIST \"\" *\r\n"), "b", "LIST", 2, { QUOTED(""), ATOM("*") } },
-	{ S("b LIST \"\" INBOX.%\r\n"), "b", "LIST", 2, { QUOTED(""), ATOM("INBOX.%") } },
-	{ S("b FETCH 1:* BODY.PEEK[HEADER]\r\n"), "b", "FETCH", 2,
-	  { ATOM("1:*"), ATOM("BODY.PEEK[HEADER]") } },
-	{ S("b X a}b ~x +1 =\r\n"), "b", "X", 4, { ATOM("a}b"), ATOM("~x"), ATOM("+1"), ATOM("=") } },
+    {S("a1 LOGIN alice secret\r\n"), "a1", "LOGIN", 2, {ATOM("alice"), ATOM("secret")}},
+    {S("a1 login alice secret\n"), "a1", "login", 2, {ATOM("alice"), ATOM("secret")}},
+    {S("a2 LOGIN \"alice\" \"se\\\"cr\\\\et\"\r\n"),
+     "a2",
+     "LOGIN",
+     2,
+     {QUOTED("alice"), QUOTED("se\"cr\\et")}},
+    {S("a2 LOGIN \"\\\\\" \"\\\"\"\r\n"), "a2", "LOGIN", 2, {QUOTED("\\"), QUOTED("\"")}},
+    {S("a2 LOGIN \"j\xc3\xb6rg\" \"p\xc3\xa4ss \xff\"\r\n"),
+     "a2",
+     "LOGIN",
+     2,
+     {QUOTED("j\xc3\xb6rg"), QUOTED("p\xc3\xa4ss \xff")}},
+    {S("a2 LOGIN \"\" \"(){}*%] \"\r\n"), "a2", "LOGIN", 2, {QUOTED(""), QUOTED("(){}*%] ")}},
+    {S("a3 LOGIN {5}\r\nalice {6}\r\nsecret\r\n"), "a3", "LOGIN", 2, {LIT("alice"), LIT("secret")}},
+    {S("a4 LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n"),
+     "a4",
+     "LOGIN",
+     2,
+     {LIT("alice"), LIT("secret")}},
+    {S("a4 LOGIN {5}\nalice {6+}\nsecret\n"), "a4", "LOGIN", 2, {LIT("alice"), LIT("secret")}},
+    /* A literal body is opaque: NUL, CRLF, quotes, braces, 8-bit. */
+    {S("a5 LOGIN alice {13}\r\na\0b\r\nc\"d\"{1}\xff\r\n"),
+     "a5",
+     "LOGIN",
+     2,
+     {ATOM("alice"), LIT("a\0b\r\nc\"d\"{1}\xff")}},
+    {S("a5 LOGIN {0}\r\n {0+}\r\n\r\n"), "a5", "LOGIN", 2, {LIT(""), LIT("")}},
+    {S("a5 LOGIN ~{3}\r\nabc ~{3+}\r\nd\0f\r\n"), "a5", "LOGIN", 2, {LIT("abc"), LIT("d\0f")}},
+    {S("a5 LOGIN {005}\r\nalice x\r\n"), "a5", "LOGIN", 2, {LIT("alice"), ATOM("x")}},
+    {S("a5 LOGIN \"alice\" {6}\r\nsecret\r\n"), "a5", "LOGIN", 2, {QUOTED("alice"), LIT("secret")}},
+    {S("a6 AUTHENTICATE PLAIN\r\n"), "a6", "AUTHENTICATE", 1, {ATOM("PLAIN")}},
+    {S("a6 authenticate plain AGFsaWNlAHNlY3JldA==\r\n"),
+     "a6",
+     "authenticate",
+     2,
+     {ATOM("plain"), ATOM("AGFsaWNlAHNlY3JldA==")}},
+    {S("a6 AUTHENTICATE PLAIN =\r\n"), "a6", "AUTHENTICATE", 2, {ATOM("PLAIN"), ATOM("=")}},
+    {S("a7 ID (\"name\" \"Thunderbird\" \"version\" \"115.3.1\")\r\n"),
+     "a7",
+     "ID",
+     6,
+     {OPEN, QUOTED("name"), QUOTED("Thunderbird"), QUOTED("version"), QUOTED("115.3.1"), CLOSE}},
+    {S("a7 ID (\"name\" NIL \"os\" {5}\r\nLinux)\r\n"),
+     "a7",
+     "ID",
+     6,
+     {OPEN, QUOTED("name"), ATOM("NIL"), QUOTED("os"), LIT("Linux"), CLOSE}},
+    {S("a7 ID NIL\r\n"), "a7", "ID", 1, {ATOM("NIL")}},
+    {S("a7 ID ()\r\n"), "a7", "ID", 2, {OPEN, CLOSE}},
+    {S("a8 X (a (b \"c\") () ((d))) e\r\n"),
+     "a8",
+     "X",
+     15,
+     {OPEN, ATOM("a"), OPEN, ATOM("b"), QUOTED("c"), CLOSE, OPEN, CLOSE, OPEN, OPEN, ATOM("d"),
+      CLOSE, CLOSE, CLOSE, ATOM("e")}},
+    {S("a9 NOOP\r\n"), "a9", "NOOP", 0, {{0, NULL, 0}}},
+    {S("A001 CAPABILITY\n"), "A001", "CAPABILITY", 0, {{0, NULL, 0}}},
+    {S("t-1_2.3]x~ X-FOO.bar_1\r\n"), "t-1_2.3]x~", "X-FOO.bar_1", 0, {{0, NULL, 0}}},
+    {S("b LIST \"\" *\r\n"), "b", "LIST", 2, {QUOTED(""), ATOM("*")}},
+    {S("b LIST \"\" INBOX.%\r\n"), "b", "LIST", 2, {QUOTED(""), ATOM("INBOX.%")}},
+    {S("b FETCH 1:* BODY.PEEK[HEADER]\r\n"),
+     "b",
+     "FETCH",
+     2,
+     {ATOM("1:*"), ATOM("BODY.PEEK[HEADER]")}},
+    {S("b X a}b ~x +1 =\r\n"), "b", "X", 4, {ATOM("a}b"), ATOM("~x"), ATOM("+1"), ATOM("=")}},
 };
 
 #define N_OK (sizeof(ok_cases) / sizeof(ok_cases[0]))
@@ -102,110 +137,112 @@ struct err_case {
 };
 
 static const struct err_case err_cases[] = {
-	/* Tags. */
-	{ S(""), "Invalid tag", NULL },
-	{ S("\r\n"), "Invalid tag", NULL },
-	{ S(" a NOOP\r\n"), "Invalid tag", NULL },
-	{ S("+ NOOP\r\n"), "Invalid tag", NULL },
-	{ S("a+ NOOP\r\n"), "Invalid tag", NULL },
-	{ S("* NOOP\r\n"), "Invalid tag", NULL },
-	{ S("a* NOOP\r\n"), "Invalid tag", NULL },
-	{ S("a% NOOP\r\n"), "Invalid tag", NULL },
-	{ S("a(b NOOP\r\n"), "Invalid tag", NULL },
-	{ S("a) NOOP\r\n"), "Invalid tag", NULL },
-	{ S("a{1} NOOP\r\n"), "Invalid tag", NULL },
-	{ S("a\"b NOOP\r\n"), "Invalid tag", NULL },
-	{ S("a\\b NOOP\r\n"), "Invalid tag", NULL },
-	{ S("a\0 NOOP\r\n"), "Invalid tag", NULL },
-	{ S("a\tb NOOP\r\n"), "Invalid tag", NULL },
-	{ S("\xc3\xa4 NOOP\r\n"), "Invalid tag", NULL },
-	{ S("a\x7f NOOP\r\n"), "Invalid tag", NULL },
-	/* Command names. */
-	{ S("a\r\n"), "Missing command name", "a" },
-	{ S("a\n"), "Missing command name", "a" },
-	{ S("a \r\n"), "Missing command name", "a" },
-	{ S("a  NOOP\r\n"), "Unexpected space", "a" },
-	{ S("a (NOOP)\r\n"), "Missing command name", "a" },
-	{ S("a NO\"OP\r\n"), "Invalid command name", "a" },
-	{ S("a NOOP(\r\n"), "Invalid command name", "a" },
-	{ S("a LOGIN*\r\n"), "Invalid command name", "a" },
-	{ S("a LOG\xc3\xafN\r\n"), "Invalid command name", "a" },
-	{ S("a NO\0OP\r\n"), "Invalid command name", "a" },
-	/* Spaces. */
-	{ S("a NOOP \r\n"), "Unexpected space", "a" },
-	{ S("a LOGIN alice secret \r\n"), "Unexpected space", "a" },
-	{ S("a LOGIN  alice secret\r\n"), "Unexpected space", "a" },
-	{ S("a ID ( \"a\")\r\n"), "Unexpected space", "a" },
-	{ S("a ID (\"a\" )\r\n"), "Unexpected space", "a" },
-	{ S("a ID ( )\r\n"), "Unexpected space", "a" },
-	{ S("a LOGIN alice\tsecret\r\n"), "Invalid characters in atom", "a" },
-	/* Atoms. */
-	{ S("a LOGIN al\xc3\xa4" "ce x\r\n"), "Invalid characters in atom", "a" },
-	{ S("a LOGIN al\0ce x\r\n"), "Invalid characters in atom", "a" },
-	{ S("a LOGIN \\Seen\r\n"), "Invalid characters in atom", "a" },
-	{ S("a LOGIN a\\b\r\n"), "Invalid characters in atom", "a" },
-	{ S("a LOGIN ab{5}\r\nalice\r\n"), "Invalid characters in atom", "a" },
-	{ S("a LOGIN a(b)\r\n"), "Invalid characters in atom", "a" },
-	{ S("a LOGIN a\"b\"\r\n"), "Invalid characters in atom", "a" },
-	{ S("a LOGIN \x7f\r\n"), "Invalid characters in atom", "a" },
-	{ S("a LOGIN \x01\r\n"), "Invalid characters in atom", "a" },
-	{ S("a LOGIN \0\r\n"), "Invalid characters in atom", "a" },
-	/* Quoted strings. */
-	{ S("a LOGIN \"alice\r\n"), "Unterminated quoted string", "a" },
-	{ S("a LOGIN \"alice\n"), "Unterminated quoted string", "a" },
-	{ S("a LOGIN \"al\r\nice\" x\r\n"), "Unterminated quoted string", "a" },
-	{ S("a LOGIN \"alice"), "Unterminated quoted string", "a" },
-	{ S("a LOGIN \"alice\\"), "Unterminated quoted string", "a" },
-	{ S("a LOGIN \"alice\\\r\n"), "Invalid escape in quoted string", "a" },
-	{ S("a LOGIN \"a\\nb\" x\r\n"), "Invalid escape in quoted string", "a" },
-	{ S("a LOGIN \"a\\x\" x\r\n"), "Invalid escape in quoted string", "a" },
-	{ S("a LOGIN \"a\\\0\" x\r\n"), "Invalid escape in quoted string", "a" },
-	{ S("a LOGIN \"a\0b\" x\r\n"), "NUL in quoted string", "a" },
-	{ S("a LOGIN \"alice\"\"x\"\r\n"), "Missing space after argument", "a" },
-	{ S("a LOGIN \"alice\"x\r\n"), "Missing space after argument", "a" },
-	{ S("a ID (\"a\")(\"b\")\r\n"), "Missing space after argument", "a" },
-	/* Literals. */
-	{ S("a LOGIN {}\r\nx\r\n"), "Invalid literal", "a" },
-	{ S("a LOGIN {+}\r\nx\r\n"), "Invalid literal", "a" },
-	{ S("a LOGIN {5\r\nalice\r\n"), "Invalid literal", "a" },
-	{ S("a LOGIN {5}x\r\nalice\r\n"), "Invalid literal", "a" },
-	{ S("a LOGIN {5} \r\nalice\r\n"), "Invalid literal", "a" },
-	{ S("a LOGIN {5}\ralice\r\n"), "Invalid literal", "a" },
-	{ S("a LOGIN {5++}\r\nalice\r\n"), "Invalid literal", "a" },
-	{ S("a LOGIN {+5}\r\nalice\r\n"), "Invalid literal", "a" },
-	{ S("a LOGIN {-1}\r\nalice\r\n"), "Invalid literal", "a" },
-	{ S("a LOGIN { 5}\r\nalice\r\n"), "Invalid literal", "a" },
-	{ S("a LOGIN {0x5}\r\nalice\r\n"), "Invalid literal", "a" },
-	{ S("a LOGIN ~{x}\r\nalice\r\n"), "Invalid literal", "a" },
-	{ S("a LOGIN {4294967296}\r\nalice\r\n"), "Invalid literal", "a" },
-	{ S("a LOGIN {99999999999999999999999}\r\nalice\r\n"), "Invalid literal", "a" },
-	{ S("a LOGIN {5}"), "Invalid literal", "a" },
-	{ S("a LOGIN {4294967295}\r\nalice\r\n"), "Truncated literal", "a" },
-	{ S("a LOGIN {10}\r\nalice\r\n"), "Truncated literal", "a" },
-	{ S("a LOGIN {8}\r\nalice\r\n"), "Truncated literal", "a" },
-	{ S("a LOGIN {5}\r\nalice"), "Unexpected end of command", "a" },
-	{ S("a LOGIN {4}\r\nalice\r\n"), "Missing space after argument", "a" },
-	{ S("a LOGIN {5}\r\nalicex y\r\n"), "Missing space after argument", "a" },
-	/* Parentheses. */
-	{ S("a ID (\r\n"), "Unbalanced parentheses", "a" },
-	{ S("a ID (\"a\" \"b\"\r\n"), "Unbalanced parentheses", "a" },
-	{ S("a ID ((a)\r\n"), "Unbalanced parentheses", "a" },
-	{ S("a ID a)\r\n"), "Unbalanced parentheses", "a" },
-	{ S("a ID ())\r\n"), "Unbalanced parentheses", "a" },
-	{ S("a NOOP)\r\n"), "Unbalanced parentheses", "a" },
-	{ S("a ID )(\r\n"), "Unbalanced parentheses", "a" },
-	/* Line ends. */
-	{ S("a NOOP"), "Unexpected end of command", "a" },
-	{ S("a LOGIN alice"), "Unexpected end of command", "a" },
-	{ S("a NOOP\r"), "Bare CR", "a" },
-	{ S("a NOOP\rx\r\n"), "Bare CR", "a" },
-	{ S("a LOGIN alice\rsecret\r\n"), "Bare CR", "a" },
-	{ S("a NOOP\r\nb NOOP\r\n"), "Garbage after command", "a" },
-	{ S("a NOOP\r\n\r\n"), "Garbage after command", "a" },
-	{ S("a NOOP\n\n"), "Garbage after command", "a" },
-	{ S("a NOOP\r\n\0"), "Garbage after command", "a" },
-	{ S("a LOGIN alice\nsecret\n"), "Garbage after command", "a" },
-	{ S("a\r\nNOOP\r\n"), "Missing command name", "a" },
+    /* Tags. */
+    {S(""), "Invalid tag", NULL},
+    {S("\r\n"), "Invalid tag", NULL},
+    {S(" a NOOP\r\n"), "Invalid tag", NULL},
+    {S("+ NOOP\r\n"), "Invalid tag", NULL},
+    {S("a+ NOOP\r\n"), "Invalid tag", NULL},
+    {S("* NOOP\r\n"), "Invalid tag", NULL},
+    {S("a* NOOP\r\n"), "Invalid tag", NULL},
+    {S("a% NOOP\r\n"), "Invalid tag", NULL},
+    {S("a(b NOOP\r\n"), "Invalid tag", NULL},
+    {S("a) NOOP\r\n"), "Invalid tag", NULL},
+    {S("a{1} NOOP\r\n"), "Invalid tag", NULL},
+    {S("a\"b NOOP\r\n"), "Invalid tag", NULL},
+    {S("a\\b NOOP\r\n"), "Invalid tag", NULL},
+    {S("a\0 NOOP\r\n"), "Invalid tag", NULL},
+    {S("a\tb NOOP\r\n"), "Invalid tag", NULL},
+    {S("\xc3\xa4 NOOP\r\n"), "Invalid tag", NULL},
+    {S("a\x7f NOOP\r\n"), "Invalid tag", NULL},
+    /* Command names. */
+    {S("a\r\n"), "Missing command name", "a"},
+    {S("a\n"), "Missing command name", "a"},
+    {S("a \r\n"), "Missing command name", "a"},
+    {S("a  NOOP\r\n"), "Unexpected space", "a"},
+    {S("a (NOOP)\r\n"), "Missing command name", "a"},
+    {S("a NO\"OP\r\n"), "Invalid command name", "a"},
+    {S("a NOOP(\r\n"), "Invalid command name", "a"},
+    {S("a LOGIN*\r\n"), "Invalid command name", "a"},
+    {S("a LOG\xc3\xafN\r\n"), "Invalid command name", "a"},
+    {S("a NO\0OP\r\n"), "Invalid command name", "a"},
+    /* Spaces. */
+    {S("a NOOP \r\n"), "Unexpected space", "a"},
+    {S("a LOGIN alice secret \r\n"), "Unexpected space", "a"},
+    {S("a LOGIN  alice secret\r\n"), "Unexpected space", "a"},
+    {S("a ID ( \"a\")\r\n"), "Unexpected space", "a"},
+    {S("a ID (\"a\" )\r\n"), "Unexpected space", "a"},
+    {S("a ID ( )\r\n"), "Unexpected space", "a"},
+    {S("a LOGIN alice\tsecret\r\n"), "Invalid characters in atom", "a"},
+    /* Atoms. */
+    {S("a LOGIN al\xc3\xa4"
+       "ce x\r\n"),
+     "Invalid characters in atom", "a"},
+    {S("a LOGIN al\0ce x\r\n"), "Invalid characters in atom", "a"},
+    {S("a LOGIN \\Seen\r\n"), "Invalid characters in atom", "a"},
+    {S("a LOGIN a\\b\r\n"), "Invalid characters in atom", "a"},
+    {S("a LOGIN ab{5}\r\nalice\r\n"), "Invalid characters in atom", "a"},
+    {S("a LOGIN a(b)\r\n"), "Invalid characters in atom", "a"},
+    {S("a LOGIN a\"b\"\r\n"), "Invalid characters in atom", "a"},
+    {S("a LOGIN \x7f\r\n"), "Invalid characters in atom", "a"},
+    {S("a LOGIN \x01\r\n"), "Invalid characters in atom", "a"},
+    {S("a LOGIN \0\r\n"), "Invalid characters in atom", "a"},
+    /* Quoted strings. */
+    {S("a LOGIN \"alice\r\n"), "Unterminated quoted string", "a"},
+    {S("a LOGIN \"alice\n"), "Unterminated quoted string", "a"},
+    {S("a LOGIN \"al\r\nice\" x\r\n"), "Unterminated quoted string", "a"},
+    {S("a LOGIN \"alice"), "Unterminated quoted string", "a"},
+    {S("a LOGIN \"alice\\"), "Unterminated quoted string", "a"},
+    {S("a LOGIN \"alice\\\r\n"), "Invalid escape in quoted string", "a"},
+    {S("a LOGIN \"a\\nb\" x\r\n"), "Invalid escape in quoted string", "a"},
+    {S("a LOGIN \"a\\x\" x\r\n"), "Invalid escape in quoted string", "a"},
+    {S("a LOGIN \"a\\\0\" x\r\n"), "Invalid escape in quoted string", "a"},
+    {S("a LOGIN \"a\0b\" x\r\n"), "NUL in quoted string", "a"},
+    {S("a LOGIN \"alice\"\"x\"\r\n"), "Missing space after argument", "a"},
+    {S("a LOGIN \"alice\"x\r\n"), "Missing space after argument", "a"},
+    {S("a ID (\"a\")(\"b\")\r\n"), "Missing space after argument", "a"},
+    /* Literals. */
+    {S("a LOGIN {}\r\nx\r\n"), "Invalid literal", "a"},
+    {S("a LOGIN {+}\r\nx\r\n"), "Invalid literal", "a"},
+    {S("a LOGIN {5\r\nalice\r\n"), "Invalid literal", "a"},
+    {S("a LOGIN {5}x\r\nalice\r\n"), "Invalid literal", "a"},
+    {S("a LOGIN {5} \r\nalice\r\n"), "Invalid literal", "a"},
+    {S("a LOGIN {5}\ralice\r\n"), "Invalid literal", "a"},
+    {S("a LOGIN {5++}\r\nalice\r\n"), "Invalid literal", "a"},
+    {S("a LOGIN {+5}\r\nalice\r\n"), "Invalid literal", "a"},
+    {S("a LOGIN {-1}\r\nalice\r\n"), "Invalid literal", "a"},
+    {S("a LOGIN { 5}\r\nalice\r\n"), "Invalid literal", "a"},
+    {S("a LOGIN {0x5}\r\nalice\r\n"), "Invalid literal", "a"},
+    {S("a LOGIN ~{x}\r\nalice\r\n"), "Invalid literal", "a"},
+    {S("a LOGIN {4294967296}\r\nalice\r\n"), "Invalid literal", "a"},
+    {S("a LOGIN {99999999999999999999999}\r\nalice\r\n"), "Invalid literal", "a"},
+    {S("a LOGIN {5}"), "Invalid literal", "a"},
+    {S("a LOGIN {4294967295}\r\nalice\r\n"), "Truncated literal", "a"},
+    {S("a LOGIN {10}\r\nalice\r\n"), "Truncated literal", "a"},
+    {S("a LOGIN {8}\r\nalice\r\n"), "Truncated literal", "a"},
+    {S("a LOGIN {5}\r\nalice"), "Unexpected end of command", "a"},
+    {S("a LOGIN {4}\r\nalice\r\n"), "Missing space after argument", "a"},
+    {S("a LOGIN {5}\r\nalicex y\r\n"), "Missing space after argument", "a"},
+    /* Parentheses. */
+    {S("a ID (\r\n"), "Unbalanced parentheses", "a"},
+    {S("a ID (\"a\" \"b\"\r\n"), "Unbalanced parentheses", "a"},
+    {S("a ID ((a)\r\n"), "Unbalanced parentheses", "a"},
+    {S("a ID a)\r\n"), "Unbalanced parentheses", "a"},
+    {S("a ID ())\r\n"), "Unbalanced parentheses", "a"},
+    {S("a NOOP)\r\n"), "Unbalanced parentheses", "a"},
+    {S("a ID )(\r\n"), "Unbalanced parentheses", "a"},
+    /* Line ends. */
+    {S("a NOOP"), "Unexpected end of command", "a"},
+    {S("a LOGIN alice"), "Unexpected end of command", "a"},
+    {S("a NOOP\r"), "Bare CR", "a"},
+    {S("a NOOP\rx\r\n"), "Bare CR", "a"},
+    {S("a LOGIN alice\rsecret\r\n"), "Bare CR", "a"},
+    {S("a NOOP\r\nb NOOP\r\n"), "Garbage after command", "a"},
+    {S("a NOOP\r\n\r\n"), "Garbage after command", "a"},
+    {S("a NOOP\n\n"), "Garbage after command", "a"},
+    {S("a NOOP\r\n\0"), "Garbage after command", "a"},
+    {S("a LOGIN alice\nsecret\n"), "Garbage after command", "a"},
+    {S("a\r\nNOOP\r\n"), "Missing command name", "a"},
 };
 
 #define N_ERR (sizeof(err_cases) / sizeof(err_cases[0]))
@@ -245,7 +282,7 @@ static void check_invariants(const uint8_t *buf, size_t len, const struct imap_c
 			depth--;
 		else
 			assert_true(a->type == IMAP_ARG_ATOM || a->type == IMAP_ARG_QUOTED ||
-				    a->type == IMAP_ARG_LITERAL);
+			            a->type == IMAP_ARG_LITERAL);
 		assert_true(depth >= 0);
 		if (a->type == IMAP_ARG_ATOM)
 			assert_true(a->len > 0);
@@ -275,9 +312,9 @@ static void test_ok_cases(void **state)
 		for (size_t k = 0; k < t->nargs; k++) {
 			if (c.args[k].type != t->args[k].type || c.args[k].len != t->args[k].len ||
 			    memcmp(c.args[k].data, t->args[k].data, t->args[k].len) != 0)
-				fail_msg("case %zu arg %zu: type %d len %zu, want type %d \"%s\"", i,
-					 k, c.args[k].type, c.args[k].len, t->args[k].type,
-					 t->args[k].data);
+				fail_msg("case %zu arg %zu: type %d len %zu, want type %d \"%s\"",
+				         i, k, c.args[k].type, c.args[k].len, t->args[k].type,
+				         t->args[k].data);
 		}
 		free(buf);
 	}
@@ -452,7 +489,7 @@ static void test_truncations(void **state)
 /* Anything after the final line end is refused. */
 static void test_trailing_garbage(void **state)
 {
-	static const char *const tails[] = { "x", "\n", "\r\n", " ", "\0", "b NOOP\r\n" };
+	static const char *const tails[] = {"x", "\n", "\r\n", " ", "\0", "b NOOP\r\n"};
 
 	(void)state;
 	for (size_t i = 0; i < N_OK; i++) {
@@ -529,7 +566,7 @@ static void test_random(void **state)
 			uint32_t r = rng();
 
 			in[i] = (r & 0x300) ? (uint8_t)steer[(r >> 12) % (sizeof(steer) - 1)]
-					    : (uint8_t)r;
+			                    : (uint8_t)r;
 		}
 		/* Often end with a line end so that more inputs can pass. */
 		if (n >= 2 && (rng() & 1)) {
@@ -614,51 +651,51 @@ struct head_case {
 };
 
 static const struct head_case head_cases[] = {
-	{ S("* 3 EXISTS\r\n"), 0, "*", "3", "EXISTS", "EXISTS" },
-	{ S("* 3 EXISTS"), 0, "*", "3", "EXISTS", "EXISTS" },
-	{ S("* 12 FETCH (FLAGS (\\Seen))\r\n"), 0, "*", "12", "FETCH", "FETCH (FLAGS (\\Seen))" },
-	{ S("a1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n"), 0, "a1", "OK", "",
-	  "[CAPABILITY IMAP4rev1 IDLE] Logged in" },
-	{ S("* OK [ALERT] x\n"), 0, "*", "OK", "", "[ALERT] x" },
-	{ S("a2 NO Bad password\r\n"), 0, "a2", "NO", "Bad", "Bad password" },
-	{ S("* BYE\r\n"), 0, "*", "BYE", "", "" },
-	{ S("+ \r\n"), 0, "+", "", "", "" },
-	{ S("+\r\n"), 0, "+", "", "", "" },
-	{ S("+ aGVsbG8=\r\n"), 0, "+", "aGVsbG8=", "", "" },
-	{ S("+ Ready for literal data\r\n"), 0, "+", "Ready", "for", "for literal data" },
-	{ S("a3 FETCH 1:* (FLAGS)\r\n"), 0, "a3", "FETCH", "1:*", "1:* (FLAGS)" },
-	{ S("a3 UID FETCH 1 BODY[]\r\n"), 0, "a3", "UID", "FETCH", "FETCH 1 BODY[]" },
-	{ S("a4 LOGIN \"alice\" x\r\n"), 0, "a4", "LOGIN", "", "\"alice\" x" },
-	{ S("a4 LOGIN {5}\r\n"), 0, "a4", "LOGIN", "", "{5}" },
-	{ S("a4 ID (\"name\" \"x\")\r\n"), 0, "a4", "ID", "", "(\"name\" \"x\")" },
-	{ S("a5 IDLE\r\n"), 0, "a5", "IDLE", "", "" },
-	{ S("DONE\r\n"), 0, "DONE", "", "", "" },
-	{ S("a6 SELECT  INBOX\r\n"), 0, "a6", "SELECT", "", " INBOX" },
-	{ S("a7 LOGIN x\n"), 0, "a7", "LOGIN", "x", "x" },
-	{ S("a7 X y\r"), 0, "a7", "X", "y", "y" },
-	{ S("a7 X y\nz"), 0, "a7", "X", "y", "y" },
-	/* Fragments of long lines. */
-	{ S("a8 APPEND INBOX (\\Seen) {50"), 0, "a8", "APPEND", "INBOX", "INBOX (\\Seen) {50" },
-	{ S("a9 SEL"), 0, "a9", "SEL", "", "" },
-	{ S("a9 "), 0, "a9", "", "", "" },
-	{ S("a9"), 0, "a9", "", "", "" },
-	/* No tag. */
-	{ S(""), -1, "", "", "", "" },
-	{ S(" a NOOP\r\n"), -1, "", "", "", "" },
-	{ S(" "), -1, "", "", "", "" },
-	{ S("\r\n"), -1, "", "", "", "" },
-	{ S("\n"), -1, "", "", "", "" },
+    {S("* 3 EXISTS\r\n"), 0, "*", "3", "EXISTS", "EXISTS"},
+    {S("* 3 EXISTS"), 0, "*", "3", "EXISTS", "EXISTS"},
+    {S("* 12 FETCH (FLAGS (\\Seen))\r\n"), 0, "*", "12", "FETCH", "FETCH (FLAGS (\\Seen))"},
+    {S("a1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n"), 0, "a1", "OK", "",
+     "[CAPABILITY IMAP4rev1 IDLE] Logged in"},
+    {S("* OK [ALERT] x\n"), 0, "*", "OK", "", "[ALERT] x"},
+    {S("a2 NO Bad password\r\n"), 0, "a2", "NO", "Bad", "Bad password"},
+    {S("* BYE\r\n"), 0, "*", "BYE", "", ""},
+    {S("+ \r\n"), 0, "+", "", "", ""},
+    {S("+\r\n"), 0, "+", "", "", ""},
+    {S("+ aGVsbG8=\r\n"), 0, "+", "aGVsbG8=", "", ""},
+    {S("+ Ready for literal data\r\n"), 0, "+", "Ready", "for", "for literal data"},
+    {S("a3 FETCH 1:* (FLAGS)\r\n"), 0, "a3", "FETCH", "1:*", "1:* (FLAGS)"},
+    {S("a3 UID FETCH 1 BODY[]\r\n"), 0, "a3", "UID", "FETCH", "FETCH 1 BODY[]"},
+    {S("a4 LOGIN \"alice\" x\r\n"), 0, "a4", "LOGIN", "", "\"alice\" x"},
+    {S("a4 LOGIN {5}\r\n"), 0, "a4", "LOGIN", "", "{5}"},
+    {S("a4 ID (\"name\" \"x\")\r\n"), 0, "a4", "ID", "", "(\"name\" \"x\")"},
+    {S("a5 IDLE\r\n"), 0, "a5", "IDLE", "", ""},
+    {S("DONE\r\n"), 0, "DONE", "", "", ""},
+    {S("a6 SELECT  INBOX\r\n"), 0, "a6", "SELECT", "", " INBOX"},
+    {S("a7 LOGIN x\n"), 0, "a7", "LOGIN", "x", "x"},
+    {S("a7 X y\r"), 0, "a7", "X", "y", "y"},
+    {S("a7 X y\nz"), 0, "a7", "X", "y", "y"},
+    /* Fragments of long lines. */
+    {S("a8 APPEND INBOX (\\Seen) {50"), 0, "a8", "APPEND", "INBOX", "INBOX (\\Seen) {50"},
+    {S("a9 SEL"), 0, "a9", "SEL", "", ""},
+    {S("a9 "), 0, "a9", "", "", ""},
+    {S("a9"), 0, "a9", "", "", ""},
+    /* No tag. */
+    {S(""), -1, "", "", "", ""},
+    {S(" a NOOP\r\n"), -1, "", "", "", ""},
+    {S(" "), -1, "", "", "", ""},
+    {S("\r\n"), -1, "", "", "", ""},
+    {S("\n"), -1, "", "", "", ""},
 };
 
 static void check_span(const uint8_t *buf, size_t len, const uint8_t *p, size_t plen,
-		       const char *want, size_t want_len, size_t i, const char *what)
+                       const char *want, size_t want_len, size_t i, const char *what)
 {
 	/* Absent parts still point into the buffer (see imap_args.c). */
 	if (p < buf || p + plen > buf + len)
 		fail_msg("head case %zu: %s points outside the line", i, what);
 	if (plen != want_len || (plen > 0 && memcmp(p, want, plen) != 0))
 		fail_msg("head case %zu: %s is \"%.*s\", want \"%s\"", i, what, (int)plen,
-			 (const char *)p, want);
+		         (const char *)p, want);
 }
 
 static void test_head_parse(void **state)
@@ -674,11 +711,11 @@ static void test_head_parse(void **state)
 			fail_msg("head case %zu: rc %d, want %d", i, rc, t->rc);
 		if (rc == 0) {
 			check_span(buf, t->in_len, h.tag, h.tag_len, t->tag, strlen(t->tag), i,
-				   "tag");
+			           "tag");
 			check_span(buf, t->in_len, h.w1, h.w1_len, t->w1, strlen(t->w1), i, "w1");
 			check_span(buf, t->in_len, h.w2, h.w2_len, t->w2, strlen(t->w2), i, "w2");
 			check_span(buf, t->in_len, h.rest, h.rest_len, t->rest, strlen(t->rest), i,
-				   "rest");
+			           "rest");
 		}
 		free(buf);
 	}
@@ -746,7 +783,7 @@ static void test_head_random(void **state)
 			assert_null(memchr(h.rest, '\n', h.rest_len));
 			if (h.w2_len > 0)
 				assert_true(h.w2[0] != '[' && h.w2[0] != '(' && h.w2[0] != '"' &&
-					    h.w2[0] != '{');
+				            h.w2[0] != '{');
 		}
 		free(buf);
 	}
@@ -755,19 +792,13 @@ static void test_head_random(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_ok_cases),
-		cmocka_unit_test(test_err_cases),
-		cmocka_unit_test(test_quoted_in_place),
-		cmocka_unit_test(test_max_args),
-		cmocka_unit_test(test_truncations),
-		cmocka_unit_test(test_trailing_garbage),
-		cmocka_unit_test(test_random),
-		cmocka_unit_test(test_mutations),
-		cmocka_unit_test(test_word_eq),
-		cmocka_unit_test(test_head_parse),
-		cmocka_unit_test(test_head_nul),
-		cmocka_unit_test(test_head_prefixes),
-		cmocka_unit_test(test_head_random),
+	    cmocka_unit_test(test_ok_cases),        cmocka_unit_test(test_err_cases),
+	    cmocka_unit_test(test_quoted_in_place), cmocka_unit_test(test_max_args),
+	    cmocka_unit_test(test_truncations),     cmocka_unit_test(test_trailing_garbage),
+	    cmocka_unit_test(test_random),          cmocka_unit_test(test_mutations),
+	    cmocka_unit_test(test_word_eq),         cmocka_unit_test(test_head_parse),
+	    cmocka_unit_test(test_head_nul),        cmocka_unit_test(test_head_prefixes),
+	    cmocka_unit_test(test_head_random),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

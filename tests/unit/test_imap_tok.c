@@ -90,7 +90,7 @@ static void assert_same_unit(const struct imap_tok_unit *a, const struct imap_to
 
 /* Every unit the tokenizer hands out must keep these promises. */
 static void check_unit(const struct imap_tok_unit *u, const uint8_t *p, size_t len,
-		       const struct imap_tok_limits *lim)
+                       const struct imap_tok_limits *lim)
 {
 	assert_true(u->len > 0);
 	assert_true(u->len <= len);
@@ -122,7 +122,7 @@ static void check_unit(const struct imap_tok_unit *u, const uint8_t *p, size_t l
  * every unit. Stops at the first error or when the input is exhausted.
  */
 static void drive(const void *s, size_t n, enum imap_tok_dir dir, const struct imap_tok_limits *lim,
-		  const struct feed *f, struct run *r)
+                  const struct feed *f, struct run *r)
 {
 	const uint8_t *src = s;
 	struct imap_tok t;
@@ -154,7 +154,9 @@ static void drive(const void *s, size_t n, enum imap_tok_dir dir, const struct i
 				r->rc = -1;
 				r->err = imap_tok_error(&t);
 				assert_non_null(r->err);
-				assert_int_equal(imap_tok_next(&t, src + r->consumed, avail - r->consumed, &u), -1);
+				assert_int_equal(
+				    imap_tok_next(&t, src + r->consumed, avail - r->consumed, &u),
+				    -1);
 				return;
 			}
 			if (rc == -2) {
@@ -169,7 +171,8 @@ static void drive(const void *s, size_t n, enum imap_tok_dir dir, const struct i
 			free(p);
 
 			take = u.len;
-			if (u.type == IMAP_TOK_LITERAL && f != NULL && f->lit_step != 0 && take > f->lit_step)
+			if (u.type == IMAP_TOK_LITERAL && f != NULL && f->lit_step != 0 &&
+			    take > f->lit_step)
 				take = f->lit_step;
 			run_add(r, &u, r->consumed, take);
 			imap_tok_consume(&t, &u, take);
@@ -189,7 +192,8 @@ static void normalize(struct run *r)
 	size_t i, o = 0;
 
 	for (i = 0; i < r->n; i++) {
-		if (o > 0 && r->recs[i].type == IMAP_TOK_LITERAL && r->recs[o - 1].type == IMAP_TOK_LITERAL) {
+		if (o > 0 && r->recs[i].type == IMAP_TOK_LITERAL &&
+		    r->recs[o - 1].type == IMAP_TOK_LITERAL) {
 			assert_int_equal(r->recs[o - 1].off + r->recs[o - 1].len, r->recs[i].off);
 			r->recs[o - 1].len += r->recs[i].len;
 			continue;
@@ -244,9 +248,10 @@ static void assert_contiguous(const struct run *r)
  * every single offset, and one byte at a time), the tokenizer reports the
  * same units as when it sees everything at once.
  */
-static void check_splits(const void *s, size_t n, enum imap_tok_dir dir, const struct imap_tok_limits *lim)
+static void check_splits(const void *s, size_t n, enum imap_tok_dir dir,
+                         const struct imap_tok_limits *lim)
 {
-	static const size_t ones[] = { 1 };
+	static const size_t ones[] = {1};
 	struct run ref, r;
 	struct feed f;
 	size_t k, step;
@@ -256,7 +261,7 @@ static void check_splits(const void *s, size_t n, enum imap_tok_dir dir, const s
 	assert_contiguous(&ref);
 
 	for (k = 0; k <= n; k++) {
-		size_t cuts[2] = { k, n - k };
+		size_t cuts[2] = {k, n - k};
 
 		for (step = 0; step <= 3; step += 3) {
 			f.chunks = cuts;
@@ -284,8 +289,8 @@ static void check_splits(const void *s, size_t n, enum imap_tok_dir dir, const s
 /* --------------------------------------------------- single-step helpers */
 
 /* Expect one unit at the start of p; returns it. */
-static struct imap_tok_unit expect_unit(struct imap_tok *t, const char *p, size_t len, enum imap_tok_type type,
-					size_t ulen)
+static struct imap_tok_unit expect_unit(struct imap_tok *t, const char *p, size_t len,
+                                        enum imap_tok_type type, size_t ulen)
 {
 	struct imap_tok_unit u;
 
@@ -344,29 +349,29 @@ static void test_simple_responses(void **state)
 		const char *s;
 		bool text;
 	} cases[] = {
-		{ "* OK IMAP4rev1 ready\r\n", true },
-		{ "a1 OK done\r\n", true },
-		{ "a1 OK\r\n", true },
-		{ "a1 OK\n", true },
-		{ "* NO x\r\n", true },
-		{ "* BAD x\r\n", true },
-		{ "* BYE x\r\n", true },
-		{ "* PREAUTH x\r\n", true },
-		{ "a1 ok lower case\r\n", true },
-		{ "* Ok mixed\r\n", true },
-		{ "+ go ahead\r\n", true },
-		{ "+\r\n", true },
-		{ "+ \r\n", true },
-		{ "* 3 EXISTS\r\n", false },
-		{ "* CAPABILITY IMAP4rev1\r\n", false },
-		{ "* OKAY\r\n", false },
-		{ "* PREAUTHX\r\n", false },
-		{ "* NOPE\r\n", false },
-		{ "*\r\n", false },
-		{ "\r\n", false },
-		{ "\n", false },
-		{ "* \r\n", false },
-		{ "OK\r\n", false }, /* "OK" is the tag here, not the word */
+	    {"* OK IMAP4rev1 ready\r\n", true},
+	    {"a1 OK done\r\n", true},
+	    {"a1 OK\r\n", true},
+	    {"a1 OK\n", true},
+	    {"* NO x\r\n", true},
+	    {"* BAD x\r\n", true},
+	    {"* BYE x\r\n", true},
+	    {"* PREAUTH x\r\n", true},
+	    {"a1 ok lower case\r\n", true},
+	    {"* Ok mixed\r\n", true},
+	    {"+ go ahead\r\n", true},
+	    {"+\r\n", true},
+	    {"+ \r\n", true},
+	    {"* 3 EXISTS\r\n", false},
+	    {"* CAPABILITY IMAP4rev1\r\n", false},
+	    {"* OKAY\r\n", false},
+	    {"* PREAUTHX\r\n", false},
+	    {"* NOPE\r\n", false},
+	    {"*\r\n", false},
+	    {"\r\n", false},
+	    {"\n", false},
+	    {"* \r\n", false},
+	    {"OK\r\n", false}, /* "OK" is the tag here, not the word */
 	};
 	size_t i;
 
@@ -426,44 +431,44 @@ static void test_announcements(void **state)
 		uint64_t n;
 		bool nonsync, binary;
 	} cases[] = {
-		{ "a APPEND x {5}\r\n", true, 5, false, false },
-		{ "a APPEND x {5+}\r\n", true, 5, true, false },
-		{ "a APPEND x ~{5}\r\n", true, 5, false, true },
-		{ "a APPEND x ~{5+}\r\n", true, 5, true, true },
-		{ "a APPEND x {0}\r\n", true, 0, false, false },
-		{ "a APPEND x {5}\n", true, 5, false, false },
-		{ "a APPEND x {007}\r\n", true, 7, false, false },
-		{ "{12}\r\n", true, 12, false, false },
-		{ "a X {{5}\r\n", true, 5, false, false },
-		{ "a X {1{5}\r\n", true, 5, false, false },
-		{ "a X ~~{5}\r\n", true, 5, false, true },
-		{ "a X ~ {5}\r\n", true, 5, false, false },
-		{ "a X ~\"\"{5}\r\n", true, 5, false, false },
-		{ "a X {3}{5}\r\n", true, 5, false, false },
-		{ "a X \"q\"{5}\r\n", true, 5, false, false },
-		{ "a X {9223372036854775807}\r\n", true, UINT64_C(9223372036854775807), false, false },
-		{ "a X {}\r\n", false, 0, false, false },
-		{ "a X {+}\r\n", false, 0, false, false },
-		{ "a X {5} \r\n", false, 0, false, false },
-		{ "a X {5}x\r\n", false, 0, false, false },
-		{ "a X {5}\r\r\n", false, 0, false, false },
-		{ "a X {5}\rx\n", false, 0, false, false },
-		{ "a X {5+\r\n", false, 0, false, false },
-		{ "a X {5\r\n", false, 0, false, false },
-		{ "a X {5++}\r\n", false, 0, false, false },
-		{ "a X {+5}\r\n", false, 0, false, false },
-		{ "a X { 5}\r\n", false, 0, false, false },
-		{ "a X {-5}\r\n", false, 0, false, false },
-		{ "a X {12a}\r\n", false, 0, false, false },
-		{ "a X {5}}\r\n", false, 0, false, false },
-		{ "a X 5}\r\n", false, 0, false, false },
-		{ "a X }\r\n", false, 0, false, false },
-		{ "a X {\r\n", false, 0, false, false },
-		{ "a X ~\r\n", false, 0, false, false },
-		{ "a X \"{5}\"\r\n", false, 0, false, false },
-		{ "a X \"{5}\r\n", false, 0, false, false },
-		{ "a X {5\"}\"\r\n", false, 0, false, false },
-		{ "a X {99999999999999999999999}x\r\n", false, 0, false, false },
+	    {"a APPEND x {5}\r\n", true, 5, false, false},
+	    {"a APPEND x {5+}\r\n", true, 5, true, false},
+	    {"a APPEND x ~{5}\r\n", true, 5, false, true},
+	    {"a APPEND x ~{5+}\r\n", true, 5, true, true},
+	    {"a APPEND x {0}\r\n", true, 0, false, false},
+	    {"a APPEND x {5}\n", true, 5, false, false},
+	    {"a APPEND x {007}\r\n", true, 7, false, false},
+	    {"{12}\r\n", true, 12, false, false},
+	    {"a X {{5}\r\n", true, 5, false, false},
+	    {"a X {1{5}\r\n", true, 5, false, false},
+	    {"a X ~~{5}\r\n", true, 5, false, true},
+	    {"a X ~ {5}\r\n", true, 5, false, false},
+	    {"a X ~\"\"{5}\r\n", true, 5, false, false},
+	    {"a X {3}{5}\r\n", true, 5, false, false},
+	    {"a X \"q\"{5}\r\n", true, 5, false, false},
+	    {"a X {9223372036854775807}\r\n", true, UINT64_C(9223372036854775807), false, false},
+	    {"a X {}\r\n", false, 0, false, false},
+	    {"a X {+}\r\n", false, 0, false, false},
+	    {"a X {5} \r\n", false, 0, false, false},
+	    {"a X {5}x\r\n", false, 0, false, false},
+	    {"a X {5}\r\r\n", false, 0, false, false},
+	    {"a X {5}\rx\n", false, 0, false, false},
+	    {"a X {5+\r\n", false, 0, false, false},
+	    {"a X {5\r\n", false, 0, false, false},
+	    {"a X {5++}\r\n", false, 0, false, false},
+	    {"a X {+5}\r\n", false, 0, false, false},
+	    {"a X { 5}\r\n", false, 0, false, false},
+	    {"a X {-5}\r\n", false, 0, false, false},
+	    {"a X {12a}\r\n", false, 0, false, false},
+	    {"a X {5}}\r\n", false, 0, false, false},
+	    {"a X 5}\r\n", false, 0, false, false},
+	    {"a X }\r\n", false, 0, false, false},
+	    {"a X {\r\n", false, 0, false, false},
+	    {"a X ~\r\n", false, 0, false, false},
+	    {"a X \"{5}\"\r\n", false, 0, false, false},
+	    {"a X \"{5}\r\n", false, 0, false, false},
+	    {"a X {5\"}\"\r\n", false, 0, false, false},
+	    {"a X {99999999999999999999999}x\r\n", false, 0, false, false},
 	};
 	size_t i;
 
@@ -494,7 +499,8 @@ static void test_announcements(void **state)
 
 static void test_literal_append(void **state)
 {
-	static const char s[] = "a1 APPEND INBOX (\\Seen) {5+}\r\n{3}\r\n {3}\r\nx\r\n (x)\r\na2 NOOP\r\n";
+	static const char s[] =
+	    "a1 APPEND INBOX (\\Seen) {5+}\r\n{3}\r\n {3}\r\nx\r\n (x)\r\na2 NOOP\r\n";
 	struct imap_tok t;
 	struct imap_tok_unit u;
 	const char *p = s;
@@ -623,13 +629,13 @@ static void test_quoted(void **state)
 		const char *s;
 		bool lit;
 	} cases[] = {
-		{ "a LOGIN \"us\\\"er{5}\" \"pw\"\r\n", false },
-		{ "a SELECT \"{5}\"\r\n", false },
-		{ "a X \"\\\\\" {3}\r\n", true },     /* escaped backslash, then the quote closes */
-		{ "a X \"\\\" {3}\r\n", false },      /* escaped quote: still inside */
-		{ "a X \"a\" \"b\" {3}\r\n", true },
-		{ "a X \"a\" \"b {3}\r\n", false },
-		{ "a X \"\\{3}\"\r\n", false },
+	    {"a LOGIN \"us\\\"er{5}\" \"pw\"\r\n", false},
+	    {"a SELECT \"{5}\"\r\n", false},
+	    {"a X \"\\\\\" {3}\r\n", true}, /* escaped backslash, then the quote closes */
+	    {"a X \"\\\" {3}\r\n", false},  /* escaped quote: still inside */
+	    {"a X \"a\" \"b\" {3}\r\n", true},
+	    {"a X \"a\" \"b {3}\r\n", false},
+	    {"a X \"\\{3}\"\r\n", false},
 	};
 	size_t i;
 
@@ -686,25 +692,25 @@ static void test_text_responses(void **state)
 		const char *s;
 		bool text, lit;
 	} cases[] = {
-		{ "* OK [ALERT] x {5}\r\n", true, false },
-		{ "* OK[ALERT] {5}\r\n", true, false },
-		{ "a NO foo {3}\r\n", true, false },
-		{ "a1 NO foo{5}\r\n", true, false },
-		{ "a BAD \"unterminated {3}\r\n", true, false },
-		{ "+ {4}\r\n", true, false },
-		{ "+{4}\r\n", true, false },
-		{ "+ \"x\" {4}\r\n", true, false },
-		{ "* BYE {3}\r\n", true, false },
-		{ "* PREAUTH {2}\r\n", true, false },
-		{ "a1 ok {3}\r\n", true, false },
-		{ "* OK {99999999999999999999999}\r\n", true, false },
-		{ "* 1 FETCH (BODY[] {4}\r\n", false, true },
-		{ "* 1 FETCH (BODY[] \"{4}\" {4}\r\n", false, true },
-		{ "* LIST () \"/\" {5}\r\n", false, true },
-		{ "* OKAY {3}\r\n", false, true },
-		{ "* {3}\r\n", false, true },
-		{ "{3}\r\n", false, true },
-		{ "a1 {3}\r\n", false, true },
+	    {"* OK [ALERT] x {5}\r\n", true, false},
+	    {"* OK[ALERT] {5}\r\n", true, false},
+	    {"a NO foo {3}\r\n", true, false},
+	    {"a1 NO foo{5}\r\n", true, false},
+	    {"a BAD \"unterminated {3}\r\n", true, false},
+	    {"+ {4}\r\n", true, false},
+	    {"+{4}\r\n", true, false},
+	    {"+ \"x\" {4}\r\n", true, false},
+	    {"* BYE {3}\r\n", true, false},
+	    {"* PREAUTH {2}\r\n", true, false},
+	    {"a1 ok {3}\r\n", true, false},
+	    {"* OK {99999999999999999999999}\r\n", true, false},
+	    {"* 1 FETCH (BODY[] {4}\r\n", false, true},
+	    {"* 1 FETCH (BODY[] \"{4}\" {4}\r\n", false, true},
+	    {"* LIST () \"/\" {5}\r\n", false, true},
+	    {"* OKAY {3}\r\n", false, true},
+	    {"* {3}\r\n", false, true},
+	    {"{3}\r\n", false, true},
+	    {"a1 {3}\r\n", false, true},
 	};
 	size_t i;
 
@@ -717,7 +723,8 @@ static void test_text_responses(void **state)
 		imap_tok_init(&t, IMAP_TOK_RESPONSES, NULL);
 		u = expect_unit(&t, cases[i].s, n, IMAP_TOK_LINE, n);
 		if (u.text != cases[i].text || u.has_literal != cases[i].lit)
-			fail_msg("case %zu (%s): text=%d has_literal=%d", i, cases[i].s, u.text, u.has_literal);
+			fail_msg("case %zu (%s): text=%d has_literal=%d", i, cases[i].s, u.text,
+			         u.has_literal);
 		assert_int_equal(u.last, !cases[i].lit);
 		check_splits(cases[i].s, n, IMAP_TOK_RESPONSES, NULL);
 	}
@@ -727,26 +734,26 @@ static void test_text_responses(void **state)
 static void test_response_stream(void **state)
 {
 	static const char s[] = "* 1 FETCH (BODY[] {4}\r\nab\r\n UID 5)\r\n"
-				"* OK [ALERT] beware {3}\r\n"
-				"* 2 FETCH (BODY[1] ~{2}\r\n\0\1 BODY[2] {0}\r\n)\r\n"
-				"+ {9}\r\n"
-				"a1 OK FETCH completed {2}\r\n";
+	                        "* OK [ALERT] beware {3}\r\n"
+	                        "* 2 FETCH (BODY[1] ~{2}\r\n\0\1 BODY[2] {0}\r\n)\r\n"
+	                        "+ {9}\r\n"
+	                        "a1 OK FETCH completed {2}\r\n";
 	static const struct {
 		enum imap_tok_type type;
 		size_t len;
 		bool first, last, text, lit;
 		uint64_t n;
 	} want[] = {
-		{ IMAP_TOK_LINE, 23, true, false, false, true, 4 },
-		{ IMAP_TOK_LITERAL, 4, false, false, false, false, 0 },
-		{ IMAP_TOK_LINE, 9, false, true, false, false, 0 },
-		{ IMAP_TOK_LINE, 25, true, true, true, false, 0 },
-		{ IMAP_TOK_LINE, 25, true, false, false, true, 2 },
-		{ IMAP_TOK_LITERAL, 2, false, false, false, false, 0 },
-		{ IMAP_TOK_LINE, 14, false, false, false, true, 0 },
-		{ IMAP_TOK_LINE, 3, false, true, false, false, 0 },
-		{ IMAP_TOK_LINE, 7, true, true, true, false, 0 },
-		{ IMAP_TOK_LINE, 27, true, true, true, false, 0 },
+	    {IMAP_TOK_LINE, 23, true, false, false, true, 4},
+	    {IMAP_TOK_LITERAL, 4, false, false, false, false, 0},
+	    {IMAP_TOK_LINE, 9, false, true, false, false, 0},
+	    {IMAP_TOK_LINE, 25, true, true, true, false, 0},
+	    {IMAP_TOK_LINE, 25, true, false, false, true, 2},
+	    {IMAP_TOK_LITERAL, 2, false, false, false, false, 0},
+	    {IMAP_TOK_LINE, 14, false, false, false, true, 0},
+	    {IMAP_TOK_LINE, 3, false, true, false, false, 0},
+	    {IMAP_TOK_LINE, 7, true, true, true, false, 0},
+	    {IMAP_TOK_LINE, 27, true, true, true, false, 0},
 	};
 	struct run r;
 	size_t i;
@@ -774,15 +781,16 @@ static void test_response_stream(void **state)
 /* A full command stream split at every offset and fed byte by byte. */
 static void test_split_everywhere(void **state)
 {
-	static const char cmds[] = "a1 LOGIN {4}\r\nuser {8+}\r\npass\r\n{}\r\n"
-				   "a2 APPEND INBOX (\\Seen) ~{12}\r\n\r\n{3}\r\n\"\r\n\0\xff \"{4}\" {0}\r\n\r\n"
-				   "a3 SEARCH TEXT \"x\\\"{2}\" {2}\nzz\n"
-				   "a4 NOOP\r\n";
+	static const char cmds[] =
+	    "a1 LOGIN {4}\r\nuser {8+}\r\npass\r\n{}\r\n"
+	    "a2 APPEND INBOX (\\Seen) ~{12}\r\n\r\n{3}\r\n\"\r\n\0\xff \"{4}\" {0}\r\n\r\n"
+	    "a3 SEARCH TEXT \"x\\\"{2}\" {2}\nzz\n"
+	    "a4 NOOP\r\n";
 	static const char resp[] = "* 12 FETCH (BODY[TEXT] {7}\r\n{5}\r\nab FLAGS (\\Seen))\r\n"
-				   "* OK [UNSEEN 3] {3}\r\n+ ready {2}\r\na1 NO [ALERT] {4}\n"
-				   "* 3 FETCH (BINARY[1] ~{3}\r\n\0\0\0)\r\n";
-	struct imap_tok_limits frag = { 0, 5, 0 };
-	struct imap_tok_limits both = { 40, 7, 0 };
+	                           "* OK [UNSEEN 3] {3}\r\n+ ready {2}\r\na1 NO [ALERT] {4}\n"
+	                           "* 3 FETCH (BINARY[1] ~{3}\r\n\0\0\0)\r\n";
+	struct imap_tok_limits frag = {0, 5, 0};
+	struct imap_tok_limits both = {40, 7, 0};
 
 	(void)state;
 	check_splits(S(cmds), IMAP_TOK_COMMANDS, NULL);
@@ -797,7 +805,7 @@ static void test_split_everywhere(void **state)
 
 static void test_max_line(void **state)
 {
-	struct imap_tok_limits lim = { 10, 0, 0 };
+	struct imap_tok_limits lim = {10, 0, 0};
 	struct imap_tok t;
 	struct imap_tok_unit u;
 
@@ -846,8 +854,8 @@ static void test_max_line(void **state)
 	{
 		static const char s[] = "a1 NOOP  {3}\r\n";
 		struct run r;
-		static const size_t ones[] = { 1 };
-		struct feed f = { ones, 1, 0 };
+		static const size_t ones[] = {1};
+		struct feed f = {ones, 1, 0};
 
 		drive(S(s), IMAP_TOK_COMMANDS, &lim, &f, &r);
 		assert_int_equal(r.rc, -1);
@@ -860,7 +868,7 @@ static void test_max_line(void **state)
 
 static void test_fragments(void **state)
 {
-	struct imap_tok_limits lim = { 0, 4, 0 };
+	struct imap_tok_limits lim = {0, 4, 0};
 	struct imap_tok t;
 	struct imap_tok_unit u;
 	const char *p;
@@ -929,8 +937,8 @@ static void test_fragments(void **state)
 	/* a text response's head spanning fragments */
 	{
 		static const char s[] = "* OK {5}\r\na1 BAD {3}\r\n";
-		struct imap_tok_limits one = { 0, 1, 0 };
-		struct imap_tok_limits two = { 0, 2, 0 };
+		struct imap_tok_limits one = {0, 1, 0};
+		struct imap_tok_limits two = {0, 2, 0};
 		struct run r;
 
 		drive(S(s), IMAP_TOK_RESPONSES, &two, NULL, &r);
@@ -948,7 +956,7 @@ static void test_fragments(void **state)
 /* With both limits, max_line bounds the whole part across its fragments. */
 static void test_fragments_max_line(void **state)
 {
-	struct imap_tok_limits lim = { 10, 4, 0 };
+	struct imap_tok_limits lim = {10, 4, 0};
 	struct imap_tok t;
 	struct imap_tok_unit u;
 	const char *p = "0123456789\n";
@@ -983,21 +991,21 @@ static void test_fragments_max_line(void **state)
 
 static void test_max_literal(void **state)
 {
-	struct imap_tok_limits lim = { 0, 0, 10 };
+	struct imap_tok_limits lim = {0, 0, 10};
 	static const struct {
 		enum imap_tok_dir dir;
 		const char *s;
 		int rc;
 	} cases[] = {
-		{ IMAP_TOK_COMMANDS, "a X {10}\r\n", 0 },
-		{ IMAP_TOK_COMMANDS, "a X {11}\r\n", -1 },
-		{ IMAP_TOK_COMMANDS, "a X {11+}\r\n", -1 },
-		{ IMAP_TOK_COMMANDS, "a X ~{11}\r\n", -1 },
-		{ IMAP_TOK_COMMANDS, "a X {0000000010}\r\n", 0 },
-		{ IMAP_TOK_COMMANDS, "a X {11}x\r\n", 0 },        /* not an announcement */
-		{ IMAP_TOK_COMMANDS, "a X \"{11}\"\r\n", 0 },
-		{ IMAP_TOK_RESPONSES, "* OK {11}\r\n", 0 },       /* text */
-		{ IMAP_TOK_RESPONSES, "* 1 FETCH (BODY[] {11}\r\n", -1 },
+	    {IMAP_TOK_COMMANDS, "a X {10}\r\n", 0},
+	    {IMAP_TOK_COMMANDS, "a X {11}\r\n", -1},
+	    {IMAP_TOK_COMMANDS, "a X {11+}\r\n", -1},
+	    {IMAP_TOK_COMMANDS, "a X ~{11}\r\n", -1},
+	    {IMAP_TOK_COMMANDS, "a X {0000000010}\r\n", 0},
+	    {IMAP_TOK_COMMANDS, "a X {11}x\r\n", 0}, /* not an announcement */
+	    {IMAP_TOK_COMMANDS, "a X \"{11}\"\r\n", 0},
+	    {IMAP_TOK_RESPONSES, "* OK {11}\r\n", 0}, /* text */
+	    {IMAP_TOK_RESPONSES, "* 1 FETCH (BODY[] {11}\r\n", -1},
 	};
 	size_t i;
 
@@ -1026,18 +1034,18 @@ static void test_literal_overflow(void **state)
 		const char *s;
 		int rc;
 	} cases[] = {
-		{ "a X {9223372036854775807}\r\n", 0 },
-		{ "a X {9223372036854775808}\r\n", -1 },
-		{ "a X {18446744073709551615}\r\n", -1 },
-		{ "a X {18446744073709551616}\r\n", -1 },
-		{ "a X {99999999999999999999999999999999999999}\r\n", -1 },
-		{ "a X ~{99999999999999999999999999999999999999+}\r\n", -1 },
-		{ "a X {0000000000000000000000000000000000000001}\r\n", 0 },
-		{ "a X {99999999999999999999999}x\r\n", 0 },
-		{ "a X \"{99999999999999999999999}\"\r\n", 0 },
-		{ "a X {99999999999999999999999}{1}\r\n", 0 },
+	    {"a X {9223372036854775807}\r\n", 0},
+	    {"a X {9223372036854775808}\r\n", -1},
+	    {"a X {18446744073709551615}\r\n", -1},
+	    {"a X {18446744073709551616}\r\n", -1},
+	    {"a X {99999999999999999999999999999999999999}\r\n", -1},
+	    {"a X ~{99999999999999999999999999999999999999+}\r\n", -1},
+	    {"a X {0000000000000000000000000000000000000001}\r\n", 0},
+	    {"a X {99999999999999999999999}x\r\n", 0},
+	    {"a X \"{99999999999999999999999}\"\r\n", 0},
+	    {"a X {99999999999999999999999}{1}\r\n", 0},
 	};
-	struct imap_tok_limits big = { 0, 0, UINT64_MAX };
+	struct imap_tok_limits big = {0, 0, UINT64_MAX};
 	size_t i;
 
 	(void)state;
@@ -1061,27 +1069,27 @@ static void test_literal_overflow(void **state)
 static void test_hostile(void **state)
 {
 	static const char *const fixed[] = {
-		"\0\0\0\r\n",
-		"\xff\xfe\x80{5}\xff\r\n",
-		"\r\r\r\r\r",
-		"a{\r\n{\r\n{{{{\r\n",
-		"a {12a}\r\n",
-		"}}}}}\r\n}\n",
-		"{\n",
-		"~{\n~}\n~\n",
-		"{5}\r",
-		"\"\\",
-		"\"\\\r\n\"\\\n",
-		"{1}\n{1}\n{1}\n{1}\n",
-		"* {1}\n+{1}\n* OK{1}\n",
+	    "\0\0\0\r\n",
+	    "\xff\xfe\x80{5}\xff\r\n",
+	    "\r\r\r\r\r",
+	    "a{\r\n{\r\n{{{{\r\n",
+	    "a {12a}\r\n",
+	    "}}}}}\r\n}\n",
+	    "{\n",
+	    "~{\n~}\n~\n",
+	    "{5}\r",
+	    "\"\\",
+	    "\"\\\r\n\"\\\n",
+	    "{1}\n{1}\n{1}\n{1}\n",
+	    "* {1}\n+{1}\n* OK{1}\n",
 	};
-	static const size_t ones[] = { 1 };
-	static const size_t odd[] = { 3, 1, 7, 2 };
+	static const size_t ones[] = {1};
+	static const size_t odd[] = {3, 1, 7, 2};
 	struct imap_tok_limits lims[] = {
-		{ 0, 0, 0 },
-		{ 64, 0, 0 },
-		{ 0, 3, 0 },
-		{ 50, 16, 1000 },
+	    {0, 0, 0},
+	    {64, 0, 0},
+	    {0, 3, 0},
+	    {50, 16, 1000},
 	};
 	uint8_t *big;
 	size_t bign = 4096, i, j, d;
@@ -1105,7 +1113,7 @@ static void test_hostile(void **state)
 	big[bign - 1] = '\n';
 	for (j = 0; j < sizeof(lims) / sizeof(lims[0]); j++) {
 		struct run r;
-		struct feed f = { odd, 4, 0 };
+		struct feed f = {odd, 4, 0};
 
 		drive(big, bign, IMAP_TOK_COMMANDS, &lims[j], &f, &r);
 		run_free(&r);
@@ -1121,13 +1129,14 @@ static void test_hostile(void **state)
 			x ^= x << 13;
 			x ^= x >> 7;
 			x ^= x << 17;
-			big[j] = (x & 1) ? (uint8_t)hot[(x >> 8) % (sizeof(hot) - 1)] : (uint8_t)(x >> 16);
+			big[j] = (x & 1) ? (uint8_t)hot[(x >> 8) % (sizeof(hot) - 1)]
+			                 : (uint8_t)(x >> 16);
 		}
 		for (j = 0; j < sizeof(lims) / sizeof(lims[0]); j++) {
 			for (d = 0; d < 2; d++) {
 				struct run ref, r;
-				struct feed f1 = { ones, 1, 0 };
-				struct feed f2 = { odd, 4, 2 };
+				struct feed f1 = {ones, 1, 0};
+				struct feed f2 = {odd, 4, 2};
 
 				drive(big, bign, (enum imap_tok_dir)d, &lims[j], NULL, &ref);
 				normalize(&ref);
@@ -1196,7 +1205,7 @@ static void test_peek_and_sticky(void **state)
 
 static void test_boundary(void **state)
 {
-	static const struct imap_tok_limits lim = { 0, 4, 0 };
+	static const struct imap_tok_limits lim = {0, 4, 0};
 	struct imap_tok t;
 	struct imap_tok_unit u;
 
@@ -1332,7 +1341,8 @@ static void put_atom(struct gen *g, struct rng *r)
 /* A quoted string whose content holds announcement look-alikes. */
 static void put_quoted(struct gen *g, struct rng *r)
 {
-	static const char *const bits[] = { "a", "{5}", "{12+}", "~{3}", "\\\"", "\\\\", "}", "{", " ", "+", "\xe9" };
+	static const char *const bits[] = {"a", "{5}", "{12+}", "~{3}", "\\\"", "\\\\",
+	                                   "}", "{",   " ",     "+",    "\xe9"};
 	size_t i, n = rnd(r, 6);
 
 	puts_(g, "\"");
@@ -1355,7 +1365,7 @@ static void put_literal(struct gen *g, struct rng *r)
 	e->nonsync = rnd(r, 2);
 	e->binary = rnd(r, 3) == 0;
 	snprintf(ann, sizeof(ann), "%s{%s%llu%s}", e->binary ? "~" : "", rnd(r, 8) ? "" : "00",
-		 (unsigned long long)e->n, e->nonsync ? "+" : "");
+	         (unsigned long long)e->n, e->nonsync ? "+" : "");
 	puts_(g, ann);
 	put_eol(g, r);
 	e->body = g->n;
@@ -1386,7 +1396,7 @@ static void put_args(struct gen *g, struct rng *r)
 
 static void gen_command(struct gen *g, struct rng *r)
 {
-	static const char *const cmds[] = { "APPEND INBOX", "LOGIN", "SEARCH", "NOOP", "X" };
+	static const char *const cmds[] = {"APPEND INBOX", "LOGIN", "SEARCH", "NOOP", "X"};
 	char tag[16];
 
 	snprintf(tag, sizeof(tag), "a%u ", (unsigned)rnd(r, 1000));
@@ -1399,8 +1409,10 @@ static void gen_command(struct gen *g, struct rng *r)
 
 static void gen_response(struct gen *g, struct rng *r)
 {
-	static const char *const heads[] = { "* OK", "* NO", "a7 BAD", "* BYE", "a1 ok", "+", "* PREAUTH" };
-	static const char *const tails[] = { " [ALERT] x", " {5}", " \"{3}", " ~{2+}", " {0}", " }{", "" };
+	static const char *const heads[] = {"* OK",  "* NO", "a7 BAD",   "* BYE",
+	                                    "a1 ok", "+",    "* PREAUTH"};
+	static const char *const tails[] = {" [ALERT] x", " {5}", " \"{3}", " ~{2+}",
+	                                    " {0}",       " }{",  ""};
 	size_t i, n;
 
 	switch (rnd(r, 3)) {
@@ -1472,14 +1484,14 @@ static void check_against_gen(const struct run *x, const struct gen *g, bool fra
 
 static void test_random_streams(void **state)
 {
-	struct rng r = { 0x9e3779b97f4a7c15ULL };
+	struct rng r = {0x9e3779b97f4a7c15ULL};
 	size_t iter;
 
 	(void)state;
 	for (iter = 0; iter < 2000; iter++) {
 		struct gen g;
 		enum imap_tok_dir dir = rnd(&r, 2) ? IMAP_TOK_RESPONSES : IMAP_TOK_COMMANDS;
-		struct imap_tok_limits lim = { 0, 0, 0 };
+		struct imap_tok_limits lim = {0, 0, 0};
 		size_t chunks[8], i, nl = 1 + rnd(&r, 8);
 		struct feed f;
 		struct run ref, x;
@@ -1521,28 +1533,28 @@ static void test_random_streams(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_simple_commands),
-		cmocka_unit_test(test_simple_responses),
-		cmocka_unit_test(test_line_ends),
-		cmocka_unit_test(test_announcements),
-		cmocka_unit_test(test_literal_append),
-		cmocka_unit_test(test_literal_zero),
-		cmocka_unit_test(test_literal_parts),
-		cmocka_unit_test(test_quoted),
-		cmocka_unit_test(test_quote_resets),
-		cmocka_unit_test(test_text_responses),
-		cmocka_unit_test(test_response_stream),
-		cmocka_unit_test(test_split_everywhere),
-		cmocka_unit_test(test_max_line),
-		cmocka_unit_test(test_fragments),
-		cmocka_unit_test(test_fragments_max_line),
-		cmocka_unit_test(test_max_literal),
-		cmocka_unit_test(test_literal_overflow),
-		cmocka_unit_test(test_hostile),
-		cmocka_unit_test(test_peek_and_sticky),
-		cmocka_unit_test(test_boundary),
-		cmocka_unit_test(test_linear),
-		cmocka_unit_test(test_random_streams),
+	    cmocka_unit_test(test_simple_commands),
+	    cmocka_unit_test(test_simple_responses),
+	    cmocka_unit_test(test_line_ends),
+	    cmocka_unit_test(test_announcements),
+	    cmocka_unit_test(test_literal_append),
+	    cmocka_unit_test(test_literal_zero),
+	    cmocka_unit_test(test_literal_parts),
+	    cmocka_unit_test(test_quoted),
+	    cmocka_unit_test(test_quote_resets),
+	    cmocka_unit_test(test_text_responses),
+	    cmocka_unit_test(test_response_stream),
+	    cmocka_unit_test(test_split_everywhere),
+	    cmocka_unit_test(test_max_line),
+	    cmocka_unit_test(test_fragments),
+	    cmocka_unit_test(test_fragments_max_line),
+	    cmocka_unit_test(test_max_literal),
+	    cmocka_unit_test(test_literal_overflow),
+	    cmocka_unit_test(test_hostile),
+	    cmocka_unit_test(test_peek_and_sticky),
+	    cmocka_unit_test(test_boundary),
+	    cmocka_unit_test(test_linear),
+	    cmocka_unit_test(test_random_streams),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
