@@ -38,7 +38,8 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMAPMUX = os.path.join(REPO, "proxy", "imapmux")
+# IMAPMUX_BIN: run the tests against another build (e.g. a sanitizer one).
+IMAPMUX = os.environ.get("IMAPMUX_BIN") or os.path.join(REPO, "proxy", "imapmux")
 DOVECOT = shutil.which("dovecot", path="/usr/sbin:/usr/bin:/sbin:/bin") or "/usr/sbin/dovecot"
 REDIS = shutil.which("redis-server", path="/usr/bin:/usr/sbin:/bin:/sbin") or "/usr/bin/redis-server"
 OPENSSL = shutil.which("openssl", path="/usr/bin:/bin") or "/usr/bin/openssl"
@@ -906,9 +907,12 @@ def demo_start(d, imapmux_conf="proxy.conf"):
     if demo_running(d):
         print("demo: already running (pid files in %s); run `make demo-stop` first" % d)
         return 2
-    os.makedirs(d, exist_ok=True)
+    # A fresh demo every time: old mail, logs and pid files go.
+    if os.path.isdir(d):
+        shutil.rmtree(d)
+    os.makedirs(d)
     os.chmod(d, 0o755)
-    busy = [p for p in (DEMO_REDIS_PORT, 11143, 11144) + DEMO_LISTEN_PORTS
+    busy = [p for p in (DEMO_REDIS_PORT, 11143, 11144) + DEMO_LISTEN_PORTS + (9100,)
             if _can_connect("127.0.0.1", p)]
     if busy:
         print("demo: ports already in use: %s" % ", ".join(map(str, busy)), file=sys.stderr)

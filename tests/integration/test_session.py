@@ -168,11 +168,11 @@ def test_curl_starttls_fetch(mux, cert, curl_msg):
     assert r.stdout == msg
 
 
-def test_curl_login_mech_and_wrong_password(mux, cert, curl_msg):
+def test_curl_sasl_ir_and_wrong_password(mux, cert, curl_msg):
     uid, msg = curl_msg
     base = ["--cacert", cert, "imaps://127.0.0.1:%d/INBOX;UID=%d" % (mux.imaps_port, uid)]
-    # curl with LOGIN rather than AUTHENTICATE
-    r = _curl(["--login-options", "AUTH=+LOGIN", "-u", "curly:" + password("curly")] + base)
+    # AUTHENTICATE PLAIN with the initial response on the command line
+    r = _curl(["--sasl-ir", "-u", "curly:" + password("curly")] + base)
     assert r.returncode == 0, r.stderr
     assert r.stdout == msg
     r = _curl(["-u", "curly:wrong-password"] + base)
