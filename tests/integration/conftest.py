@@ -110,9 +110,14 @@ def ca_ctx(cert):
 
 
 @pytest.fixture(scope="session")
-def other_cert(labdir):
-    """A second self-signed certificate that nothing trusts."""
-    return lab.make_cert(os.path.join(labdir, "tls-other"), "cert")[0]
+def other_cert_pair(labdir):
+    """A second self-signed certificate (and key) that nothing trusts."""
+    return lab.make_cert(os.path.join(labdir, "tls-other"), "cert")
+
+
+@pytest.fixture(scope="session")
+def other_cert(other_cert_pair):
+    return other_cert_pair[0]
 
 
 # ---------------------------------------------------------------------------
@@ -173,16 +178,18 @@ class MuxFactory:
         self.n = 0
 
     def conf(self, backends=None, imapmux=None, listens=None, routing=None, redis=None,
-             plaintext_auth=False, extra=""):
-        """Write a config; returns (path, imaps_port, imap_port)."""
+             plaintext_auth=False, extra="", cert=None, key=None, path=None, ports=None):
+        """Write a config (to path, or a new file); returns (path, imaps_port,
+        imap_port). ports: reuse (imaps_port, imap_port)."""
         self.n += 1
-        imaps_port, imap_port = lab.free_port(), lab.free_port()
+        imaps_port, imap_port = ports or (lab.free_port(), lab.free_port())
+        cert, key = cert or self.cert, key or self.key
         if listens is None:
             listens = [
                 ("imaps", {"address": "127.0.0.1:%d" % imaps_port, "tls": "implicit",
-                           "cert": self.cert, "key": self.key}),
+                           "cert": cert, "key": key}),
                 ("imap", {"address": "127.0.0.1:%d" % imap_port, "tls": "starttls",
-                          "cert": self.cert, "key": self.key,
+                          "cert": cert, "key": key,
                           "allow_plaintext_auth": plaintext_auth}),
             ]
         if backends is None:
@@ -192,7 +199,7 @@ class MuxFactory:
         base = {"workers": 2, "log_level": "info", "preauth_timeout": 30,
                 "shutdown_timeout": 5}
         base.update(imapmux or {})
-        path = str(self.tmp_path / ("imapmux-%d.conf" % self.n))
+        path = path or str(self.tmp_path / ("imapmux-%d.conf" % self.n))
         lab.write_imapmux_conf(path, imapmux=base, listens=listens, backends=backends,
                                routing=routing, redis=redis, extra=extra)
         return path, imaps_port, imap_port
@@ -202,22 +209,47 @@ class MuxFactory:
         m = lab.Imapmux(path, path[:-5] + ".log")
         m.imaps_port, m.imap_port = imaps_port, imap_port
         m.expect_exit = False
+        m.allow_leaks = False   # SIGINT exits at once, without freeing
         self.started.append(m)
         m.start()
         return m
 
+    def rewrite(self, m, **kw):
+        """Rewrite m's config file in place (same listener ports), e.g. before
+        a SIGHUP."""
+        self.conf(path=m.conf_path, ports=(m.imaps_port, m.imap_port), **kw)
+
     def finish(self):
-        crashed = []
+        """Stop every imapmux of the test; fail the test if one died of a
+        signal, exited unasked, did not exit on SIGTERM, or (in a sanitizer
+        build, IMAPMUX_BIN) reported a memory error."""
+        problems = []
         for m in self.started:
             rc = m.returncode
-            if rc is not None and not m.expect_exit:
-                crashed.append("imapmux (%s) exited during the test with status %s%s"
-                               % (m.conf_path, rc, m.log_tail_text(40)))
+            if rc is None:
+                rc = m.stop(timeout=10)
+                if rc == -signal.SIGKILL:
+                    problems.append("imapmux (%s) did not exit within 10s of SIGTERM"
+                                    % m.conf_path)
+            # A test may make imapmux exit (expect_exit), but never die of a
+            # signal other than the ones the test sent.
+            elif not m.expect_exit:
+                problems.append("imapmux (%s) exited during the test with status %s"
+                                % (m.conf_path, rc))
+            if rc is not None and rc < 0 and -rc not in (signal.SIGTERM, signal.SIGINT,
+                                                         signal.SIGKILL):
+                problems.append("imapmux (%s) died of signal %s"
+                                % (m.conf_path, signal.Signals(-rc).name))
+            log = m.log_text()
+            for marker in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer"):
+                if marker in log and not (marker == "ERROR: LeakSanitizer" and m.allow_leaks):
+                    i = log.index(marker)
+                    problems.append("imapmux (%s) log: %s" % (m.conf_path, log[i:i + 3000]))
             m.stop()
-            if _failed(self.request) and m.proc is not None:
+            if problems or (_failed(self.request) and m.proc is not None):
                 print(m.log_tail_text(60))
-        if crashed:
-            pytest.fail("\n".join(crashed), pytrace=False)
+        if problems:
+            pytest.fail("\n".join(problems), pytrace=False)
 
 
 @pytest.fixture

@@ -90,6 +90,25 @@ def test_preauth_nonsync_literal_over_bound(mux, ca_ctx, announce):
         _assert_rejected_and_closed(c)
 
 
+def test_too_many_invalid_commands_close(client_tls):
+    """README: ten invalid commands before login end the session."""
+    c = client_tls()
+    c.greeting()
+    for i in range(1, 13):
+        try:
+            c.send(b"x%d BOGUS\r\n" % i)
+            r = c.read_response()
+        except (imapc.Closed, OSError):
+            break
+        if r.startswith(b"* BYE"):
+            break
+        assert r.startswith(b"x%d BAD" % i), r
+    else:
+        pytest.fail("still open after 12 invalid commands")
+    assert i >= 5, "closed after only %d invalid commands" % i
+    c.expect_closed(5)
+
+
 def test_many_parallel_preauth_clients(mux, ca_ctx):
     """Twenty clients logging in at once all succeed."""
     errors = []
@@ -154,6 +173,29 @@ def test_authenticated_session_outlives_preauth_timeout(make_mux, ca_ctx):
         time.sleep(2.0)
         _, tagged = c.cmd("n", "NOOP")
         assert tagged.startswith(b"n OK"), tagged
+
+
+def test_idle_timeout(make_mux, ca_ctx):
+    """idle_timeout ends a quiet logged-in session; a session in IDLE is kept
+    (README: never less than 30 minutes in IDLE, RFC 3501 5.4)."""
+    m = make_mux(imapmux={"idle_timeout": "1s", "park_idle_after": 0})
+    with imapc.Client(m.imaps_port, tls=ca_ctx) as quiet, \
+            imapc.Client(m.imaps_port, tls=ca_ctx) as idling:
+        for c in (quiet, idling):
+            c.greeting()
+            c.login("bob", password("bob"))
+            c.cmd("s", "SELECT INBOX")
+        idling.cmd_send("t", "IDLE")
+        assert idling.readline().startswith(b"+")
+        t0 = time.monotonic()
+        rest = quiet.expect_closed(6)
+        assert time.monotonic() - t0 > 0.5
+        if rest:
+            assert b"* BYE" in rest, rest
+        time.sleep(1.0)
+        idling.send(b"DONE\r\n")
+        _, tagged = idling.read_until_tagged("t")
+        assert tagged.startswith(b"t OK"), tagged
 
 
 # ---------------------------------------------------------------------------

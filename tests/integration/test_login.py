@@ -110,6 +110,16 @@ def test_login_bad_syntax(c):
     assert_login_ok(tagged, "b4")
 
 
+@pytest.mark.parametrize("user", ["alice*" + lab.MASTER_USER, "alice*", "*alice"])
+def test_login_master_separator_in_user_refused(c, user):
+    """README: user names holding the master-user separator are refused, so
+    that `user*master` cannot become a master login at the backend."""
+    _, tagged = c.cmd("m", "LOGIN %s %s" % (imapc.quote(user), imapc.quote(MASTER_PASSWORD)))
+    assert imapc.status_of(tagged) == "NO", tagged
+    _, tagged = c.cmd("n", "NOOP")
+    assert tagged.startswith(b"n OK"), tagged
+
+
 # ---------------------------------------------------------------------------
 # AUTHENTICATE PLAIN
 
@@ -166,6 +176,7 @@ def test_authenticate_bad_base64(c):
 def test_authenticate_authzid_differs_is_refused(c, authzid, authcid, pw):
     _, tagged = c.cmd("z1", "AUTHENTICATE PLAIN " + imapc.plain_ir(authcid, pw, authzid=authzid))
     assert imapc.status_of(tagged) == "NO", tagged
+    assert tagged.startswith(b"z1 NO [AUTHORIZATIONFAILED]"), tagged  # README
     _, tagged = c.cmd("z2", "NOOP")
     assert tagged.startswith(b"z2 OK"), tagged
 
@@ -175,6 +186,14 @@ def test_authenticate_unknown_mechanism(c):
     assert imapc.status_of(tagged) in ("NO", "BAD"), tagged
     _, tagged = c.cmd("k2", "NOOP")
     assert tagged.startswith(b"k2 OK"), tagged
+
+
+def test_authenticate_authzid_same_as_authcid(c):
+    """RFC 4616: an authorization identity equal to the authentication
+    identity is the same as none."""
+    _, tagged = c.cmd("y1", "AUTHENTICATE PLAIN " + imapc.plain_ir("authz", password("authz"),
+                                                                     authzid="authz"))
+    assert_login_ok(tagged, "y1")
 
 
 def test_login_twice_is_refused(c):

@@ -115,10 +115,13 @@ def test_sigterm_waits_for_busy_session_at_most_shutdown_timeout(make_mux, ca_ct
         m.expect_exit = True
         t0 = time.monotonic()
         m.signal(signal.SIGTERM)
+        rest = c.expect_closed(6)
+        assert [x for x in rest.split(b"\r\n") if x.startswith(b"* BYE")], rest
         rc = m.wait(8)
         elapsed = time.monotonic() - t0
         assert rc is not None, "imapmux still running 8s after SIGTERM (shutdown_timeout 2s)"
         assert elapsed < 2 + 2, elapsed
+        assert elapsed > 1.5, "a busy session was cut before shutdown_timeout (%.1fs)" % elapsed
 
 
 def test_sigint_exits_at_once(make_mux, ca_ctx):
@@ -127,9 +130,73 @@ def test_sigint_exits_at_once(make_mux, ca_ctx):
         c.greeting()
         c.login("draining", password("draining"))
         m.expect_exit = True
+        m.allow_leaks = True
         m.signal(signal.SIGINT)
         assert m.wait(3) is not None, "imapmux still running 3s after SIGINT"
         c.expect_closed(3)
+
+
+def _dovecot_logins(dv, user):
+    return len(re.findall(r"Login: user=<%s>" % re.escape(user), dv.log_text()))
+
+
+def test_sighup_reloads_backends_for_new_sessions(make_mux, dovecot, fresh_dovecot, ca_ctx):
+    """README: new sessions use the new configuration, open ones keep theirs."""
+    from conftest import backend_section
+    m = make_mux(backends=[("a", backend_section(dovecot))])
+    with imapc.Client(m.imaps_port, tls=ca_ctx) as old:
+        old.greeting()
+        old.login("bob", password("bob"))
+        old.cmd("s", "SELECT INBOX")
+        make_mux.rewrite(m, backends=[("a", backend_section(fresh_dovecot))])
+        m.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while True:
+            with imapc.Client(m.imaps_port, tls=ca_ctx) as new:
+                new.greeting()
+                new.login("heidi", password("heidi"))
+            time.sleep(0.1)
+            if _dovecot_logins(fresh_dovecot, "heidi") or time.monotonic() > deadline:
+                break
+        assert _dovecot_logins(fresh_dovecot, "heidi"), "new sessions still go to the old backend"
+        _, tagged = old.cmd("n", "NOOP")
+        assert tagged.startswith(b"n OK"), tagged
+
+
+def test_sighup_with_a_broken_config_keeps_running(make_mux, ca_ctx):
+    m = make_mux()
+    with open(m.conf_path, "a") as f:
+        f.write("\n[imapmux]\nthis is not valid\n")
+    m.signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert m.alive(), "imapmux exited on a reload with a broken config"
+    with imapc.Client(m.imaps_port, tls=ca_ctx) as c:
+        c.greeting()
+        c.login("bob", password("bob"))
+
+
+def test_sighup_reloads_certificates(make_mux, ca_ctx, cert_pair, other_cert_pair, tmp_path):
+    import shutil
+    import ssl
+    cert, key = str(tmp_path / "live-cert.pem"), str(tmp_path / "live-key.pem")
+    shutil.copy(cert_pair[0], cert)
+    shutil.copy(cert_pair[1], key)
+    m = make_mux(cert=cert, key=key)
+    other_ctx = lab.client_context(other_cert_pair[0])
+    with imapc.Client(m.imaps_port, tls=ca_ctx) as c:
+        c.greeting()
+        shutil.copy(other_cert_pair[0], cert)
+        shutil.copy(other_cert_pair[1], key)
+        m.signal(signal.SIGHUP)
+        time.sleep(0.5)
+        # The open session is untouched ...
+        _, tagged = c.cmd("n", "NOOP")
+        assert tagged.startswith(b"n OK"), tagged
+    # ... and new handshakes present the new certificate.
+    with imapc.Client(m.imaps_port, tls=other_ctx) as c:
+        c.greeting()
+    with pytest.raises(ssl.SSLCertVerificationError):
+        imapc.Client(m.imaps_port, tls=ca_ctx)
 
 
 def test_sighup_keeps_sessions(make_mux, ca_ctx):

@@ -132,6 +132,45 @@ def test_select_counts_match_backend(mux, dovecot, ca_ctx):
         c.logout()
 
 
+def test_capabilities_after_login_are_filtered(mux, ca_ctx):
+    """CAPABILITY after login: the backend's list, less what the proxy does
+    not carry (the backend offers SASL-IR and COMPRESS=DEFLATE)."""
+    from test_login import NOT_CARRIED_EXACT, NOT_CARRIED_PREFIX
+    with imapc.Client(mux.imaps_port, tls=ca_ctx) as c:
+        c.greeting()
+        login_caps = imapc.caps_of(c.login("alice", password("alice")))
+        untagged, tagged = c.cmd("c", "CAPABILITY")
+        assert tagged.startswith(b"c OK"), tagged
+        caps = [imapc.caps_of(u) for u in untagged if imapc.caps_of(u)]
+        assert len(caps) == 1, untagged
+        caps = caps[0]
+        assert {"IMAP4REV1", "IDLE", "UIDPLUS"} <= caps, caps
+        assert not caps & NOT_CARRIED_EXACT, caps
+        assert not [x for x in caps if x.startswith(NOT_CARRIED_PREFIX)], caps
+        assert caps == login_caps
+
+
+def test_compress_refused(mux, ca_ctx):
+    with imapc.Client(mux.imaps_port, tls=ca_ctx) as c:
+        c.greeting()
+        c.login("alice", password("alice"))
+        _, tagged = c.cmd("z", "COMPRESS DEFLATE")
+        assert tagged.startswith(b"z NO"), tagged
+        # still plain IMAP in both directions
+        _, tagged = c.cmd("s", "SELECT INBOX")
+        assert tagged.startswith(b"s OK"), tagged
+
+
+def test_logout_after_login(mux, ca_ctx):
+    with imapc.Client(mux.imaps_port, tls=ca_ctx) as c:
+        c.greeting()
+        c.login("alice", password("alice"))
+        untagged, tagged = c.cmd("o", "LOGOUT")
+        assert [u for u in untagged if u.startswith(b"* BYE")], untagged
+        assert tagged.startswith(b"o OK"), tagged
+        assert c.expect_closed(5) == b""
+
+
 # ---------------------------------------------------------------------------
 # curl
 
