@@ -58,9 +58,39 @@ class LabError(Exception):
 _handed_out = set()
 
 
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on now and that this
-    process has not handed out before (the kernel may hand one out twice)."""
+    """A TCP port on 127.0.0.1 that nothing uses now and that this process
+    has not handed out before. Taken below the kernel's ephemeral range
+    (and above the demo's ports), so that no outgoing connection grabs it
+    between now and the moment a server binds it."""
+    import random
+    lo, _ = _ephemeral_range()
+    if lo > 21000:
+        for _ in range(200):
+            port = random.randint(20000, lo - 1)
+            if port not in _handed_out and _bindable(port):
+                _handed_out.add(port)
+                return port
     for _ in range(200):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
