@@ -121,7 +121,7 @@ def test_backend_comes_back(make_mux, ca_ctx, cert, key):
         d.cleanup()
 
 
-@pytest.mark.parametrize("state", ["selected", "idle"])
+@pytest.mark.parametrize("state", ["selected", "idle", "in_command"])
 def test_backend_killed_mid_session(make_mux, fresh_dovecot, ca_ctx, state):
     m = make_mux(backends=[("a", backend_section(fresh_dovecot))])
     with imapc.Client(m.imaps_port, tls=ca_ctx) as c:
@@ -132,6 +132,12 @@ def test_backend_killed_mid_session(make_mux, fresh_dovecot, ca_ctx, state):
         if state == "idle":
             c.cmd_send("t", "IDLE")
             assert c.readline().startswith(b"+")
+        elif state == "in_command":
+            # an APPEND whose literal is still to come: the backend has
+            # answered `+`, the client stream is mid-command
+            c.send(b"a APPEND INBOX {40}\r\n")
+            assert c.readline().startswith(b"+")
+            c.send(b"Subject: half\r\n")
         fresh_dovecot.kill_hard()
         t0 = time.monotonic()
         rest = c.expect_closed(10)
