@@ -1,16 +1,25 @@
 """Fixtures for imapmux's integration tests, built on deploy/lab.py.
 
   cert, key, ca_ctx   a self-signed certificate (CN=localhost, SAN 127.0.0.1)
-                      and a client SSLContext that trusts only it (session)
+                      and a client SSLContext that trusts only it (session);
+                      other_cert(_pair): a second one that nothing trusts
   dovecot             a real Dovecot with USERS, plain IMAP + STARTTLS and an
                       implicit-TLS port (one per test module)
   fresh_dovecot       a Dovecot of the test's own, for tests that kill it
   make_mux(...)       starts proxy/imapmux with a config written for the test
                       (implicit TLS and STARTTLS listeners, backend a = the
-                      module's Dovecot, static routing); stopped after the test,
-                      and the test errors if imapmux crashed meanwhile
+                      module's Dovecot, static routing); make_mux.conf(...) only
+                      writes one, make_mux.rewrite(m, ...) rewrites m's (for
+                      SIGHUP). Every imapmux is stopped after the test, and the
+                      test errors if one crashed, exited unasked, ignored
+                      SIGTERM or (sanitizer build) reported a memory error
   mux                 make_mux() with the defaults
+  client_tls()        implicit-TLS imapc.Client factory for mux
   redis               a real redis-server (session)
+
+IMAPMUX_BIN=path runs everything against another imapmux build (e.g. one made
+with `make SANITIZE=1` in a copy of the tree); IMAPMUX_KEEP=1 keeps the
+session's temporary directory.
 
 Passwords: password(user). Every test that changes a mailbox uses a user of
 its own, so that modules can share one Dovecot.
