@@ -1,0 +1,842 @@
+/*
+ * stats — GET /metrics: the workers' counters in Prometheus text format,
+ * served by a tiny HTTP server on a thread and event loop of its own.
+ *
+ *   stats_start (caller's thread)        stats thread (its own ev_loop)
+ *     socket, bind, listen                 accept -> conn
+ *     ev_loop_new, pthread_create  --->      READING -> WRITING -> LINGERING -> closed
+ *                                            GET /metrics: sum workers[i].stats
+ *   stats_stop: ev_async --------------->  ev_break
+ *     join, then close and free what is left
+ *
+ * Invariants:
+ *  - Of a worker, this thread reads its struct stats and nothing else, and
+ *    only with relaxed atomic loads: the counters are independent, and a
+ *    scrape need not be a consistent snapshot across them.
+ *  - Everything a client controls is bounded: at most STATS_MAX_CONNS
+ *    connections (more are accepted and closed at once), a request head of
+ *    at most STATS_HEAD_MAX bytes, STATS_CONN_TIMEOUT seconds from accept to
+ *    close, STATS_LINGER_MAX bytes discarded after the response. Nothing
+ *    here blocks, and any byte sequence gets an answer or a close.
+ *  - One request per connection; every response says Connection: close.
+ *  - A connection is freed by conn_close, and every path that calls it
+ *    returns at once without touching the connection again. Stopping a
+ *    libev watcher forgets its pending events, so nothing fires for a
+ *    freed connection.
+ *  - The state in srv belongs to the stats thread while it runs, and to the
+ *    caller of stats_start/stats_stop before and after it
+ *    (pthread_create and pthread_join order those accesses).
+ */
+#include "stats.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <ev.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "worker.h"
+
+#define STATS_MAX_CONNS       64
+#define STATS_HEAD_MAX        4096
+#define STATS_CONN_TIMEOUT    5.0
+#define STATS_LINGER_MAX      65536
+#define STATS_ACCEPT_BATCH    64
+#define STATS_FULL_WARN_EVERY 60.0
+
+enum conn_state {
+	CONN_READING, /* reading the request head: no blank line yet, head_len <= STATS_HEAD_MAX */
+	CONN_WRITING, /* the response is in out, out_off < out_len; the write watcher runs */
+	CONN_LINGERING, /* response sent, SHUT_WR done: reading and dropping input until EOF */
+};
+
+struct stats_conn {
+	struct stats_conn *prev, *next; /* srv.conns */
+	int fd;
+	enum conn_state state;
+	ev_io io;          /* EV_READ while READING or LINGERING, EV_WRITE while WRITING */
+	ev_timer deadline; /* STATS_CONN_TIMEOUT from accept, whatever the state */
+	size_t head_len;   /* bytes in head */
+	size_t line_start; /* offset in head of the line not yet ended by '\n' */
+	size_t discarded;  /* bytes dropped while LINGERING */
+	char *out;         /* the response (malloc'd) while WRITING */
+	size_t out_len, out_off;
+	char head[STATS_HEAD_MAX];
+};
+
+static struct {
+	bool running;
+	int fd; /* the listening socket */
+	struct ev_loop *loop;
+	pthread_t thread;
+	ev_io accept_io;
+	ev_timer accept_pause; /* out of fds: stop accepting for a moment */
+	ev_async stop;
+	struct worker *workers;
+	unsigned nworkers;
+	struct stats_conn *conns;
+	unsigned nconns;
+	double start_time;     /* wall clock at stats_start, seconds since the epoch */
+	double last_full_warn; /* ev_now of the last "too many connections" warning */
+} srv = {.fd = -1};
+
+/* ------------------------------------------------------------------------
+ * text: a growing string for the response, with a sticky failure flag so
+ * that the writers need not check each append.
+ */
+
+struct text {
+	char *p;
+	size_t len, cap;
+	bool failed; /* out of memory: the text is incomplete, do not send it */
+};
+
+static void text_init(struct text *t, size_t cap)
+{
+	t->len = 0;
+	t->cap = cap;
+	t->p = malloc(cap);
+	t->failed = t->p == NULL;
+	if (t->failed)
+		t->cap = 0;
+}
+
+/* Make room for n more bytes plus a NUL. */
+static int text_reserve(struct text *t, size_t n)
+{
+	size_t cap = t->cap;
+	char *p;
+
+	if (t->failed)
+		return -1;
+	if (t->cap - t->len > n)
+		return 0;
+	while (cap - t->len <= n)
+		cap *= 2;
+	p = realloc(t->p, cap);
+	if (p == NULL) {
+		t->failed = true;
+		return -1;
+	}
+	t->p = p;
+	t->cap = cap;
+	return 0;
+}
+
+static void text_append(struct text *t, const void *p, size_t n)
+{
+	if (text_reserve(t, n) < 0)
+		return;
+	memcpy(t->p + t->len, p, n);
+	t->len += n;
+	t->p[t->len] = '\0';
+}
+
+static void text_printf(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void text_printf(struct text *t, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (t->failed)
+		return;
+	va_start(ap, fmt);
+	n = vsnprintf(t->p + t->len, t->cap - t->len, fmt, ap);
+	va_end(ap);
+	if (n < 0) {
+		t->failed = true;
+		return;
+	}
+	if ((size_t)n < t->cap - t->len) {
+		t->len += (size_t)n;
+		return;
+	}
+	/* It did not fit: grow, then format again from the start. */
+	if (text_reserve(t, (size_t)n) < 0)
+		return;
+	va_start(ap, fmt);
+	n = vsnprintf(t->p + t->len, t->cap - t->len, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= t->cap - t->len) {
+		t->failed = true;
+		return;
+	}
+	t->len += (size_t)n;
+}
+
+/* ------------------------------------------------------------------------
+ * metrics
+ */
+
+struct stats_sum {
+	unsigned long conns_total;
+	long sessions_active;
+	long sessions_proxying;
+	unsigned long logins_ok;
+	unsigned long logins_auth_failed;
+	unsigned long logins_unavailable;
+	unsigned long backend_connects;
+	unsigned long backend_lost;
+	unsigned long client_bytes_in;
+	unsigned long client_bytes_out;
+	unsigned long preauth_bad;
+	unsigned long tls_handshake_failed;
+};
+
+#define LOAD(st, field) atomic_load_explicit(&(st)->field, memory_order_relaxed)
+
+static void stats_collect(struct stats_sum *s)
+{
+	memset(s, 0, sizeof(*s));
+	for (unsigned i = 0; i < srv.nworkers; i++) {
+		struct stats *st = &srv.workers[i].stats;
+
+		s->conns_total += LOAD(st, conns_total);
+		s->sessions_active += LOAD(st, sessions_active);
+		s->sessions_proxying += LOAD(st, sessions_proxying);
+		s->logins_ok += LOAD(st, logins_ok);
+		s->logins_auth_failed += LOAD(st, logins_auth_failed);
+		s->logins_unavailable += LOAD(st, logins_unavailable);
+		s->backend_connects += LOAD(st, backend_connects);
+		s->backend_lost += LOAD(st, backend_lost);
+		s->client_bytes_in += LOAD(st, client_bytes_in);
+		s->client_bytes_out += LOAD(st, client_bytes_out);
+		s->preauth_bad += LOAD(st, preauth_bad);
+		s->tls_handshake_failed += LOAD(st, tls_handshake_failed);
+	}
+}
+
+/* Entries of /proc/self/fd, less the one opendir itself holds. */
+static int proc_open_fds(unsigned long *n_r)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	unsigned long n = 0;
+
+	if (d == NULL)
+		return -1;
+	while ((e = readdir(d)) != NULL) {
+		if (e->d_name[0] != '.')
+			n++;
+	}
+	closedir(d);
+	*n_r = n > 0 ? n - 1 : 0;
+	return 0;
+}
+
+/* Resident set size: the second field of /proc/self/statm, in pages. */
+static int proc_rss_bytes(unsigned long long *bytes_r)
+{
+	FILE *f = fopen("/proc/self/statm", "re");
+	long page = sysconf(_SC_PAGESIZE);
+	unsigned long size, resident;
+	int n;
+
+	if (f == NULL)
+		return -1;
+	n = fscanf(f, "%lu %lu", &size, &resident);
+	fclose(f);
+	if (n != 2 || page <= 0)
+		return -1;
+	*bytes_r = (unsigned long long)resident * (unsigned long long)page;
+	return 0;
+}
+
+static void metric_head(struct text *t, const char *name, const char *type, const char *help)
+{
+	text_printf(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void counter(struct text *t, const char *name, const char *help, unsigned long v)
+{
+	metric_head(t, name, "counter", help);
+	text_printf(t, "%s %lu\n", name, v);
+}
+
+static void gauge(struct text *t, const char *name, const char *help, long v)
+{
+	metric_head(t, name, "gauge", help);
+	text_printf(t, "%s %ld\n", name, v);
+}
+
+/*
+ * The exposition (text format 0.0.4). Process metrics that cannot be read
+ * are left out rather than shown with a made-up value.
+ */
+static void metrics_render(struct text *t)
+{
+	struct stats_sum s;
+	unsigned long fds;
+	unsigned long long rss;
+	const char *name;
+
+	stats_collect(&s);
+	gauge(t, "imapmux_up", "1 while imapmux serves metrics.", 1);
+	gauge(t, "imapmux_workers", "Worker threads.", (long)srv.nworkers);
+	counter(t, "imapmux_connections_total", "Client connections accepted.", s.conns_total);
+	gauge(t, "imapmux_sessions", "Client sessions open now.", s.sessions_active);
+	gauge(t, "imapmux_sessions_proxying", "Client sessions logged in and proxying now.",
+	      s.sessions_proxying);
+
+	name = "imapmux_logins_total";
+	metric_head(t, name, "counter", "Client logins, by result.");
+	text_printf(t, "%s{result=\"ok\"} %lu\n", name, s.logins_ok);
+	text_printf(t, "%s{result=\"auth_failed\"} %lu\n", name, s.logins_auth_failed);
+	text_printf(t, "%s{result=\"unavailable\"} %lu\n", name, s.logins_unavailable);
+
+	counter(t, "imapmux_backend_connects_total", "Backend connections opened.",
+	        s.backend_connects);
+	counter(t, "imapmux_backend_lost_total", "Sessions ended by a lost backend connection.",
+	        s.backend_lost);
+	counter(t, "imapmux_client_bytes_received_total",
+	        "Bytes read from clients (after TLS decryption).", s.client_bytes_in);
+	counter(t, "imapmux_client_bytes_sent_total",
+	        "Bytes written to clients (before TLS encryption).", s.client_bytes_out);
+	counter(t, "imapmux_preauth_bad_commands_total", "BAD answers to clients before login.",
+	        s.preauth_bad);
+	counter(t, "imapmux_tls_handshake_failures_total", "Client TLS handshakes that failed.",
+	        s.tls_handshake_failed);
+
+	if (proc_open_fds(&fds) == 0) {
+		metric_head(t, "process_open_fds", "gauge", "Number of open file descriptors.");
+		text_printf(t, "process_open_fds %lu\n", fds);
+	}
+	if (proc_rss_bytes(&rss) == 0) {
+		metric_head(t, "process_resident_memory_bytes", "gauge",
+		            "Resident memory size in bytes.");
+		text_printf(t, "process_resident_memory_bytes %llu\n", rss);
+	}
+	metric_head(t, "process_start_time_seconds", "gauge",
+	            "Start time of the process since unix epoch in seconds.");
+	text_printf(t, "process_start_time_seconds %.3f\n", srv.start_time);
+}
+
+/* ------------------------------------------------------------------------
+ * HTTP request head
+ */
+
+/* RFC 9110 tchar: what a method or a header field name is made of. */
+static bool is_tchar(unsigned char ch)
+{
+	if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
+		return true;
+	return ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
+}
+
+/* A visible ASCII byte: what a request target is made of. */
+static bool is_vchar(unsigned char ch)
+{
+	return ch > 0x20 && ch < 0x7f;
+}
+
+/* Line [p, eol) without a final '\r'. */
+static const unsigned char *line_end(const unsigned char *p, const unsigned char *eol)
+{
+	return eol > p && eol[-1] == '\r' ? eol - 1 : eol;
+}
+
+/*
+ * Header fields from p up to and including the blank line: "name: value"
+ * with a token name and no control bytes but HTAB in the value. Obsolete
+ * line folding is refused (RFC 9112 allows that), as are bare CRs.
+ */
+static int headers_check(const unsigned char *p, const unsigned char *end)
+{
+	while (p < end) {
+		const unsigned char *eol = memchr(p, '\n', (size_t)(end - p));
+		const unsigned char *le, *q;
+
+		if (eol == NULL)
+			return -1;
+		le = line_end(p, eol);
+		if (le == p)
+			return 0;
+		for (q = p; q < le && is_tchar(*q); q++)
+			;
+		if (q == p || q == le || *q != ':')
+			return -1;
+		for (q++; q < le; q++) {
+			if ((*q < 0x20 && *q != '\t') || *q == 0x7f)
+				return -1;
+		}
+		p = eol + 1;
+	}
+	return -1;
+}
+
+/*
+ * The path of a request target: origin-form "/path?query", or absolute-form
+ * "http://host/path?query" (which HTTP/1.1 servers must accept). Returns
+ * 0 with [*path_r, *path_end_r), or -1 for any other form.
+ */
+static int target_path(const unsigned char *t, const unsigned char *t_end,
+                       const unsigned char **path_r, const unsigned char **path_end_r)
+{
+	const unsigned char *p = t;
+
+	if ((size_t)(t_end - t) >= 7 && strncasecmp((const char *)t, "http://", 7) == 0) {
+		for (p = t + 7; p < t_end && *p != '/' && *p != '?'; p++)
+			;
+	} else if (t == t_end || *t != '/') {
+		return -1;
+	}
+	*path_r = p;
+	while (p < t_end && *p != '?')
+		p++;
+	*path_end_r = p;
+	return 0;
+}
+
+/*
+ * The status to answer a complete request head [head, head + len) with,
+ * the blank line included: 200 for GET /metrics, 404 for other paths, 405
+ * for other methods, 400 when it is not a well-formed HTTP/1.x head.
+ */
+static int request_status(const char *head, size_t len)
+{
+	const unsigned char *p = (const unsigned char *)head, *end = p + len;
+	const unsigned char *eol = memchr(p, '\n', len), *le;
+	const unsigned char *m, *m_end, *t, *t_end, *path, *path_end;
+
+	if (eol == NULL)
+		return 400;
+	le = line_end(p, eol);
+
+	/* method SP request-target SP HTTP/1.x, nothing more */
+	for (m = p; p < le && is_tchar(*p); p++)
+		;
+	m_end = p;
+	if (m_end == m || p == le || *p != ' ')
+		return 400;
+	for (t = ++p; p < le && is_vchar(*p); p++)
+		;
+	t_end = p;
+	if (t_end == t || p == le || *p != ' ')
+		return 400;
+	p++;
+	if (le - p != 8 || memcmp(p, "HTTP/1.", 7) != 0 || p[7] < '0' || p[7] > '9')
+		return 400;
+	if (headers_check(eol + 1, end) < 0)
+		return 400;
+	if (target_path(t, t_end, &path, &path_end) < 0)
+		return 400;
+
+	if (m_end - m != 3 || memcmp(m, "GET", 3) != 0)
+		return 405;
+	if (path_end - path == 8 && memcmp(path, "/metrics", 8) == 0)
+		return 200;
+	return 404;
+}
+
+/* ------------------------------------------------------------------------
+ * connections
+ */
+
+static void conn_close(struct stats_conn *c)
+{
+	ev_io_stop(srv.loop, &c->io);
+	ev_timer_stop(srv.loop, &c->deadline);
+	close(c->fd);
+	if (c->prev != NULL)
+		c->prev->next = c->next;
+	else
+		srv.conns = c->next;
+	if (c->next != NULL)
+		c->next->prev = c->prev;
+	srv.nconns--;
+	free(c->out);
+	free(c);
+}
+
+static void conn_watch(struct stats_conn *c, int events)
+{
+	ev_io_stop(srv.loop, &c->io);
+	ev_io_set(&c->io, c->fd, events);
+	ev_io_start(srv.loop, &c->io);
+}
+
+/*
+ * Drop what the client still sends after the response, until it closes.
+ * Closing with unread bytes in the socket would make the kernel send an
+ * RST, which can destroy the response before the client has read it.
+ */
+static void conn_linger(struct stats_conn *c)
+{
+	char sink[4096];
+
+	for (;;) {
+		ssize_t n = recv(c->fd, sink, sizeof(sink), 0);
+
+		if (n > 0) {
+			c->discarded += (size_t)n;
+			if (c->discarded > STATS_LINGER_MAX)
+				break;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return;
+		break; /* EOF or error */
+	}
+	conn_close(c);
+}
+
+static void conn_write(struct stats_conn *c)
+{
+	while (c->out_off < c->out_len) {
+		ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				if (c->state != CONN_WRITING) {
+					c->state = CONN_WRITING;
+					conn_watch(c, EV_WRITE);
+				}
+				return;
+			}
+			conn_close(c);
+			return;
+		}
+		c->out_off += (size_t)n;
+	}
+	free(c->out);
+	c->out = NULL;
+	if (shutdown(c->fd, SHUT_WR) < 0) {
+		conn_close(c);
+		return;
+	}
+	c->state = CONN_LINGERING;
+	conn_watch(c, EV_READ);
+}
+
+static const char *status_reason(int status)
+{
+	switch (status) {
+	case 200:
+		return "OK";
+	case 400:
+		return "Bad Request";
+	case 404:
+		return "Not Found";
+	case 405:
+		return "Method Not Allowed";
+	case 431:
+		return "Request Header Fields Too Large";
+	default:
+		return "Internal Server Error";
+	}
+}
+
+/* Build the response for status and start sending it (may free c). */
+static void conn_respond(struct stats_conn *c, int status)
+{
+	struct text body, out;
+	const char *ctype = "text/plain; charset=utf-8";
+
+	text_init(&body, status == 200 ? 4096 : 64);
+	if (status == 200) {
+		ctype = "text/plain; version=0.0.4";
+		metrics_render(&body);
+		if (body.failed) {
+			log_error("stats: out of memory rendering /metrics");
+			status = 500;
+			free(body.p);
+			text_init(&body, 64);
+		}
+	}
+	if (status != 200)
+		text_printf(&body, "%s\n", status_reason(status));
+
+	text_init(&out, body.len + 256);
+	text_printf(&out,
+	            "HTTP/1.0 %d %s\r\n"
+	            "Content-Type: %s\r\n"
+	            "Content-Length: %zu\r\n"
+	            "%s"
+	            "Connection: close\r\n"
+	            "\r\n",
+	            status, status_reason(status), ctype, body.len,
+	            status == 405 ? "Allow: GET\r\n" : "");
+	if (!body.failed)
+		text_append(&out, body.p, body.len);
+	free(body.p);
+	if (body.failed || out.failed) {
+		free(out.p);
+		conn_close(c);
+		return;
+	}
+	log_debug("stats: request answered %d", status);
+	c->out = out.p;
+	c->out_len = out.len;
+	c->out_off = 0;
+	/* Most responses fit the socket buffer: try now, watch only if not. */
+	conn_write(c);
+}
+
+/*
+ * Read into head until a blank line ends it, then answer. A head that
+ * fills the buffer gets 431; a client that closes early gets nothing.
+ */
+static void conn_read(struct stats_conn *c)
+{
+	for (;;) {
+		size_t room = sizeof(c->head) - c->head_len;
+		ssize_t n;
+
+		if (room == 0) {
+			conn_respond(c, 431);
+			return;
+		}
+		n = recv(c->fd, c->head + c->head_len, room, 0);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return;
+			conn_close(c);
+			return;
+		}
+		if (n == 0) {
+			conn_close(c);
+			return;
+		}
+		/* Scan only the new bytes: a slow client costs O(n) in total. */
+		for (size_t i = c->head_len; i < c->head_len + (size_t)n; i++) {
+			size_t start = c->line_start;
+
+			if (c->head[i] != '\n')
+				continue;
+			if (i == start || (i == start + 1 && c->head[start] == '\r')) {
+				conn_respond(c, request_status(c->head, i + 1));
+				return;
+			}
+			c->line_start = i + 1;
+		}
+		c->head_len += (size_t)n;
+	}
+}
+
+static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+	struct stats_conn *c = io->data;
+
+	(void)loop;
+	(void)revents;
+	switch (c->state) {
+	case CONN_READING:
+		conn_read(c);
+		break;
+	case CONN_WRITING:
+		conn_write(c);
+		break;
+	case CONN_LINGERING:
+		conn_linger(c);
+		break;
+	}
+}
+
+static void conn_deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct stats_conn *c = t->data;
+
+	(void)loop;
+	(void)revents;
+	log_debug("stats: connection timed out");
+	conn_close(c);
+}
+
+static int conn_new(int fd)
+{
+	struct stats_conn *c = calloc(1, sizeof(*c));
+
+	if (c == NULL)
+		return -1;
+	c->fd = fd;
+	c->state = CONN_READING;
+	ev_io_init(&c->io, conn_io_cb, fd, EV_READ);
+	c->io.data = c;
+	ev_timer_init(&c->deadline, conn_deadline_cb, STATS_CONN_TIMEOUT, 0.);
+	c->deadline.data = c;
+	c->next = srv.conns;
+	if (srv.conns != NULL)
+		srv.conns->prev = c;
+	srv.conns = c;
+	srv.nconns++;
+	ev_io_start(srv.loop, &c->io);
+	ev_timer_start(srv.loop, &c->deadline);
+	return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * the listener and the thread
+ */
+
+static void accept_pause_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	(void)t;
+	(void)revents;
+	ev_io_start(loop, &srv.accept_io);
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+	(void)io;
+	(void)revents;
+	/* A bounded batch, so that a flood cannot starve the connections. */
+	for (int i = 0; i < STATS_ACCEPT_BATCH; i++) {
+		int fd = accept4(srv.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+			    errno == ENOMEM) {
+				/* The listener stays readable: pause it, or we spin. */
+				log_error("stats: accept: %s; pausing accepts for 1s",
+				          strerror(errno));
+				ev_io_stop(loop, &srv.accept_io);
+				ev_timer_stop(loop, &srv.accept_pause);
+				ev_timer_set(&srv.accept_pause, 1., 0.);
+				ev_timer_start(loop, &srv.accept_pause);
+			}
+			return;
+		}
+		if (srv.nconns >= STATS_MAX_CONNS) {
+			if (ev_now(loop) - srv.last_full_warn >= STATS_FULL_WARN_EVERY) {
+				srv.last_full_warn = ev_now(loop);
+				log_warn("stats: %d connections open, refusing more",
+				         STATS_MAX_CONNS);
+			}
+			close(fd);
+			continue;
+		}
+		if (conn_new(fd) < 0) {
+			log_error("stats: out of memory for a connection");
+			close(fd);
+		}
+	}
+}
+
+static void stop_cb(struct ev_loop *loop, ev_async *a, int revents)
+{
+	(void)a;
+	(void)revents;
+	ev_break(loop, EVBREAK_ALL);
+}
+
+static void *stats_thread(void *arg)
+{
+	(void)arg;
+	ev_run(srv.loop, 0);
+	return NULL;
+}
+
+int stats_start(const struct cfg_addr *addr, struct worker *workers, unsigned n)
+{
+	int family = addr->ss.ss_family;
+	const char *why = NULL;
+	char why_buf[128];
+	struct timespec now;
+	int one = 1;
+	int err;
+
+	if (srv.running) {
+		log_error("stats: already started");
+		return -1;
+	}
+	if (family != AF_INET && family != AF_INET6) {
+		log_error("cannot listen on %s (stats_listen): not an IP address", addr->text);
+		return -1;
+	}
+
+	srv.fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (srv.fd < 0)
+		goto fail_errno;
+	if (setsockopt(srv.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+		goto fail_errno;
+	/* As for the IMAP listeners: [::] means IPv6 only. */
+	if (family == AF_INET6 &&
+	    setsockopt(srv.fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
+		goto fail_errno;
+	if (bind(srv.fd, (const struct sockaddr *)&addr->ss, addr->len) < 0)
+		goto fail_errno;
+	if (listen(srv.fd, 128) < 0)
+		goto fail_errno;
+
+	srv.loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+	if (srv.loop == NULL) {
+		why = "cannot create an event loop";
+		goto fail;
+	}
+	srv.workers = workers;
+	srv.nworkers = n;
+	srv.conns = NULL;
+	srv.nconns = 0;
+	srv.last_full_warn = -STATS_FULL_WARN_EVERY;
+	clock_gettime(CLOCK_REALTIME, &now);
+	srv.start_time = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+
+	ev_io_init(&srv.accept_io, accept_cb, srv.fd, EV_READ);
+	ev_io_start(srv.loop, &srv.accept_io);
+	ev_timer_init(&srv.accept_pause, accept_pause_cb, 1., 0.);
+	ev_async_init(&srv.stop, stop_cb);
+	ev_async_start(srv.loop, &srv.stop);
+
+	err = pthread_create(&srv.thread, NULL, stats_thread, NULL);
+	if (err != 0) {
+		snprintf(why_buf, sizeof(why_buf), "cannot start a thread: %s", strerror(err));
+		why = why_buf;
+		goto fail;
+	}
+	srv.running = true;
+	log_info("stats: serving /metrics on %s", addr->text);
+	return 0;
+
+fail_errno:
+	why = strerror(errno);
+fail:
+	log_error("cannot listen on %s (stats_listen): %s", addr->text, why);
+	if (srv.loop != NULL)
+		ev_loop_destroy(srv.loop);
+	srv.loop = NULL;
+	if (srv.fd >= 0)
+		close(srv.fd);
+	srv.fd = -1;
+	return -1;
+}
+
+void stats_stop(void)
+{
+	if (!srv.running)
+		return;
+	ev_async_send(srv.loop, &srv.stop);
+	pthread_join(srv.thread, NULL);
+
+	/* The loop's thread is gone: its watchers are ours to stop now. */
+	while (srv.conns != NULL)
+		conn_close(srv.conns);
+	ev_io_stop(srv.loop, &srv.accept_io);
+	ev_timer_stop(srv.loop, &srv.accept_pause);
+	ev_async_stop(srv.loop, &srv.stop);
+	ev_loop_destroy(srv.loop);
+	srv.loop = NULL;
+	close(srv.fd);
+	srv.fd = -1;
+	srv.workers = NULL;
+	srv.nworkers = 0;
+	srv.running = false;
+}
