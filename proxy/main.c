@@ -25,6 +25,7 @@
 #include "cfg.h"
 #include "log.h"
 #include "runtime.h"
+#include "stats.h"
 #include "worker.h"
 
 #ifndef IMAPMUX_VERSION
@@ -215,6 +216,8 @@ int main(int argc, char **argv)
 		}
 		started++;
 	}
+	if (rt->cfg->has_stats && stats_start(&rt->cfg->stats_listen, workers, started) < 0)
+		goto stop;
 	for (size_t j = 0; j < rt->cfg->nlistens; j++)
 		log_info("listening on %s ([listen %s], tls = %s)", rt->cfg->listens[j].addr.text,
 		         rt->cfg->listens[j].name,
@@ -261,6 +264,8 @@ int main(int argc, char **argv)
 			for (;;) {
 				bool alive = false;
 				for (unsigned i = 0; i < started; i++) {
+					if (workers[i].thread == 0)
+						continue;
 					if (pthread_tryjoin_np(workers[i].thread, NULL) == EBUSY)
 						alive = true;
 					else
@@ -280,6 +285,7 @@ int main(int argc, char **argv)
 	}
 	status = 0;
 stop:
+	stats_stop();
 	for (unsigned i = 0; i < started; i++)
 		worker_post_stop(&workers[i]);
 	for (unsigned i = 0; i < started; i++) {
