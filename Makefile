@@ -5,7 +5,7 @@ CFLAGS  ?= $(OPT) -g
 WARN    := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wmissing-prototypes -Wstrict-prototypes
 CPPFLAGS += -D_GNU_SOURCE -Icommon
 ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) $(SAN_FLAGS) -pthread
-LDLIBS_PROXY = -lssl -lcrypto -lev -lpthread -lm
+LDLIBS_PROXY = -lssl -lcrypto -lev -lhiredis -lcrypt -lpthread -lm
 PYTHON  ?= /usr/bin/python3
 
 ifeq ($(SANITIZE),1)
@@ -33,7 +33,7 @@ proxy/imapmux: $(PROXY_OBJ) common/libcommon.a
 	$(CC) $(ALL_CFLAGS) -o $@ $(PROXY_OBJ) common/libcommon.a $(LDLIBS_PROXY)
 
 tests/unit/test_%: tests/unit/test_%.c common/libcommon.a
-	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -Wno-missing-prototypes -o $@ $< common/libcommon.a -lcmocka -lm
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -Wno-missing-prototypes -o $@ $< common/libcommon.a -lcmocka -lcrypt -lm
 
 deps:
 	@sh deploy/deps.sh

@@ -66,7 +66,7 @@ static void bk_fail(struct backend *b, const char *why)
 	if (b->state == BK_FAILED)
 		return;
 	log_warn("S-%lu backend %s (%s): %s", b->sid, b->cfg->name, b->cfg->addr.text, why);
-	if (b->login_wanted || b->state == BK_LOGIN || b->state == BK_LOGIN_CAPS)
+	if (b->login_wanted || b->notify_ready || b->state == BK_LOGIN || b->state == BK_LOGIN_CAPS)
 		bk_finish(b, BK_RES_UNAVAILABLE, why);
 	else {
 		b->state = BK_FAILED;
@@ -284,6 +284,13 @@ static void bk_ready(struct backend *b)
 	log_debug("S-%lu backend %s ready", b->sid, b->cfg->name);
 	if (b->login_wanted)
 		bk_send_login(b);
+	else if (b->notify_ready)
+		bk_finish(b, BK_RES_OK, "ready");
+}
+
+void backend_notify_ready(struct backend *b)
+{
+	b->notify_ready = true;
 }
 
 static void bk_after_caps(struct backend *b)

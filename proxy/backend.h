@@ -64,6 +64,7 @@ struct backend {
 	bool plain_continuation; /* AUTHENTICATE PLAIN without SASL-IR: send on "+" */
 	char *plain_b64;
 
+	bool notify_ready; /* call done(BK_RES_OK) on READY when no login is pending */
 	backend_done_cb *done;
 	void *owner;
 	unsigned long sid; /* session id for logs */
@@ -79,6 +80,12 @@ struct backend *backend_new(struct ev_loop *loop, const struct cfg_backend *cfg,
 __attribute__((warn_unused_result)) int backend_login(struct backend *b, const char *user,
                                                       size_t user_len, const char *pass,
                                                       size_t pass_len);
+
+/* Report readiness instead of logging in: done(owner, b, BK_RES_OK, "ready")
+ * is called once the backend has greeted (and TLS and CAPABILITY are done),
+ * or done(..., BK_RES_UNAVAILABLE, why) on failure. For health checks and
+ * pools. */
+void backend_notify_ready(struct backend *b);
 
 /* Hand the logged-in conn to a new owner: its callbacks go to cb(owner). */
 void backend_attach(struct backend *b, conn_cb *cb, void *owner);
