@@ -49,9 +49,13 @@
 /* More digits than this could not be held exactly by a double. */
 #define CFG_DURATION_DIGITS 15
 
-#define POOL_MAX_LIMIT 1000000u
-#define WORKERS_MAX    64u
-#define KEYS_MAX       16
+#define POOL_MAX_LIMIT      1000000u
+#define WORKERS_MAX         64u
+#define AUTH_FAIL_LIMIT_MAX 1000000u
+#define AUTH_THREADS_MAX    64u
+#define AUTH_FAIL_DELAY_MAX 60u
+#define CHECK_RISE_FALL_MAX 100u
+#define KEYS_MAX            24
 
 enum val_type {
 	V_DURATION,  /* double, seconds */
@@ -66,6 +70,7 @@ enum val_type {
 	V_AUTH,      /* enum cfg_auth */
 	V_LOOKUP,    /* enum cfg_lookup */
 	V_FALLBACK,  /* enum cfg_fallback, plus cfg->fallback_backend */
+	V_SEPARATOR, /* char[CFG_SEPARATOR_MAX], printable ASCII without space */
 };
 
 #define KF_REQUIRED 0x1u /* the section is incomplete without it */
@@ -78,7 +83,11 @@ struct key_def {
 	enum val_type type;
 	size_t off; /* of the field within the section's struct */
 	unsigned flags;
-	unsigned min, max; /* V_UINT only */
+	/*
+	 * V_UINT: the range. V_DURATION: max, when not 0, is the longest
+	 * value in whole seconds (min unused: KF_POSITIVE says "more than 0").
+	 */
+	unsigned min, max;
 };
 
 #define CF(f) offsetof(struct cfg, f)
@@ -94,6 +103,10 @@ static const struct key_def imapmux_keys[] = {
     {"preauth_timeout", V_DURATION, CF(preauth_timeout), KF_POSITIVE, 0, 0},
     {"idle_timeout", V_DURATION, CF(idle_timeout), KF_POSITIVE, 0, 0},
     {"shutdown_timeout", V_DURATION, CF(shutdown_timeout), 0, 0, 0},
+    {"auth_fail_limit", V_UINT, CF(auth_fail_limit), 0, 0, AUTH_FAIL_LIMIT_MAX},
+    {"auth_fail_window", V_DURATION, CF(auth_fail_window), KF_POSITIVE, 0, 0},
+    {"auth_fail_delay", V_DURATION, CF(auth_fail_delay), 0, 0, AUTH_FAIL_DELAY_MAX},
+    {"auth_threads", V_UINT, CF(auth_threads), 0, 1, AUTH_THREADS_MAX},
 };
 
 static const struct key_def listen_keys[] = {
@@ -111,6 +124,7 @@ static const struct key_def redis_keys[] = {
     {"password", V_STRING, CF(redis_password), 0, 0, 0},
     /* Redis parses SELECT's index as a signed 32-bit number. */
     {"db", V_UINT, CF(redis_db), 0, 0, 2147483647u},
+    {"timeout", V_DURATION, CF(redis_timeout), KF_POSITIVE, 0, 0},
 };
 
 static const struct key_def routing_keys[] = {
@@ -131,6 +145,11 @@ static const struct key_def backend_keys[] = {
     {"weight", V_UINT, BF(weight), 0, 1, 1000},
     {"connect_timeout", V_DURATION, BF(connect_timeout), KF_POSITIVE, 0, 0},
     {"command_timeout", V_DURATION, BF(command_timeout), KF_POSITIVE, 0, 0},
+    {"master_separator", V_SEPARATOR, BF(master_separator), 0, 0, 0},
+    {"check_interval", V_DURATION, BF(check_interval), 0, 0, 0},
+    {"check_timeout", V_DURATION, BF(check_timeout), KF_POSITIVE, 0, 0},
+    {"check_rise", V_UINT, BF(check_rise), 0, 1, CHECK_RISE_FALL_MAX},
+    {"check_fall", V_UINT, BF(check_fall), 0, 1, CHECK_RISE_FALL_MAX},
 };
 
 enum sec_kind {
@@ -254,6 +273,16 @@ static bool valid_name(const char *s)
 		return false;
 	return strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 	                 "0123456789_.-") == n;
+}
+
+/* Only printable ASCII other than space (0x21..0x7e). */
+static bool printable_word(const char *s)
+{
+	for (; *s != '\0'; s++) {
+		if (*s < '!' || *s > '~')
+			return false;
+	}
+	return true;
 }
 
 /* Index of s in names (case-insensitive), or -1. */
@@ -572,6 +601,11 @@ static int cfg_new(struct parser *p)
 	c->preauth_timeout = 60;
 	c->idle_timeout = 1800;
 	c->shutdown_timeout = 30;
+	c->auth_fail_limit = 10;
+	c->auth_fail_window = 5 * 60;
+	c->auth_fail_delay = 1;
+	c->auth_threads = 2;
+	c->redis_timeout = 2;
 	if (cfg_parse_addr("127.0.0.1:6379", false, &c->redis_addr) < 0) {
 		set_err(p, 0, "cannot set the default Redis address");
 		return -1;
@@ -654,6 +688,11 @@ static int set_value(struct parser *p, const struct key_def *k, const char *v)
 		if ((k->flags & KF_POSITIVE) && d <= 0) {
 			set_err(p, p->line, "bad duration '%s' for %s (must be more than 0)", v,
 			        k->name);
+			return -1;
+		}
+		if (k->max != 0 && d > k->max) {
+			set_err(p, p->line, "bad duration '%s' for %s (at most %us)", v, k->name,
+			        k->max);
 			return -1;
 		}
 		*(double *)f = d;
@@ -753,6 +792,17 @@ static int set_value(struct parser *p, const struct key_def *k, const char *v)
 			return -1;
 		}
 		p->fallback_line = p->line;
+		break;
+	case V_SEPARATOR:
+		/* It becomes part of a user name: no space, control or 8-bit bytes. */
+		if (strlen(v) >= CFG_SEPARATOR_MAX || !printable_word(v)) {
+			set_err(
+			    p, p->line,
+			    "bad value '%s' for %s (1..%d printable ASCII characters, no space)", v,
+			    k->name, CFG_SEPARATOR_MAX - 1);
+			return -1;
+		}
+		memcpy(f, v, strlen(v) + 1);
 		break;
 	}
 	return 0;
@@ -969,6 +1019,11 @@ static int add_backend(struct parser *p, const char *name)
 	b->weight = 1;
 	b->connect_timeout = 10;
 	b->command_timeout = 30;
+	memcpy(b->master_separator, "*", 2);
+	b->check_interval = 5;
+	b->check_timeout = 3;
+	b->check_rise = 2;
+	b->check_fall = 3;
 	b->line = p->line;
 	p->idx = c->nbackends++;
 	return 0;

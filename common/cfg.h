@@ -22,6 +22,9 @@
 
 #define CFG_NAME_MAX 64
 
+/* master_separator: 1..CFG_SEPARATOR_MAX-1 bytes, plus the NUL. */
+#define CFG_SEPARATOR_MAX 8
+
 enum cfg_tls {
 	CFG_TLS_NONE,
 	CFG_TLS_STARTTLS,
@@ -76,6 +79,13 @@ struct cfg_backend {
 	double connect_timeout; /* connect_timeout = 10s: TCP connect, TLS, greeting */
 	double
 	    command_timeout; /* command_timeout = 30s: the proxy's own commands (login, CAPABILITY) */
+	/* master_separator = "*": joins user and master_user in a master login
+	 * (Dovecot's auth_master_user_separator); 1..7 of printable ASCII, no space */
+	char master_separator[CFG_SEPARATOR_MAX];
+	double check_interval; /* check_interval = 5s: between probes; 0 = none, always up */
+	double check_timeout;  /* check_timeout = 3s: one whole probe, connect to LOGOUT */
+	unsigned check_rise;   /* check_rise = 2 (1..100): successes in a row to be up again */
+	unsigned check_fall;   /* check_fall = 3 (1..100): failures in a row to be down */
 	int line;
 };
 
@@ -87,11 +97,16 @@ struct cfg {
 	enum log_level log_level; /* log_level = info */
 	bool has_stats;           /* stats_listen set */
 	struct cfg_addr stats_listen;
-	enum cfg_auth auth;      /* auth = backend */
-	double park_idle_after;  /* park_idle_after = 30; 0 = never */
-	double preauth_timeout;  /* preauth_timeout = 60 */
-	double idle_timeout;     /* idle_timeout = 1800 */
-	double shutdown_timeout; /* shutdown_timeout = 30 */
+	enum cfg_auth auth;       /* auth = backend */
+	double park_idle_after;   /* park_idle_after = 30; 0 = never */
+	double preauth_timeout;   /* preauth_timeout = 60 */
+	double idle_timeout;      /* idle_timeout = 1800 */
+	double shutdown_timeout;  /* shutdown_timeout = 30 */
+	unsigned auth_fail_limit; /* auth_fail_limit = 10 (0..1000000): brute-force limit on
+	                           * failed logins per auth_fail_window; 0 = no limit */
+	double auth_fail_window;  /* auth_fail_window = 5m: the window those are counted in */
+	double auth_fail_delay;   /* auth_fail_delay = 1s (0..60s): before answering a failure */
+	unsigned auth_threads;    /* auth_threads = 2 (1..64): threads verifying password hashes */
 
 	/* [redis] */
 	bool has_redis;             /* the section is present */
@@ -99,6 +114,7 @@ struct cfg {
 	char *redis_prefix;         /* prefix = imapmux: */
 	char *redis_password;       /* password = (optional) */
 	unsigned redis_db;          /* db = 0 */
+	double redis_timeout;       /* timeout = 2s: deadline of every Redis command */
 
 	/* [routing] */
 	enum cfg_lookup lookup;     /* lookup = static */

@@ -393,11 +393,16 @@ static void test_defaults(void **state)
 	assert_true(c->preauth_timeout == 60);
 	assert_true(c->idle_timeout == 1800);
 	assert_true(c->shutdown_timeout == 30);
+	assert_int_equal(c->auth_fail_limit, 10);
+	assert_true(c->auth_fail_window == 300);
+	assert_true(c->auth_fail_delay == 1);
+	assert_int_equal(c->auth_threads, 2);
 	assert_false(c->has_redis);
 	assert_inet(&c->redis_addr, AF_INET, "127.0.0.1", 6379);
 	assert_string_equal(c->redis_prefix, "imapmux:");
 	assert_null(c->redis_password);
 	assert_int_equal(c->redis_db, 0);
+	assert_true(c->redis_timeout == 2);
 	assert_int_equal(c->lookup, CFG_LOOKUP_STATIC);
 	assert_int_equal(c->fallback, CFG_FALLBACK_HASH);
 	assert_true(c->cache_ttl == 60);
@@ -427,6 +432,11 @@ static void test_defaults(void **state)
 	assert_int_equal(b->weight, 1);
 	assert_true(b->connect_timeout == 10);
 	assert_true(b->command_timeout == 30);
+	assert_string_equal(b->master_separator, "*");
+	assert_true(b->check_interval == 5);
+	assert_true(b->check_timeout == 3);
+	assert_int_equal(b->check_rise, 2);
+	assert_int_equal(b->check_fall, 3);
 	assert_int_equal(b->line, 3);
 	cfg_destroy(&c);
 	assert_null(c);
@@ -445,6 +455,10 @@ static void test_every_key(void **state)
 	                        "preauth_timeout = 1.5s\n"
 	                        "idle_timeout = 2m\n"
 	                        "shutdown_timeout = 500ms\n"
+	                        "auth_fail_limit = 0\n"
+	                        "auth_fail_window = 1h\n"
+	                        "auth_fail_delay = 250ms\n"
+	                        "auth_threads = 64\n"
 	                        "\n"
 	                        "[listen imaps]\n"
 	                        "address = [::1]:9993\n"
@@ -463,6 +477,7 @@ static void test_every_key(void **state)
 	                        "prefix = mux:\n"
 	                        "password = \"p\\\"w\\\\d # ;\"\n"
 	                        "db = 3\n"
+	                        "timeout = 750ms\n"
 	                        "[routing]\n"
 	                        "lookup = redis\n"
 	                        "fallback = deny\n"
@@ -479,11 +494,21 @@ static void test_every_key(void **state)
 	                        "weight = 1000\n"
 	                        "connect_timeout = 250ms\n"
 	                        "command_timeout = 1m\n"
+	                        "master_separator = %$!~\n"
+	                        "check_interval = 0\n"
+	                        "check_timeout = 10s\n"
+	                        "check_rise = 100\n"
+	                        "check_fall = 1\n"
 	                        "[backend a]\n"
 	                        "address = 127.0.0.1:11143\n"
 	                        "tls = starttls\n"
 	                        "master_user = m\n"
-	                        "master_password = \"two words\"\n");
+	                        "master_password = \"two words\"\n"
+	                        "master_separator = \"#\"\n"
+	                        "check_interval = 500ms\n"
+	                        "check_timeout = 0.25\n"
+	                        "check_rise = 1\n"
+	                        "check_fall = 100\n");
 	const struct cfg_listen *l;
 	const struct cfg_backend *b;
 	char cert[128], key[128], ca[128];
@@ -502,6 +527,10 @@ static void test_every_key(void **state)
 	assert_true(c->preauth_timeout == 1.5);
 	assert_true(c->idle_timeout == 120);
 	assert_true(c->shutdown_timeout == 0.5);
+	assert_int_equal(c->auth_fail_limit, 0);
+	assert_true(c->auth_fail_window == 3600);
+	assert_true(c->auth_fail_delay == 0.25);
+	assert_int_equal(c->auth_threads, 64);
 
 	assert_int_equal(c->nlistens, 2);
 	l = &c->listens[0];
@@ -512,7 +541,7 @@ static void test_every_key(void **state)
 	assert_string_equal(l->key, key);
 	assert_true(l->proxy_protocol);
 	assert_true(l->allow_plaintext_auth);
-	assert_int_equal(l->line, 12);
+	assert_int_equal(l->line, 16);
 	l = &c->listens[1];
 	assert_string_equal(l->name, "imap");
 	assert_int_equal(l->tls, CFG_TLS_STARTTLS);
@@ -526,6 +555,7 @@ static void test_every_key(void **state)
 	assert_string_equal(c->redis_prefix, "mux:");
 	assert_string_equal(c->redis_password, "p\"w\\d # ;");
 	assert_int_equal(c->redis_db, 3);
+	assert_true(c->redis_timeout == 0.75);
 
 	assert_int_equal(c->lookup, CFG_LOOKUP_REDIS);
 	assert_int_equal(c->fallback, CFG_FALLBACK_DENY);
@@ -545,12 +575,23 @@ static void test_every_key(void **state)
 	assert_int_equal(b->weight, 1000);
 	assert_true(b->connect_timeout == 0.25);
 	assert_true(b->command_timeout == 60);
+	assert_string_equal(b->master_separator, "%$!~");
+	assert_true(b->check_interval == 0);
+	assert_true(b->check_timeout == 10);
+	assert_int_equal(b->check_rise, 100);
+	assert_int_equal(b->check_fall, 1);
 	b = &c->backends[1];
 	assert_string_equal(b->name, "a");
 	assert_int_equal(b->tls, CFG_TLS_STARTTLS);
 	assert_null(b->ca);
 	assert_string_equal(b->tls_name, "127.0.0.1");
 	assert_string_equal(b->master_password, "two words");
+	/* Quoted, so that '#' is the value and not a comment. */
+	assert_string_equal(b->master_separator, "#");
+	assert_true(b->check_interval == 0.5);
+	assert_true(b->check_timeout == 0.25);
+	assert_int_equal(b->check_rise, 1);
+	assert_int_equal(b->check_fall, 100);
 	cfg_destroy(&c);
 }
 
@@ -673,6 +714,32 @@ static void test_cross_ok(void **state)
 	c = load_ok("[imapmux]\nworkers = 64\n" TAIL);
 	assert_int_equal(c->workers, 64);
 	cfg_destroy(&c);
+
+	/* The new keys at the ends of their ranges. */
+	c = load_ok("[imapmux]\nauth_fail_limit = 1000000\nauth_fail_window = 1ms\n"
+	            "auth_fail_delay = 60s\nauth_threads = 1\n" TAIL);
+	assert_int_equal(c->auth_fail_limit, 1000000);
+	assert_true(c->auth_fail_window == 0.001);
+	assert_true(c->auth_fail_delay == 60);
+	assert_int_equal(c->auth_threads, 1);
+	cfg_destroy(&c);
+
+	c = load_ok("[imapmux]\nauth_fail_delay = 1m\n" TAIL);
+	assert_true(c->auth_fail_delay == 60);
+	cfg_destroy(&c);
+
+	c = load_ok("[imapmux]\nauth_fail_delay = 0\n" TAIL);
+	assert_true(c->auth_fail_delay == 0);
+	cfg_destroy(&c);
+
+	c = load_ok("[backend z]\naddress = 127.0.0.1:1\nmaster_separator = 1234567\n"
+	            "check_interval = 1h\n" TAIL);
+	assert_string_equal(c->backends[0].master_separator, "1234567");
+	assert_true(c->backends[0].check_interval == 3600);
+	/* Defaults hold per section: the next backend has its own. */
+	assert_string_equal(c->backends[1].master_separator, "*");
+	assert_true(c->backends[1].check_interval == 5);
+	cfg_destroy(&c);
 }
 
 struct err_case {
@@ -748,6 +815,25 @@ static const struct err_case err_cases[] = {
     {"[imapmux]\nidle_timeout = 0s\n", true, 2,
      "bad duration '0s' for idle_timeout (must be more than 0)"},
     {"[imapmux]\nshutdown_timeout = -1\n", true, 2, "bad duration '-1' for shutdown_timeout"},
+    {"[imapmux]\nauth_fail_limit = 1000001\n", true, 2,
+     "bad number '1000001' for auth_fail_limit (0..1000000)"},
+    {"[imapmux]\nauth_fail_limit = -1\n", true, 2,
+     "bad number '-1' for auth_fail_limit (0..1000000)"},
+    {"[imapmux]\nauth_fail_limit = ten\n", true, 2,
+     "bad number 'ten' for auth_fail_limit (0..1000000)"},
+    {"[imapmux]\nauth_fail_window = 0\n", true, 2,
+     "bad duration '0' for auth_fail_window (must be more than 0)"},
+    {"[imapmux]\nauth_fail_window = 5 m\n", true, 2, "bad duration '5 m' for auth_fail_window"},
+    {"[imapmux]\nauth_fail_delay = 61\n", true, 2,
+     "bad duration '61' for auth_fail_delay (at most 60s)"},
+    {"[imapmux]\nauth_fail_delay = 60001ms\n", true, 2,
+     "bad duration '60001ms' for auth_fail_delay (at most 60s)"},
+    {"[imapmux]\nauth_fail_delay = 2m\n", true, 2,
+     "bad duration '2m' for auth_fail_delay (at most 60s)"},
+    {"[imapmux]\nauth_fail_delay = -1\n", true, 2, "bad duration '-1' for auth_fail_delay"},
+    {"[imapmux]\nauth_threads = 0\n", true, 2, "bad number '0' for auth_threads (1..64)"},
+    {"[imapmux]\nauth_threads = 65\n", true, 2, "bad number '65' for auth_threads (1..64)"},
+    {"[imapmux]\nauth_threads = auto\n", true, 2, "bad number 'auto' for auth_threads (1..64)"},
 
     /* values, [listen] */
     {"[listen s]\ntls = ssl\n", true, 2, "bad value 'ssl' for tls (none, starttls, implicit)"},
@@ -774,6 +860,8 @@ static const struct err_case err_cases[] = {
      "bad address '127.0.0.1:0' for address: bad port (1..65535)"},
     {"[redis]\ndb = x\n", true, 2, "bad number 'x' for db (0..2147483647)"},
     {"[redis]\ndb = 2147483648\n", true, 2, "bad number '2147483648' for db (0..2147483647)"},
+    {"[redis]\ntimeout = 0ms\n", true, 2, "bad duration '0ms' for timeout (must be more than 0)"},
+    {"[redis]\ntimeout = soon\n", true, 2, "bad duration 'soon' for timeout"},
     {"[routing]\nlookup = ldap\n", true, 2, "bad value 'ldap' for lookup (static, redis)"},
     {"[routing]\nfallback = \"b a\"\n", true, 2,
      "bad value 'b a' for fallback (hash, deny or a backend name)"},
@@ -802,6 +890,26 @@ static const struct err_case err_cases[] = {
     {"[backend z]\ncommand_timeout = 0\n", true, 2,
      "bad duration '0' for command_timeout (must be more than 0)"},
     {"[backend z]\ncommand_timeout = 1 s\n", true, 2, "bad duration '1 s' for command_timeout"},
+    {"[backend z]\nmaster_separator = 12345678\n", true, 2,
+     "bad value '12345678' for master_separator (1..7 printable ASCII characters, no space)"},
+    {"[backend z]\nmaster_separator = \"a b\"\n", true, 2,
+     "bad value 'a b' for master_separator (1..7 printable ASCII characters, no space)"},
+    {"[backend z]\nmaster_separator = \"\t\"\n", true, 2,
+     "bad value '\t' for master_separator (1..7 printable ASCII characters, no space)"},
+    {"[backend z]\nmaster_separator = \xc3\xa9\n", true, 2,
+     "bad value '\xc3\xa9' for master_separator (1..7 printable ASCII characters, no space)"},
+    {"[backend z]\nmaster_separator = \"\"\n", true, 2, "empty value for 'master_separator'"},
+    {"[backend z]\nmaster_separator = # nothing\n", true, 2, "empty value for 'master_separator'"},
+    {"[backend z]\ncheck_interval = -1\n", true, 2, "bad duration '-1' for check_interval"},
+    {"[backend z]\ncheck_interval = 5d\n", true, 2, "bad duration '5d' for check_interval"},
+    {"[backend z]\ncheck_timeout = 0\n", true, 2,
+     "bad duration '0' for check_timeout (must be more than 0)"},
+    {"[backend z]\ncheck_timeout = x\n", true, 2, "bad duration 'x' for check_timeout"},
+    {"[backend z]\ncheck_rise = 0\n", true, 2, "bad number '0' for check_rise (1..100)"},
+    {"[backend z]\ncheck_rise = 101\n", true, 2, "bad number '101' for check_rise (1..100)"},
+    {"[backend z]\ncheck_fall = 0\n", true, 2, "bad number '0' for check_fall (1..100)"},
+    {"[backend z]\ncheck_fall = 101\n", true, 2, "bad number '101' for check_fall (1..100)"},
+    {"[backend z]\ncheck_fall = 2.5\n", true, 2, "bad number '2.5' for check_fall (1..100)"},
 
     /* whole sections */
     {"[listen x]\ntls = none\n", true, 1, "missing address in [listen x]"},
