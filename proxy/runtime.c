@@ -105,10 +105,14 @@ struct runtime *runtime_new(struct cfg *cfg, char *err, size_t errlen)
 	rt->cfg = cfg;
 	rt->listen_ctx = calloc(cfg->nlistens + 1, sizeof(SSL_CTX *));
 	rt->backend_ctx = calloc(cfg->nbackends + 1, sizeof(SSL_CTX *));
-	if (rt->listen_ctx == NULL || rt->backend_ctx == NULL) {
+	rt->backend_up = calloc(cfg->nbackends + 1, sizeof(atomic_bool));
+	if (rt->listen_ctx == NULL || rt->backend_ctx == NULL || rt->backend_up == NULL) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
+	/* Optimistic: a fresh start must not refuse everyone before the first check. */
+	for (size_t i = 0; i < cfg->nbackends; i++)
+		atomic_init(&rt->backend_up[i], true);
 	for (size_t i = 0; i < cfg->nlistens; i++) {
 		if (cfg->listens[i].tls == CFG_TLS_NONE)
 			continue;
@@ -152,6 +156,7 @@ void runtime_unref(struct runtime **rtp)
 	}
 	free(rt->listen_ctx);
 	free(rt->backend_ctx);
+	free(rt->backend_up);
 	cfg_destroy(&rt->cfg);
 	free(rt);
 }

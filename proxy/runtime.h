@@ -3,12 +3,19 @@
  * TLS contexts of listeners and backends. Shared read-only by all workers
  * and reference-counted, so that a reload (SIGHUP) can swap in a new one
  * while sessions keep the one they started with.
+ *
+ * The one thing in it that changes after runtime_new is backend_up, which
+ * only proxy/health.c writes (its thread, and health_reload before handing
+ * the runtime over); workers read it with relaxed atomic loads
+ * (health_backend_up), and no lock is involved. Only the newest runtime's
+ * array is kept current: an older one keeps the state it had at reload.
  */
 #ifndef IMAPMUX_RUNTIME_H
 #define IMAPMUX_RUNTIME_H
 
 #include <openssl/ssl.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "cfg.h"
@@ -16,8 +23,9 @@
 struct runtime {
 	atomic_int refs;
 	struct cfg *cfg;
-	SSL_CTX **listen_ctx;  /* per cfg->listens[i]; NULL when tls = none */
-	SSL_CTX **backend_ctx; /* per cfg->backends[i]; NULL when tls = none */
+	SSL_CTX **listen_ctx;    /* per cfg->listens[i]; NULL when tls = none */
+	SSL_CTX **backend_ctx;   /* per cfg->backends[i]; NULL when tls = none */
+	atomic_bool *backend_up; /* per cfg->backends[i]: passes its health checks; starts true */
 };
 
 /* Build TLS contexts for cfg. Takes ownership of cfg (also on failure).
