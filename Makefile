@@ -33,7 +33,7 @@ proxy/imapmux: $(PROXY_OBJ) common/libcommon.a
 	$(CC) $(ALL_CFLAGS) -o $@ $(PROXY_OBJ) common/libcommon.a $(LDLIBS_PROXY)
 
 tests/unit/test_%: tests/unit/test_%.c common/libcommon.a
-	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -Wno-missing-prototypes -o $@ $< common/libcommon.a -lcmocka -lcrypt -lm
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -Wno-missing-prototypes -o $@ $< common/libcommon.a -lcmocka -lcrypt -lm -lev -lpthread
 
 deps:
 	@sh deploy/deps.sh

@@ -1,0 +1,507 @@
+/*
+ * cryptpool — pwhash_verify on pool threads, answers handed back to the
+ * event loop that asked, through that loop's crypt_port.
+ *
+ *   port's thread (a worker loop)              pool threads (N)
+ *
+ *   crypt_verify --append--> pool.queue --pop--> QUEUED -> RUNNING
+ *                            (FIFO, at most         pwhash_verify() unlocked
+ *                             CRYPTPOOL_QUEUE_MAX)  wipe the password copy
+ *   port_async_cb <--ev_async_send-- port->done <-- RUNNING -> DONE
+ *     pop one job, free it, cb(arg, result); repeat
+ *
+ * Locking: one mutex, pool.lock, guards every list (pool.queue, each
+ * port's done and jobs lists), every job field but the password bytes,
+ * and the pool counters. Critical sections are list operations, a free and
+ * at most one ev_async_send (an eventfd write): never a hash, so a worker
+ * loop waits on it for microseconds at worst. A single lock makes the
+ * races below easy to reason about, and logins are far too rare for it to
+ * be contended.
+ *
+ * Job states (job->state):
+ *   QUEUED   on pool.queue and on its port's jobs list.
+ *   RUNNING  taken by one pool thread, on no queue. The thread alone reads
+ *            secret[] (outside the lock), and wipes the password as soon
+ *            as crypt returns. If cancelled meanwhile, it is on no list at
+ *            all, has no port, and the thread frees it.
+ *   DONE     result set, on its port's done and jobs lists, waiting for
+ *            the port's loop.
+ *
+ * Invariants:
+ *  - A job that is not cancelled has a live port. Cancel and port destroy
+ *    unlink and free the job under the lock, or, if a pool thread is
+ *    running it, set cancelled and job->port = NULL. So a pool thread,
+ *    which looks at job->port only under the lock and only if !cancelled,
+ *    never sees a destroyed port, and ev_async_send (made under the lock
+ *    for exactly this reason) never targets one.
+ *  - Cancelled implies RUNNING; a cancelled job belongs to its pool thread.
+ *  - Each job is freed exactly once: by the port's thread (delivery,
+ *    cancel, port destroy: any state but RUNNING) or by the pool thread
+ *    (cancelled RUNNING jobs). Freeing wipes the password and hash copies.
+ *  - Callbacks run only in port_async_cb, on the port's loop, after the
+ *    job is freed; never after crypt_cancel or crypt_port_destroy.
+ *  - port->njobs counts the port's jobs list; the port holds an ev_ref on
+ *    its loop exactly while njobs > 0. Only the port's thread changes the
+ *    list (and so njobs and the ref), so ev_ref/ev_unref stay on the
+ *    loop's own thread.
+ *  - A port destroyed during its own delivery (crypt_port_destroy from one
+ *    of its callbacks) is emptied and stopped at once, but its memory is
+ *    freed by port_async_cb on the way out, after the last use.
+ *
+ * Limits: one FIFO for all ports, so the queue bound caps memory (jobs
+ * above PWHASH_PASSWORD_MAX/PWHASH_HASH_MAX are not copied), not fairness:
+ * a worker flooded with logins can fill the queue for the others. Throttling
+ * failed logins per client is the caller's job.
+ */
+#include "cryptpool.h"
+
+#include <errno.h>
+#include <ev.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pwhash.h"
+
+enum job_state {
+	JOB_QUEUED,  /* on pool.queue; freed by cancel/destroy, or answered -1 by cryptpool_stop */
+	JOB_RUNNING, /* a pool thread is hashing it; secret[] is that thread's */
+	JOB_DONE,    /* result set; on port->done until delivered */
+};
+
+struct job_list {
+	struct crypt_job *head; /* oldest */
+	struct crypt_job *tail;
+};
+
+struct crypt_job {
+	struct crypt_job *prev, *next;           /* pool.queue (QUEUED) or port->done (DONE) */
+	struct crypt_job *port_prev, *port_next; /* port->jobs, while the job has a port */
+	struct crypt_port *port;                 /* NULL once cancelled */
+	enum job_state state;
+	bool cancelled; /* only while RUNNING: free when crypt returns, no answer */
+	int result;     /* valid in DONE */
+	crypt_done_cb *cb;
+	void *arg;
+	size_t pw_len;     /* password bytes at secret[0] (no NUL) */
+	size_t secret_len; /* pw_len + hash length + 1 */
+	char secret[];     /* password, then the hash, NUL-terminated */
+};
+
+struct crypt_port {
+	struct ev_loop *loop;
+	ev_async async;
+	struct job_list done;   /* DONE jobs, oldest first */
+	struct crypt_job *jobs; /* every job of this port, any state (port_prev/port_next) */
+	size_t njobs;           /* length of jobs; > 0 <=> we hold an ev_ref on loop */
+	bool delivering;        /* port_async_cb is on the stack (port's thread only) */
+	bool destroyed;         /* destroyed while delivering: port_async_cb frees it */
+};
+
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t work;   /* a job was queued, or stopping was set */
+	struct job_list queue; /* QUEUED jobs, oldest first */
+	size_t nqueued;        /* length of queue */
+	size_t njobs;          /* jobs allocated and not yet freed, any state */
+	bool running;          /* crypt_verify accepts jobs */
+	bool stopping;         /* pool threads must exit */
+	/* Touched only by the thread calling cryptpool_start/cryptpool_stop. */
+	pthread_t *threads;
+	unsigned nthreads;
+} pool = {
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .work = PTHREAD_COND_INITIALIZER,
+};
+
+static void list_append(struct job_list *l, struct crypt_job *job)
+{
+	job->next = NULL;
+	job->prev = l->tail;
+	if (l->tail != NULL)
+		l->tail->next = job;
+	else
+		l->head = job;
+	l->tail = job;
+}
+
+static void list_remove(struct job_list *l, struct crypt_job *job)
+{
+	if (job->prev != NULL)
+		job->prev->next = job->next;
+	else
+		l->head = job->next;
+	if (job->next != NULL)
+		job->next->prev = job->prev;
+	else
+		l->tail = job->prev;
+	job->prev = job->next = NULL;
+}
+
+static struct crypt_job *list_pop(struct job_list *l)
+{
+	struct crypt_job *job = l->head;
+
+	if (job != NULL)
+		list_remove(l, job);
+	return job;
+}
+
+/* Lock held, port's thread. The first job takes a loop reference. */
+static void port_attach(struct crypt_port *port, struct crypt_job *job)
+{
+	job->port = port;
+	job->port_prev = NULL;
+	job->port_next = port->jobs;
+	if (port->jobs != NULL)
+		port->jobs->port_prev = job;
+	port->jobs = job;
+	if (port->njobs++ == 0)
+		ev_ref(port->loop);
+}
+
+/* Lock held, port's thread. The last job gives the loop reference back. */
+static void port_detach(struct crypt_job *job)
+{
+	struct crypt_port *port = job->port;
+
+	if (job->port_prev != NULL)
+		job->port_prev->port_next = job->port_next;
+	else
+		port->jobs = job->port_next;
+	if (job->port_next != NULL)
+		job->port_next->port_prev = job->port_prev;
+	job->port_prev = job->port_next = NULL;
+	job->port = NULL;
+	if (--port->njobs == 0)
+		ev_unref(port->loop);
+}
+
+/* Lock held. The job is on no list. */
+static void job_free(struct crypt_job *job)
+{
+	explicit_bzero(job->secret, job->secret_len);
+	pool.njobs--;
+	free(job);
+}
+
+/*
+ * Lock held, port's thread: the port no longer wants this job. Freed at
+ * once unless a pool thread is hashing it; then it is left to that thread.
+ */
+static void job_drop(struct crypt_job *job)
+{
+	switch (job->state) {
+	case JOB_QUEUED:
+		list_remove(&pool.queue, job);
+		pool.nqueued--;
+		port_detach(job);
+		job_free(job);
+		break;
+	case JOB_RUNNING:
+		port_detach(job);
+		job->cancelled = true;
+		break;
+	case JOB_DONE:
+		list_remove(&job->port->done, job);
+		port_detach(job);
+		job_free(job);
+		break;
+	}
+}
+
+/*
+ * Lock held: the job has its answer. Cancelled ones are freed; the others
+ * go to their (live, by the first invariant) port, whose loop is woken.
+ */
+static void job_finish(struct crypt_job *job, int result)
+{
+	struct crypt_port *port = job->port;
+
+	if (job->cancelled) {
+		job_free(job);
+		return;
+	}
+	job->result = result;
+	job->state = JOB_DONE;
+	list_append(&port->done, job);
+	ev_async_send(port->loop, &port->async);
+}
+
+static void *pool_thread(void *unused)
+{
+	(void)unused;
+	pthread_mutex_lock(&pool.lock);
+	for (;;) {
+		struct crypt_job *job;
+		int result;
+
+		while (!pool.stopping && pool.queue.head == NULL)
+			pthread_cond_wait(&pool.work, &pool.lock);
+		if (pool.stopping)
+			break;
+		job = list_pop(&pool.queue);
+		pool.nqueued--;
+		job->state = JOB_RUNNING;
+		pthread_mutex_unlock(&pool.lock);
+
+		/* secret[] is ours while RUNNING: cancel touches only the fields under the lock. */
+		result = pwhash_verify(job->secret, job->pw_len, job->secret + job->pw_len);
+		explicit_bzero(job->secret, job->pw_len);
+
+		pthread_mutex_lock(&pool.lock);
+		job_finish(job, result);
+	}
+	pthread_mutex_unlock(&pool.lock);
+	return NULL;
+}
+
+/* Tell every pool thread to exit, and join threads[0..n). */
+static void pool_join(pthread_t *threads, unsigned n)
+{
+	pthread_mutex_lock(&pool.lock);
+	pool.stopping = true;
+	pthread_cond_broadcast(&pool.work);
+	pthread_mutex_unlock(&pool.lock);
+	for (unsigned i = 0; i < n; i++)
+		pthread_join(threads[i], NULL);
+}
+
+int cryptpool_start(unsigned nthreads)
+{
+	pthread_t *threads = NULL;
+	sigset_t block, old;
+	unsigned started = 0;
+	int err = 0;
+
+	if (nthreads == 0 || nthreads > CRYPTPOOL_THREADS_MAX) {
+		err = EINVAL;
+		goto fail;
+	}
+	if (pool.threads != NULL) {
+		err = EALREADY;
+		goto fail;
+	}
+	threads = calloc(nthreads, sizeof(*threads));
+	if (threads == NULL) {
+		err = ENOMEM;
+		goto fail;
+	}
+
+	/*
+	 * Signals are for the main thread and the loops, never for a thread
+	 * stuck in crypt. Faults stay deliverable so that a crash (or a
+	 * sanitizer) still reports from the faulting thread.
+	 */
+	sigfillset(&block);
+	sigdelset(&block, SIGSEGV);
+	sigdelset(&block, SIGBUS);
+	sigdelset(&block, SIGFPE);
+	sigdelset(&block, SIGILL);
+	pthread_sigmask(SIG_SETMASK, &block, &old);
+	for (; started < nthreads; started++) {
+		err = pthread_create(&threads[started], NULL, pool_thread, NULL);
+		if (err != 0)
+			break;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err != 0)
+		goto fail;
+
+	pool.threads = threads;
+	pool.nthreads = nthreads;
+	pthread_mutex_lock(&pool.lock);
+	pool.running = true;
+	pthread_mutex_unlock(&pool.lock);
+	return 0;
+fail:
+	if (started > 0) {
+		/* Nothing was queued (running is false): the threads just exit. */
+		pool_join(threads, started);
+		pthread_mutex_lock(&pool.lock);
+		pool.stopping = false;
+		pthread_mutex_unlock(&pool.lock);
+	}
+	free(threads);
+	errno = err;
+	return -1;
+}
+
+void cryptpool_stop(void)
+{
+	struct crypt_job *job;
+
+	if (pool.threads == NULL)
+		return;
+	pthread_mutex_lock(&pool.lock);
+	pool.running = false;
+	pthread_mutex_unlock(&pool.lock);
+	/* Each thread finishes the job it holds: crypt cannot be interrupted. */
+	pool_join(pool.threads, pool.nthreads);
+	free(pool.threads);
+	pool.threads = NULL;
+	pool.nthreads = 0;
+
+	pthread_mutex_lock(&pool.lock);
+	/* Queued jobs are never cancelled (cancel frees those): each has a live port. */
+	while ((job = list_pop(&pool.queue)) != NULL) {
+		pool.nqueued--;
+		explicit_bzero(job->secret, job->pw_len);
+		job_finish(job, -1);
+	}
+	pool.stopping = false;
+	pthread_mutex_unlock(&pool.lock);
+}
+
+static void port_free(struct crypt_port *port)
+{
+	free(port);
+}
+
+/* The port's loop: deliver finished jobs one at a time, so that a callback may cancel any
+ * other job of the port, or destroy the port, and nothing stale is delivered after it. */
+static void port_async_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+	struct crypt_port *port = w->data;
+
+	(void)loop;
+	(void)revents;
+	port->delivering = true;
+	while (!port->destroyed) {
+		struct crypt_job *job;
+		crypt_done_cb *cb = NULL;
+		void *arg = NULL;
+		int result = -1;
+
+		pthread_mutex_lock(&pool.lock);
+		job = list_pop(&port->done);
+		if (job != NULL) {
+			cb = job->cb;
+			arg = job->arg;
+			result = job->result;
+			port_detach(job);
+			job_free(job);
+		}
+		pthread_mutex_unlock(&pool.lock);
+		if (cb == NULL)
+			break;
+		cb(arg, result);
+	}
+	port->delivering = false;
+	if (port->destroyed)
+		port_free(port);
+}
+
+struct crypt_port *crypt_port_new(struct ev_loop *loop)
+{
+	struct crypt_port *port;
+
+	if (loop == NULL)
+		return NULL;
+	port = calloc(1, sizeof(*port));
+	if (port == NULL)
+		return NULL;
+	port->loop = loop;
+	ev_async_init(&port->async, port_async_cb);
+	port->async.data = port;
+	ev_async_start(loop, &port->async);
+	/* An idle port must not keep the loop running; port_attach takes the ref back. */
+	ev_unref(loop);
+	return port;
+}
+
+void crypt_port_destroy(struct crypt_port **pp)
+{
+	struct crypt_port *port = *pp;
+
+	if (port == NULL)
+		return;
+	*pp = NULL;
+	pthread_mutex_lock(&pool.lock);
+	while (port->jobs != NULL)
+		job_drop(port->jobs);
+	pthread_mutex_unlock(&pool.lock);
+	/* njobs is 0, so the watcher is unreferenced: libev wants the ref back before a stop. */
+	ev_ref(port->loop);
+	ev_async_stop(port->loop, &port->async);
+	if (port->delivering)
+		port->destroyed = true;
+	else
+		port_free(port);
+}
+
+struct crypt_job *crypt_verify(struct crypt_port *port, const char *password, size_t len,
+                               const char *hash, crypt_done_cb *cb, void *arg)
+{
+	struct crypt_job *job = NULL;
+	size_t hash_len;
+	int err;
+
+	if (port == NULL || cb == NULL || hash == NULL || (password == NULL && len > 0)) {
+		err = EINVAL;
+		goto fail;
+	}
+	hash_len = strnlen(hash, PWHASH_HASH_MAX + 1);
+	/*
+	 * What pwhash cannot verify is not copied: an empty hash answers -1
+	 * all the same, and the queue's memory stays bounded by
+	 * CRYPTPOOL_QUEUE_MAX small jobs whatever callers pass.
+	 */
+	if (len > PWHASH_PASSWORD_MAX || hash_len > PWHASH_HASH_MAX) {
+		len = 0;
+		hash = "";
+		hash_len = 0;
+	}
+	job = calloc(1, sizeof(*job) + len + hash_len + 1);
+	if (job == NULL) {
+		err = ENOMEM;
+		goto fail;
+	}
+	job->cb = cb;
+	job->arg = arg;
+	job->pw_len = len;
+	job->secret_len = len + hash_len + 1;
+	if (len > 0)
+		memcpy(job->secret, password, len);
+	memcpy(job->secret + len, hash, hash_len);
+	job->secret[len + hash_len] = '\0';
+	job->state = JOB_QUEUED;
+
+	pthread_mutex_lock(&pool.lock);
+	if (!pool.running) {
+		err = ESHUTDOWN;
+		goto fail_locked;
+	}
+	if (pool.nqueued >= CRYPTPOOL_QUEUE_MAX) {
+		err = EAGAIN;
+		goto fail_locked;
+	}
+	list_append(&pool.queue, job);
+	pool.nqueued++;
+	pool.njobs++;
+	port_attach(port, job);
+	pthread_cond_signal(&pool.work);
+	pthread_mutex_unlock(&pool.lock);
+	return job;
+
+fail_locked:
+	pthread_mutex_unlock(&pool.lock);
+fail:
+	if (job != NULL) {
+		explicit_bzero(job->secret, job->secret_len);
+		free(job);
+	}
+	errno = err;
+	return NULL;
+}
+
+void crypt_cancel(struct crypt_job *job)
+{
+	if (job == NULL)
+		return;
+	pthread_mutex_lock(&pool.lock);
+	job_drop(job);
+	pthread_mutex_unlock(&pool.lock);
+}
