@@ -39,11 +39,12 @@ static void wipe_free(char **p, size_t len)
 
 static void bk_forget_credentials(struct backend *b)
 {
+	wipe_free(&b->authz, b->authz_len);
 	wipe_free(&b->user, b->user_len);
 	wipe_free(&b->pass, b->pass_len);
 	if (b->plain_b64 != NULL)
 		wipe_free(&b->plain_b64, strlen(b->plain_b64));
-	b->user_len = b->pass_len = 0;
+	b->user_len = b->pass_len = b->authz_len = 0;
 }
 
 static void bk_finish(struct backend *b, enum bk_result r, const char *why)
@@ -65,7 +66,9 @@ static void bk_fail(struct backend *b, const char *why)
 {
 	if (b->state == BK_FAILED)
 		return;
-	log_warn("S-%lu backend %s (%s): %s", b->sid, b->cfg->name, b->cfg->addr.text, why);
+	/* Health probes (no login, sid 0) report through their own owner. */
+	log_msg(b->notify_ready ? LOG_LVL_DEBUG : LOG_LVL_WARN, "S-%lu backend %s (%s): %s", b->sid,
+	        b->cfg->name, b->cfg->addr.text, why);
 	if (b->login_wanted || b->notify_ready || b->state == BK_LOGIN || b->state == BK_LOGIN_CAPS)
 		bk_finish(b, BK_RES_UNAVAILABLE, why);
 	else {
@@ -99,8 +102,9 @@ struct backend *backend_new(struct ev_loop *loop, const struct cfg_backend *cfg,
 
 	fd = conn_socket_connect((const struct sockaddr *)&cfg->addr.ss, cfg->addr.len);
 	if (fd < 0) {
-		log_warn("S-%lu backend %s (%s): connect: %s", sid, cfg->name, cfg->addr.text,
-		         strerror(errno));
+		log_msg(sid == 0 ? LOG_LVL_DEBUG : LOG_LVL_WARN,
+		        "S-%lu backend %s (%s): connect: %s", sid, cfg->name, cfg->addr.text,
+		        strerror(errno));
 		return NULL;
 	}
 	b = calloc(1, sizeof(*b));
@@ -174,7 +178,7 @@ static void bk_send_login(struct backend *b)
 {
 	bool plain = caps_has(b->caps, strlen(b->caps), "AUTH=PLAIN");
 	bool sasl_ir = caps_has(b->caps, strlen(b->caps), "SASL-IR");
-	size_t rawlen = 1 + b->user_len + 1 + b->pass_len;
+	size_t rawlen = b->authz_len + 1 + b->user_len + 1 + b->pass_len;
 
 	b->state = BK_LOGIN;
 	bk_arm_timer(b, b->cfg->command_timeout);
@@ -193,10 +197,15 @@ static void bk_send_login(struct backend *b)
 			bk_fail(b, "out of memory");
 			return;
 		}
-		raw[0] = '\0';
-		memcpy(raw + 1, b->user, b->user_len);
-		raw[1 + b->user_len] = '\0';
-		memcpy(raw + 2 + b->user_len, b->pass, b->pass_len);
+		size_t off = 0;
+		if (b->authz_len > 0)
+			memcpy(raw, b->authz, b->authz_len);
+		off = b->authz_len;
+		raw[off++] = '\0';
+		memcpy(raw + off, b->user, b->user_len);
+		off += b->user_len;
+		raw[off++] = '\0';
+		memcpy(raw + off, b->pass, b->pass_len);
 		long n = b64_encode(raw, rawlen, enc, enclen);
 		explicit_bzero(raw, rawlen);
 		free(raw);
@@ -217,16 +226,33 @@ static void bk_send_login(struct backend *b)
 		}
 	} else {
 		bool lp = caps_has(b->caps, strlen(b->caps), "LITERAL+");
-		if (bk_send(b, "L LOGIN ") < 0)
-			return;
-		if (bk_put_string(b, b->user, b->user_len, lp) < 0 ||
-		    buf_append(&b->conn.out, " ", 1) < 0 ||
+		char *name = b->user;
+		size_t name_len = b->user_len;
+		if (b->authz != NULL) {
+			/* Dovecot's master login: "user<separator>master". */
+			size_t sep = strlen(b->cfg->master_separator);
+			name_len = b->authz_len + sep + b->user_len;
+			name = malloc(name_len + 1);
+			if (name == NULL) {
+				bk_fail(b, "out of memory");
+				return;
+			}
+			memcpy(name, b->authz, b->authz_len);
+			memcpy(name + b->authz_len, b->cfg->master_separator, sep);
+			memcpy(name + b->authz_len + sep, b->user, b->user_len);
+			name[name_len] = '\0';
+		}
+		int r = bk_send(b, "L LOGIN ") < 0 ? -1 : bk_put_string(b, name, name_len, lp);
+		if (name != b->user)
+			wipe_free(&name, name_len);
+		if (r < 0 || buf_append(&b->conn.out, " ", 1) < 0 ||
 		    bk_put_string(b, b->pass, b->pass_len, lp) < 0 || bk_send(b, "\r\n") < 0) {
 			bk_fail(b, "credentials cannot be sent with LOGIN to this backend");
 			return;
 		}
 	}
 	/* What remains is in the output buffer only; it is freed once sent. */
+	wipe_free(&b->authz, b->authz_len);
 	wipe_free(&b->user, b->user_len);
 	wipe_free(&b->pass, b->pass_len);
 }
@@ -234,6 +260,20 @@ static void bk_send_login(struct backend *b)
 int backend_login(struct backend *b, const char *user, size_t user_len, const char *pass,
                   size_t pass_len)
 {
+	return backend_login_as(b, NULL, 0, user, user_len, pass, pass_len);
+}
+
+int backend_login_as(struct backend *b, const char *authz, size_t authz_len, const char *user,
+                     size_t user_len, const char *pass, size_t pass_len)
+{
+	if (authz != NULL) {
+		b->authz = malloc(authz_len + 1);
+		if (b->authz == NULL)
+			return -1;
+		memcpy(b->authz, authz, authz_len);
+		b->authz[authz_len] = '\0';
+		b->authz_len = authz_len;
+	}
 	b->user = malloc(user_len + 1);
 	b->pass = malloc(pass_len + 1);
 	if (b->user == NULL || b->pass == NULL) {

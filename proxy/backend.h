@@ -57,6 +57,8 @@ struct backend {
 
 	/* the pending login */
 	bool login_wanted;
+	char *authz; /* authorization identity (master login), NULL if none */
+	size_t authz_len;
 	char *user; /* owned copies; wiped and freed when sent */
 	size_t user_len;
 	char *pass;
@@ -80,6 +82,14 @@ struct backend *backend_new(struct ev_loop *loop, const struct cfg_backend *cfg,
 __attribute__((warn_unused_result)) int backend_login(struct backend *b, const char *user,
                                                       size_t user_len, const char *pass,
                                                       size_t pass_len);
+
+/* Log in as authz using the credentials of user (a master user): SASL PLAIN
+ * with an authorization identity, or LOGIN "authz<sep>user" when the
+ * backend has no AUTH=PLAIN, sep being the backend's master_separator. */
+__attribute__((warn_unused_result)) int backend_login_as(struct backend *b, const char *authz,
+                                                         size_t authz_len, const char *user,
+                                                         size_t user_len, const char *pass,
+                                                         size_t pass_len);
 
 /* Report readiness instead of logging in: done(owner, b, BK_RES_OK, "ready")
  * is called once the backend has greeted (and TLS and CAPABILITY are done),

@@ -23,6 +23,8 @@
 #include <unistd.h>
 
 #include "cfg.h"
+#include "cryptpool.h"
+#include "health.h"
 #include "log.h"
 #include "runtime.h"
 #include "stats.h"
@@ -44,15 +46,6 @@ static void usage(void)
 /* Refuse settings this build does not implement, rather than ignore them. */
 static int check_supported(const struct cfg *cfg, char *err, size_t errlen)
 {
-	if (cfg->auth == CFG_AUTH_REDIS) {
-		snprintf(err, errlen, "%s: auth = redis is not supported by this build", cfg->path);
-		return -1;
-	}
-	if (cfg->lookup == CFG_LOOKUP_REDIS) {
-		snprintf(err, errlen, "%s: lookup = redis is not supported by this build",
-		         cfg->path);
-		return -1;
-	}
 	for (size_t i = 0; i < cfg->nlistens; i++) {
 		if (cfg->listens[i].proxy_protocol) {
 			snprintf(err, errlen,
@@ -209,6 +202,10 @@ int main(int argc, char **argv)
 			goto out;
 		}
 	}
+	if (cryptpool_start(rt->cfg->auth_threads) < 0) {
+		log_error("cannot start the password-check threads");
+		goto out;
+	}
 	for (unsigned i = 0; i < nworkers; i++) {
 		if (worker_start(&workers[i]) < 0) {
 			log_error("cannot start worker %u", i);
@@ -216,6 +213,8 @@ int main(int argc, char **argv)
 		}
 		started++;
 	}
+	if (health_start(rt) < 0)
+		goto stop;
 	if (rt->cfg->has_stats && stats_start(&rt->cfg->stats_listen, workers, started) < 0)
 		goto stop;
 	for (size_t j = 0; j < rt->cfg->nlistens; j++)
@@ -246,6 +245,7 @@ int main(int argc, char **argv)
 				runtime_unref(&nrt);
 				continue;
 			}
+			health_reload(nrt);
 			log_set_level(nrt->cfg->log_level);
 			for (unsigned i = 0; i < started; i++)
 				worker_post_reload(&workers[i], nrt);
@@ -285,6 +285,7 @@ int main(int argc, char **argv)
 	}
 	status = 0;
 stop:
+	health_stop();
 	stats_stop();
 	for (unsigned i = 0; i < started; i++)
 		worker_post_stop(&workers[i]);
@@ -294,6 +295,7 @@ stop:
 	}
 	for (unsigned i = 0; i < nworkers; i++)
 		worker_destroy(&workers[i]);
+	cryptpool_stop();
 	log_info("imapmux stopped");
 out:
 	free(workers);

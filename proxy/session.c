@@ -39,11 +39,15 @@
 #include "buf.h"
 #include "caps.h"
 #include "conn.h"
+#include "cryptpool.h"
+#include "health.h"
 #include "imap_args.h"
 #include "imap_tok.h"
 #include "log.h"
+#include "redis.h"
 #include "route.h"
 #include "runtime.h"
+#include "ttlmap.h"
 #include "worker.h"
 
 #define IMAPMUX_NAME "imapmux"
@@ -88,8 +92,12 @@ struct session {
 	struct conn client;
 	struct backend *bk;
 	const struct cfg_backend *bcfg;
-	char peer[64]; /* "ip:port" */
-	char user[64]; /* printable prefix of the user name, for logs */
+	char peer[64];               /* "ip:port" */
+	char user[64];               /* printable prefix of the user name, for logs */
+	char ip[INET6_ADDRSTRLEN];   /* client address, for brute-force counting */
+	uint8_t uname[USER_MAX + 1]; /* the user name as given (kick matches it) */
+	size_t uname_len;
+	struct login *login; /* the login pipeline, while in SESS_LOGIN */
 	bool tls_active;
 	bool starttls_done;
 	ev_timer timer;
@@ -115,6 +123,8 @@ struct session {
 	bool draining;         /* SIGTERM: close at the next quiet point */
 	bool counted_proxying; /* included in stats.sessions_proxying */
 };
+
+static void login_free(struct session *s);
 
 static unsigned long next_session_id(void)
 {
@@ -177,6 +187,7 @@ static void sess_free_later(struct session *s)
 	STAT_ADD(&s->w->stats, client_bytes_in, s->client.bytes_in);
 	STAT_ADD(&s->w->stats, client_bytes_out, s->client.bytes_out);
 	ev_timer_stop(s->w->loop, &s->timer);
+	login_free(s);
 	conn_stop(&s->client);
 	ev_clear_pending(s->w->loop, &s->client.rio);
 	ev_clear_pending(s->w->loop, &s->client.wio);
@@ -326,6 +337,7 @@ static void sess_close(struct session *s, const char *reason, const char *bye)
 		         s->user[0] ? s->user : "-", s->peer, reason, s->client.bytes_in,
 		         s->client.bytes_out);
 	s->state = SESS_CLOSING;
+	login_free(s);
 	backend_destroy_later(s->w, &s->bk);
 	s->client.want_input = false;
 	if (s->client.error || s->client.eof || buf_is_empty(&s->client.out)) {
@@ -370,76 +382,429 @@ static void sess_bad(struct session *s, const char *tag, size_t tag_len, const c
 
 static void sess_login_done(void *owner, struct backend *b, enum bk_result r, const char *why);
 
-/* Resolve the user's backend. NULL: refused (deny). */
-static const struct cfg_backend *sess_route(struct session *s, const uint8_t *user, size_t len)
+/*
+ * The login pipeline. Credentials taken from LOGIN or AUTHENTICATE go
+ * through these steps, each possibly waiting for Redis or the crypt pool,
+ * while the client's input is paused (state SESS_LOGIN):
+ *
+ *   CHECK: failures of this IP and user below auth_fail_limit?  (Redis MGET)
+ *   VERIFY (auth = redis): hash from Redis (HGET), crypt(3) off the loop
+ *   ROUTE: cache, else GET <prefix>route:USER, else fallback
+ *   BACKEND: connect and log in (user's credentials, or master login)
+ *
+ * A failure ends in login_fail(): count it in Redis, answer after
+ * auth_fail_delay (a timer, never a sleep), back to PREAUTH.
+ */
+enum login_result {
+	LOGIN_AUTH_FAILED, /* NO [AUTHENTICATIONFAILED] after the delay */
+	LOGIN_AUTHZ_FAILED,
+	LOGIN_UNAVAILABLE, /* NO [UNAVAILABLE] at once */
+};
+
+struct login {
+	uint8_t user[USER_MAX + 1];
+	size_t ulen;
+	uint8_t *pass; /* wiped and freed by login_free */
+	size_t plen;
+	struct rds_req *req;
+	struct crypt_job *job;
+	ev_timer delay;
+	enum login_result result;
+};
+
+static void login_free(struct session *s)
+{
+	struct login *l = s->login;
+
+	if (l == NULL)
+		return;
+	s->login = NULL;
+	rds_cancel(l->req);
+	if (l->job != NULL)
+		crypt_cancel(l->job);
+	ev_timer_stop(s->w->loop, &l->delay);
+	if (l->pass != NULL) {
+		explicit_bzero(l->pass, l->plen);
+		free(l->pass);
+	}
+	explicit_bzero(l, sizeof(*l));
+	free(l);
+}
+
+static void login_answer(struct session *s)
+{
+	struct login *l = s->login;
+	enum login_result r = l->result;
+
+	login_free(s);
+	s->state = SESS_PREAUTH;
+	s->client.want_input = true;
+	if (r == LOGIN_AUTH_FAILED)
+		sess_reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", s->tag);
+	else if (r == LOGIN_AUTHZ_FAILED)
+		sess_reply(s, "%s NO [AUTHORIZATIONFAILED] Authorization identity not allowed.",
+		           s->tag);
+	else
+		sess_reply(s, "%s NO [UNAVAILABLE] Backend unavailable.", s->tag);
+	/* Run from a fresh callback: the caller may be a Redis or timer one. */
+	ev_feed_event(s->w->loop, &s->client.wio, EV_WRITE);
+}
+
+static void login_delay_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct session *s = t->data;
+
+	(void)loop;
+	(void)revents;
+	login_answer(s);
+}
+
+/* Count a failure for this IP and this user, shared through Redis: the key
+ * gets its expiry when created (SET NX EX), INCR keeps it. */
+static void login_count_failure(struct session *s)
 {
 	const struct cfg *cfg = s->rt->cfg;
+	struct rds *r = s->w->rds;
+	char window[32];
+	char key[USER_MAX + 128];
+
+	if (cfg->auth_fail_limit == 0 || r == NULL || !rds_up(r))
+		return;
+	snprintf(window, sizeof(window), "%.0f",
+	         cfg->auth_fail_window < 1 ? 1.0 : cfg->auth_fail_window);
+	for (int i = 0; i < 2; i++) {
+		int n;
+		if (i == 0)
+			n = snprintf(key, sizeof(key), "%sauthfail:ip:%s", rds_prefix(r), s->ip);
+		else
+			n = snprintf(key, sizeof(key), "%sauthfail:user:%.*s", rds_prefix(r),
+			             (int)s->login->ulen, (const char *)s->login->user);
+		if (n < 0 || (size_t)n >= sizeof(key))
+			continue;
+		const char *set[6] = {"SET", key, "0", "EX", window, "NX"};
+		size_t setl[6] = {3, (size_t)n, 1, 2, strlen(window), 2};
+		const char *incr[2] = {"INCR", key};
+		size_t incrl[2] = {4, (size_t)n};
+		(void)rds_send(r, 6, set, setl);
+		(void)rds_send(r, 2, incr, incrl);
+	}
+}
+
+static void login_fail(struct session *s, enum login_result r, bool count, const char *why)
+{
+	struct login *l = s->login;
+	char what[160];
+
+	snprintf(what, sizeof(what), "login failed: %s", why);
+	sess_log(s, LOG_LVL_INFO, what);
+	if (r == LOGIN_UNAVAILABLE)
+		STAT_INC(&s->w->stats, logins_unavailable);
+	else
+		STAT_INC(&s->w->stats, logins_auth_failed);
+	l->result = r;
+	l->req = NULL;
+	l->job = NULL;
+	if (count)
+		login_count_failure(s);
+	if (r != LOGIN_UNAVAILABLE && s->rt->cfg->auth_fail_delay > 0) {
+		ev_timer_set(&l->delay, s->rt->cfg->auth_fail_delay, 0.);
+		ev_timer_start(s->w->loop, &l->delay);
+		return;
+	}
+	login_answer(s);
+}
+
+static bool backend_usable(size_t i, void *arg)
+{
+	return health_backend_up(arg, i);
+}
+
+static const struct cfg_backend *login_fallback(struct session *s)
+{
+	const struct cfg *cfg = s->rt->cfg;
+	struct login *l = s->login;
 
 	switch (cfg->fallback) {
 	case CFG_FALLBACK_BACKEND:
 		return cfg_backend_find(cfg, cfg->fallback_backend);
 	case CFG_FALLBACK_HASH:
-		return route_rendezvous(cfg, user, len);
+		return route_rendezvous_among(cfg, l->user, l->ulen, backend_usable, s->rt);
 	case CFG_FALLBACK_DENY:
 		break;
 	}
 	return NULL;
 }
 
-/* Check the user name, pick the backend and start logging in. */
-static void sess_start_login(struct session *s, const uint8_t *user, size_t ulen,
-                             const uint8_t *pass, size_t plen)
+static void login_backend(struct session *s, const struct cfg_backend *bc)
 {
-	const struct cfg_backend *bc;
+	const struct cfg *cfg = s->rt->cfg;
+	struct login *l = s->login;
 	size_t i;
+	int r;
 
-	sess_set_user(s, user, ulen);
-	if (ulen == 0 || ulen > USER_MAX || plen == 0) {
-		sess_log(s, LOG_LVL_INFO,
-		         "login refused: empty or over-long user name or password");
-		sess_reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", s->tag);
-		return;
-	}
-	for (i = 0; i < ulen; i++) {
-		/* No control bytes, and never the master-user separator: a
-		 * client must not reach "user*master" logins on the backend. */
-		if (user[i] < 0x20 || user[i] == 0x7f || user[i] == '*')
-			break;
-	}
-	for (size_t j = 0; i == ulen && j < plen; j++) {
-		if (pass[j] == '\0' || pass[j] == '\r' || pass[j] == '\n')
-			i = 0;
-	}
-	if (i != ulen) {
-		sess_log(s, LOG_LVL_WARN, "login refused: forbidden byte in user name or password");
-		sess_reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", s->tag);
-		return;
-	}
-	bc = sess_route(s, user, ulen);
 	if (bc == NULL) {
-		sess_log(s, LOG_LVL_INFO, "login refused: no route");
-		STAT_INC(&s->w->stats, logins_auth_failed);
-		sess_reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", s->tag);
+		login_fail(
+		    s, cfg->fallback == CFG_FALLBACK_DENY ? LOGIN_AUTH_FAILED : LOGIN_UNAVAILABLE,
+		    false,
+		    cfg->fallback == CFG_FALLBACK_DENY ? "no route (fallback = deny)"
+		                                       : "no backend up");
+		return;
+	}
+	i = runtime_backend_index(s->rt, bc);
+	if (!health_backend_up(s->rt, i)) {
+		login_fail(s, LOGIN_UNAVAILABLE, false, "routed backend is down");
 		return;
 	}
 	s->bcfg = bc;
 	STAT_INC(&s->w->stats, backend_connects);
-	s->bk = backend_new(s->w->loop, bc, s->rt->backend_ctx[runtime_backend_index(s->rt, bc)],
-	                    s->id, sess_login_done, s);
-	if (s->bk == NULL ||
-	    backend_login(s->bk, (const char *)user, ulen, (const char *)pass, plen) < 0) {
-		backend_destroy_later(s->w, &s->bk);
-		STAT_INC(&s->w->stats, logins_unavailable);
-		sess_reply(s, "%s NO [UNAVAILABLE] Backend unavailable.", s->tag);
+	s->bk = backend_new(s->w->loop, bc, s->rt->backend_ctx[i], s->id, sess_login_done, s);
+	if (s->bk == NULL) {
+		login_fail(s, LOGIN_UNAVAILABLE, false, "cannot connect to the backend");
 		return;
 	}
+	if (cfg->auth == CFG_AUTH_REDIS)
+		r = backend_login_as(s->bk, (const char *)l->user, l->ulen, bc->master_user,
+		                     strlen(bc->master_user), bc->master_password,
+		                     strlen(bc->master_password));
+	else
+		r = backend_login(s->bk, (const char *)l->user, l->ulen, (const char *)l->pass,
+		                  l->plen);
+	if (r < 0) {
+		backend_destroy_later(s->w, &s->bk);
+		login_fail(s, LOGIN_UNAVAILABLE, false, "out of memory");
+		return;
+	}
+	/* The backend has its own copy now. */
+	explicit_bzero(l->pass, l->plen);
 	if (log_enabled(LOG_LVL_DEBUG)) {
 		char what[128];
 		snprintf(what, sizeof(what), "login: trying backend %s", bc->name);
 		sess_log(s, LOG_LVL_DEBUG, what);
 	}
+}
+
+static void login_route_reply(void *arg, const redisReply *rep)
+{
+	struct session *s = arg;
+	struct login *l = s->login;
+	const struct cfg *cfg = s->rt->cfg;
+	const struct cfg_backend *bc = NULL;
+
+	l->req = NULL;
+	if (rep != NULL && rep->type == REDIS_REPLY_STRING) {
+		for (size_t i = 0; i < cfg->nbackends; i++) {
+			if (strlen(cfg->backends[i].name) == rep->len &&
+			    memcmp(cfg->backends[i].name, rep->str, rep->len) == 0)
+				bc = &cfg->backends[i];
+		}
+		if (bc == NULL)
+			sess_log(s, LOG_LVL_WARN, "route names an unknown backend: using fallback");
+	}
+	if (rep != NULL && rep->type != REDIS_REPLY_ERROR && cfg->cache_ttl > 0) {
+		double now = ev_now(s->w->loop);
+		int val = bc ? (int)runtime_backend_index(s->rt, bc) : -1;
+		(void)ttlmap_put(s->w->routes, l->user, l->ulen, val, now + cfg->cache_ttl, now);
+	}
+	login_backend(s, bc != NULL ? bc : login_fallback(s));
+}
+
+static void login_route(struct session *s)
+{
+	const struct cfg *cfg = s->rt->cfg;
+	struct login *l = s->login;
+	struct rds *r = s->w->rds;
+	char key[USER_MAX + 128];
+	int val, n;
+
+	if (cfg->lookup != CFG_LOOKUP_REDIS) {
+		login_backend(s, login_fallback(s));
+		return;
+	}
+	if (s->w->routes != NULL &&
+	    ttlmap_get(s->w->routes, l->user, l->ulen, ev_now(s->w->loop), &val) == 0) {
+		login_backend(s, val >= 0 && (size_t)val < cfg->nbackends ? &cfg->backends[val]
+		                                                          : login_fallback(s));
+		return;
+	}
+	if (r == NULL) {
+		login_backend(s, login_fallback(s));
+		return;
+	}
+	n = snprintf(key, sizeof(key), "%sroute:", rds_prefix(r));
+	memcpy(key + n, l->user, l->ulen);
+	const char *argv[2] = {"GET", key};
+	size_t argvlen[2] = {3, (size_t)n + l->ulen};
+	l->req = rds_command(r, login_route_reply, s, 2, argv, argvlen);
+	if (l->req == NULL) /* Redis down: the fallback still works */
+		login_backend(s, login_fallback(s));
+}
+
+static void login_verified(void *arg, int result)
+{
+	struct session *s = arg;
+	struct login *l = s->login;
+
+	l->job = NULL;
+	if (result == 1) {
+		login_route(s);
+		return;
+	}
+	login_fail(s, LOGIN_AUTH_FAILED, true,
+	           result == 0 ? "wrong password" : "unusable password hash in Redis");
+}
+
+static void login_hash_reply(void *arg, const redisReply *rep)
+{
+	struct session *s = arg;
+	struct login *l = s->login;
+	char hash[512];
+
+	l->req = NULL;
+	if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+		login_fail(s, LOGIN_UNAVAILABLE, false, "Redis unavailable");
+		return;
+	}
+	if (rep->type != REDIS_REPLY_STRING || rep->len == 0 || rep->len >= sizeof(hash)) {
+		login_fail(s, LOGIN_AUTH_FAILED, true, "unknown user");
+		return;
+	}
+	memcpy(hash, rep->str, rep->len);
+	hash[rep->len] = '\0';
+	l->job = crypt_verify(s->w->crypt, (const char *)l->pass, l->plen, hash, login_verified, s);
+	explicit_bzero(hash, sizeof(hash));
+	if (l->job == NULL)
+		login_fail(s, LOGIN_UNAVAILABLE, false, "password check queue full");
+}
+
+static void login_verify(struct session *s)
+{
+	struct login *l = s->login;
+	struct rds *r = s->w->rds;
+	char key[USER_MAX + 128];
+	int n;
+
+	if (s->rt->cfg->auth != CFG_AUTH_REDIS) {
+		login_route(s);
+		return;
+	}
+	if (r == NULL) {
+		login_fail(s, LOGIN_UNAVAILABLE, false, "Redis not set up");
+		return;
+	}
+	n = snprintf(key, sizeof(key), "%suser:", rds_prefix(r));
+	memcpy(key + n, l->user, l->ulen);
+	const char *argv[3] = {"HGET", key, "password"};
+	size_t argvlen[3] = {4, (size_t)n + l->ulen, 8};
+	l->req = rds_command(r, login_hash_reply, s, 3, argv, argvlen);
+	if (l->req == NULL)
+		login_fail(s, LOGIN_UNAVAILABLE, false, "Redis unavailable");
+}
+
+static void login_check_reply(void *arg, const redisReply *rep)
+{
+	struct session *s = arg;
+	struct login *l = s->login;
+	unsigned limit = s->rt->cfg->auth_fail_limit;
+
+	l->req = NULL;
+	if (rep != NULL && rep->type == REDIS_REPLY_ARRAY) {
+		for (size_t i = 0; i < rep->elements; i++) {
+			const redisReply *e = rep->element[i];
+			if (e->type == REDIS_REPLY_STRING && strtoul(e->str, NULL, 10) >= limit) {
+				login_fail(s, LOGIN_AUTH_FAILED, false,
+				           i == 0 ? "too many failures from this address"
+				                  : "too many failures for this user");
+				return;
+			}
+		}
+	}
+	/* Redis down: the limit cannot be checked; auth = redis fails next. */
+	login_verify(s);
+}
+
+static void login_check(struct session *s)
+{
+	const struct cfg *cfg = s->rt->cfg;
+	struct login *l = s->login;
+	struct rds *r = s->w->rds;
+	char ipkey[128], ukey[USER_MAX + 128];
+	int ni, nu;
+
+	if (cfg->auth_fail_limit == 0 || r == NULL || !rds_up(r)) {
+		login_verify(s);
+		return;
+	}
+	ni = snprintf(ipkey, sizeof(ipkey), "%sauthfail:ip:%s", rds_prefix(r), s->ip);
+	nu = snprintf(ukey, sizeof(ukey), "%sauthfail:user:", rds_prefix(r));
+	memcpy(ukey + nu, l->user, l->ulen);
+	const char *argv[3] = {"MGET", ipkey, ukey};
+	size_t argvlen[3] = {4, (size_t)ni, (size_t)nu + l->ulen};
+	l->req = rds_command(r, login_check_reply, s, 3, argv, argvlen);
+	if (l->req == NULL)
+		login_verify(s);
+}
+
+/* True if user contains the master separator of any backend. */
+static bool has_master_separator(const struct cfg *cfg, const uint8_t *user, size_t ulen)
+{
+	for (size_t i = 0; i < cfg->nbackends; i++) {
+		const char *sep = cfg->backends[i].master_separator;
+		size_t sl = strlen(sep);
+		for (size_t j = 0; sl > 0 && j + sl <= ulen; j++) {
+			if (memcmp(user + j, sep, sl) == 0)
+				return true;
+		}
+	}
+	return false;
+}
+
+/* Check the credentials' form and start the login pipeline. */
+static void sess_start_login(struct session *s, const uint8_t *user, size_t ulen,
+                             const uint8_t *pass, size_t plen)
+{
+	struct login *l;
+	const char *bad = NULL;
+
+	sess_set_user(s, user, ulen);
+	if (ulen == 0 || ulen > USER_MAX || plen == 0)
+		bad = "empty or over-long user name or password";
+	for (size_t i = 0; bad == NULL && i < ulen; i++) {
+		if (user[i] < 0x20 || user[i] == 0x7f)
+			bad = "control byte in user name";
+	}
+	for (size_t i = 0; bad == NULL && i < plen; i++) {
+		if (pass[i] == '\0' || pass[i] == '\r' || pass[i] == '\n')
+			bad = "forbidden byte in password";
+	}
+	/* Never let a client reach "user*master" logins on a backend. */
+	if (bad == NULL && has_master_separator(s->rt->cfg, user, ulen))
+		bad = "master-user separator in user name";
+	if (bad != NULL) {
+		char what[128];
+		snprintf(what, sizeof(what), "login refused: %s", bad);
+		sess_log(s, LOG_LVL_WARN, what);
+		STAT_INC(&s->w->stats, logins_auth_failed);
+		sess_reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", s->tag);
+		return;
+	}
+	l = calloc(1, sizeof(*l));
+	if (l == NULL || (l->pass = malloc(plen)) == NULL) {
+		free(l);
+		sess_reply(s, "%s NO [UNAVAILABLE] Out of memory.", s->tag);
+		return;
+	}
+	memcpy(l->user, user, ulen);
+	l->ulen = ulen;
+	memcpy(s->uname, user, ulen);
+	s->uname_len = ulen;
+	memcpy(l->pass, pass, plen);
+	l->plen = plen;
+	ev_init(&l->delay, login_delay_cb);
+	l->delay.data = s;
+	s->login = l;
 	s->state = SESS_LOGIN;
 	s->client.want_input = false;
+	login_check(s);
 }
 
 /* SASL PLAIN (RFC 4616): [authzid] NUL authcid NUL passwd, base64. */
@@ -697,26 +1062,24 @@ static void sess_login_done(void *owner, struct backend *b, enum bk_result r, co
 	char caps[2048];
 	char what[160];
 
-	if (s->state != SESS_LOGIN)
+	if (s->state != SESS_LOGIN || s->login == NULL)
 		return;
 	if (r != BK_RES_OK) {
-		snprintf(what, sizeof(what), "login failed on backend %s: %s", s->bcfg->name, why);
-		sess_log(s, LOG_LVL_INFO, what);
+		bool master = s->rt->cfg->auth == CFG_AUTH_REDIS;
+		snprintf(what, sizeof(what), "backend %s: %s%s", s->bcfg->name, why,
+		         master && r == BK_RES_AUTH_FAILED ? " (master login refused: check "
+		                                             "master_user/master_password)"
+		                                           : "");
 		backend_destroy_later(s->w, &s->bk);
-		s->state = SESS_PREAUTH;
-		s->client.want_input = true;
-		if (r == BK_RES_AUTH_FAILED)
-			STAT_INC(&s->w->stats, logins_auth_failed);
+		/* With auth = redis the password was already right: a refused
+		 * master login is the operator's problem, not the user's. */
+		if (r == BK_RES_AUTH_FAILED && !master)
+			login_fail(s, LOGIN_AUTH_FAILED, true, what);
 		else
-			STAT_INC(&s->w->stats, logins_unavailable);
-		if (r == BK_RES_AUTH_FAILED)
-			sess_reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.",
-			           s->tag);
-		else
-			sess_reply(s, "%s NO [UNAVAILABLE] Backend unavailable.", s->tag);
-		ev_feed_event(s->w->loop, &s->client.wio, EV_WRITE);
+			login_fail(s, LOGIN_UNAVAILABLE, false, what);
 		return;
 	}
+	login_free(s);
 	if (caps_filter(b->caps, strlen(b->caps), caps, sizeof(caps)) < 0)
 		caps[0] = '\0';
 	backend_attach(b, sess_backend_io, s);
@@ -1078,7 +1441,7 @@ static void sess_backend_io(struct conn *c, void *arg)
 
 /* ---- accept, drain ------------------------------------------------------ */
 
-static void peer_text(const struct sockaddr *sa, char *out, size_t outlen)
+static void peer_text(const struct sockaddr *sa, char *out, size_t outlen, char *ip, size_t iplen)
 {
 	char host[INET6_ADDRSTRLEN] = "?";
 	unsigned port = 0;
@@ -1096,6 +1459,7 @@ static void peer_text(const struct sockaddr *sa, char *out, size_t outlen)
 	} else {
 		snprintf(out, outlen, "local");
 	}
+	snprintf(ip, iplen, "%s", sa->sa_family == AF_UNIX ? "local" : host);
 }
 
 void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr *peer,
@@ -1115,7 +1479,7 @@ void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr
 	s->rt = runtime_ref(w->rt);
 	s->lidx = lidx;
 	s->lcfg = &s->rt->cfg->listens[lidx];
-	peer_text(peer, s->peer, sizeof(s->peer));
+	peer_text(peer, s->peer, sizeof(s->peer), s->ip, sizeof(s->ip));
 	conn_init(&s->client, w->loop, fd, CLIENT_IN_SIZE, CLIENT_OUT_SIZE, sess_client_io, s);
 	buf_init(&s->cmd, PREAUTH_MAX_CMD);
 	buf_init(&s->local, LOCAL_SIZE);
@@ -1154,4 +1518,31 @@ void session_drain_all(struct worker *w, bool force)
 			sess_close(s, "shutdown", "* BYE Server shutting down.");
 		sess_run(s);
 	}
+}
+
+void session_kick(struct worker *w, const char *user, size_t len)
+{
+	struct session *s, *next;
+	unsigned n = 0;
+
+	for (s = w->sessions; s != NULL; s = next) {
+		next = s->next;
+		if (s->state == SESS_CLOSING || s->state == SESS_DEAD || s->uname_len != len ||
+		    memcmp(s->uname, user, len) != 0)
+			continue;
+		/* In the middle of a response no BYE fits: close without one. */
+		sess_close(s, "kicked",
+		           "* BYE [UNAVAILABLE] Session terminated by the administrator.");
+		sess_run(s);
+		n++;
+	}
+	if (n > 0)
+		log_info("worker %d: kicked %u session(s) of %.*s", w->id, n,
+		         (int)(len > 64 ? 64 : len), user);
+}
+
+void session_cancel_all(struct worker *w)
+{
+	for (struct session *s = w->sessions; s != NULL; s = s->next)
+		login_free(s);
 }

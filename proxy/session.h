@@ -18,4 +18,10 @@ void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr
  * ones, the others at their next quiet point; force: BYE to all now. */
 void session_drain_all(struct worker *w, bool force);
 
+/* Close every session of user[0..len) with "* BYE [UNAVAILABLE]" (kick event). */
+void session_kick(struct worker *w, const char *user, size_t len);
+
+/* Drop every pending Redis request and password check (worker shutdown). */
+void session_cancel_all(struct worker *w);
+
 #endif

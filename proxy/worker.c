@@ -14,10 +14,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "cryptpool.h"
 #include "log.h"
+#include "redis.h"
 #include "session.h"
+#include "ttlmap.h"
 
 static void listeners_set(struct worker *w, bool on)
 {
@@ -184,11 +188,57 @@ int worker_init(struct worker *w, int id, struct runtime *rt, const int *fds, si
 	return 0;
 }
 
-static void *worker_main(void *arg)
+/* An event from the Redis channel (see redis.h). */
+static void on_event(void *arg, const char *kind, const char *a1, size_t l1, const char *a2,
+                     size_t l2)
 {
 	struct worker *w = arg;
 
+	(void)a2;
+	(void)l2;
+	if (strcmp(kind, "kick") == 0) {
+		session_kick(w, a1, l1);
+	} else if (strcmp(kind, "route") == 0) {
+		if (w->routes != NULL)
+			ttlmap_del(w->routes, a1, l1);
+	} else if (strcmp(kind, "resync") == 0) {
+		/* Events may have been missed while unsubscribed. */
+		if (w->routes != NULL)
+			ttlmap_clear(w->routes);
+	}
+	/* "mbox" is for parked sessions, which this build does not make. */
+}
+
+static uint64_t random_seed(void)
+{
+	uint64_t seed = 0;
+
+	if (getentropy(&seed, sizeof(seed)) < 0)
+		seed = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&seed;
+	return seed;
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	const struct cfg *cfg = w->rt->cfg;
+
+	/* Made here: they belong to this thread's loop. */
+	if (cfg->has_redis) {
+		w->rds = rds_new(w->loop, cfg, on_event, w);
+		w->routes = ttlmap_new(100000, random_seed());
+		if (w->rds == NULL || w->routes == NULL)
+			log_error("worker %d: cannot set up Redis; logins needing it will fail",
+			          w->id);
+	}
+	w->crypt = crypt_port_new(w->loop);
+	if (w->crypt == NULL)
+		log_error("worker %d: cannot set up password checks", w->id);
 	ev_run(w->loop, 0);
+	session_cancel_all(w);
+	rds_destroy(&w->rds);
+	ttlmap_destroy(&w->routes);
+	crypt_port_destroy(&w->crypt);
 	return NULL;
 }
 

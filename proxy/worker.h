@@ -14,6 +14,10 @@
 #include "runtime.h"
 #include "stats.h"
 
+struct rds;
+struct ttlmap;
+struct crypt_port;
+
 struct worker;
 struct session;
 
@@ -45,7 +49,10 @@ struct worker {
 	struct session *sessions; /* all live sessions (doubly linked) */
 	size_t nsessions;
 	bool draining;
-	struct stats stats; /* written by this worker only */
+	struct stats stats;       /* written by this worker only */
+	struct rds *rds;          /* Redis, when [redis] is configured */
+	struct ttlmap *routes;    /* cached user routes (lookup = redis) */
+	struct crypt_port *crypt; /* password checks come back here (auth = redis) */
 
 	pthread_mutex_t lock;   /* protects the mailbox below */
 	struct runtime *new_rt; /* reload: swap in */

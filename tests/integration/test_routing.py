@@ -64,11 +64,11 @@ def test_fallback_hash_spreads_and_is_stable(make_mux, dovecot, dovecot_b, ca_ct
         assert _backend_of(m2, ca_ctx, u, backends) == first[u], u
 
 
-@pytest.mark.xfail(strict=True, reason="needs backend health checks (issue 3): hashing still picks a down backend")
 def test_fallback_hash_avoids_a_dead_backend(make_mux, dovecot, fresh_dovecot, ca_ctx):
     """hash is over *healthy* backends: with b down, every login still works."""
     m = make_mux(backends=[("a", backend_section(dovecot)),
-                           ("b", backend_section(fresh_dovecot, connect_timeout="1s"))],
+                           ("b", backend_section(fresh_dovecot, connect_timeout="1s",
+                                                 check_interval="0.5s", check_fall=2))],
                  routing={"lookup": "static", "fallback": "hash"})
     backends = {"a": dovecot, "b": fresh_dovecot}
     first = {u: _backend_of(m, ca_ctx, u, backends) for u in HASH_USERS}
