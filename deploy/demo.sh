@@ -60,11 +60,13 @@ start() {
 		exit 1
 	fi
 	printf '%s\n' "$out" | sed 's/^/  /'
+	# bob lives on backend b: only his route in Redis (imapmux:route:bob) gets him there.
 	if ! check_login bob >/dev/null 2>&1; then
-		echo "demo: note: bob (backend b) cannot log in through imapmux with this proxy.conf;"
-		echo "      its [routing] sends every user to the fallback backend. Routes are in Redis"
-		echo "      (imapmux:route:USER), used with lookup = redis."
+		echo "demo: FAILED: bob (routed to backend b by Redis) cannot log in" >&2
+		tail -n 20 "$RUN/imapmux.log" >&2 || true
+		exit 1
 	fi
+	echo "demo: bob logged in through imapmux on backend b (route from Redis)"
 	howto
 }
 

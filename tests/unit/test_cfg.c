@@ -1110,9 +1110,8 @@ static void test_shipped_conf(void **state)
 	assert_true(c->has_redis);
 	assert_inet(&c->redis_addr, AF_INET, "127.0.0.1", 16379);
 	assert_string_equal(c->redis_prefix, "imapmux:");
-	assert_int_equal(c->lookup, CFG_LOOKUP_STATIC);
-	assert_int_equal(c->fallback, CFG_FALLBACK_BACKEND);
-	assert_string_equal(c->fallback_backend, "a");
+	assert_int_equal(c->lookup, CFG_LOOKUP_REDIS);
+	assert_int_equal(c->fallback, CFG_FALLBACK_HASH);
 	assert_int_equal(c->nbackends, 2);
 	for (size_t i = 0; i < 2; i++) {
 		b = &c->backends[i];
