@@ -39,7 +39,7 @@ def _mux(make_mux, r, prefix, backends, fallback="hash", cache_ttl=None, workers
         routing["cache_ttl"] = cache_ttl
     return make_mux(backends=backends, routing=routing,
                     redis=redis_section(r, prefix, **(redis_extra or {})),
-                    imapmux={"workers": workers, "auth": "backend"})
+                    imapmux={"workers": workers, "auth": "backend", "auth_fail_delay": 0})
 
 
 def _ab(rdv_a, rdv_b, **extra):
@@ -192,6 +192,23 @@ def test_route_cache_long_ttl_and_route_event(make_mux, redis, prefix, rdv_a, rd
     assert publish(redis, prefix, "route r12") >= 1
     time.sleep(0.5)
     assert _on(m, ca_ctx, "r12", backends) == "b"
+
+
+def test_route_event_reaches_every_worker(make_mux, redis, prefix, rdv_a, rdv_b, ca_ctx):
+    """Routes are cached per worker (README); "route USER" drops USER's route
+    in every worker. Eight logins spread over both workers (SO_REUSEPORT) and
+    cache the old route; after the event, no login may still use it."""
+    backends = {"a": rdv_a, "b": rdv_b}
+    set_route(redis, prefix, "r19", "a")
+    m = _mux(make_mux, redis, prefix, _ab(rdv_a, rdv_b), fallback="deny", cache_ttl=600,
+             workers=2)
+    wait_subscribed(redis, prefix, 1)
+    time.sleep(0.5)   # the other worker's subscription, where each has its own
+    assert [_on(m, ca_ctx, "r19", backends) for _ in range(8)] == ["a"] * 8
+    set_route(redis, prefix, "r19", "b")
+    assert publish(redis, prefix, "route r19") >= 1
+    time.sleep(0.5)
+    assert [_on(m, ca_ctx, "r19", backends) for _ in range(8)] == ["b"] * 8
 
 
 # ---------------------------------------------------------------------------
