@@ -11,6 +11,8 @@ Brute-force limits and delays are off here (auth_fail_limit = 0,
 auth_fail_delay = 0): test_bruteforce.py covers them.
 """
 
+import base64
+import signal
 import time
 
 import pytest
@@ -344,3 +346,68 @@ def test_redis_down_auth_unavailable_then_recovers(make_mux, fresh_redis, prefix
     _assert_login_ok(tagged, "l")
     _assert_authfailed(try_login(m, ca_ctx, user, "wrong"), "l")
     assert m.alive()
+
+
+@pytest.mark.slow
+def test_redis_hung_answers_within_timeout(make_mux, fresh_redis, prefix, rdv_a, ca_ctx):
+    """A Redis that accepts and never answers (SIGSTOP): [redis] timeout =
+    500ms bounds each command, so logins get NO [UNAVAILABLE] quickly and
+    the rest of the proxy keeps answering; after SIGCONT logins work again."""
+    r = fresh_redis
+    user = "rdown"
+    set_password(r, prefix, user, crypt_hash(rd_password(user), "$6$"))
+    set_route(r, prefix, user, "a")
+    m = _mux(make_mux, r, prefix, rdv_a, workers=1)
+    _assert_login_ok(try_login(m, ca_ctx, user, rd_password(user)), "l")
+    r.proc.signal(signal.SIGSTOP)
+    try:
+        with connect(m.imaps_port, ca_ctx) as c:
+            t0 = time.monotonic()
+            _, tagged = c.cmd("l", login_cmd(user, rd_password(user)), timeout=8)
+            elapsed = time.monotonic() - t0
+            assert tagged.startswith(b"l NO [UNAVAILABLE]"), tagged
+            assert elapsed < 3.0, "answered after %.2fs with timeout = 500ms" % elapsed
+            t0 = time.monotonic()
+            _, tagged = c.cmd("n", "NOOP", timeout=3)
+            assert tagged.startswith(b"n OK"), tagged
+            assert time.monotonic() - t0 < 0.5
+    finally:
+        r.proc.signal(signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while True:
+        tagged = try_login(m, ca_ctx, user, rd_password(user))
+        if tagged.startswith(b"l OK") or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    _assert_login_ok(tagged, "l")
+
+
+def test_no_secrets_in_log(make_mux, redis, prefix, rdv_a, ca_ctx):
+    """auth = redis at log_level = debug: neither the client's password (right
+    or wrong, in any encoding), nor the stored hash, nor the backend's master
+    password reaches imapmux's log."""
+    user = "rauth"
+    pw = "Zq8-Redis-Canary-5521"
+    wrong = "Wr0ng-Redis-Canary-7730"
+    h = crypt_hash(pw, "$y$")
+    set_password(redis, prefix, user, h)
+    m = _mux(make_mux, redis, prefix, rdv_a, log_level="debug")
+    _assert_login_ok(try_login(m, ca_ctx, user, pw), "l")
+    _assert_authfailed(try_login(m, ca_ctx, user, wrong), "l")
+    with connect(m.imaps_port, ca_ctx) as c:
+        _, tagged = c.cmd("p", "AUTHENTICATE PLAIN " + imapc.plain_ir(user, pw))
+        _assert_login_ok(tagged, "p")
+    with connect(m.imaps_port, ca_ctx) as c:
+        _, tagged = c.cmd("p", "AUTHENTICATE PLAIN " + imapc.plain_ir(user, wrong))
+        _assert_authfailed(tagged, "p")
+    time.sleep(0.2)
+    log = m.log_text()
+    assert user in log, "no log line names the user at all?"
+    secrets = {pw, wrong, h, h.rsplit("$", 1)[1], rdv_a.master_password}
+    for secret in (pw, wrong):
+        secrets.add(imapc.plain_ir(user, secret))
+        secrets.add(base64.b64encode(secret.encode()).decode())
+        secrets.add(secret.encode().hex())
+    secrets.add(imapc.plain_ir(rdv_a.master_user, rdv_a.master_password, authzid=user))
+    leaked = [s for s in secrets if s in log]
+    assert not leaked, "secrets in the log: %r" % leaked
