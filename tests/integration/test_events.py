@@ -65,19 +65,23 @@ def _assert_untouched(c, what, idle=False):
 def test_kick_closes_every_session_of_the_user(make_mux, redis, prefix, rdv_a, ca_ctx):
     m = _mux(make_mux, redis, prefix, rdv_a)
     wait_subscribed(redis, prefix, 1)
-    time.sleep(0.3)   # every worker's subscription, where each has its own
+    time.sleep(0.5)   # every worker's subscription, where each has its own
     clients = []
     try:
-        k_idle = _session(m, ca_ctx, "rkick", idle=True)
-        k_sel = _session(m, ca_ctx, "rkick")
+        # Two sessions in IDLE and two selected, so that both workers most
+        # likely hold some (SO_REUSEPORT spreads connections).
+        kicked = [(_session(m, ca_ctx, "rkick", idle=idle), "rkick %s #%d"
+                   % ("in IDLE" if idle else "selected", i))
+                  for i, idle in enumerate((True, False, True, False))]
+        clients = [c for c, _ in kicked]
         # rkickx: a name that starts with the kicked one; rkick2: another user.
         x_sel = _session(m, ca_ctx, "rkickx")
         o_idle = _session(m, ca_ctx, "rkick2", idle=True)
         pre = connect(m.imaps_port, ca_ctx)
-        clients = [k_idle, k_sel, x_sel, o_idle, pre]
+        clients += [x_sel, o_idle, pre]
         assert publish(redis, prefix, "kick rkick") >= 1
-        _assert_kicked(k_idle, "rkick in IDLE")
-        _assert_kicked(k_sel, "rkick selected")
+        for c, what in kicked:
+            _assert_kicked(c, what)
         _assert_untouched(x_sel, "rkickx")
         _assert_untouched(o_idle, "rkick2 in IDLE", idle=True)
         _assert_untouched(pre, "a session before login")
