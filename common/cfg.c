@@ -143,6 +143,9 @@ static const struct key_def backend_keys[] = {
     {"pool_min_idle", V_UINT, BF(pool_min_idle), 0, 0, POOL_MAX_LIMIT},
     {"pool_max", V_UINT, BF(pool_max), 0, 1, POOL_MAX_LIMIT},
     {"weight", V_UINT, BF(weight), 0, 1, 1000},
+    {"reuse_ttl", V_DURATION, BF(reuse_ttl), 0, 0, 0},
+    {"pool_wait", V_DURATION, BF(pool_wait), KF_POSITIVE, 0, 0},
+    {"keepalive", V_DURATION, BF(keepalive), KF_POSITIVE, 0, 0},
     {"connect_timeout", V_DURATION, BF(connect_timeout), KF_POSITIVE, 0, 0},
     {"command_timeout", V_DURATION, BF(command_timeout), KF_POSITIVE, 0, 0},
     {"master_separator", V_SEPARATOR, BF(master_separator), 0, 0, 0},
@@ -1017,6 +1020,9 @@ static int add_backend(struct parser *p, const char *name)
 	b->pool_min_idle = 0;
 	b->pool_max = 5000;
 	b->weight = 1;
+	b->reuse_ttl = 300;
+	b->pool_wait = 10;
+	b->keepalive = 60;
 	b->connect_timeout = 10;
 	b->command_timeout = 30;
 	memcpy(b->master_separator, "*", 2);

@@ -75,6 +75,11 @@ struct cfg_backend {
 	char *master_password;  /* master_password = (optional) */
 	unsigned pool_min_idle; /* pool_min_idle = 0 */
 	unsigned pool_max;      /* pool_max = 5000 */
+	double reuse_ttl;       /* reuse_ttl = 300s: keep a logged-out session for the same
+	                         * user and credentials this long; 0 = never reuse */
+	double pool_wait;       /* pool_wait = 10s: a login waits this long for a connection
+	                         * when pool_max are in use, then NO [UNAVAILABLE] */
+	double keepalive;       /* keepalive = 60s: NOOP on idle pooled connections this often */
 	unsigned weight;        /* weight = 1 (1..1000), for hashing */
 	double connect_timeout; /* connect_timeout = 10s: TCP connect, TLS, greeting */
 	double

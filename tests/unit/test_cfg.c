@@ -437,6 +437,9 @@ static void test_defaults(void **state)
 	assert_true(b->check_timeout == 3);
 	assert_int_equal(b->check_rise, 2);
 	assert_int_equal(b->check_fall, 3);
+	assert_true(b->reuse_ttl == 300);
+	assert_true(b->pool_wait == 10);
+	assert_true(b->keepalive == 60);
 	assert_int_equal(b->line, 3);
 	cfg_destroy(&c);
 	assert_null(c);
@@ -499,6 +502,9 @@ static void test_every_key(void **state)
 	                        "check_timeout = 10s\n"
 	                        "check_rise = 100\n"
 	                        "check_fall = 1\n"
+	                        "reuse_ttl = 0\n"
+	                        "pool_wait = 2.5s\n"
+	                        "keepalive = 2m\n"
 	                        "[backend a]\n"
 	                        "address = 127.0.0.1:11143\n"
 	                        "tls = starttls\n"
@@ -580,6 +586,9 @@ static void test_every_key(void **state)
 	assert_true(b->check_timeout == 10);
 	assert_int_equal(b->check_rise, 100);
 	assert_int_equal(b->check_fall, 1);
+	assert_true(b->reuse_ttl == 0);
+	assert_true(b->pool_wait == 2.5);
+	assert_true(b->keepalive == 120);
 	b = &c->backends[1];
 	assert_string_equal(b->name, "a");
 	assert_int_equal(b->tls, CFG_TLS_STARTTLS);
