@@ -45,6 +45,7 @@
 #include "imap_tok.h"
 #include "log.h"
 #include "redis.h"
+#include "reuse.h"
 #include "route.h"
 #include "runtime.h"
 #include "ttlmap.h"
@@ -122,6 +123,14 @@ struct session {
 	bool backend_gone;     /* backend EOF or error: drain what it sent, then close */
 	bool draining;         /* SIGTERM: close at the next quiet point */
 	bool counted_proxying; /* included in stats.sessions_proxying */
+
+	/* reuse after LOGOUT (reuse.c) */
+	uint8_t reuse_key[REUSE_KEY_LEN];
+	bool reuse_ok;      /* reuse_key is set: the login proved these credentials */
+	bool tainted;       /* per-connection state changed (ENABLE, NOTIFY...): no reuse */
+	bool selected_ever; /* SELECT or EXAMINE was sent: reset with UNSELECT */
+	bool logging_out;   /* LOGOUT taken by the proxy: waiting for earlier commands */
+	char logout_tag[TAG_MAX + 1];
 };
 
 static void login_free(struct session *s);
@@ -289,6 +298,11 @@ static void sess_timeout(struct ev_loop *loop, ev_timer *t, int revents)
 		               : NULL);
 		break;
 	case SESS_PROXYING: {
+		if (s->logging_out) {
+			/* Earlier commands never finished: no reuse. */
+			sess_close(s, "logout: backend did not finish", "* BYE Logging out");
+			break;
+		}
 		double left = s->last_activity + sess_idle_limit(s) - ev_now(loop);
 		if (left > 0.5) {
 			sess_arm(s, left);
@@ -381,6 +395,7 @@ static void sess_bad(struct session *s, const char *tag, size_t tag_len, const c
 }
 
 static void sess_login_done(void *owner, struct backend *b, enum bk_result r, const char *why);
+static void sess_attach(struct session *s, struct backend *b, bool reused);
 
 /*
  * The login pipeline. Credentials taken from LOGIN or AUTHENTICATE go
@@ -556,7 +571,23 @@ static void login_backend(struct session *s, const struct cfg_backend *bc)
 		return;
 	}
 	s->bcfg = bc;
+	if (bc->reuse_ttl > 0) {
+		/* With auth = redis the proxy proved the password: any later
+		 * proven login of the user may have the session. */
+		static const uint8_t proven[] = "\001verified-by-imapmux";
+		if (cfg->auth == CFG_AUTH_REDIS)
+			reuse_key(bc->name, l->user, l->ulen, proven, sizeof(proven), s->reuse_key);
+		else
+			reuse_key(bc->name, l->user, l->ulen, l->pass, l->plen, s->reuse_key);
+		s->reuse_ok = true;
+		struct backend *kept = reuse_take(s->w, bc, s->reuse_key);
+		if (kept != NULL) {
+			sess_attach(s, kept, true);
+			return;
+		}
+	}
 	STAT_INC(&s->w->stats, backend_connects);
+	STAT_INC(&s->w->stats, backend_logins);
 	s->bk = backend_new(s->w->loop, bc, s->rt->backend_ctx[i], s->id, sess_login_done, s);
 	if (s->bk == NULL) {
 		login_fail(s, LOGIN_UNAVAILABLE, false, "cannot connect to the backend");
@@ -1056,10 +1087,45 @@ static void sess_tls_up(struct session *s)
 
 static void sess_backend_io(struct conn *c, void *arg);
 
+/* Logged in (by a fresh login or a kept session): proxy from now on. */
+static void sess_attach(struct session *s, struct backend *b, bool reused)
+{
+	char caps[2048];
+	char what[160];
+
+	login_free(s);
+	s->bk = b;
+	if (caps_filter(b->caps, strlen(b->caps), caps, sizeof(caps)) < 0)
+		caps[0] = '\0';
+	backend_attach(b, sess_backend_io, s);
+	sess_reply(s, "%s OK [CAPABILITY %s] Logged in", s->tag, caps);
+	s->state = SESS_PROXYING;
+	STAT_INC(&s->w->stats, logins_ok);
+	if (reused)
+		STAT_INC(&s->w->stats, sessions_reused);
+	STAT_INC(&s->w->stats, sessions_proxying);
+	s->counted_proxying = true;
+	sess_cmd_reset(s);
+	buf_free(&s->cmd);
+
+	struct imap_tok_limits lim = {.frag_size = STREAM_FRAG};
+	imap_tok_init(&s->ctok, IMAP_TOK_COMMANDS, &lim);
+	imap_tok_init(&s->btok, IMAP_TOK_RESPONSES, &lim);
+	buf_init(&s->local, LOCAL_SIZE);
+	s->client.want_input = true;
+	b->conn.want_input = true;
+	s->last_activity = ev_now(s->w->loop);
+	sess_arm(s, sess_idle_limit(s));
+	snprintf(what, sizeof(what), "login ok on backend %s%s", s->bcfg->name,
+	         reused ? " (kept session reused)" : "");
+	sess_log(s, LOG_LVL_INFO, what);
+	/* Run from a fresh callback: this may be the backend's. */
+	ev_feed_event(s->w->loop, &s->client.wio, EV_WRITE);
+}
+
 static void sess_login_done(void *owner, struct backend *b, enum bk_result r, const char *why)
 {
 	struct session *s = owner;
-	char caps[2048];
 	char what[160];
 
 	if (s->state != SESS_LOGIN || s->login == NULL)
@@ -1079,39 +1145,29 @@ static void sess_login_done(void *owner, struct backend *b, enum bk_result r, co
 			login_fail(s, LOGIN_UNAVAILABLE, false, what);
 		return;
 	}
-	login_free(s);
-	if (caps_filter(b->caps, strlen(b->caps), caps, sizeof(caps)) < 0)
-		caps[0] = '\0';
-	backend_attach(b, sess_backend_io, s);
-	sess_reply(s, "%s OK [CAPABILITY %s] Logged in", s->tag, caps);
-	s->state = SESS_PROXYING;
-	STAT_INC(&s->w->stats, logins_ok);
-	STAT_INC(&s->w->stats, sessions_proxying);
-	s->counted_proxying = true;
-	sess_cmd_reset(s);
-	buf_free(&s->cmd);
-
-	struct imap_tok_limits lim = {.frag_size = STREAM_FRAG};
-	imap_tok_init(&s->ctok, IMAP_TOK_COMMANDS, &lim);
-	imap_tok_init(&s->btok, IMAP_TOK_RESPONSES, &lim);
-	buf_init(&s->local, LOCAL_SIZE);
-	s->client.want_input = true;
-	b->conn.want_input = true;
-	s->last_activity = ev_now(s->w->loop);
-	sess_arm(s, sess_idle_limit(s));
-	snprintf(what, sizeof(what), "login ok on backend %s", s->bcfg->name);
-	sess_log(s, LOG_LVL_INFO, what);
-	/* Run from a fresh callback: this one is the backend's. */
-	ev_feed_event(s->w->loop, &s->client.wio, EV_WRITE);
+	sess_attach(s, b, false);
 }
 
 /* ---- proxying ---------------------------------------------------------- */
 
 /* Client to backend. Returns 1 on progress. */
+/* May this session's backend be kept when its client logs out? */
+static bool sess_can_keep(const struct session *s)
+{
+	const char *caps = s->bk->caps;
+
+	return s->reuse_ok && !s->tainted && !s->idle_pending && !s->idling && !s->draining &&
+	       !s->backend_gone && !s->backend_bye && s->bcfg->reuse_ttl > 0 &&
+	       (!s->selected_ever || caps_has(caps, strlen(caps), "UNSELECT"));
+}
+
 static int sess_pump_c2b(struct session *s)
 {
 	struct conn *b = &s->bk->conn;
 	int progress = 0;
+
+	if (s->logging_out)
+		return 0;
 
 	while (!buf_is_empty(&s->client.in)) {
 		struct imap_tok_unit u;
@@ -1157,6 +1213,29 @@ static int sess_pump_c2b(struct session *s)
 					progress = 1;
 					continue;
 				}
+				if (imap_word_eq(h.w1, h.w1_len, "LOGOUT") && u.last &&
+				    sess_can_keep(s) && h.tag_len <= TAG_MAX) {
+					/* Answered by the proxy once earlier commands are
+					 * done; the backend session is kept (reuse.c). */
+					memcpy(s->logout_tag, h.tag, h.tag_len);
+					s->logout_tag[h.tag_len] = '\0';
+					s->logging_out = true;
+					s->client.want_input = false;
+					imap_tok_consume(&s->ctok, &u, u.len);
+					buf_consume(&s->client.in, u.len);
+					sess_arm(s, s->bcfg->command_timeout);
+					return 1;
+				}
+				if (imap_word_eq(h.w1, h.w1_len, "SELECT") ||
+				    imap_word_eq(h.w1, h.w1_len, "EXAMINE"))
+					s->selected_ever = true;
+				if (imap_word_eq(h.w1, h.w1_len, "ENABLE") ||
+				    imap_word_eq(h.w1, h.w1_len, "NOTIFY") ||
+				    imap_word_eq(h.w1, h.w1_len, "LANGUAGE") ||
+				    imap_word_eq(h.w1, h.w1_len, "UNAUTHENTICATE") ||
+				    imap_word_eq(h.w1, h.w1_len, "AUTHENTICATE") ||
+				    imap_word_eq(h.w1, h.w1_len, "LOGIN"))
+					s->tainted = true;
 				if (imap_word_eq(h.w1, h.w1_len, "IDLE") && h.tag_len <= TAG_MAX) {
 					memcpy(s->idle_tag, h.tag, h.tag_len);
 					s->idle_tag[h.tag_len] = '\0';
@@ -1300,6 +1379,23 @@ static int sess_pump_b2c(struct session *s)
 	return progress;
 }
 
+/* The LOGOUT the proxy took: every earlier command is answered. Answer it,
+ * hand the backend session to the reuse cache, close the client. */
+static void sess_finish_logout(struct session *s)
+{
+	struct backend *b = s->bk;
+
+	s->logging_out = false;
+	sess_reply(s, "* BYE Logging out");
+	sess_reply(s, "%s OK Logout completed.", s->logout_tag);
+	/* Move the replies out of `local` before the state changes. */
+	buf_put(&s->client.out, buf_head(&s->local), buf_len(&s->local));
+	buf_consume(&s->local, buf_len(&s->local));
+	s->bk = NULL;
+	reuse_park(s->w, s->rt, b, s->reuse_key, s->uname, s->uname_len, s->selected_ever);
+	sess_close(s, "logout (backend session kept)", NULL);
+}
+
 static bool sess_quiet(const struct session *s)
 {
 	return imap_tok_at_boundary(&s->ctok) && imap_tok_at_boundary(&s->btok) &&
@@ -1313,7 +1409,7 @@ static void sess_update(struct session *s)
 	if (s->state == SESS_DEAD)
 		return;
 	if (s->state == SESS_PROXYING)
-		s->client.want_input = buf_room(&s->local) >= REPLY_ROOM / 2;
+		s->client.want_input = !s->logging_out && buf_room(&s->local) >= REPLY_ROOM / 2;
 	conn_update(&s->client);
 	if (s->bk != NULL && s->state == SESS_PROXYING)
 		conn_update(&s->bk->conn);
@@ -1409,6 +1505,11 @@ static void sess_run(struct session *s)
 			}
 			if (s->client.eof && (buf_is_empty(&s->client.in) || !progress)) {
 				sess_close(s, "client closed", NULL);
+				continue;
+			}
+			if (s->logging_out && sess_quiet(s) && buf_is_empty(&s->local) &&
+			    buf_is_empty(&s->bk->conn.in)) {
+				sess_finish_logout(s);
 				continue;
 			}
 			if (s->draining && sess_quiet(s)) {

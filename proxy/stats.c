@@ -188,6 +188,8 @@ struct stats_sum {
 	unsigned long logins_unavailable;
 	unsigned long backend_connects;
 	unsigned long backend_lost;
+	unsigned long backend_logins;
+	unsigned long sessions_reused;
 	unsigned long client_bytes_in;
 	unsigned long client_bytes_out;
 	unsigned long preauth_bad;
@@ -210,6 +212,8 @@ static void stats_collect(struct stats_sum *s)
 		s->logins_unavailable += LOAD(st, logins_unavailable);
 		s->backend_connects += LOAD(st, backend_connects);
 		s->backend_lost += LOAD(st, backend_lost);
+		s->backend_logins += LOAD(st, backend_logins);
+		s->sessions_reused += LOAD(st, sessions_reused);
 		s->client_bytes_in += LOAD(st, client_bytes_in);
 		s->client_bytes_out += LOAD(st, client_bytes_out);
 		s->preauth_bad += LOAD(st, preauth_bad);
@@ -299,6 +303,10 @@ static void metrics_render(struct text *t)
 	        s.backend_connects);
 	counter(t, "imapmux_backend_lost_total", "Sessions ended by a lost backend connection.",
 	        s.backend_lost);
+	counter(t, "imapmux_backend_logins_total", "Logins sent to backends.", s.backend_logins);
+	counter(t, "imapmux_sessions_reused_total",
+	        "Logins served by a backend session kept after an earlier LOGOUT.",
+	        s.sessions_reused);
 	counter(t, "imapmux_client_bytes_received_total",
 	        "Bytes read from clients (after TLS decryption).", s.client_bytes_in);
 	counter(t, "imapmux_client_bytes_sent_total",

@@ -21,6 +21,8 @@ struct stats {
 	atomic_ulong logins_unavailable;   /* no usable backend */
 	atomic_ulong backend_connects;     /* backend connections opened */
 	atomic_ulong backend_lost;         /* sessions ended by a lost backend */
+	atomic_ulong backend_logins;       /* logins sent to backends */
+	atomic_ulong sessions_reused;      /* logins served by a kept backend session */
 	atomic_ulong client_bytes_in;      /* bytes read from clients (after TLS) */
 	atomic_ulong client_bytes_out;     /* bytes written to clients (before TLS) */
 	atomic_ulong preauth_bad;          /* BAD answers before login */

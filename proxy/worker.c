@@ -20,6 +20,7 @@
 #include "cryptpool.h"
 #include "log.h"
 #include "redis.h"
+#include "reuse.h"
 #include "session.h"
 #include "ttlmap.h"
 
@@ -198,6 +199,7 @@ static void on_event(void *arg, const char *kind, const char *a1, size_t l1, con
 	(void)l2;
 	if (strcmp(kind, "kick") == 0) {
 		session_kick(w, a1, l1);
+		reuse_drop_user(w, a1, l1);
 	} else if (strcmp(kind, "route") == 0) {
 		if (w->routes != NULL)
 			ttlmap_del(w->routes, a1, l1);
@@ -236,6 +238,8 @@ static void *worker_main(void *arg)
 		log_error("worker %d: cannot set up password checks", w->id);
 	ev_run(w->loop, 0);
 	session_cancel_all(w);
+	reuse_drop_all(w);
+	reaper_cb(w->loop, &w->reaper, 0);
 	rds_destroy(&w->rds);
 	ttlmap_destroy(&w->routes);
 	crypt_port_destroy(&w->crypt);

@@ -17,6 +17,7 @@
 struct rds;
 struct ttlmap;
 struct crypt_port;
+struct reuse_entry;
 
 struct worker;
 struct session;
@@ -49,10 +50,11 @@ struct worker {
 	struct session *sessions; /* all live sessions (doubly linked) */
 	size_t nsessions;
 	bool draining;
-	struct stats stats;       /* written by this worker only */
-	struct rds *rds;          /* Redis, when [redis] is configured */
-	struct ttlmap *routes;    /* cached user routes (lookup = redis) */
-	struct crypt_port *crypt; /* password checks come back here (auth = redis) */
+	struct stats stats;        /* written by this worker only */
+	struct rds *rds;           /* Redis, when [redis] is configured */
+	struct ttlmap *routes;     /* cached user routes (lookup = redis) */
+	struct crypt_port *crypt;  /* password checks come back here (auth = redis) */
+	struct reuse_entry *reuse; /* kept backend sessions (reuse.c) */
 
 	pthread_mutex_t lock;   /* protects the mailbox below */
 	struct runtime *new_rt; /* reload: swap in */
