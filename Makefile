@@ -19,7 +19,7 @@ PROXY_OBJ  := $(PROXY_SRC:.c=.o)
 UNIT_SRC   := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN   := $(UNIT_SRC:.c=)
 
-.PHONY: all deps test unit integration demo demo-stop clean lint format
+.PHONY: all deps test unit integration demo demo-stop bench clean lint format
 
 all: proxy/imapmux
 
@@ -54,6 +54,9 @@ demo: deps all
 
 demo-stop:
 	@sh deploy/demo.sh stop
+
+bench: deps all
+	$(PYTHON) bench/webmail.py
 
 lint:
 	clang-format --dry-run --Werror common/*.[ch] proxy/*.[ch] tests/unit/*.c
