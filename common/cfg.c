@@ -145,7 +145,7 @@ static const struct key_def backend_keys[] = {
     {"weight", V_UINT, BF(weight), 0, 1, 1000},
     {"reuse_ttl", V_DURATION, BF(reuse_ttl), 0, 0, 0},
     {"pool_wait", V_DURATION, BF(pool_wait), KF_POSITIVE, 0, 0},
-    {"keepalive", V_DURATION, BF(keepalive), KF_POSITIVE, 0, 0},
+    {"pool_idle_ttl", V_DURATION, BF(pool_idle_ttl), KF_POSITIVE, 0, 0},
     {"connect_timeout", V_DURATION, BF(connect_timeout), KF_POSITIVE, 0, 0},
     {"command_timeout", V_DURATION, BF(command_timeout), KF_POSITIVE, 0, 0},
     {"master_separator", V_SEPARATOR, BF(master_separator), 0, 0, 0},
@@ -1022,7 +1022,7 @@ static int add_backend(struct parser *p, const char *name)
 	b->weight = 1;
 	b->reuse_ttl = 300;
 	b->pool_wait = 10;
-	b->keepalive = 60;
+	b->pool_idle_ttl = 60;
 	b->connect_timeout = 10;
 	b->command_timeout = 30;
 	memcpy(b->master_separator, "*", 2);

@@ -79,7 +79,8 @@ struct cfg_backend {
 	                         * user and credentials this long; 0 = never reuse */
 	double pool_wait;       /* pool_wait = 10s: a login waits this long for a connection
 	                         * when pool_max are in use, then NO [UNAVAILABLE] */
-	double keepalive;       /* keepalive = 60s: NOOP on idle pooled connections this often */
+	double pool_idle_ttl;   /* pool_idle_ttl = 60s: an idle pooled connection (greeted, not
+	                         * logged in) is replaced after this long */
 	unsigned weight;        /* weight = 1 (1..1000), for hashing */
 	double connect_timeout; /* connect_timeout = 10s: TCP connect, TLS, greeting */
 	double

@@ -22,6 +22,7 @@
 #include "caps.h"
 #include "imap_args.h"
 #include "log.h"
+#include "pool.h"
 
 #define BK_BUF_SIZE (32 * 1024)
 #define BK_MAX_LINE (16 * 1024)
@@ -571,6 +572,8 @@ void backend_destroy(struct backend **bp)
 	ev_timer_stop(b->conn.loop, &b->timer);
 	bk_forget_credentials(b);
 	conn_close(&b->conn);
+	if (b->pool != NULL)
+		pool_backend_gone(b->pool, b);
 	free(b);
 }
 

@@ -67,6 +67,12 @@ struct backend {
 	char *plain_b64;
 
 	bool notify_ready; /* call done(BK_RES_OK) on READY when no login is pending */
+
+	/* pool.c bookkeeping: the pool counting this connection, and its idle list */
+	struct pool *pool;
+	struct backend *pool_prev, *pool_next;
+	bool pool_idle;
+	double pool_since;
 	backend_done_cb *done;
 	void *owner;
 	unsigned long sid; /* session id for logs */

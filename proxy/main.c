@@ -201,6 +201,7 @@ int main(int argc, char **argv)
 			log_error("cannot set up worker %u", i);
 			goto out;
 		}
+		workers[i].nworkers = nworkers;
 	}
 	if (cryptpool_start(rt->cfg->auth_threads) < 0) {
 		log_error("cannot start the password-check threads");

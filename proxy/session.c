@@ -44,6 +44,7 @@
 #include "imap_args.h"
 #include "imap_tok.h"
 #include "log.h"
+#include "pool.h"
 #include "redis.h"
 #include "reuse.h"
 #include "route.h"
@@ -130,6 +131,9 @@ struct session {
 	bool tainted;       /* per-connection state changed (ENABLE, NOTIFY...): no reuse */
 	bool selected_ever; /* SELECT or EXAMINE was sent: reset with UNSELECT */
 	bool logging_out;   /* LOGOUT taken by the proxy: waiting for earlier commands */
+	bool resetting;     /* "R UNSELECT" sent; its answer is not for the client */
+	bool reset_failed;  /* ... and it was not OK: do not keep the session */
+	bool reset_sent;
 	char logout_tag[TAG_MAX + 1];
 };
 
@@ -396,6 +400,8 @@ static void sess_bad(struct session *s, const char *tag, size_t tag_len, const c
 
 static void sess_login_done(void *owner, struct backend *b, enum bk_result r, const char *why);
 static void sess_attach(struct session *s, struct backend *b, bool reused);
+static void login_pool_got(void *arg, struct backend *b);
+static void login_send(struct session *s, struct backend *b);
 
 /*
  * The login pipeline. Credentials taken from LOGIN or AUTHENTICATE go
@@ -423,6 +429,7 @@ struct login {
 	size_t plen;
 	struct rds_req *req;
 	struct crypt_job *job;
+	struct pool_wait *wait; /* waiting for a backend connection (pool_max) */
 	ev_timer delay;
 	enum login_result result;
 };
@@ -437,6 +444,7 @@ static void login_free(struct session *s)
 	rds_cancel(l->req);
 	if (l->job != NULL)
 		crypt_cancel(l->job);
+	pool_wait_cancel(l->wait);
 	ev_timer_stop(s->w->loop, &l->delay);
 	if (l->pass != NULL) {
 		explicit_bzero(l->pass, l->plen);
@@ -555,7 +563,6 @@ static void login_backend(struct session *s, const struct cfg_backend *bc)
 	const struct cfg *cfg = s->rt->cfg;
 	struct login *l = s->login;
 	size_t i;
-	int r;
 
 	if (bc == NULL) {
 		login_fail(
@@ -586,13 +593,43 @@ static void login_backend(struct session *s, const struct cfg_backend *bc)
 			return;
 		}
 	}
-	STAT_INC(&s->w->stats, backend_connects);
-	STAT_INC(&s->w->stats, backend_logins);
-	s->bk = backend_new(s->w->loop, bc, s->rt->backend_ctx[i], s->id, sess_login_done, s);
-	if (s->bk == NULL) {
+	struct pool *pool = pool_of(s->w, s->rt, bc);
+	struct backend *b = NULL;
+	int pr = pool == NULL ? -1
+	                      : pool_acquire(pool, s->id, sess_login_done, s, &b, login_pool_got, s,
+	                                     &l->wait);
+	if (pr == 1)
+		return; /* at pool_max: login_pool_got goes on */
+	if (pr < 0) {
 		login_fail(s, LOGIN_UNAVAILABLE, false, "cannot connect to the backend");
 		return;
 	}
+	login_send(s, b);
+}
+
+/* A backend connection for this login at last (NULL: pool_wait passed). */
+static void login_pool_got(void *arg, struct backend *b)
+{
+	struct session *s = arg;
+
+	s->login->wait = NULL;
+	if (b == NULL) {
+		login_fail(s, LOGIN_UNAVAILABLE, false, "no backend connection free (pool_max)");
+		return;
+	}
+	login_send(s, b);
+}
+
+/* Log in on b, which this session owns now. */
+static void login_send(struct session *s, struct backend *b)
+{
+	const struct cfg *cfg = s->rt->cfg;
+	const struct cfg_backend *bc = s->bcfg;
+	struct login *l = s->login;
+	int r;
+
+	s->bk = b;
+	STAT_INC(&s->w->stats, backend_logins);
 	if (cfg->auth == CFG_AUTH_REDIS)
 		r = backend_login_as(s->bk, (const char *)l->user, l->ulen, bc->master_user,
 		                     strlen(bc->master_user), bc->master_password,
@@ -1360,6 +1397,17 @@ static int sess_pump_b2c(struct session *s)
 				break;
 			if (u.first) {
 				struct imap_head h;
+				if (s->resetting && u.type == IMAP_TOK_LINE && u.last &&
+				    imap_head_parse(p, u.len, &h) == 0 &&
+				    imap_word_eq(h.tag, h.tag_len, "R")) {
+					/* The proxy's own UNSELECT: not for the client. */
+					s->resetting = false;
+					s->reset_failed = !imap_word_eq(h.w1, h.w1_len, "OK");
+					imap_tok_consume(&s->btok, &u, n);
+					buf_consume(&b->in, n);
+					progress = 1;
+					continue;
+				}
 				if (imap_head_parse(p, u.len, &h) == 0) {
 					sess_track_response(s, &h);
 					if (u.type == IMAP_TOK_LINE && u.last)
@@ -1385,14 +1433,30 @@ static void sess_finish_logout(struct session *s)
 {
 	struct backend *b = s->bk;
 
+	if (s->selected_ever && !s->reset_sent) {
+		/* Reset first, answer after: the client's next login must find
+		 * the session ready to take. */
+		s->reset_sent = true;
+		if (buf_append(&b->conn.out, "R UNSELECT\r\n", 12) == 0) {
+			s->resetting = true;
+			return;
+		}
+		s->reset_failed = true;
+	}
+	if (s->resetting)
+		return;
 	s->logging_out = false;
 	sess_reply(s, "* BYE Logging out");
 	sess_reply(s, "%s OK Logout completed.", s->logout_tag);
 	/* Move the replies out of `local` before the state changes. */
 	buf_put(&s->client.out, buf_head(&s->local), buf_len(&s->local));
 	buf_consume(&s->local, buf_len(&s->local));
+	if (s->reset_failed) {
+		sess_close(s, "logout (backend reset failed)", NULL);
+		return;
+	}
 	s->bk = NULL;
-	reuse_park(s->w, s->rt, b, s->reuse_key, s->uname, s->uname_len, s->selected_ever);
+	reuse_park(s->w, s->rt, b, s->reuse_key, s->uname, s->uname_len, false);
 	sess_close(s, "logout (backend session kept)", NULL);
 }
 
@@ -1507,9 +1571,10 @@ static void sess_run(struct session *s)
 				sess_close(s, "client closed", NULL);
 				continue;
 			}
-			if (s->logging_out && sess_quiet(s) && buf_is_empty(&s->local) &&
-			    buf_is_empty(&s->bk->conn.in)) {
+			if (s->logging_out && !s->resetting && sess_quiet(s) &&
+			    buf_is_empty(&s->local) && buf_is_empty(&s->bk->conn.in)) {
 				sess_finish_logout(s);
+				progress = 1;
 				continue;
 			}
 			if (s->draining && sess_quiet(s)) {

@@ -19,6 +19,7 @@
 
 #include "cryptpool.h"
 #include "log.h"
+#include "pool.h"
 #include "redis.h"
 #include "reuse.h"
 #include "session.h"
@@ -116,6 +117,7 @@ static void start_drain(struct worker *w)
 	if (w->draining)
 		return;
 	w->draining = true;
+	pool_close_all(w);
 	listeners_set(w, false);
 	for (size_t i = 0; i < w->nlisteners; i++) {
 		if (w->listeners[i].fd >= 0) {
@@ -145,6 +147,7 @@ static void wake_cb(struct ev_loop *loop, ev_async *a, int revents)
 	if (rt != NULL) {
 		runtime_unref(&w->rt);
 		w->rt = rt;
+		pool_prefill(w, rt);
 	}
 	if (stop) {
 		ev_break(loop, EVBREAK_ALL);
@@ -236,10 +239,13 @@ static void *worker_main(void *arg)
 	w->crypt = crypt_port_new(w->loop);
 	if (w->crypt == NULL)
 		log_error("worker %d: cannot set up password checks", w->id);
+	pool_prefill(w, w->rt);
 	ev_run(w->loop, 0);
 	session_cancel_all(w);
+	pool_close_all(w);
 	reuse_drop_all(w);
 	reaper_cb(w->loop, &w->reaper, 0);
+	pool_destroy_all(w);
 	rds_destroy(&w->rds);
 	ttlmap_destroy(&w->routes);
 	crypt_port_destroy(&w->crypt);

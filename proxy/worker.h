@@ -18,6 +18,7 @@ struct rds;
 struct ttlmap;
 struct crypt_port;
 struct reuse_entry;
+struct pool;
 
 struct worker;
 struct session;
@@ -55,6 +56,8 @@ struct worker {
 	struct ttlmap *routes;     /* cached user routes (lookup = redis) */
 	struct crypt_port *crypt;  /* password checks come back here (auth = redis) */
 	struct reuse_entry *reuse; /* kept backend sessions (reuse.c) */
+	struct pool *pools;        /* backend connection pools (pool.c) */
+	unsigned nworkers;         /* how many workers share the pool bounds */
 
 	pthread_mutex_t lock;   /* protects the mailbox below */
 	struct runtime *new_rt; /* reload: swap in */

@@ -439,7 +439,7 @@ static void test_defaults(void **state)
 	assert_int_equal(b->check_fall, 3);
 	assert_true(b->reuse_ttl == 300);
 	assert_true(b->pool_wait == 10);
-	assert_true(b->keepalive == 60);
+	assert_true(b->pool_idle_ttl == 60);
 	assert_int_equal(b->line, 3);
 	cfg_destroy(&c);
 	assert_null(c);
@@ -504,7 +504,7 @@ static void test_every_key(void **state)
 	                        "check_fall = 1\n"
 	                        "reuse_ttl = 0\n"
 	                        "pool_wait = 2.5s\n"
-	                        "keepalive = 2m\n"
+	                        "pool_idle_ttl = 2m\n"
 	                        "[backend a]\n"
 	                        "address = 127.0.0.1:11143\n"
 	                        "tls = starttls\n"
@@ -588,7 +588,7 @@ static void test_every_key(void **state)
 	assert_int_equal(b->check_fall, 1);
 	assert_true(b->reuse_ttl == 0);
 	assert_true(b->pool_wait == 2.5);
-	assert_true(b->keepalive == 120);
+	assert_true(b->pool_idle_ttl == 120);
 	b = &c->backends[1];
 	assert_string_equal(b->name, "a");
 	assert_int_equal(b->tls, CFG_TLS_STARTTLS);

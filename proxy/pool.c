@@ -1,0 +1,397 @@
+/*
+ * pool — per-worker backend connection pools (see pool.h).
+ *
+ * Invariants:
+ *   - total counts every live backend struct with b->pool == p: connecting
+ *     or idle here, attached to a session, or kept by the reuse cache; it is
+ *     incremented where the pool creates one and decremented only by
+ *     pool_backend_gone (from backend_destroy);
+ *   - an idle backend is on the idle list, READY, with done/owner pointing
+ *     here, so that its death (BYE, EOF, timeout) comes back here;
+ *   - a failed refill backs off (1 s, doubling to 30 s) instead of looping;
+ *     a backend that health checks mark down is not refilled.
+ */
+#include "pool.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "health.h"
+#include "log.h"
+
+#define BACKOFF_MIN 1.0
+#define BACKOFF_MAX 30.0
+
+struct pool_wait {
+	struct pool *p;
+	struct pool_wait *prev, *next;
+	pool_got_cb *got;
+	void *arg;
+	unsigned long sid;
+	backend_done_cb *done;
+	void *owner;
+	ev_timer timer;
+};
+
+struct pool {
+	struct pool *next; /* worker's list */
+	struct worker *w;
+	struct runtime *rt; /* the runtime cfg and ctx come from (referenced) */
+	const struct cfg_backend *cfg;
+	size_t index;
+	SSL_CTX *ctx;
+	struct backend *idle; /* idle list head */
+	unsigned nidle;
+	unsigned nconnecting; /* opened by the refill, not ready yet */
+	unsigned total;
+	struct pool_wait *waiters, *waiters_tail;
+	ev_timer refill; /* backoff and idle-age sweeps */
+	double backoff;
+	bool closing; /* worker ending: open nothing more */
+};
+
+static unsigned per_worker(unsigned n, unsigned workers)
+{
+	if (n == 0)
+		return 0;
+	return (n + workers - 1) / workers;
+}
+
+static unsigned pool_min(const struct pool *p)
+{
+	return per_worker(p->cfg->pool_min_idle, p->w->nworkers ? p->w->nworkers : 1);
+}
+
+static unsigned pool_max(const struct pool *p)
+{
+	unsigned m = per_worker(p->cfg->pool_max, p->w->nworkers ? p->w->nworkers : 1);
+
+	return m ? m : 1;
+}
+
+static void idle_unlink(struct pool *p, struct backend *b)
+{
+	if (!b->pool_idle)
+		return;
+	if (b->pool_prev != NULL)
+		b->pool_prev->pool_next = b->pool_next;
+	else
+		p->idle = b->pool_next;
+	if (b->pool_next != NULL)
+		b->pool_next->pool_prev = b->pool_prev;
+	b->pool_prev = b->pool_next = NULL;
+	b->pool_idle = false;
+	p->nidle--;
+}
+
+static void idle_push(struct pool *p, struct backend *b)
+{
+	b->pool_prev = NULL;
+	b->pool_next = p->idle;
+	if (p->idle != NULL)
+		p->idle->pool_prev = b;
+	p->idle = b;
+	b->pool_idle = true;
+	b->pool_since = ev_now(p->w->loop);
+	p->nidle++;
+}
+
+static void pool_arm(struct pool *p, double secs)
+{
+	ev_timer_stop(p->w->loop, &p->refill);
+	ev_timer_set(&p->refill, secs, 0.);
+	ev_timer_start(p->w->loop, &p->refill);
+}
+
+static void pool_refill(struct pool *p);
+static void pool_serve_waiters(struct pool *p);
+
+/* The pool's own connections report here: ready, or dead. */
+static void pool_conn_done(void *owner, struct backend *b, enum bk_result r, const char *why)
+{
+	struct pool *p = owner;
+
+	if (r == BK_RES_OK && !b->pool_idle) {
+		p->nconnecting--;
+		p->backoff = BACKOFF_MIN;
+		b->done = pool_conn_done; /* later deaths come here too */
+		b->owner = p;
+		idle_push(p, b);
+		pool_serve_waiters(p);
+		return;
+	}
+	if (b->pool_idle) {
+		idle_unlink(p, b);
+		log_debug("pool %s: idle connection lost: %s", p->cfg->name, why);
+	} else {
+		p->nconnecting--;
+		log_debug("pool %s: connection failed: %s", p->cfg->name, why);
+		p->backoff = p->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : p->backoff * 2;
+		pool_arm(p, p->backoff);
+	}
+	backend_destroy_later(p->w, &b);
+}
+
+/* Open one connection counted in the pool. NULL if it cannot even start. */
+static struct backend *pool_open(struct pool *p, unsigned long sid, backend_done_cb *done,
+                                 void *owner)
+{
+	struct backend *b = backend_new(p->w->loop, p->cfg, p->ctx, sid, done, owner);
+
+	if (b == NULL)
+		return NULL;
+	b->pool = p;
+	p->total++;
+	STAT_INC(&p->w->stats, backend_connects);
+	return b;
+}
+
+static void pool_refill(struct pool *p)
+{
+	if (p->closing || p->w->draining)
+		return;
+	while (p->nidle + p->nconnecting < pool_min(p) && p->total < pool_max(p) &&
+	       health_backend_up(p->rt, p->index)) {
+		struct backend *b = pool_open(p, 0, pool_conn_done, p);
+		if (b == NULL) {
+			pool_arm(p, p->backoff);
+			return;
+		}
+		backend_notify_ready(b);
+		p->nconnecting++;
+	}
+}
+
+static void refill_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct pool *p = t->data;
+	double now = ev_now(loop), ttl = p->cfg->pool_idle_ttl;
+	struct backend *b, *next;
+
+	(void)revents;
+	/* Replace idle connections before the backend's pre-login timeout. */
+	for (b = p->idle; b != NULL; b = next) {
+		next = b->pool_next;
+		if (now - b->pool_since >= ttl) {
+			idle_unlink(p, b);
+			if (buf_append(&b->conn.out, "Z LOGOUT\r\n", 10) == 0)
+				(void)conn_flush(&b->conn);
+			backend_destroy_later(p->w, &b);
+		}
+	}
+	pool_refill(p);
+	if (p->nidle > 0 || pool_min(p) > 0)
+		pool_arm(p, ttl / 2 > BACKOFF_MIN ? ttl / 2 : BACKOFF_MIN);
+}
+
+struct pool *pool_of(struct worker *w, struct runtime *rt, const struct cfg_backend *bc)
+{
+	struct pool *p;
+	size_t i = runtime_backend_index(rt, bc);
+
+	for (p = w->pools; p != NULL; p = p->next) {
+		if (strcmp(p->cfg->name, bc->name) == 0)
+			break;
+	}
+	if (p == NULL) {
+		p = calloc(1, sizeof(*p));
+		if (p == NULL)
+			return NULL;
+		p->w = w;
+		p->backoff = BACKOFF_MIN;
+		ev_init(&p->refill, refill_cb);
+		p->refill.data = p;
+		p->next = w->pools;
+		w->pools = p;
+	}
+	if (p->rt != rt) {
+		/* New or reloaded settings: idle connections made with the
+		 * old ones (address, TLS) are not to be handed out. */
+		bool moved =
+		    p->cfg != NULL && (p->cfg->addr.len != bc->addr.len ||
+		                       memcmp(&p->cfg->addr.ss, &bc->addr.ss, bc->addr.len) != 0 ||
+		                       p->cfg->tls != bc->tls);
+		while (moved && p->idle != NULL) {
+			struct backend *b = p->idle;
+			idle_unlink(p, b);
+			backend_destroy_later(w, &b);
+		}
+		if (p->rt != NULL)
+			runtime_unref(&p->rt);
+		p->rt = runtime_ref(rt);
+		p->cfg = bc;
+		p->index = i;
+		p->ctx = rt->backend_ctx[i];
+	}
+	return p;
+}
+
+void pool_prefill(struct worker *w, struct runtime *rt)
+{
+	for (size_t i = 0; i < rt->cfg->nbackends; i++) {
+		struct pool *p = pool_of(w, rt, &rt->cfg->backends[i]);
+		if (p == NULL)
+			continue;
+		pool_refill(p);
+		if (pool_min(p) > 0)
+			pool_arm(p, p->cfg->pool_idle_ttl / 2);
+	}
+}
+
+static struct backend *pool_take_idle(struct pool *p, unsigned long sid, backend_done_cb *done,
+                                      void *owner)
+{
+	struct backend *b = p->idle;
+
+	if (b == NULL)
+		return NULL;
+	idle_unlink(p, b);
+	b->done = done;
+	b->owner = owner;
+	b->sid = sid;
+	b->notify_ready = false;
+	pool_refill(p);
+	return b;
+}
+
+int pool_acquire(struct pool *p, unsigned long sid, backend_done_cb *done, void *owner,
+                 struct backend **b_r, pool_got_cb *got, void *arg, struct pool_wait **wait_r)
+{
+	struct pool_wait *wt;
+
+	*b_r = pool_take_idle(p, sid, done, owner);
+	if (*b_r != NULL)
+		return 0;
+	if (p->total < pool_max(p)) {
+		*b_r = pool_open(p, sid, done, owner);
+		return *b_r != NULL ? 0 : -1;
+	}
+	wt = calloc(1, sizeof(*wt));
+	if (wt == NULL)
+		return -1;
+	wt->p = p;
+	wt->got = got;
+	wt->arg = arg;
+	wt->sid = sid;
+	wt->done = done;
+	wt->owner = owner;
+	wt->prev = p->waiters_tail;
+	if (p->waiters_tail != NULL)
+		p->waiters_tail->next = wt;
+	else
+		p->waiters = wt;
+	p->waiters_tail = wt;
+	*wait_r = wt;
+	return 1;
+}
+
+static void wait_unlink(struct pool_wait *wt)
+{
+	struct pool *p = wt->p;
+
+	if (wt->prev != NULL)
+		wt->prev->next = wt->next;
+	else
+		p->waiters = wt->next;
+	if (wt->next != NULL)
+		wt->next->prev = wt->prev;
+	else
+		p->waiters_tail = wt->prev;
+	ev_timer_stop(p->w->loop, &wt->timer);
+}
+
+static void wait_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct pool_wait *wt = t->data;
+	pool_got_cb *got = wt->got;
+	void *arg = wt->arg;
+
+	(void)loop;
+	(void)revents;
+	wait_unlink(wt);
+	free(wt);
+	got(arg, NULL);
+}
+
+/* Started lazily so that pool_acquire's caller can store the handle first. */
+static void wait_arm(struct pool_wait *wt)
+{
+	if (ev_is_active(&wt->timer))
+		return;
+	ev_timer_init(&wt->timer, wait_timeout, wt->p->cfg->pool_wait, 0.);
+	wt->timer.data = wt;
+	ev_timer_start(wt->p->w->loop, &wt->timer);
+}
+
+void pool_wait_cancel(struct pool_wait *wt)
+{
+	if (wt == NULL)
+		return;
+	wait_unlink(wt);
+	free(wt);
+}
+
+/* Hand free capacity to the logins waiting for it, oldest first. */
+static void pool_serve_waiters(struct pool *p)
+{
+	while (!p->closing && p->waiters != NULL) {
+		struct pool_wait *wt = p->waiters;
+		struct backend *b = pool_take_idle(p, wt->sid, wt->done, wt->owner);
+
+		if (b == NULL && p->total < pool_max(p))
+			b = pool_open(p, wt->sid, wt->done, wt->owner);
+		if (b == NULL) {
+			for (wt = p->waiters; wt != NULL; wt = wt->next)
+				wait_arm(wt);
+			return;
+		}
+		pool_got_cb *got = wt->got;
+		void *arg = wt->arg;
+		wait_unlink(wt);
+		free(wt);
+		got(arg, b);
+	}
+}
+
+void pool_backend_gone(struct pool *p, struct backend *b)
+{
+	idle_unlink(p, b);
+	p->total--;
+	pool_serve_waiters(p);
+	pool_refill(p);
+}
+
+void pool_close_all(struct worker *w)
+{
+	for (struct pool *p = w->pools; p != NULL; p = p->next) {
+		p->closing = true;
+		ev_timer_stop(w->loop, &p->refill);
+		while (p->idle != NULL) {
+			struct backend *b = p->idle;
+			idle_unlink(p, b);
+			backend_destroy_later(w, &b);
+		}
+	}
+}
+
+void pool_destroy_all(struct worker *w)
+{
+	while (w->pools != NULL) {
+		struct pool *p = w->pools;
+		w->pools = p->next;
+		ev_timer_stop(w->loop, &p->refill);
+		while (p->waiters != NULL) {
+			struct pool_wait *wt = p->waiters;
+			wait_unlink(wt);
+			free(wt);
+		}
+		while (p->idle != NULL) {
+			struct backend *b = p->idle;
+			idle_unlink(p, b);
+			b->pool = NULL;
+			backend_destroy(&b);
+		}
+		runtime_unref(&p->rt);
+		free(p);
+	}
+}

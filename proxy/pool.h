@@ -1,0 +1,59 @@
+/*
+ * pool — a worker's connections to one backend: ready ones kept warm for
+ * logins, and the bound on all of them.
+ *
+ *   refill --backend_new--> CONNECTING --ready--> IDLE (greeted, caps known)
+ *   login: IDLE --pool_acquire--> session (one round trip: the login)
+ *          none idle, below bound --> new connection for the session
+ *          at the bound --> wait (pool_wait), then NO [UNAVAILABLE]
+ *   any backend of the pool destroyed --> slot free: serve a waiter, refill
+ *   IDLE older than pool_idle_ttl, or BYE/EOF --> closed and replaced
+ *
+ * Bounds are per worker: pool_min_idle and pool_max of the backend divided
+ * by the number of workers (rounded up), so an instance stays within them.
+ * Every backend connection a session, the reuse cache or the pool holds is
+ * counted while it exists (b->pool), whoever owns it.
+ */
+#ifndef IMAPMUX_POOL_H
+#define IMAPMUX_POOL_H
+
+#include "backend.h"
+#include "runtime.h"
+#include "worker.h"
+
+struct pool;
+struct pool_wait;
+
+/* A connection freed up for a waiting login, or NULL when pool_wait passed. */
+typedef void pool_got_cb(void *arg, struct backend *b);
+
+/* The pool of backend bc for worker w (made on first use, kept until the
+ * worker ends; follows bc's settings after a reload). NULL on OOM. */
+struct pool *pool_of(struct worker *w, struct runtime *rt, const struct cfg_backend *bc);
+
+/* Start filling every backend's pool of rt (worker start, reload). */
+void pool_prefill(struct worker *w, struct runtime *rt);
+
+/*
+ * A backend connection for a login, owned by (done, owner) from now on:
+ *   0: *b_r is ready (greeted) or connecting; call backend_login on it;
+ *   1: the pool is at its bound: *wait_r is queued, got(arg, b) comes later
+ *      (b with done/owner set, or NULL after pool_wait);
+ *  -1: cannot connect.
+ */
+int pool_acquire(struct pool *p, unsigned long sid, backend_done_cb *done, void *owner,
+                 struct backend **b_r, pool_got_cb *got, void *arg, struct pool_wait **wait_r);
+
+/* The waiting login went away: got will not be called. */
+void pool_wait_cancel(struct pool_wait *wt);
+
+/* Called by backend_destroy for a backend with b->pool set. */
+void pool_backend_gone(struct pool *p, struct backend *b);
+
+/* Worker ending: close idle connections, open no more. */
+void pool_close_all(struct worker *w);
+
+/* Free every pool of w, after every counted backend is gone (worker exit). */
+void pool_destroy_all(struct worker *w);
+
+#endif
