@@ -18,6 +18,7 @@
 
 #include "health.h"
 #include "log.h"
+#include "reuse.h"
 
 #define BACKOFF_MIN 1.0
 #define BACKOFF_MAX 30.0
@@ -104,6 +105,7 @@ static void pool_arm(struct pool *p, double secs)
 }
 
 static void pool_refill(struct pool *p);
+static void wait_arm(struct pool_wait *wt);
 static void pool_serve_waiters(struct pool *p);
 
 /* The pool's own connections report here: ready, or dead. */
@@ -282,6 +284,10 @@ int pool_acquire(struct pool *p, unsigned long sid, backend_done_cb *done, void 
 		p->waiters = wt;
 	p->waiters_tail = wt;
 	*wait_r = wt;
+	/* A kept session is a connection nobody uses right now: give its
+	 * slot to this login (freed by the reaper, then served). */
+	(void)reuse_evict_one(p->w, p->cfg->name);
+	wait_arm(wt);
 	return 1;
 }
 
@@ -313,7 +319,7 @@ static void wait_timeout(struct ev_loop *loop, ev_timer *t, int revents)
 	got(arg, NULL);
 }
 
-/* Started lazily so that pool_acquire's caller can store the handle first. */
+/* The upper bound on a login's wait (idempotent). */
 static void wait_arm(struct pool_wait *wt)
 {
 	if (ev_is_active(&wt->timer))

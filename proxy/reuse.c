@@ -277,3 +277,18 @@ void reuse_drop_all(struct worker *w)
 	while (w->reuse != NULL)
 		entry_close(w->reuse, "shutting down");
 }
+
+bool reuse_evict_one(struct worker *w, const char *backend)
+{
+	struct reuse_entry *e, *oldest = NULL;
+
+	/* New entries go to the head: the last match is the oldest. */
+	for (e = w->reuse; e != NULL; e = e->next) {
+		if (e->state == ENTRY_KEPT && strcmp(e->b->cfg->name, backend) == 0)
+			oldest = e;
+	}
+	if (oldest == NULL)
+		return false;
+	entry_close(oldest, "connection needed for another login (pool_max)");
+	return true;
+}

@@ -48,4 +48,8 @@ struct backend *reuse_take(struct worker *w, const struct cfg_backend *b_cfg,
 void reuse_drop_user(struct worker *w, const char *user, size_t ulen);
 void reuse_drop_all(struct worker *w);
 
+/* Close the oldest kept session of backend to free a connection slot for a
+ * waiting login. Returns false if there was none. */
+bool reuse_evict_one(struct worker *w, const char *backend);
+
 #endif
