@@ -168,9 +168,7 @@ int conn_read(struct conn *c)
 		return -1;
 	if (c->ssl != NULL && c->handshaking) {
 		int r = conn_handshake(c);
-		if (r < 0)
-			return -1;
-		if (c->handshaking)
+		if (r < 0 || c->handshaking)
 			return r;
 		progress = 1;
 	}
@@ -226,9 +224,7 @@ int conn_flush(struct conn *c)
 		return -1;
 	if (c->ssl != NULL && c->handshaking) {
 		int r = conn_handshake(c);
-		if (r < 0)
-			return -1;
-		if (c->handshaking)
+		if (r < 0 || c->handshaking)
 			return r;
 		progress = 1;
 	}

@@ -372,6 +372,18 @@ static bool sess_plaintext_ok(const struct session *s)
 	return s->tls_active || s->lcfg->allow_plaintext_auth;
 }
 
+/* Answer NO when credentials would cross the network in clear. */
+static bool sess_refuse_plaintext(struct session *s, const char *tag)
+{
+	if (sess_plaintext_ok(s))
+		return false;
+	sess_reply(s,
+	           "%s NO [PRIVACYREQUIRED] Plaintext authentication disallowed "
+	           "on non-secure (SSL/TLS) connections.",
+	           tag);
+	return true;
+}
+
 static void sess_greet(struct session *s)
 {
 	s->state = SESS_PREAUTH;
@@ -1001,13 +1013,8 @@ static void sess_preauth_command(struct session *s)
 			sess_bad(s, tag, strlen(tag), "Invalid arguments.");
 			return;
 		}
-		if (!sess_plaintext_ok(s)) {
-			sess_reply(s,
-			           "%s NO [PRIVACYREQUIRED] Plaintext authentication disallowed "
-			           "on non-secure (SSL/TLS) connections.",
-			           tag);
+		if (sess_refuse_plaintext(s, tag))
 			return;
-		}
 		sess_start_login(s, c.args[0].data, c.args[0].len, c.args[1].data, c.args[1].len);
 	} else if (imap_word_eq(name, nlen, "AUTHENTICATE")) {
 		if (c.nargs < 1 || c.nargs > 2 || c.args[0].type != IMAP_ARG_ATOM ||
@@ -1015,13 +1022,8 @@ static void sess_preauth_command(struct session *s)
 			sess_bad(s, tag, strlen(tag), "Invalid arguments.");
 			return;
 		}
-		if (!sess_plaintext_ok(s)) {
-			sess_reply(s,
-			           "%s NO [PRIVACYREQUIRED] Plaintext authentication disallowed "
-			           "on non-secure (SSL/TLS) connections.",
-			           tag);
+		if (sess_refuse_plaintext(s, tag))
 			return;
-		}
 		if (!imap_word_eq(c.args[0].data, c.args[0].len, "PLAIN")) {
 			sess_reply(s, "%s NO Unsupported authentication mechanism.", tag);
 			return;
