@@ -48,7 +48,8 @@ struct pool {
 	struct pool_wait *waiters, *waiters_tail;
 	ev_timer refill; /* backoff and idle-age sweeps */
 	double backoff;
-	bool closing; /* worker ending: open nothing more */
+	double backoff_until; /* no refill before this time (after failures) */
+	bool closing;         /* worker ending: open nothing more */
 };
 
 static unsigned per_worker(unsigned n, unsigned workers)
@@ -105,6 +106,14 @@ static void pool_arm(struct pool *p, double secs)
 }
 
 static void pool_refill(struct pool *p);
+
+/* A connection attempt failed: no refill for a while, longer each time. */
+static void pool_back_off(struct pool *p)
+{
+	p->backoff_until = ev_now(p->w->loop) + p->backoff;
+	pool_arm(p, p->backoff);
+	p->backoff = p->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : p->backoff * 2;
+}
 static void wait_arm(struct pool_wait *wt);
 static void pool_serve_waiters(struct pool *p);
 
@@ -116,6 +125,7 @@ static void pool_conn_done(void *owner, struct backend *b, enum bk_result r, con
 	if (r == BK_RES_OK && !b->pool_idle) {
 		p->nconnecting--;
 		p->backoff = BACKOFF_MIN;
+		p->backoff_until = 0;
 		b->done = pool_conn_done; /* later deaths come here too */
 		b->owner = p;
 		idle_push(p, b);
@@ -128,8 +138,7 @@ static void pool_conn_done(void *owner, struct backend *b, enum bk_result r, con
 	} else {
 		p->nconnecting--;
 		log_debug("pool %s: connection failed: %s", p->cfg->name, why);
-		p->backoff = p->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : p->backoff * 2;
-		pool_arm(p, p->backoff);
+		pool_back_off(p);
 	}
 	backend_destroy_later(p->w, &b);
 }
@@ -150,18 +159,31 @@ static struct backend *pool_open(struct pool *p, unsigned long sid, backend_done
 
 static void pool_refill(struct pool *p)
 {
-	if (p->closing || p->w->draining)
+	if (p->closing || p->w->draining || ev_now(p->w->loop) < p->backoff_until)
 		return;
 	while (p->nidle + p->nconnecting < pool_min(p) && p->total < pool_max(p) &&
 	       health_backend_up(p->rt, p->index)) {
 		struct backend *b = pool_open(p, 0, pool_conn_done, p);
 		if (b == NULL) {
-			pool_arm(p, p->backoff);
+			pool_back_off(p);
 			return;
 		}
 		backend_notify_ready(b);
 		p->nconnecting++;
 	}
+}
+
+/* When to look again: before idle connections age out, when a backoff
+ * ends, and at least every 2 s (a backend marked down may be up again). */
+static double pool_period(const struct pool *p, double now)
+{
+	double t = p->cfg->pool_idle_ttl / 2;
+
+	if (t > 2.0)
+		t = 2.0;
+	if (p->backoff_until > now && p->backoff_until - now < t)
+		t = p->backoff_until - now;
+	return t > 0.05 ? t : 0.05;
 }
 
 static void refill_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -183,7 +205,7 @@ static void refill_cb(struct ev_loop *loop, ev_timer *t, int revents)
 	}
 	pool_refill(p);
 	if (p->nidle > 0 || pool_min(p) > 0)
-		pool_arm(p, ttl / 2 > BACKOFF_MIN ? ttl / 2 : BACKOFF_MIN);
+		pool_arm(p, pool_period(p, now));
 }
 
 struct pool *pool_of(struct worker *w, struct runtime *rt, const struct cfg_backend *bc)
@@ -235,8 +257,8 @@ void pool_prefill(struct worker *w, struct runtime *rt)
 		if (p == NULL)
 			continue;
 		pool_refill(p);
-		if (pool_min(p) > 0)
-			pool_arm(p, p->cfg->pool_idle_ttl / 2);
+		if (pool_min(p) > 0 && !ev_is_active(&p->refill))
+			pool_arm(p, pool_period(p, ev_now(w->loop)));
 	}
 }
 
