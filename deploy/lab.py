@@ -526,12 +526,15 @@ class Dovecot:
     users: {name: password} stored as {PLAIN}, or {name: (password,
     "SHA512-CRYPT")} stored hashed. tls: also offer STARTTLS on port and
     implicit TLS on imaps_port with cert/key (made here when not given).
+    extra_conf: text appended to the generated dovecot.conf (e.g.
+    "imap_capability = +XFOOBAR").
     """
 
     def __init__(self, users, port=None, tls=False, cert=None, key=None, imaps_port=None,
                  master_user=MASTER_USER, master_password="lab-master-secret",
-                 directory=None, name="dovecot"):
+                 directory=None, name="dovecot", extra_conf=""):
         self.users = dict(users)
+        self.extra_conf = extra_conf
         self.port = port or free_port()
         self.tls = tls
         self.imaps_port = (imaps_port or free_port()) if tls else None
@@ -596,6 +599,8 @@ class Dovecot:
             imaps_port=self.imaps_port if self.tls else 0, ssl="yes" if self.tls else "no",
             ssl_settings=ssl_settings, uid=uid, gid=gid, login_user=login_user,
             internal_user=internal_user)
+        if self.extra_conf:
+            conf += "\n# extra_conf\n" + self.extra_conf.rstrip("\n") + "\n"
         self._write(self.conf_path, conf)
 
     @staticmethod
