@@ -127,12 +127,14 @@ struct session {
 
 	/* reuse after LOGOUT (reuse.c) */
 	uint8_t reuse_key[REUSE_KEY_LEN];
-	bool reuse_ok;      /* reuse_key is set: the login proved these credentials */
-	bool tainted;       /* per-connection state changed (ENABLE, NOTIFY...): no reuse */
-	bool selected_ever; /* SELECT or EXAMINE was sent: reset with UNSELECT */
-	bool logging_out;   /* LOGOUT taken by the proxy: waiting for earlier commands */
-	bool resetting;     /* "R UNSELECT" sent; its answer is not for the client */
-	bool reset_failed;  /* ... and it was not OK: do not keep the session */
+	bool reuse_ok;             /* reuse_key is set: the login proved these credentials */
+	bool tainted;              /* per-connection state changed (ENABLE, NOTIFY...): no reuse */
+	bool selected;             /* a mailbox may be selected: reset with UNSELECT */
+	char sel_tag[TAG_MAX + 1]; /* the last SELECT/EXAMINE/CLOSE/UNSELECT in flight */
+	bool sel_opens;            /* ... and it was SELECT or EXAMINE */
+	bool logging_out;          /* LOGOUT taken by the proxy: waiting for earlier commands */
+	bool resetting;            /* "R UNSELECT" sent; its answer is not for the client */
+	bool reset_failed;         /* ... and it was not OK: do not keep the session */
 	bool reset_sent;
 	char logout_tag[TAG_MAX + 1];
 };
@@ -1190,6 +1192,18 @@ static void sess_login_done(void *owner, struct backend *b, enum bk_result r, co
 /* ---- proxying ---------------------------------------------------------- */
 
 /* Client to backend. Returns 1 on progress. */
+/* Does word occur in p[0..len), ASCII case-insensitively? */
+static bool line_has_word(const uint8_t *p, size_t len, const char *word)
+{
+	size_t wl = strlen(word);
+
+	for (size_t i = 0; i + wl <= len; i++) {
+		if (imap_word_eq(p + i, wl, word))
+			return true;
+	}
+	return false;
+}
+
 /* May this session's backend be kept when its client logs out? */
 static bool sess_can_keep(const struct session *s)
 {
@@ -1197,7 +1211,7 @@ static bool sess_can_keep(const struct session *s)
 
 	return s->reuse_ok && !s->tainted && !s->idle_pending && !s->idling && !s->draining &&
 	       !s->backend_gone && !s->backend_bye && s->bcfg->reuse_ttl > 0 &&
-	       (!s->selected_ever || caps_has(caps, strlen(caps), "UNSELECT"));
+	       (!s->selected || caps_has(caps, strlen(caps), "UNSELECT"));
 }
 
 static int sess_pump_c2b(struct session *s)
@@ -1262,12 +1276,28 @@ static int sess_pump_c2b(struct session *s)
 					s->client.want_input = false;
 					imap_tok_consume(&s->ctok, &u, u.len);
 					buf_consume(&s->client.in, u.len);
+					/* Nothing after LOGOUT is ever answered. */
+					buf_consume(&s->client.in, buf_len(&s->client.in));
 					sess_arm(s, s->bcfg->command_timeout);
 					return 1;
 				}
-				if (imap_word_eq(h.w1, h.w1_len, "SELECT") ||
-				    imap_word_eq(h.w1, h.w1_len, "EXAMINE"))
-					s->selected_ever = true;
+				bool opens = imap_word_eq(h.w1, h.w1_len, "SELECT") ||
+				             imap_word_eq(h.w1, h.w1_len, "EXAMINE");
+				if ((opens || imap_word_eq(h.w1, h.w1_len, "CLOSE") ||
+				     imap_word_eq(h.w1, h.w1_len, "UNSELECT")) &&
+				    h.tag_len <= TAG_MAX) {
+					/* Until its answer a mailbox may be selected. */
+					memcpy(s->sel_tag, h.tag, h.tag_len);
+					s->sel_tag[h.tag_len] = '\0';
+					s->sel_opens = opens;
+					s->selected = true;
+				}
+				/* CONDSTORE switched on without ENABLE (RFC 7162 3.1)
+				 * stays on for the connection: never hand it on. */
+				if (line_has_word(p, u.len, "CONDSTORE") ||
+				    line_has_word(p, u.len, "MODSEQ") ||
+				    line_has_word(p, u.len, "CHANGEDSINCE"))
+					s->tainted = true;
 				if (imap_word_eq(h.w1, h.w1_len, "ENABLE") ||
 				    imap_word_eq(h.w1, h.w1_len, "NOTIFY") ||
 				    imap_word_eq(h.w1, h.w1_len, "LANGUAGE") ||
@@ -1351,6 +1381,14 @@ static void sess_track_response(struct session *s, const struct imap_head *h)
 	}
 	if (s->inflight > 0)
 		s->inflight--;
+	if (s->sel_tag[0] != '\0' && strlen(s->sel_tag) == h->tag_len &&
+	    memcmp(s->sel_tag, h->tag, h->tag_len) == 0) {
+		/* SELECT/EXAMINE: selected iff OK (a failed one leaves none
+		 * selected, RFC 3501 6.3.1); CLOSE/UNSELECT OK: none. */
+		bool ok = imap_word_eq(h->w1, h->w1_len, "OK");
+		s->selected = s->sel_opens ? ok : !ok;
+		s->sel_tag[0] = '\0';
+	}
 	if ((s->idle_pending || s->idling) && strlen(s->idle_tag) == h->tag_len &&
 	    memcmp(s->idle_tag, h->tag, h->tag_len) == 0) {
 		s->idle_pending = false;
@@ -1435,7 +1473,7 @@ static void sess_finish_logout(struct session *s)
 {
 	struct backend *b = s->bk;
 
-	if (s->selected_ever && !s->reset_sent) {
+	if (s->selected && !s->reset_sent) {
 		/* Reset first, answer after: the client's next login must find
 		 * the session ready to take. */
 		s->reset_sent = true;

@@ -17,8 +17,9 @@ Evidence of reuse, both ways round:
 Every imapmux here has workers = 1 (the cache is per worker) and
 check_interval = 0, and talks implicit TLS to Dovecot (verified against the
 test certificate). Users are this module's own, on a Dovecot of its own
-(fresh_dovecot's for the restart test). Two known problems are strict xfails
-at the end.
+(fresh_dovecot's for the restart test). The last two tests pin problems
+found here and fixed since: input pipelined after LOGOUT, and CONDSTORE
+switched on without ENABLE.
 """
 
 import imaplib
@@ -48,7 +49,8 @@ TIMEOUT = 8.0
 
 RUSERS = ["ru-rounds", "ru-fresh", "ru-a", "ru-b", "ru-wrong", "ru-taint", "ru-idle",
           "ru-idle2", "ru-pipe", "ru-ttl", "ru-ttl0", "ru-kick", "ru-kick2", "ru-redis",
-          "ru-pw", "ru-slow", "ru-x1", "ru-x2", "ru-barrier"]
+          "ru-pw", "ru-slow", "ru-x1", "ru-x2", "ru-barrier", "ru-nosel-close",
+          "ru-nosel-failedselect", "ru-nosel-neverselected"]
 
 
 def rpw(user):
@@ -724,11 +726,8 @@ def test_auth_redis_reuse(make_mux, rdv, cert, ca_ctx, redis, prefix):
 
 
 # ---------------------------------------------------------------------------
-# known problems (strict xfail: they start passing when fixed)
+# problems found by this module, fixed since
 
-@pytest.mark.xfail(strict=True, reason="imapmux stops reading at the LOGOUT it takes; bytes "
-                   "pipelined after it keep the session from being quiet, so the client waits "
-                   "command_timeout and gets a BYE without the tagged OK")
 def test_input_pipelined_after_logout_does_not_stall(make_mux, rdv, cert, ca_ctx):
     user = "ru-x1"
     m = start_mux(make_mux, rdv, cert)
@@ -745,9 +744,6 @@ def test_input_pipelined_after_logout_does_not_stall(make_mux, rdv, cert, ca_ctx
     assert lines[0].startswith(b"* BYE") and b"o OK Logout completed" in got, got
 
 
-@pytest.mark.xfail(strict=True, reason="CONDSTORE enabled implicitly (SELECT ... (CONDSTORE), "
-                   "STATUS (HIGHESTMODSEQ), FETCH MODSEQ; RFC 7162 3.1) does not taint the "
-                   "session, so the next client gets MODSEQ in FETCH responses it never asked for")
 def test_implicit_condstore_is_not_carried_over(make_mux, rdv, cert, ca_ctx):
     user = "ru-x2"
     append(rdv, user, message("condstore")[0])
@@ -766,3 +762,24 @@ def test_implicit_condstore_is_not_carried_over(make_mux, rdv, cert, ca_ctx):
     reused = counts(m)[0]
     logout_any(c)
     assert not any(b"MODSEQ" in x for x in untagged), (reused, untagged)
+
+
+@pytest.mark.parametrize("how", ["close", "failed_select", "never_selected"])
+def test_reuse_when_nothing_is_selected_at_logout(make_mux, rdv, cert, ca_ctx, how):
+    """CLOSE before LOGOUT, a failed SELECT, or no SELECT at all: nothing is
+    selected, so no UNSELECT is needed and the session is still reused."""
+    user = "ru-nosel-" + how.replace("_", "")
+    append(rdv, user, message("nosel")[0])
+    m = start_mux(make_mux, rdv, cert)
+    for i in range(3):
+        c = login(m, ca_ctx, user, tag="l%d" % i)
+        if how == "close":
+            select(c, tag="s%d" % i)
+            _, tagged = c.cmd("c%d" % i, "CLOSE")
+            assert tagged.startswith(b"c%d OK" % i), tagged
+        elif how == "failed_select":
+            select(c, tag="s%d" % i)
+            _, tagged = c.cmd("x%d" % i, "SELECT no-such-mailbox")
+            assert tagged.startswith(b"x%d NO" % i), tagged
+        logout_exact(c, "o%d" % i)
+    assert counts(m) == (2, 1)
