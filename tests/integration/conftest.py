@@ -30,6 +30,8 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
+import urllib.request
 
 import pytest
 
@@ -297,3 +299,30 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
     # Never leave a child behind, whatever happens to the run.
     signal.signal(signal.SIGTERM, lambda *a: (lab.stop_all(), os._exit(143)))
+
+
+def wait_until(pred, timeout, what, interval=0.05):
+    """Poll pred() until it is true; AssertionError after timeout seconds,
+    saying what (a string, or a function returning one, called then).
+    Returns pred's true value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("%s: not true after %.1fs"
+                                 % (what() if callable(what) else what, timeout))
+        time.sleep(interval)
+
+
+def scrape_metrics(port):
+    """{sample name (with its labels): value} of imapmux's /metrics."""
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, val = line.rsplit(None, 1)
+            out[name] = float(val)
+    return out

@@ -35,6 +35,7 @@ import pytest
 
 import imapc
 import lab
+from conftest import wait_until  # noqa: F401 (re-exported)
 from conftest import MASTER_PASSWORD
 
 CLIENT_TIMEOUT = 8.0
@@ -186,19 +187,7 @@ def redis_section(r, prefix, **extra):
     return kv
 
 
-def wait_until(pred, timeout, what, interval=0.05):
-    """Poll pred() until it is true; AssertionError after timeout seconds,
-    saying what (a string, or a function returning one, called then).
-    Returns pred's true value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("%s: not true after %.1fs"
-                                 % (what() if callable(what) else what, timeout))
-        time.sleep(interval)
+# wait_until lives in conftest.py; imported above for the modules that use it from here.
 
 
 def numsub(r, channel):

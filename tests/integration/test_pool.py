@@ -34,7 +34,7 @@ import pytest
 
 import imapc
 import lab
-from conftest import MASTER_PASSWORD, backend_section, password
+from conftest import MASTER_PASSWORD, backend_section, password, scrape_metrics, wait_until
 
 TIMEOUT = 8.0
 
@@ -86,20 +86,6 @@ def _nofile():
 # ---------------------------------------------------------------------------
 # helpers
 
-def wait_until(pred, timeout, what, interval=0.05):
-    """Poll pred() until true (returned); AssertionError after timeout
-    seconds, saying what (a string, or a function returning one)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("%s: not true after %.1fs"
-                                 % (what() if callable(what) else what, timeout))
-        time.sleep(interval)
-
-
 def start_mux(make_mux, dv, cert, workers=2, imapmux=None, routing=None, backends=None,
               **bk_extra):
     """imapmux with stats_listen and backend a = dv over implicit TLS,
@@ -121,15 +107,7 @@ def start_mux(make_mux, dv, cert, workers=2, imapmux=None, routing=None, backend
 
 def metrics(m):
     """{sample name (with labels): value} of /metrics."""
-    url = "http://127.0.0.1:%d/metrics" % m.stats_port
-    with urllib.request.urlopen(url, timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, val = line.rsplit(None, 1)
-            out[name] = float(val)
-    return out
+    return scrape_metrics(m.stats_port)
 
 
 def connects(m):

@@ -35,7 +35,7 @@ import pytest
 
 import imapc
 import lab
-from conftest import MASTER_PASSWORD, backend_section, password
+from conftest import MASTER_PASSWORD, backend_section, password, scrape_metrics
 
 pytest.register_assert_rewrite("conftest_redis")
 from conftest_redis import (  # noqa: E402
@@ -94,15 +94,7 @@ def start_mux(make_mux, dv, cert, reuse_ttl=None, imapmux=None, redis=None, rout
 
 def metrics(m):
     """{family: value} of /metrics (samples without labels only)."""
-    url = "http://127.0.0.1:%d/metrics" % m.stats_port
-    with urllib.request.urlopen(url, timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#") and "{" not in line:
-            name, val = line.split()
-            out[name] = float(val)
-    return out
+    return {k: v for k, v in scrape_metrics(m.stats_port).items() if "{" not in k}
 
 
 def counts(m):
