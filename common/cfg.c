@@ -144,6 +144,7 @@ static const struct key_def backend_keys[] = {
     {"pool_max", V_UINT, BF(pool_max), 0, 1, POOL_MAX_LIMIT},
     {"weight", V_UINT, BF(weight), 0, 1, 1000},
     {"reuse_ttl", V_DURATION, BF(reuse_ttl), 0, 0, 0},
+    {"unauthenticate", V_BOOL, BF(unauthenticate), 0, 0, 0},
     {"pool_wait", V_DURATION, BF(pool_wait), KF_POSITIVE, 0, 0},
     {"pool_idle_ttl", V_DURATION, BF(pool_idle_ttl), KF_POSITIVE, 0, 0},
     {"connect_timeout", V_DURATION, BF(connect_timeout), KF_POSITIVE, 0, 0},
@@ -1023,6 +1024,7 @@ static int add_backend(struct parser *p, const char *name)
 	b->reuse_ttl = 300;
 	b->pool_wait = 10;
 	b->pool_idle_ttl = 60;
+	b->unauthenticate = true;
 	b->connect_timeout = 10;
 	b->command_timeout = 30;
 	memcpy(b->master_separator, "*", 2);

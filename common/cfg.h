@@ -77,6 +77,9 @@ struct cfg_backend {
 	unsigned pool_max;      /* pool_max = 5000 */
 	double reuse_ttl;       /* reuse_ttl = 300s: keep a logged-out session for the same
 	                         * user and credentials this long; 0 = never reuse */
+	bool unauthenticate;    /* unauthenticate = yes: where the backend offers UNAUTHENTICATE
+	                         * (RFC 8437), a logged-out session goes back to the shared
+	                         * pool through it instead of the per-user reuse cache */
 	double pool_wait;       /* pool_wait = 10s: a login waits this long for a connection
 	                         * when pool_max are in use, then NO [UNAVAILABLE] */
 	double pool_idle_ttl;   /* pool_idle_ttl = 60s: an idle pooled connection (greeted, not

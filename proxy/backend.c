@@ -2,8 +2,14 @@
  * backend — a backend IMAP connection up to login (see backend.h).
  *
  * The proxy speaks first only after the greeting, one command at a time,
- * with fixed tags ("S" STARTTLS, "C" CAPABILITY, "L" login), so a tagged
- * line with another tag is a protocol error. Credentials live in this
+ * with fixed tags ("S" STARTTLS, "C" CAPABILITY, "L" login, "R" UNSELECT
+ * and "U" UNAUTHENTICATE on the way back to the pool), so a tagged line
+ * with another tag is a protocol error.
+ *
+ * Post-login capabilities: a login's tagged OK usually carries them; they
+ * are handed to the pool (pool_learn_login_caps), which keeps the backend's
+ * latest list, so a login whose OK lacks them costs no CAPABILITY round
+ * trip once any login of this backend has reported them. Credentials live in this
  * struct only until the login command is queued, and are wiped then.
  *
  * Login preference: AUTHENTICATE PLAIN with SASL-IR (one round trip, any
@@ -84,8 +90,9 @@ static void bk_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 
 	(void)loop;
 	(void)revents;
-	bk_fail(b, b->state == BK_LOGIN || b->state == BK_LOGIN_CAPS ? "login timed out"
-	                                                             : "connect timed out");
+	bk_fail(b, b->state == BK_UNAUTH                                 ? "UNAUTHENTICATE timed out"
+	           : b->state == BK_LOGIN || b->state == BK_LOGIN_CAPS ? "login timed out"
+	                                                               : "connect timed out");
 }
 
 static void bk_arm_timer(struct backend *b, double secs)
@@ -337,6 +344,8 @@ void backend_notify_ready(struct backend *b)
 static void bk_after_caps(struct backend *b)
 {
 	if (b->state == BK_LOGIN_CAPS) {
+		if (b->pool != NULL)
+			pool_learn_login_caps(b->pool, b->caps);
 		b->state = BK_ATTACHED;
 		bk_finish(b, BK_RES_OK, "logged in");
 	} else {
@@ -455,19 +464,45 @@ static void bk_line(struct backend *b, const uint8_t *p, size_t len)
 			return;
 		}
 		if (ok) {
+			const char *known = b->pool != NULL ? pool_login_caps(b->pool) : NULL;
+
 			b->caps_known = false;
 			bk_caps_from_code(b, h.rest, h.rest_len);
+			if (b->caps_known && b->pool != NULL)
+				pool_learn_login_caps(b->pool, b->caps);
+			if (!b->caps_known && known != NULL)
+				bk_store_caps(b, (const uint8_t *)known, strlen(known));
 			if (b->caps_known) {
 				b->state = BK_ATTACHED;
 				bk_finish(b, BK_RES_OK, "logged in");
 			} else {
 				b->state = BK_LOGIN_CAPS;
+				if (b->pool != NULL)
+					pool_count_caps_query(b->pool);
 				(void)bk_send(b, "C CAPABILITY\r\n");
 			}
 			return;
 		}
 		bk_finish(b, no ? bk_login_no(h.rest, h.rest_len) : BK_RES_UNAVAILABLE,
 		          no ? "credentials refused" : "login command rejected");
+		return;
+	case BK_UNAUTH:
+		if (imap_word_eq(h.tag, h.tag_len, "R"))
+			return; /* UNSELECT: whatever it says, UNAUTHENTICATE decides */
+		if (!imap_word_eq(h.tag, h.tag_len, "U") || !ok) {
+			bk_fail(b, "UNAUTHENTICATE refused");
+			return;
+		}
+		/* The capabilities are the pre-login ones again. */
+		b->caps_known = false;
+		b->caps[0] = '\0';
+		bk_caps_from_code(b, h.rest, h.rest_len);
+		if (b->caps_known) {
+			bk_ready(b);
+		} else {
+			b->state = BK_CAPS;
+			(void)bk_send(b, "C CAPABILITY\r\n");
+		}
 		return;
 	default:
 		bk_fail(b, "unexpected tagged response");
@@ -490,6 +525,13 @@ static void bk_read_lines(struct backend *b)
 			return;
 		}
 		if (u.type != IMAP_TOK_LINE || !u.last || !u.first) {
+			if (b->state == BK_UNAUTH) {
+				/* Untagged data of the old session (a FETCH with a
+				 * literal): not ours to read. */
+				imap_tok_consume(&b->tok, &u, u.len);
+				buf_consume(&b->conn.in, u.len);
+				continue;
+			}
 			bk_fail(b, "unexpected literal before login");
 			return;
 		}
@@ -552,6 +594,35 @@ static void bk_io(struct conn *c, void *arg)
 		}
 	} while (progress);
 	conn_update(&b->conn);
+}
+
+int backend_unauthenticate(struct backend *b, bool unselect, backend_done_cb *done, void *owner)
+{
+	static const char unsel[] = "R UNSELECT\r\n", unauth[] = "U UNAUTHENTICATE\r\n";
+	struct imap_tok_limits lim = {.max_line = BK_MAX_LINE};
+
+	if (b->state != BK_ATTACHED || b->conn.eof || b->conn.error)
+		return -1;
+	if ((unselect && buf_append(&b->conn.out, unsel, sizeof(unsel) - 1) < 0) ||
+	    buf_append(&b->conn.out, unauth, sizeof(unauth) - 1) < 0)
+		return -1;
+	b->conn.cb = bk_io;
+	b->conn.owner = b;
+	b->conn.want_input = true;
+	b->done = done;
+	b->owner = owner;
+	b->login_wanted = false;
+	b->plain_continuation = false;
+	b->notify_ready = true;
+	b->returning = true;
+	b->state = BK_UNAUTH;
+	/* The session left the stream at a response boundary. */
+	imap_tok_init(&b->tok, IMAP_TOK_RESPONSES, &lim);
+	bk_arm_timer(b, b->cfg->command_timeout);
+	/* Bytes may be waiting already: look at them from a fresh callback. */
+	ev_feed_event(b->conn.loop, &b->conn.wio, EV_WRITE);
+	conn_update(&b->conn);
+	return 0;
 }
 
 void backend_attach(struct backend *b, conn_cb *cb, void *owner)

@@ -5,6 +5,7 @@
  *
  *   CONNECTING -> [TLS] -> GREETING -> [STARTTLS -> TLS] -> [CAPS] -> READY
  *   READY -> LOGIN -> [LOGIN_CAPS] -> ATTACHED
+ *   ATTACHED -> UNAUTH -> [CAPS] -> READY   (RFC 8437: back to the pool)
  *   any -> FAILED (the owner is told once, then destroys it)
  */
 #ifndef IMAPMUX_BACKEND_H
@@ -28,6 +29,7 @@ enum bk_state {
 	BK_LOGIN,      /* login command sent; command_timeout running */
 	BK_LOGIN_CAPS, /* logged in, but the OK lacked capabilities: asking */
 	BK_ATTACHED,   /* logged in; the session owns the conn */
+	BK_UNAUTH,     /* ["R UNSELECT" and] "U UNAUTHENTICATE" sent, waiting for U */
 	BK_FAILED,     /* dead; the owner was told */
 };
 
@@ -67,6 +69,7 @@ struct backend {
 	char *plain_b64;
 
 	bool notify_ready; /* call done(BK_RES_OK) on READY when no login is pending */
+	bool returning;    /* going back to the pool through UNAUTHENTICATE */
 
 	/* pool.c bookkeeping: the pool counting this connection, and its idle list */
 	struct pool *pool;
@@ -102,6 +105,18 @@ __attribute__((warn_unused_result)) int backend_login_as(struct backend *b, cons
  * or done(..., BK_RES_UNAVAILABLE, why) on failure. For health checks and
  * pools. */
 void backend_notify_ready(struct backend *b);
+
+/*
+ * Return a logged-in backend at a response boundary to not-authenticated
+ * state (RFC 8437), closing the mailbox first with UNSELECT when unselect
+ * (never CLOSE, which expunges). The conn comes back from its session;
+ * done(owner, b, BK_RES_OK, "ready") follows once the backend is READY
+ * again with its pre-login capabilities read, or a failure result. Returns
+ * -1 (no callback) when the commands cannot even be queued.
+ */
+__attribute__((warn_unused_result)) int backend_unauthenticate(struct backend *b, bool unselect,
+                                                               backend_done_cb *done,
+                                                               void *owner);
 
 /* Hand the logged-in conn to a new owner: its callbacks go to cb(owner). */
 void backend_attach(struct backend *b, conn_cb *cb, void *owner);

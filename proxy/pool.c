@@ -9,13 +9,20 @@
  *   - an idle backend is on the idle list, READY, with done/owner pointing
  *     here, so that its death (BYE, EOF, timeout) comes back here;
  *   - a failed refill backs off (1 s, doubling to 30 s) instead of looping;
- *     a backend that health checks mark down is not refilled.
+ *     a backend that health checks mark down is not refilled;
+ *   - a connection coming back through UNAUTHENTICATE counts as connecting
+ *     until it is READY again (its failure is no reason to back off).
+ *
+ * The pool also keeps the backend's post-login capabilities, learned from
+ * the logins made on its connections (see backend.c).
  */
 #include "pool.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "caps.h"
 #include "health.h"
 #include "log.h"
 #include "reuse.h"
@@ -50,6 +57,8 @@ struct pool {
 	double backoff;
 	double backoff_until; /* no refill before this time (after failures) */
 	bool closing;         /* worker ending: open nothing more */
+	char login_caps[2048]; /* post-login capabilities, "" until a login reported them */
+	double caps_logged;    /* when a change of them was last logged */
 };
 
 static unsigned per_worker(unsigned n, unsigned workers)
@@ -124,6 +133,12 @@ static void pool_conn_done(void *owner, struct backend *b, enum bk_result r, con
 
 	if (r == BK_RES_OK && !b->pool_idle) {
 		p->nconnecting--;
+		if (b->returning) {
+			b->returning = false;
+			STAT_INC(&p->w->stats, backend_unauths);
+			log_debug("pool %s: connection back from a session (UNAUTHENTICATE)",
+			          p->cfg->name);
+		}
 		p->backoff = BACKOFF_MIN;
 		p->backoff_until = 0;
 		b->done = pool_conn_done; /* later deaths come here too */
@@ -135,6 +150,10 @@ static void pool_conn_done(void *owner, struct backend *b, enum bk_result r, con
 	if (b->pool_idle) {
 		idle_unlink(p, b);
 		log_debug("pool %s: idle connection lost: %s", p->cfg->name, why);
+	} else if (b->returning) {
+		p->nconnecting--;
+		log_msg(LOG_LVL_INFO, "pool %s: connection not returned to the pool: %s",
+		        p->cfg->name, why);
 	} else {
 		p->nconnecting--;
 		log_debug("pool %s: connection failed: %s", p->cfg->name, why);
@@ -379,6 +398,86 @@ static void pool_serve_waiters(struct pool *p)
 		free(wt);
 		got(arg, b);
 	}
+}
+
+/* " +NEW -GONE ..." between two capability lists, cut to fit out. */
+static void caps_diff(const char *old, const char *new, char *out, size_t outlen)
+{
+	size_t used = 0;
+	const char *lists[2] = {new, old}, *others[2] = {old, new};
+
+	out[0] = '\0';
+	for (int k = 0; k < 2; k++) {
+		const char *q = lists[k];
+		while (*q != '\0') {
+			size_t n;
+			while (*q == ' ')
+				q++;
+			n = strcspn(q, " ");
+			char atom[128];
+			if (n > 0 && n < sizeof(atom)) {
+				memcpy(atom, q, n);
+				atom[n] = '\0';
+			}
+			if (n > 0 && n < sizeof(atom) &&
+			    !caps_has(others[k], strlen(others[k]), atom)) {
+				int w = snprintf(out + used, outlen - used, " %c%.*s", k ? '-' : '+',
+				                 (int)n, q);
+				if (w < 0 || (size_t)w >= outlen - used)
+					return;
+				used += (size_t)w;
+			}
+			q += n;
+		}
+	}
+}
+
+const char *pool_login_caps(const struct pool *p)
+{
+	return p->login_caps[0] != '\0' ? p->login_caps : NULL;
+}
+
+void pool_learn_login_caps(struct pool *p, const char *caps)
+{
+	size_t len = strlen(caps);
+	double now = ev_now(p->w->loop);
+
+	if (len == 0 || len >= sizeof(p->login_caps) || strcmp(caps, p->login_caps) == 0)
+		return;
+	if (p->login_caps[0] != '\0') {
+		STAT_INC(&p->w->stats, caps_changes);
+		/* Per-user capability lists would change it at every login: say
+		 * so at most once a minute. */
+		if (now - p->caps_logged >= 60.0) {
+			char diff[512];
+			p->caps_logged = now;
+			caps_diff(p->login_caps, caps, diff, sizeof(diff));
+			log_msg(LOG_LVL_INFO, "backend %s: post-login capabilities changed:%s",
+			        p->cfg->name, diff);
+		}
+	} else {
+		log_debug("backend %s: post-login capabilities: %.300s", p->cfg->name, caps);
+	}
+	memcpy(p->login_caps, caps, len + 1);
+}
+
+void pool_count_caps_query(struct pool *p)
+{
+	STAT_INC(&p->w->stats, caps_queries);
+}
+
+void pool_put_back(struct pool *p, struct backend *b, bool unselect)
+{
+	/* Settings reloaded since it was opened, or the worker is ending:
+	 * close it instead. */
+	if (p->closing || p->w->draining || b->cfg != p->cfg ||
+	    backend_unauthenticate(b, unselect, pool_conn_done, p) < 0) {
+		if (buf_append(&b->conn.out, "Z LOGOUT\r\n", 10) == 0)
+			(void)conn_flush(&b->conn);
+		backend_destroy_later(p->w, &b);
+		return;
+	}
+	p->nconnecting++;
 }
 
 void pool_backend_gone(struct pool *p, struct backend *b)

@@ -8,6 +8,8 @@
  *          at the bound --> wait (pool_wait), then NO [UNAVAILABLE]
  *   any backend of the pool destroyed --> slot free: serve a waiter, refill
  *   IDLE older than pool_idle_ttl, or BYE/EOF --> closed and replaced
+ *   session LOGOUT on a backend with UNAUTHENTICATE --pool_put_back-->
+ *          "U UNAUTHENTICATE" --> IDLE again (RFC 8437)
  *
  * Bounds are per worker: pool_min_idle and pool_max of the backend divided
  * by the number of workers (rounded up), so an instance stays within them.
@@ -46,6 +48,22 @@ int pool_acquire(struct pool *p, unsigned long sid, backend_done_cb *done, void 
 
 /* The waiting login went away: got will not be called. */
 void pool_wait_cancel(struct pool_wait *wt);
+
+/* The backend's post-login capabilities as last reported by a login on one
+ * of this pool's connections; NULL until one did. */
+const char *pool_login_caps(const struct pool *p);
+
+/* A login's OK (or its CAPABILITY answer) reported caps: keep them, and
+ * count and log a change. */
+void pool_learn_login_caps(struct pool *p, const char *caps);
+
+/* A login had to ask CAPABILITY (for /metrics). */
+void pool_count_caps_query(struct pool *p);
+
+/* Take back b, logged in and at a response boundary, whose client logged
+ * out: UNAUTHENTICATE (after UNSELECT when unselect), then idle again. If
+ * that cannot be started, b is closed. */
+void pool_put_back(struct pool *p, struct backend *b, bool unselect);
 
 /* Called by backend_destroy for a backend with b->pool set. */
 void pool_backend_gone(struct pool *p, struct backend *b);

@@ -1214,6 +1214,19 @@ static bool sess_can_keep(const struct session *s)
 	       (!s->selected || caps_has(caps, strlen(caps), "UNSELECT"));
 }
 
+/* May this session's backend go back to the shared pool through
+ * UNAUTHENTICATE (RFC 8437) when its client logs out? The backend then
+ * drops all of the user's state, ENABLEd extensions included. */
+static bool sess_can_unauth(const struct session *s)
+{
+	const char *caps = s->bk->caps;
+
+	return s->bcfg->unauthenticate && s->bk->pool != NULL && !s->idle_pending && !s->idling &&
+	       !s->draining && !s->backend_gone && !s->backend_bye &&
+	       caps_has(caps, strlen(caps), "UNAUTHENTICATE") &&
+	       (!s->selected || caps_has(caps, strlen(caps), "UNSELECT"));
+}
+
 static int sess_pump_c2b(struct session *s)
 {
 	struct conn *b = &s->bk->conn;
@@ -1266,8 +1279,28 @@ static int sess_pump_c2b(struct session *s)
 					progress = 1;
 					continue;
 				}
+				/* The client is logged in through the proxy, never
+				 * to the backend on its own terms: it may not step
+				 * back to not-authenticated and log in as another
+				 * user past routing, auth checks and rate limits. */
+				if (imap_word_eq(h.w1, h.w1_len, "UNAUTHENTICATE")) {
+					if (!u.last) {
+						sess_close(s, "UNAUTHENTICATE with a literal",
+						           "* BYE Protocol error.");
+						return 1;
+					}
+					if (buf_room(&s->local) < REPLY_ROOM / 2)
+						break;
+					sess_reply(s, "%.*s BAD Unknown command.",
+					           (int)(h.tag_len > TAG_MAX ? TAG_MAX : h.tag_len),
+					           h.tag);
+					imap_tok_consume(&s->ctok, &u, u.len);
+					buf_consume(&s->client.in, u.len);
+					progress = 1;
+					continue;
+				}
 				if (imap_word_eq(h.w1, h.w1_len, "LOGOUT") && u.last &&
-				    sess_can_keep(s) && h.tag_len <= TAG_MAX) {
+				    (sess_can_keep(s) || sess_can_unauth(s)) && h.tag_len <= TAG_MAX) {
 					/* Answered by the proxy once earlier commands are
 					 * done; the backend session is kept (reuse.c). */
 					memcpy(s->logout_tag, h.tag, h.tag_len);
@@ -1301,7 +1334,6 @@ static int sess_pump_c2b(struct session *s)
 				if (imap_word_eq(h.w1, h.w1_len, "ENABLE") ||
 				    imap_word_eq(h.w1, h.w1_len, "NOTIFY") ||
 				    imap_word_eq(h.w1, h.w1_len, "LANGUAGE") ||
-				    imap_word_eq(h.w1, h.w1_len, "UNAUTHENTICATE") ||
 				    imap_word_eq(h.w1, h.w1_len, "AUTHENTICATE") ||
 				    imap_word_eq(h.w1, h.w1_len, "LOGIN"))
 					s->tainted = true;
@@ -1468,12 +1500,14 @@ static int sess_pump_b2c(struct session *s)
 }
 
 /* The LOGOUT the proxy took: every earlier command is answered. Answer it,
- * hand the backend session to the reuse cache, close the client. */
+ * hand the backend connection back to the pool (UNAUTHENTICATE) or the
+ * session to the reuse cache, close the client. */
 static void sess_finish_logout(struct session *s)
 {
 	struct backend *b = s->bk;
+	bool unauth = sess_can_unauth(s);
 
-	if (s->selected && !s->reset_sent) {
+	if (!unauth && s->selected && !s->reset_sent) {
 		/* Reset first, answer after: the client's next login must find
 		 * the session ready to take. */
 		s->reset_sent = true;
@@ -1496,6 +1530,12 @@ static void sess_finish_logout(struct session *s)
 		return;
 	}
 	s->bk = NULL;
+	if (unauth) {
+		/* The pool resets it in the background; the client is done. */
+		pool_put_back(b->pool, b, s->selected);
+		sess_close(s, "logout (backend connection back to the pool)", NULL);
+		return;
+	}
 	reuse_park(s->w, s->rt, b, s->reuse_key, s->uname, s->uname_len, false);
 	sess_close(s, "logout (backend session kept)", NULL);
 }

@@ -190,6 +190,9 @@ struct stats_sum {
 	unsigned long backend_lost;
 	unsigned long backend_logins;
 	unsigned long sessions_reused;
+	unsigned long backend_unauths;
+	unsigned long caps_queries;
+	unsigned long caps_changes;
 	unsigned long client_bytes_in;
 	unsigned long client_bytes_out;
 	unsigned long preauth_bad;
@@ -214,6 +217,9 @@ static void stats_collect(struct stats_sum *s)
 		s->backend_lost += LOAD(st, backend_lost);
 		s->backend_logins += LOAD(st, backend_logins);
 		s->sessions_reused += LOAD(st, sessions_reused);
+		s->backend_unauths += LOAD(st, backend_unauths);
+		s->caps_queries += LOAD(st, caps_queries);
+		s->caps_changes += LOAD(st, caps_changes);
 		s->client_bytes_in += LOAD(st, client_bytes_in);
 		s->client_bytes_out += LOAD(st, client_bytes_out);
 		s->preauth_bad += LOAD(st, preauth_bad);
@@ -307,6 +313,16 @@ static void metrics_render(struct text *t)
 	counter(t, "imapmux_sessions_reused_total",
 	        "Logins served by a backend session kept after an earlier LOGOUT.",
 	        s.sessions_reused);
+	counter(t, "imapmux_backend_unauthenticated_total",
+	        "Backend connections returned to the pool with UNAUTHENTICATE after a LOGOUT.",
+	        s.backend_unauths);
+	counter(t, "imapmux_backend_capability_queries_total",
+	        "CAPABILITY commands sent after a backend login because neither its OK nor the "
+	        "cache had the capabilities.",
+	        s.caps_queries);
+	counter(t, "imapmux_backend_capability_changes_total",
+	        "Times a backend's post-login capabilities differed from the cached ones.",
+	        s.caps_changes);
 	counter(t, "imapmux_client_bytes_received_total",
 	        "Bytes read from clients (after TLS decryption).", s.client_bytes_in);
 	counter(t, "imapmux_client_bytes_sent_total",

@@ -23,6 +23,9 @@ struct stats {
 	atomic_ulong backend_lost;         /* sessions ended by a lost backend */
 	atomic_ulong backend_logins;       /* logins sent to backends */
 	atomic_ulong sessions_reused;      /* logins served by a kept backend session */
+	atomic_ulong backend_unauths;      /* connections back to the pool by UNAUTHENTICATE */
+	atomic_ulong caps_queries;         /* CAPABILITY asked after a login (OK lacked them) */
+	atomic_ulong caps_changes;         /* a backend's post-login capabilities changed */
 	atomic_ulong client_bytes_in;      /* bytes read from clients (after TLS) */
 	atomic_ulong client_bytes_out;     /* bytes written to clients (before TLS) */
 	atomic_ulong preauth_bad;          /* BAD answers before login */
