@@ -90,7 +90,7 @@ static void bk_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 
 	(void)loop;
 	(void)revents;
-	bk_fail(b, b->state == BK_UNAUTH                                 ? "UNAUTHENTICATE timed out"
+	bk_fail(b, b->state == BK_UNAUTH                               ? "UNAUTHENTICATE timed out"
 	           : b->state == BK_LOGIN || b->state == BK_LOGIN_CAPS ? "login timed out"
 	                                                               : "connect timed out");
 }

@@ -115,8 +115,7 @@ void backend_notify_ready(struct backend *b);
  * -1 (no callback) when the commands cannot even be queued.
  */
 __attribute__((warn_unused_result)) int backend_unauthenticate(struct backend *b, bool unselect,
-                                                               backend_done_cb *done,
-                                                               void *owner);
+                                                               backend_done_cb *done, void *owner);
 
 /* Hand the logged-in conn to a new owner: its callbacks go to cb(owner). */
 void backend_attach(struct backend *b, conn_cb *cb, void *owner);

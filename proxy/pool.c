@@ -55,8 +55,8 @@ struct pool {
 	struct pool_wait *waiters, *waiters_tail;
 	ev_timer refill; /* backoff and idle-age sweeps */
 	double backoff;
-	double backoff_until; /* no refill before this time (after failures) */
-	bool closing;         /* worker ending: open nothing more */
+	double backoff_until;  /* no refill before this time (after failures) */
+	bool closing;          /* worker ending: open nothing more */
 	char login_caps[2048]; /* post-login capabilities, "" until a login reported them */
 	double caps_logged;    /* when a change of them was last logged */
 };
@@ -421,8 +421,8 @@ static void caps_diff(const char *old, const char *new, char *out, size_t outlen
 			}
 			if (n > 0 && n < sizeof(atom) &&
 			    !caps_has(others[k], strlen(others[k]), atom)) {
-				int w = snprintf(out + used, outlen - used, " %c%.*s", k ? '-' : '+',
-				                 (int)n, q);
+				int w = snprintf(out + used, outlen - used, " %c%.*s",
+				                 k ? '-' : '+', (int)n, q);
 				if (w < 0 || (size_t)w >= outlen - used)
 					return;
 				used += (size_t)w;

@@ -1300,7 +1300,8 @@ static int sess_pump_c2b(struct session *s)
 					continue;
 				}
 				if (imap_word_eq(h.w1, h.w1_len, "LOGOUT") && u.last &&
-				    (sess_can_keep(s) || sess_can_unauth(s)) && h.tag_len <= TAG_MAX) {
+				    (sess_can_keep(s) || sess_can_unauth(s)) &&
+				    h.tag_len <= TAG_MAX) {
 					/* Answered by the proxy once earlier commands are
 					 * done; the backend session is kept (reuse.c). */
 					memcpy(s->logout_tag, h.tag, h.tag_len);
