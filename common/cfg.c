@@ -55,13 +55,16 @@
 #define AUTH_THREADS_MAX    64u
 #define AUTH_FAIL_DELAY_MAX 60u
 #define CHECK_RISE_FALL_MAX 100u
+#define MAX_CONNECTIONS_MAX 10000000u
+#define MAX_LINE_MIN        1024u
+#define MAX_LINE_MAX        (16u * 1024 * 1024)
 #define KEYS_MAX            24
 
 enum val_type {
 	V_DURATION,  /* double, seconds */
 	V_BOOL,      /* bool */
 	V_UINT,      /* unsigned within [min, max] */
-	V_WORKERS,   /* unsigned 1..WORKERS_MAX, or "auto" stored as 0 */
+	V_UINT_AUTO, /* unsigned within [min, max], or "auto" stored as 0 */
 	V_LOG_LEVEL, /* enum log_level */
 	V_ADDR,      /* struct cfg_addr, host:port or [v6]:port */
 	V_ADDR_UNIX, /* struct cfg_addr, which may also be unix:/path */
@@ -95,7 +98,7 @@ struct key_def {
 #define BF(f) offsetof(struct cfg_backend, f)
 
 static const struct key_def imapmux_keys[] = {
-    {"workers", V_WORKERS, CF(workers), 0, 0, 0},
+    {"workers", V_UINT_AUTO, CF(workers), 0, 1, WORKERS_MAX},
     {"log_level", V_LOG_LEVEL, CF(log_level), 0, 0, 0},
     {"stats_listen", V_ADDR, CF(stats_listen), 0, 0, 0},
     {"auth", V_AUTH, CF(auth), 0, 0, 0},
@@ -107,6 +110,9 @@ static const struct key_def imapmux_keys[] = {
     {"auth_fail_window", V_DURATION, CF(auth_fail_window), KF_POSITIVE, 0, 0},
     {"auth_fail_delay", V_DURATION, CF(auth_fail_delay), 0, 0, AUTH_FAIL_DELAY_MAX},
     {"auth_threads", V_UINT, CF(auth_threads), 0, 1, AUTH_THREADS_MAX},
+    {"max_connections", V_UINT_AUTO, CF(max_connections), 0, 1, MAX_CONNECTIONS_MAX},
+    {"max_connections_per_ip", V_UINT, CF(max_connections_per_ip), 0, 0, MAX_CONNECTIONS_MAX},
+    {"max_line_length", V_UINT, CF(max_line_length), 0, MAX_LINE_MIN, MAX_LINE_MAX},
 };
 
 static const struct key_def listen_keys[] = {
@@ -608,6 +614,9 @@ static int cfg_new(struct parser *p)
 	c->auth_fail_limit = 10;
 	c->auth_fail_window = 5 * 60;
 	c->auth_fail_delay = 1;
+	c->max_connections = 0; /* auto */
+	c->max_connections_per_ip = 0;
+	c->max_line_length = 65536;
 	c->auth_threads = 2;
 	c->redis_timeout = 2;
 	if (cfg_parse_addr("127.0.0.1:6379", false, &c->redis_addr) < 0) {
@@ -716,12 +725,12 @@ static int set_value(struct parser *p, const struct key_def *k, const char *v)
 		}
 		*(unsigned *)f = u;
 		break;
-	case V_WORKERS:
+	case V_UINT_AUTO:
 		if (strcasecmp(v, "auto") == 0) {
 			u = 0;
-		} else if (parse_uint(v, 1, WORKERS_MAX, &u) < 0) {
-			set_err(p, p->line, "bad value '%s' for %s (1..%u or auto)", v, k->name,
-			        WORKERS_MAX);
+		} else if (parse_uint(v, k->min, k->max, &u) < 0) {
+			set_err(p, p->line, "bad value '%s' for %s (%u..%u or auto)", v, k->name,
+			        k->min, k->max);
 			return -1;
 		}
 		*(unsigned *)f = u;

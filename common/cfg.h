@@ -116,6 +116,12 @@ struct cfg {
 	double auth_fail_window;  /* auth_fail_window = 5m: the window those are counted in */
 	double auth_fail_delay;   /* auth_fail_delay = 1s (0..60s): before answering a failure */
 	unsigned auth_threads;    /* auth_threads = 2 (1..64): threads verifying password hashes */
+	unsigned max_connections; /* max_connections = auto (stored as 0: half the open-files
+	                           * limit less 256): client connections of the instance */
+	unsigned max_connections_per_ip; /* max_connections_per_ip = 0: per client address
+	                                  * (after PROXY); 0 = no limit */
+	unsigned max_line_length;        /* max_line_length = 65536 (1024..16M): one command line
+	                                  * after login (literals not counted) */
 
 	/* [redis] */
 	bool has_redis;             /* the section is present */

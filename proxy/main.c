@@ -19,9 +19,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "admit.h"
 #include "cfg.h"
 #include "cryptpool.h"
 #include "health.h"
@@ -55,6 +57,28 @@ static int check_supported(const struct cfg *cfg, char *err, size_t errlen)
 		}
 	}
 	return 0;
+}
+
+/* Each client session may hold two descriptors (client and backend), plus
+ * pools and listeners: warn when max_connections cannot be reached. */
+static void check_nofile(const struct cfg *cfg)
+{
+	struct rlimit rl;
+	rlim_t want = (rlim_t)cfg->max_connections * 2 + 256;
+
+	if (cfg->max_connections == 0) {
+		log_info("max_connections = auto: %u (from the open-files limit)",
+		         admit_max_connections(0));
+		return;
+	}
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
+		log_warn(
+		    "open-files limit %llu is below what max_connections = %u needs "
+		    "(about %llu): raise it (ulimit -n, LimitNOFILE=) or lower max_connections",
+		    (unsigned long long)rl.rlim_cur, cfg->max_connections,
+		    (unsigned long long)want);
 }
 
 static struct runtime *load(const char *path, char *err, size_t errlen)
@@ -225,6 +249,7 @@ int main(int argc, char **argv)
 		         : rt->cfg->listens[j].tls == CFG_TLS_STARTTLS ? "starttls"
 		                                                       : "none");
 	log_info("imapmux %s started with %u workers", IMAPMUX_VERSION, nworkers);
+	check_nofile(rt->cfg);
 
 	for (;;) {
 		int sig = sigwaitinfo(&set, NULL);
@@ -297,6 +322,7 @@ stop:
 	for (unsigned i = 0; i < nworkers; i++)
 		worker_destroy(&workers[i]);
 	cryptpool_stop();
+	admit_shutdown();
 	log_info("imapmux stopped");
 out:
 	free(workers);

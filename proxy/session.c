@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admit.h"
 #include "backend.h"
 #include "base64.h"
 #include "buf.h"
@@ -102,6 +103,8 @@ struct session {
 	struct login *login; /* the login pipeline, while in SESS_LOGIN */
 	bool tls_active;
 	bool starttls_done;
+	bool conn_counted; /* holds a place under max_connections */
+	bool ip_counted;   /* ... and under max_connections_per_ip */
 	ev_timer timer;
 	ev_tstamp last_activity;
 	const char *reason;
@@ -197,6 +200,11 @@ static void sess_free_later(struct session *s)
 		return;
 	s->state = SESS_DEAD;
 	STAT_DEC(&s->w->stats, sessions_active);
+	if (s->conn_counted)
+		admit_conn_done();
+	if (s->ip_counted)
+		admit_ip_done(s->ip);
+	s->conn_counted = s->ip_counted = false;
 	if (s->counted_proxying)
 		STAT_DEC(&s->w->stats, sessions_proxying);
 	STAT_ADD(&s->w->stats, client_bytes_in, s->client.bytes_in);
@@ -1150,7 +1158,9 @@ static void sess_attach(struct session *s, struct backend *b, bool reused)
 	buf_free(&s->cmd);
 
 	struct imap_tok_limits lim = {.frag_size = STREAM_FRAG};
-	imap_tok_init(&s->ctok, IMAP_TOK_COMMANDS, &lim);
+	struct imap_tok_limits clim = {.frag_size = STREAM_FRAG,
+	                               .max_line = s->rt->cfg->max_line_length};
+	imap_tok_init(&s->ctok, IMAP_TOK_COMMANDS, &clim);
 	imap_tok_init(&s->btok, IMAP_TOK_RESPONSES, &lim);
 	buf_init(&s->local, LOCAL_SIZE);
 	s->client.want_input = true;
@@ -1243,7 +1253,16 @@ static int sess_pump_c2b(struct session *s)
 		if (r == -2)
 			break;
 		if (r < 0) {
-			sess_close(s, imap_tok_error(&s->ctok), "* BYE Protocol error.");
+			const char *e = imap_tok_error(&s->ctok);
+			if (e != NULL && strcmp(e, "line too long") == 0) {
+				char why[96];
+				STAT_INC(&s->w->stats, line_too_long);
+				snprintf(why, sizeof(why), "command line over max_line_length (%u)",
+				         s->rt->cfg->max_line_length);
+				sess_close(s, why, "* BYE Command line too long.");
+			} else {
+				sess_close(s, e, "* BYE Protocol error.");
+			}
 			return 1;
 		}
 		size_t n = u.len;
@@ -1709,6 +1728,54 @@ static void peer_text(const struct sockaddr *sa, char *out, size_t outlen, char 
 	snprintf(ip, iplen, "%s", sa->sa_family == AF_UNIX ? "local" : host);
 }
 
+/* A connection limit says no: one log line a second at most (a flood must
+ * not flood the log too), a BYE where the client can read one. */
+static void sess_refuse(struct session *s, const char *limit, unsigned max)
+{
+	static _Thread_local double logged_at;
+	static _Thread_local unsigned quiet;
+	double now = ev_now(s->w->loop);
+	char why[96];
+
+	snprintf(why, sizeof(why), "refused: %s (%u) reached", limit, max);
+	if (now - logged_at >= 1.0) {
+		log_warn("S-%lu -@%s %s%s", s->id, s->peer, why,
+		         quiet ? " (and more refusals in the last second)" : "");
+		logged_at = now;
+		quiet = 0;
+	} else {
+		quiet++;
+	}
+	/* Without TLS yet on an implicit-TLS port nothing can be said. */
+	if (s->lcfg->tls == CFG_TLS_IMPLICIT && !s->tls_active) {
+		sess_close(s, why, NULL);
+		return;
+	}
+	s->state = SESS_PREAUTH; /* a state where the client can take a BYE */
+	s->reason = NULL;
+	sess_close(s, why,
+	           strcmp(limit, "max_connections") == 0
+	               ? "* BYE [UNAVAILABLE] Too many connections, try again later."
+	               : "* BYE [UNAVAILABLE] Too many connections from your address.");
+}
+
+/* The client's address is final (after a PROXY header where one comes):
+ * count it under max_connections_per_ip. false: refused and closing. */
+static bool sess_admit_ip(struct session *s)
+{
+	unsigned max = s->rt->cfg->max_connections_per_ip;
+
+	if (max == 0)
+		return true;
+	if (!admit_ip(s->ip, max)) {
+		STAT_INC(&s->w->stats, refused_ip);
+		sess_refuse(s, "max_connections_per_ip", max);
+		return false;
+	}
+	s->ip_counted = true;
+	return true;
+}
+
 void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr *peer,
                     socklen_t peerlen)
 {
@@ -1739,6 +1806,18 @@ void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr
 	sess_link(s);
 	log_debug("S-%lu -@%s connected on %s", s->id, s->peer, s->lcfg->name);
 
+	unsigned maxc = admit_max_connections(s->rt->cfg->max_connections);
+	if (!admit_conn(maxc)) {
+		STAT_INC(&w->stats, refused_total);
+		sess_refuse(s, "max_connections", maxc);
+		sess_run(s);
+		return;
+	}
+	s->conn_counted = true;
+	if (!sess_admit_ip(s)) {
+		sess_run(s);
+		return;
+	}
 	if (s->lcfg->tls == CFG_TLS_IMPLICIT) {
 		if (conn_start_tls(&s->client, s->rt->listen_ctx[lidx], true, NULL) < 0) {
 			sess_close(s, "cannot start TLS", NULL);

@@ -197,6 +197,9 @@ struct stats_sum {
 	unsigned long client_bytes_out;
 	unsigned long preauth_bad;
 	unsigned long tls_handshake_failed;
+	unsigned long refused_total;
+	unsigned long refused_ip;
+	unsigned long line_too_long;
 };
 
 #define LOAD(st, field) atomic_load_explicit(&(st)->field, memory_order_relaxed)
@@ -224,6 +227,9 @@ static void stats_collect(struct stats_sum *s)
 		s->client_bytes_out += LOAD(st, client_bytes_out);
 		s->preauth_bad += LOAD(st, preauth_bad);
 		s->tls_handshake_failed += LOAD(st, tls_handshake_failed);
+		s->refused_total += LOAD(st, refused_total);
+		s->refused_ip += LOAD(st, refused_ip);
+		s->line_too_long += LOAD(st, line_too_long);
 	}
 }
 
@@ -331,6 +337,15 @@ static void metrics_render(struct text *t)
 	        s.preauth_bad);
 	counter(t, "imapmux_tls_handshake_failures_total", "Client TLS handshakes that failed.",
 	        s.tls_handshake_failed);
+	metric_head(t, "imapmux_connections_refused_total", "counter",
+	            "Client connections refused by a connection limit.");
+	text_printf(t, "imapmux_connections_refused_total{limit=\"max_connections\"} %lu\n",
+	            s.refused_total);
+	text_printf(t, "imapmux_connections_refused_total{limit=\"max_connections_per_ip\"} %lu\n",
+	            s.refused_ip);
+	counter(t, "imapmux_lines_too_long_total",
+	        "Sessions closed because a command line after login exceeded max_line_length.",
+	        s.line_too_long);
 
 	if (proc_open_fds(&fds) == 0) {
 		metric_head(t, "process_open_fds", "gauge", "Number of open file descriptors.");

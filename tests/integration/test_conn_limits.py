@@ -1,0 +1,152 @@
+"""Connection limits and the command-line bound after login (README "Limits").
+
+max_connections bounds the instance's client connections (all workers
+together), max_connections_per_ip those of one client address; both are
+answered with `* BYE [UNAVAILABLE] ...` where the client can read it (a
+plaintext or STARTTLS port; an implicit-TLS port is closed before the
+handshake), counted on /metrics and logged. max_line_length bounds one
+command line after login: past it the session ends with
+`* BYE Command line too long.`; literal bodies do not count.
+"""
+
+import socket
+import ssl
+
+import pytest
+
+import imapc
+import lab
+from conftest import password, scrape_metrics, wait_until
+
+TIMEOUT = 8.0
+
+
+def start(make_mux, **im):
+    stats_port = lab.free_port()
+    conf = {"workers": 2, "stats_listen": "127.0.0.1:%d" % stats_port, "auth_fail_delay": 0}
+    conf.update(im)
+    m = make_mux(imapmux=conf, plaintext_auth=True)
+    lab.wait_listening(stats_port, timeout=10, proc=m.proc)
+    m.stats_port = stats_port
+    return m
+
+
+def greeted(port, source="127.0.0.1"):
+    """A plaintext client, greeted, connected from source."""
+    c = imapc.Client(port, timeout=TIMEOUT, connect=False)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(TIMEOUT)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    c.sock = s
+    g = c.greeting()
+    assert g.startswith(b"* OK"), g
+    return c
+
+
+def refused(port, source="127.0.0.1"):
+    """Connect and return everything read until the close."""
+    c = imapc.Client(port, timeout=TIMEOUT, connect=False)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(TIMEOUT)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    c.sock = s
+    got = c.expect_closed(5)
+    c.close()
+    return got
+
+
+def refusals(m):
+    s = scrape_metrics(m.stats_port)
+    return (s['imapmux_connections_refused_total{limit="max_connections"}'],
+            s['imapmux_connections_refused_total{limit="max_connections_per_ip"}'])
+
+
+def test_max_connections(make_mux, ca_ctx):
+    m = start(make_mux, max_connections=5)
+    held = [greeted(m.imap_port) for _ in range(3)]
+    held += [imapc.Client(m.imaps_port, tls=ca_ctx, timeout=TIMEOUT) for _ in range(2)]
+    for c in held[3:]:
+        c.greeting()
+    # The sixth, on either port: refused, whoever's worker took it.
+    got = refused(m.imap_port)
+    assert got == b"* BYE [UNAVAILABLE] Too many connections, try again later.\r\n", got
+    # Implicit TLS: closed before any handshake (nothing can be said).
+    with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+        c = imapc.Client(m.imaps_port, tls=ca_ctx, timeout=TIMEOUT)
+        c.greeting()
+    assert refusals(m) == (2, 0)
+    wait_until(lambda: "refused: max_connections (5) reached" in m.log_text(), 5,
+               "the refusal logged")
+    # The held ones still work; a freed place is taken again.
+    _, t = held[0].cmd("n", "NOOP")
+    assert t.startswith(b"n OK"), t
+    held.pop(0).close()
+    wait_until(lambda: scrape_metrics(m.stats_port)["imapmux_sessions"] == 4, 5,
+               "the closed session freed")
+    c = greeted(m.imap_port)
+    c.login("alice", password("alice"))
+    _, t = c.cmd("o", "LOGOUT")
+    assert t.startswith(b"o OK")
+    for c in held:
+        c.close()
+
+
+def test_max_connections_per_ip(make_mux):
+    m = start(make_mux, max_connections_per_ip=3)
+    held = [greeted(m.imap_port) for _ in range(3)]
+    got = refused(m.imap_port)
+    assert got == b"* BYE [UNAVAILABLE] Too many connections from your address.\r\n", got
+    # Another loopback address has places of its own.
+    other = [greeted(m.imap_port, source="127.0.0.2") for _ in range(3)]
+    got = refused(m.imap_port, source="127.0.0.2")
+    assert got.startswith(b"* BYE [UNAVAILABLE] Too many connections from your"), got
+    assert refusals(m) == (0, 2)
+    wait_until(lambda: "refused: max_connections_per_ip (3) reached" in m.log_text(), 5,
+               "the refusal logged")
+    # A place freed (here: by LOGOUT after a login) is a place again.
+    c = held.pop()
+    c.login("bob", password("bob"))
+    _, t = c.cmd("o", "LOGOUT")
+    assert t.startswith(b"o OK")
+    c.close()
+    wait_until(lambda: scrape_metrics(m.stats_port)["imapmux_sessions"] == 5, 5,
+               "the session freed")
+    held.append(greeted(m.imap_port))
+    for c in held + other:
+        c.close()
+
+
+def test_command_line_bound_after_login(make_mux):
+    m = start(make_mux, max_line_length=2048)
+    c = greeted(m.imap_port)
+    c.login("alice", password("alice"))
+    # Just below the bound (line end included) goes through to Dovecot.
+    pad = "x" * (2048 - len('s LIST "" ""\r\n'))
+    _, t = c.cmd("s", 'LIST "" "%s"' % pad)
+    assert t.startswith(b"s OK"), t
+    # A literal far longer than the bound is no line: APPEND works.
+    body = b"Subject: big\r\n\r\n" + b"y" * 20000 + b"\r\n"
+    c.send(b"a APPEND INBOX {%d+}\r\n" % len(body) + body + b"\r\n")
+    _, t = c.read_until_tagged("a")
+    assert t.startswith(b"a OK"), t
+    # One byte over: the session ends with a clear BYE.
+    c.send('t LIST "" "%s"\r\n' % (pad + "x"))
+    got = c.expect_closed(5)
+    assert got == b"* BYE Command line too long.\r\n", got
+    s = scrape_metrics(m.stats_port)
+    assert s["imapmux_lines_too_long_total"] == 1, s
+    wait_until(lambda: "closed: command line over max_line_length (2048)" in m.log_text(), 5,
+               "the close logged")
+
+
+def test_limit_keys_checked(make_mux, tmp_path):
+    """Out-of-range values are refused by `imapmux -t` with file:line."""
+    f = make_mux
+    for key, val in (("max_line_length", 100), ("max_connections", -1), ("max_connections", 0),
+                     ("max_connections_per_ip", "many")):
+        path, _, _ = f.conf(imapmux={key: val})
+        r = lab.check_config(path)
+        assert r.returncode == 1, (key, r)
+        assert key in r.stderr and path + ":" in r.stderr, r.stderr
