@@ -45,20 +45,6 @@ static void usage(void)
 	                "  -V       print the version\n");
 }
 
-/* Refuse settings this build does not implement, rather than ignore them. */
-static int check_supported(const struct cfg *cfg, char *err, size_t errlen)
-{
-	for (size_t i = 0; i < cfg->nlistens; i++) {
-		if (cfg->listens[i].proxy_protocol) {
-			snprintf(err, errlen,
-			         "%s:%d: proxy_protocol is not supported by this build", cfg->path,
-			         cfg->listens[i].line);
-			return -1;
-		}
-	}
-	return 0;
-}
-
 /* Each client session may hold two descriptors (client and backend), plus
  * pools and listeners: warn when max_connections cannot be reached. */
 static void check_nofile(const struct cfg *cfg)
@@ -87,10 +73,6 @@ static struct runtime *load(const char *path, char *err, size_t errlen)
 
 	if (cfg_load(path, &cfg, err, errlen) < 0)
 		return NULL;
-	if (check_supported(cfg, err, errlen) < 0) {
-		cfg_destroy(&cfg);
-		return NULL;
-	}
 	return runtime_new(cfg, err, errlen);
 }
 

@@ -1,7 +1,7 @@
 /*
  * session — one client connection, its whole life.
  *
- *   accept -> [HANDSHAKE] -> PREAUTH <-> STARTTLS -> HANDSHAKE -> PREAUTH
+ *   accept -> [PROXYHDR] -> [HANDSHAKE] -> PREAUTH <-> STARTTLS -> HANDSHAKE -> PREAUTH
  *   PREAUTH -> LOGIN -> PROXYING -> CLOSING -> (freed)
  *              LOGIN -> PREAUTH (credentials refused, backend unavailable)
  *   any -> CLOSING (BYE if the stream is at a response boundary) -> freed
@@ -29,6 +29,7 @@
 #include "session.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +47,7 @@
 #include "imap_tok.h"
 #include "log.h"
 #include "pool.h"
+#include "proxyproto.h"
 #include "redis.h"
 #include "reuse.h"
 #include "route.h"
@@ -75,6 +77,9 @@
 
 enum sess_state {
 	SESS_HANDSHAKE, /* TLS handshake (implicit, or after STARTTLS) running */
+	SESS_PROXYHDR,  /* proxy_protocol listener: reading the PROXY header, byte-exact
+	                 * (MSG_PEEK), so that nothing of the client's own stream is
+	                 * taken; nothing sent yet */
 	SESS_PREAUTH,   /* greeted; the proxy answers commands itself */
 	SESS_STARTTLS,  /* "OK Begin TLS" flushing; client input ignored */
 	SESS_LOGIN,     /* credentials with a backend; client input paused */
@@ -103,6 +108,8 @@ struct session {
 	struct login *login; /* the login pipeline, while in SESS_LOGIN */
 	bool tls_active;
 	bool starttls_done;
+	uint8_t *phdr; /* the PROXY header's bytes so far (SESS_PROXYHDR only) */
+	size_t phdr_len;
 	bool conn_counted; /* holds a place under max_connections */
 	bool ip_counted;   /* ... and under max_connections_per_ip */
 	ev_timer timer;
@@ -153,6 +160,7 @@ static unsigned long next_session_id(void)
 
 static void sess_run(struct session *s);
 static void sess_close(struct session *s, const char *reason, const char *bye);
+static int sess_proxy_header(struct session *s);
 
 /* ---- list, lifetime ---------------------------------------------------- */
 
@@ -187,6 +195,7 @@ static void sess_reap(struct defer *d)
 	struct session *s = (struct session *)d;
 
 	conn_close(&s->client);
+	free(s->phdr);
 	explicit_bzero(s->cmd.data ? s->cmd.data : (uint8_t *)s->tag, s->cmd.data ? s->cmd.cap : 1);
 	buf_free(&s->cmd);
 	buf_free(&s->local);
@@ -302,6 +311,9 @@ static void sess_timeout(struct ev_loop *loop, ev_timer *t, int revents)
 
 	(void)revents;
 	switch (s->state) {
+	case SESS_PROXYHDR:
+		sess_close(s, "no PROXY header in time", NULL);
+		break;
 	case SESS_HANDSHAKE:
 	case SESS_PREAUTH:
 	case SESS_STARTTLS:
@@ -339,7 +351,8 @@ static void sess_timeout(struct ev_loop *loop, ev_timer *t, int revents)
 static bool sess_client_usable(const struct session *s)
 {
 	return !s->client.error && !s->client.eof &&
-	       (s->state != SESS_HANDSHAKE && s->state != SESS_STARTTLS);
+	       (s->state != SESS_HANDSHAKE && s->state != SESS_STARTTLS &&
+	        s->state != SESS_PROXYHDR);
 }
 
 /*
@@ -1593,6 +1606,12 @@ static void sess_run(struct session *s)
 		progress = 0;
 		if (s->state == SESS_DEAD)
 			return;
+		if (s->state == SESS_PROXYHDR) {
+			if (sess_proxy_header(s) <= 0)
+				break;
+			progress = 1;
+			continue;
+		}
 
 		int r = conn_read(&s->client);
 		if (r < 0) {
@@ -1776,6 +1795,80 @@ static bool sess_admit_ip(struct session *s)
 	return true;
 }
 
+/* The client's address is final: admit it, then TLS or the greeting. */
+static void sess_begin(struct session *s)
+{
+	if (!sess_admit_ip(s))
+		return;
+	if (s->lcfg->tls == CFG_TLS_IMPLICIT) {
+		if (conn_start_tls(&s->client, s->rt->listen_ctx[s->lidx], true, NULL) < 0) {
+			sess_close(s, "cannot start TLS", NULL);
+			return;
+		}
+		s->state = SESS_HANDSHAKE;
+	} else {
+		sess_greet(s);
+	}
+}
+
+/*
+ * Read the PROXY header without taking a byte more (what follows may be a
+ * TLS ClientHello, which the TLS layer must read from the socket itself):
+ * peek, and take only bytes the parser has shown to be header. Returns 1
+ * when the header is done and the session began, -2 to wait for more, -1
+ * when the session is closing.
+ */
+static int sess_proxy_header(struct session *s)
+{
+	int fd = s->client.fd;
+	size_t have = s->phdr_len, used = 0;
+	struct proxyproto_result pr;
+	const char *err = "invalid";
+	ssize_t n = recv(fd, s->phdr + have, PROXYPROTO_MAX_HEADER - have, MSG_PEEK);
+
+	if (n < 0) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+			return -2;
+		sess_close(s, "read error before the PROXY header", NULL);
+		return -1;
+	}
+	if (n == 0) {
+		sess_close(s, "closed before the PROXY header", NULL);
+		return -1;
+	}
+	int r = proxyproto_parse(s->phdr, have + (size_t)n, &pr, &used, &err);
+	if (r == -1) {
+		char why[96];
+		snprintf(why, sizeof(why), "bad PROXY header: %s", err);
+		sess_log(s, LOG_LVL_WARN, why);
+		sess_close(s, why, NULL);
+		return -1;
+	}
+	/* Every byte peeked is header while it is incomplete; once complete,
+	 * exactly the rest of it. */
+	size_t take = r == 0 ? used - have : (size_t)n;
+	if (recv(fd, s->phdr + have, take, 0) != (ssize_t)take) {
+		sess_close(s, "read error in the PROXY header", NULL);
+		return -1;
+	}
+	s->phdr_len += take;
+	if (r == -2)
+		return -2;
+	if (pr.command == PROXYPROTO_CMD_PROXY && (pr.family == AF_INET || pr.family == AF_INET6)) {
+		char via[sizeof(s->peer)], what[192];
+		memcpy(via, s->peer, sizeof(via));
+		peer_text((const struct sockaddr *)&pr.src, s->peer, sizeof(s->peer), s->ip,
+		          sizeof(s->ip));
+		snprintf(what, sizeof(what), "PROXY v%d header: client %s via %s", pr.version,
+		         s->peer, via);
+		sess_log(s, LOG_LVL_DEBUG, what);
+	}
+	free(s->phdr);
+	s->phdr = NULL;
+	sess_begin(s);
+	return 1;
+}
+
 void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr *peer,
                     socklen_t peerlen)
 {
@@ -1814,20 +1907,18 @@ void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr
 		return;
 	}
 	s->conn_counted = true;
-	if (!sess_admit_ip(s)) {
-		sess_run(s);
-		return;
-	}
-	if (s->lcfg->tls == CFG_TLS_IMPLICIT) {
-		if (conn_start_tls(&s->client, s->rt->listen_ctx[lidx], true, NULL) < 0) {
-			sess_close(s, "cannot start TLS", NULL);
+	ev_timer_start(w->loop, &s->timer);
+	if (s->lcfg->proxy_protocol) {
+		s->phdr = malloc(PROXYPROTO_MAX_HEADER);
+		if (s->phdr == NULL) {
+			sess_close(s, "out of memory", NULL);
 			return;
 		}
-		s->state = SESS_HANDSHAKE;
+		s->state = SESS_PROXYHDR;
+		s->client.want_input = true;
 	} else {
-		sess_greet(s);
+		sess_begin(s);
 	}
-	ev_timer_start(w->loop, &s->timer);
 	sess_run(s);
 }
 
