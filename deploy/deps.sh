@@ -1,28 +1,103 @@
 #!/bin/sh
 # Install the Debian packages imapmux needs to build, test and run its demo,
 # when any is missing. Idempotent; needs root only when something is missing.
+#
+# Cyrus IMAP (a second real backend for the tests; deploy/lab.py Cyrus):
+# cyrus-common (master, libraries, the cyrus user) and sasl2-bin (saslpasswd2)
+# are installed as packages. The package with the imapd binary, cyrus-imapd,
+# Conflicts with dovecot-imapd (both provide imap-server), so it is never
+# installed: its .deb is fetched with `apt-get download` (same version as
+# cyrus-common) and only its two daemons, usr/lib/cyrus/bin/imapd and idled,
+# are unpacked into $CYRUS_DIR.
 set -eu
 PKGS="gcc clang make pkg-config libssl-dev libev-dev libcmocka-dev libhiredis-dev
-libcrypt-dev dovecot-imapd redis-server python3 python3-pytest curl openssl"
+libcrypt-dev dovecot-imapd redis-server python3 python3-pytest curl openssl
+cyrus-common sasl2-bin"
+CYRUS_DIR=/usr/local/lib/imapmux-cyrus
+
+installed() {
+	dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
+
+# The unpacked imapd and idled are there and match the installed cyrus-common.
+cyrus_imapd_ok() {
+	v=$(dpkg-query -W -f='${Version}' cyrus-common 2>/dev/null) || return 1
+	[ -x "$CYRUS_DIR/imapd" ] && [ -x "$CYRUS_DIR/idled" ] &&
+		[ "$(cat "$CYRUS_DIR/VERSION" 2>/dev/null)" = "$v" ]
+}
+
 missing=""
 for p in $PKGS; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+	installed "$p" || missing="$missing $p"
 done
-[ -z "$missing" ] && exit 0
-echo "deps.sh: installing:$missing"
+[ -z "$missing" ] && cyrus_imapd_ok && exit 0
 if [ "$(id -u)" != 0 ]; then
-	echo "deps.sh: missing packages and not root; install them:$missing" >&2
+	[ -n "$missing" ] && echo "deps.sh: missing packages and not root; install them:$missing" >&2
+	cyrus_imapd_ok || echo "deps.sh: $CYRUS_DIR/imapd is missing; run deploy/deps.sh as root" >&2
 	exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-# Never let package scripts start system daemons (dovecot, redis) on their
-# default ports: the tests and the demo start their own on loopback.
+APT="apt-get -o DPkg::Lock::Timeout=300"
+# Never let package scripts start system daemons (dovecot, redis, cyrus) on
+# their default ports: the tests and the demo start their own on loopback.
 policy=/usr/sbin/policy-rc.d
 if [ ! -e "$policy" ]; then
 	printf '#!/bin/sh\nexit 101\n' >"$policy"
 	chmod +x "$policy"
 	trap 'rm -f "$policy"' EXIT
 fi
-apt-get update -qq
-# shellcheck disable=SC2086
-apt-get install -y -qq --no-install-recommends $missing
+
+if [ -n "$missing" ]; then
+	echo "deps.sh: installing:$missing"
+	# cyrus-common needs a mail-transport-agent; unless one is installed,
+	# take dma, which has no daemon (apt's default, exim4, would listen on
+	# port 25).
+	case " $missing " in
+	*" cyrus-common "*)
+		dpkg-query -W -f='${db:Status-Abbrev} ${Provides}\n' 2>/dev/null |
+			grep -q '^ii .*mail-transport-agent' || missing="$missing dma"
+		;;
+	esac
+	$APT update -qq
+	# shellcheck disable=SC2086
+	$APT install -y -qq --no-install-recommends $missing
+	case " $missing " in
+	*" cyrus-common "*)
+		# The system-wide Cyrus is not wanted: not at boot, not now.
+		if [ -e /etc/init.d/cyrus-imapd ]; then
+			update-rc.d cyrus-imapd disable >/dev/null 2>&1 || true
+		fi
+		deb-systemd-helper disable cyrus-imapd.service >/dev/null 2>&1 || true
+		if [ -d /run/systemd/system ]; then
+			systemctl stop cyrus-imapd.service >/dev/null 2>&1 || true
+		elif [ -x /etc/init.d/cyrus-imapd ]; then
+			/etc/init.d/cyrus-imapd stop >/dev/null 2>&1 || true
+		fi
+		;;
+	esac
+fi
+
+if ! cyrus_imapd_ok; then
+	v=$(dpkg-query -W -f='${Version}' cyrus-common)
+	echo "deps.sh: unpacking imapd and idled of cyrus-imapd $v into $CYRUS_DIR"
+	tmp=$(mktemp -d)
+	chmod 755 "$tmp"
+	id _apt >/dev/null 2>&1 && chown _apt "$tmp"
+	if ! (cd "$tmp" && $APT download -qq "cyrus-imapd=$v"); then
+		$APT update -qq
+		(cd "$tmp" && $APT download -qq "cyrus-imapd=$v") || {
+			echo "deps.sh: cannot download cyrus-imapd $v (upgrade cyrus-common?)" >&2
+			rm -rf "$tmp"
+			exit 1
+		}
+	fi
+	dpkg-deb -x "$tmp"/cyrus-imapd_*.deb "$tmp/x"
+	mkdir -p "$CYRUS_DIR"
+	rm -f "$CYRUS_DIR/VERSION"
+	for b in imapd idled; do
+		install -m 755 "$tmp/x/usr/lib/cyrus/bin/$b" "$CYRUS_DIR/$b.new"
+		mv -f "$CYRUS_DIR/$b.new" "$CYRUS_DIR/$b"
+	done
+	echo "$v" >"$CYRUS_DIR/VERSION"
+	rm -rf "$tmp"
+fi

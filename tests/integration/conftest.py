@@ -16,6 +16,8 @@
   mux                 make_mux() with the defaults
   client_tls()        implicit-TLS imapc.Client factory for mux
   redis               a real redis-server (session)
+  cyrus               a real Cyrus IMAP 3.6 with USERS and CYRUS_ADMIN_USERS,
+                      plain IMAP only (one per test module)
 
 IMAPMUX_BIN=path runs everything against another imapmux build (e.g. one made
 with `make SANITIZE=1` in a copy of the tree); IMAPMUX_KEEP=1 keeps the
@@ -71,6 +73,11 @@ USERS = {u: password(u) for u in _PLAIN_USERS}
 USERS["crypt"] = (password("crypt"), "SHA512-CRYPT")
 USERS[QUOTED_USER] = (QUOTED_PASSWORD, "SHA512-CRYPT")
 USERS[CANARY_USER] = (CANARY_PASSWORD, "SHA512-CRYPT")
+
+# Cyrus has the same users (passwords in a sasldb, whatever the scheme) and
+# two Cyrus admins: Cyrus 3.6 offers UNAUTHENTICATE to admins only.
+CYRUS_ADMIN_USERS = ("unauth1", "unauth2")
+CYRUS_USERS = dict(USERS, **{u: password(u) for u in CYRUS_ADMIN_USERS})
 
 
 # ---------------------------------------------------------------------------
@@ -155,6 +162,14 @@ def fresh_dovecot(cert, key, request):
     if _failed(request):
         print(d.log_tail_text(40))
     d.cleanup()
+
+
+@pytest.fixture(scope="module")
+def cyrus():
+    c = lab.Cyrus(CYRUS_USERS, admins=CYRUS_ADMIN_USERS, master_password=MASTER_PASSWORD)
+    c.start()
+    yield c
+    c.cleanup()
 
 
 @pytest.fixture(scope="session")
