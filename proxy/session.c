@@ -329,6 +329,10 @@ static void sess_timeout(struct ev_loop *loop, ev_timer *t, int revents)
 			sess_close(s, "logout: backend did not finish", "* BYE Logging out");
 			break;
 		}
+		if (s->client.eof) {
+			sess_close(s, "client closed; answers stalled", NULL);
+			break;
+		}
 		double left = s->last_activity + sess_idle_limit(s) - ev_now(loop);
 		if (left > 0.5) {
 			sess_arm(s, left);
@@ -381,7 +385,9 @@ static void sess_close(struct session *s, const char *reason, const char *bye)
 	login_free(s);
 	backend_destroy_later(s->w, &s->bk);
 	s->client.want_input = false;
-	if (s->client.error || s->client.eof || buf_is_empty(&s->client.out)) {
+	/* EOF only ends the client's input: a half-closed socket still takes
+	 * the last words (bounded by CLOSE_FLUSH_TIMEOUT). */
+	if (s->client.error || buf_is_empty(&s->client.out)) {
 		sess_free_later(s);
 		return;
 	}
@@ -1579,6 +1585,26 @@ static bool sess_quiet(const struct session *s)
 	       buf_is_empty(&s->client.in) && (s->inflight == 0 || s->idling);
 }
 
+/*
+ * The client's input ended (EOF: closed, or shut down for writing only). May
+ * the session end now? Not while its remaining input can still go to the
+ * backend, nor while answers to the commands it completed are owed to it: a
+ * half-closed socket still reads them. A command cut off by the EOF, or an
+ * IDLE that can never see its DONE, is not waited for.
+ */
+static bool sess_client_finished(const struct session *s, int progress)
+{
+	if (!buf_is_empty(&s->client.in) && (progress || !buf_is_empty(&s->bk->conn.out)))
+		return false;
+	if (!imap_tok_at_boundary(&s->ctok))
+		return true;
+	if (s->logging_out)
+		return false;
+	if (s->idling || s->idle_pending)
+		return true;
+	return s->inflight == 0 && imap_tok_at_boundary(&s->btok) && buf_is_empty(&s->local);
+}
+
 /* ---- the loop body ----------------------------------------------------- */
 
 static void sess_update(struct session *s)
@@ -1600,9 +1626,11 @@ static void sess_update(struct session *s)
 static void sess_run(struct session *s)
 {
 	int rounds = 0;
-	int progress;
+	int progress = 0;
+	bool moved = false;
 
 	do {
+		moved = moved || progress;
 		progress = 0;
 		if (s->state == SESS_DEAD)
 			return;
@@ -1686,7 +1714,7 @@ static void sess_run(struct session *s)
 				}
 				continue;
 			}
-			if (s->client.eof && (buf_is_empty(&s->client.in) || !progress)) {
+			if (s->client.eof && sess_client_finished(s, progress)) {
 				sess_close(s, "client closed", NULL);
 				continue;
 			}
@@ -1700,12 +1728,20 @@ static void sess_run(struct session *s)
 				sess_close(s, "shutdown", "* BYE Server shutting down.");
 				continue;
 			}
-		} else if (s->client.eof && s->state != SESS_CLOSING) {
+		} else if (s->client.eof && s->state != SESS_CLOSING && s->state != SESS_LOGIN &&
+		           (s->state != SESS_PREAUTH || buf_is_empty(&s->client.in) || !progress)) {
+			/* Commands completed before the EOF are answered first, and
+			 * a login under way ends with its answer (SESS_LOGIN). */
 			sess_close(s, "client closed", NULL);
 			continue;
 		}
 	} while (progress && ++rounds < RUN_ROUNDS);
+	moved = moved || progress;
 
+	/* A client at EOF waits for its answers while they keep coming: each
+	 * step forward restarts command_timeout (sess_timeout ends it). */
+	if (moved && s->state == SESS_PROXYING && s->client.eof)
+		sess_arm(s, s->bcfg->command_timeout);
 	sess_update(s);
 	/* Out of rounds with work left: come back after the other sessions. */
 	if (progress && s->state != SESS_DEAD)
