@@ -7,7 +7,9 @@
  *        ─► key = value      ─► look the key up in the open kind's table,
  *                               parse the value straight into its field
  *   EOF  ─► close the last section ─► whole-file checks (counts, fallback,
- *                                     [redis] needed, master credentials)
+ *                                     [redis] needed, master credentials),
+ *                                     then [imapmux]'s TLS policy copied
+ *                                     into the sections that set none
  *
  * Invariants:
  *   - The first problem ends the load; err holds exactly that one message.
