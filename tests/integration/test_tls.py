@@ -805,12 +805,19 @@ def _dovecot_tls_of(dv, user):
     return found
 
 
+# What imapmux logs when a backend's handshake fails on the policy: Dovecot
+# hangs up without an alert; a server that sends one gets its name logged.
+BACKEND_TLS_FAILED = re.compile(r"login failed: backend a: (TLS handshake: closed by the peer|"
+                                r"sslv3 alert handshake failure)")
+
+
 def _backend_refused(m, dv, ca_ctx, user, why):
     tagged = _login(m, ca_ctx, user)
     assert tagged.startswith(b"l NO [UNAVAILABLE]"), tagged
     wait_until(lambda: why in dv.log_text(), 5,
                lambda: "Dovecot did not log %r:%s" % (why, dv.log_tail_text()))
     assert not re.search(r"Login: user=<%s>" % user, dv.log_text())
+    assert BACKEND_TLS_FAILED.search(m.log_text()), m.log_tail_text()
 
 
 @pytest.mark.parametrize("tls,user", [("implicit", "alice"), ("starttls", "bob")])
