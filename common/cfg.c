@@ -7,7 +7,9 @@
  *        ─► key = value      ─► look the key up in the open kind's table,
  *                               parse the value straight into its field
  *   EOF  ─► close the last section ─► whole-file checks (counts, fallback,
- *                                     [redis] needed, master credentials)
+ *                                     [redis] needed, master credentials),
+ *                                     then [imapmux]'s TLS policy copied
+ *                                     into the sections that set none
  *
  * Invariants:
  *   - The first problem ends the load; err holds exactly that one message.
@@ -113,6 +115,9 @@ static const struct key_def imapmux_keys[] = {
     {"max_connections", V_UINT_AUTO, CF(max_connections), 0, 1, MAX_CONNECTIONS_MAX},
     {"max_connections_per_ip", V_UINT, CF(max_connections_per_ip), 0, 0, MAX_CONNECTIONS_MAX},
     {"max_line_length", V_UINT, CF(max_line_length), 0, MAX_LINE_MIN, MAX_LINE_MAX},
+    {"ciphers", V_STRING, CF(tls_policy.ciphers), 0, 0, 0},
+    {"ciphersuites", V_STRING, CF(tls_policy.ciphersuites), 0, 0, 0},
+    {"curves", V_STRING, CF(tls_policy.curves), 0, 0, 0},
 };
 
 static const struct key_def listen_keys[] = {
@@ -122,6 +127,9 @@ static const struct key_def listen_keys[] = {
     {"key", V_STRING, LF(key), KF_FILE, 0, 0},
     {"proxy_protocol", V_BOOL, LF(proxy_protocol), 0, 0, 0},
     {"allow_plaintext_auth", V_BOOL, LF(allow_plaintext_auth), 0, 0, 0},
+    {"ciphers", V_STRING, LF(tls_policy.ciphers), 0, 0, 0},
+    {"ciphersuites", V_STRING, LF(tls_policy.ciphersuites), 0, 0, 0},
+    {"curves", V_STRING, LF(tls_policy.curves), 0, 0, 0},
 };
 
 static const struct key_def redis_keys[] = {
@@ -160,6 +168,9 @@ static const struct key_def backend_keys[] = {
     {"check_timeout", V_DURATION, BF(check_timeout), KF_POSITIVE, 0, 0},
     {"check_rise", V_UINT, BF(check_rise), 0, 1, CHECK_RISE_FALL_MAX},
     {"check_fall", V_UINT, BF(check_fall), 0, 1, CHECK_RISE_FALL_MAX},
+    {"ciphers", V_STRING, BF(tls_policy.ciphers), 0, 0, 0},
+    {"ciphersuites", V_STRING, BF(tls_policy.ciphersuites), 0, 0, 0},
+    {"curves", V_STRING, BF(tls_policy.curves), 0, 0, 0},
 };
 
 enum sec_kind {
@@ -565,6 +576,13 @@ static void free_secret(char *s)
 	}
 }
 
+static void free_policy(struct cfg_tls_policy *tp)
+{
+	free(tp->ciphers);
+	free(tp->ciphersuites);
+	free(tp->curves);
+}
+
 void cfg_destroy(struct cfg **cfgp)
 {
 	struct cfg *c;
@@ -575,18 +593,21 @@ void cfg_destroy(struct cfg **cfgp)
 	for (size_t i = 0; i < c->nlistens; i++) {
 		free(c->listens[i].cert);
 		free(c->listens[i].key);
+		free_policy(&c->listens[i].tls_policy);
 	}
 	for (size_t i = 0; i < c->nbackends; i++) {
 		free(c->backends[i].ca);
 		free(c->backends[i].tls_name);
 		free(c->backends[i].master_user);
 		free_secret(c->backends[i].master_password);
+		free_policy(&c->backends[i].tls_policy);
 	}
 	free(c->listens);
 	free(c->backends);
 	free(c->path);
 	free(c->redis_prefix);
 	free_secret(c->redis_password);
+	free_policy(&c->tls_policy);
 	free(c);
 	*cfgp = NULL;
 }
@@ -924,6 +945,14 @@ static int parse_key(struct parser *p, char *s)
 	return set_value(p, k, v);
 }
 
+/* Where the open section set its TLS policy keys (0 where it did not). */
+static void note_policy_lines(const struct parser *p, struct cfg_tls_policy *tp)
+{
+	tp->ciphers_line = key_line(p, "ciphers");
+	tp->ciphersuites_line = key_line(p, "ciphersuites");
+	tp->curves_line = key_line(p, "curves");
+}
+
 /* The checks that need a whole section: required keys and pairs. */
 static int close_section(struct parser *p)
 {
@@ -941,9 +970,11 @@ static int close_section(struct parser *p)
 	switch (p->kind) {
 	case SEC_IMAPMUX:
 		p->cfg->has_stats = key_line(p, "stats_listen") != 0;
+		note_policy_lines(p, &p->cfg->tls_policy);
 		break;
 	case SEC_LISTEN:
 		l = &p->cfg->listens[p->idx];
+		note_policy_lines(p, &l->tls_policy);
 		if (l->tls != CFG_TLS_NONE && (l->cert == NULL || l->key == NULL)) {
 			set_err(p, p->sec_line, "missing %s in %s (tls = %s needs cert and key)",
 			        l->cert == NULL ? "cert" : "key", p->label, tls_names[l->tls]);
@@ -952,6 +983,7 @@ static int close_section(struct parser *p)
 		break;
 	case SEC_BACKEND:
 		b = &p->cfg->backends[p->idx];
+		note_policy_lines(p, &b->tls_policy);
 		if (b->pool_min_idle > b->pool_max) {
 			line = key_line(p, "pool_min_idle");
 			set_err(p, line != 0 ? line : key_line(p, "pool_max"),
@@ -1161,6 +1193,29 @@ static char *host_of(const struct cfg_addr *a)
 	return strndup(t, (size_t)(end - t));
 }
 
+/* *dst = a copy of src unless dst was set; *line likewise. 0, or -1 out of memory. */
+static int inherit_one(char **dst, int *line, const char *src, int src_line)
+{
+	if (*dst != NULL || src == NULL)
+		return 0;
+	*dst = strdup(src);
+	if (*dst == NULL)
+		return -1;
+	*line = src_line;
+	return 0;
+}
+
+/* A section's unset TLS policy keys take [imapmux]'s values. */
+static int inherit_policy(struct cfg_tls_policy *tp, const struct cfg_tls_policy *from)
+{
+	if (inherit_one(&tp->ciphers, &tp->ciphers_line, from->ciphers, from->ciphers_line) < 0 ||
+	    inherit_one(&tp->ciphersuites, &tp->ciphersuites_line, from->ciphersuites,
+	                from->ciphersuites_line) < 0 ||
+	    inherit_one(&tp->curves, &tp->curves_line, from->curves, from->curves_line) < 0)
+		return -1;
+	return 0;
+}
+
 /* The checks that need the whole file. */
 static int check_whole(struct parser *p)
 {
@@ -1192,6 +1247,19 @@ static int check_whole(struct parser *p)
 	if (c->auth == CFG_AUTH_REDIS && !c->has_redis) {
 		set_err(p, p->auth_line, "auth = redis needs a [redis] section");
 		return -1;
+	}
+	/* [imapmux] may come after the sections: inherit only now. */
+	for (size_t i = 0; i < c->nlistens; i++) {
+		if (inherit_policy(&c->listens[i].tls_policy, &c->tls_policy) < 0) {
+			set_err(p, 0, "out of memory");
+			return -1;
+		}
+	}
+	for (size_t i = 0; i < c->nbackends; i++) {
+		if (inherit_policy(&c->backends[i].tls_policy, &c->tls_policy) < 0) {
+			set_err(p, 0, "out of memory");
+			return -1;
+		}
 	}
 	for (size_t i = 0; i < c->nbackends; i++) {
 		struct cfg_backend *b = &c->backends[i];

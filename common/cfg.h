@@ -53,15 +53,33 @@ struct cfg_addr {
 	char text[300]; /* as written in the file, for logs */
 };
 
+/*
+ * The TLS policy knobs of one side of a connection. Each string is NULL when
+ * not set: a [listen] or [backend] section then inherits the value of
+ * [imapmux] (copied in at load time, with its line), and when that is unset
+ * too the TLS code applies its built-in default (proxy/runtime.c). The
+ * values are OpenSSL list syntax and are checked by the TLS code, not here:
+ * cfg only records where each came from, for "file:line: reason" messages.
+ */
+struct cfg_tls_policy {
+	char *ciphers;      /* ciphers = TLS 1.2 cipher list (SSL_CTX_set_cipher_list) */
+	char *ciphersuites; /* ciphersuites = TLS 1.3 suites (SSL_CTX_set_ciphersuites) */
+	char *curves;       /* curves = key-exchange groups (SSL_CTX_set1_groups_list) */
+	int ciphers_line;   /* line each value was set on; 0 = not set anywhere */
+	int ciphersuites_line;
+	int curves_line;
+};
+
 struct cfg_listen {
 	char name[CFG_NAME_MAX];
-	struct cfg_addr addr;      /* address = (required) */
-	enum cfg_tls tls;          /* tls = implicit | starttls | none (default none) */
-	char *cert;                /* cert = PEM chain; required unless tls = none */
-	char *key;                 /* key = PEM key; required unless tls = none */
-	bool proxy_protocol;       /* proxy_protocol = no */
-	bool allow_plaintext_auth; /* allow_plaintext_auth = no */
-	int line;                  /* line of the section header */
+	struct cfg_addr addr;             /* address = (required) */
+	enum cfg_tls tls;                 /* tls = implicit | starttls | none (default none) */
+	char *cert;                       /* cert = PEM chain; required unless tls = none */
+	char *key;                        /* key = PEM key; required unless tls = none */
+	bool proxy_protocol;              /* proxy_protocol = no */
+	bool allow_plaintext_auth;        /* allow_plaintext_auth = no */
+	struct cfg_tls_policy tls_policy; /* ciphers, ciphersuites, curves toward clients */
+	int line;                         /* line of the section header */
 };
 
 struct cfg_backend {
@@ -95,6 +113,7 @@ struct cfg_backend {
 	double check_timeout;  /* check_timeout = 3s: one whole probe, connect to LOGOUT */
 	unsigned check_rise;   /* check_rise = 2 (1..100): successes in a row to be up again */
 	unsigned check_fall;   /* check_fall = 3 (1..100): failures in a row to be down */
+	struct cfg_tls_policy tls_policy; /* ciphers, ciphersuites, curves toward the backend */
 	int line;
 };
 
@@ -118,10 +137,12 @@ struct cfg {
 	unsigned auth_threads;    /* auth_threads = 2 (1..64): threads verifying password hashes */
 	unsigned max_connections; /* max_connections = auto (stored as 0: half the open-files
 	                           * limit less 256): client connections of the instance */
-	unsigned max_connections_per_ip; /* max_connections_per_ip = 0: per client address
+	unsigned max_connections_per_ip;  /* max_connections_per_ip = 0: per client address
 	                                  * (after PROXY); 0 = no limit */
-	unsigned max_line_length;        /* max_line_length = 65536 (1024..16M): one command line
+	unsigned max_line_length;         /* max_line_length = 65536 (1024..16M): one command line
 	                                  * after login (literals not counted) */
+	struct cfg_tls_policy tls_policy; /* ciphers, ciphersuites, curves: defaults for
+	                                   * every [listen] and [backend] section */
 
 	/* [redis] */
 	bool has_redis;             /* the section is present */
@@ -153,6 +174,8 @@ struct cfg {
  * needs master_user and master_password on every backend; a TLS listener
  * needs cert and key; the files named must be readable; master_user and
  * master_password come together; pool_min_idle <= pool_max.
+ * A [listen] or [backend] section that leaves ciphers, ciphersuites or
+ * curves unset gets [imapmux]'s value (a copy, with [imapmux]'s line).
  * A backend's tls_name is never NULL once loaded: when the file sets none,
  * it is the host part of address (a name or an IP literal).
  */

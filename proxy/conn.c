@@ -122,7 +122,16 @@ static int conn_handshake(struct conn *c)
 	c->hs_wants_write = e == SSL_ERROR_WANT_WRITE;
 	if (c->hs_wants_read || c->hs_wants_write)
 		return 0;
-	conn_fail(c, e == SSL_ERROR_SYSCALL ? "TLS handshake: connection lost" : ssl_reason());
+	/*
+	 * With SSL_OP_IGNORE_UNEXPECTED_EOF, a peer that hangs up in the middle
+	 * of the handshake reads as a clean close, with nothing in the error
+	 * queue: Dovecot does that when it shares no cipher with us.
+	 */
+	if (e == SSL_ERROR_ZERO_RETURN)
+		conn_fail(c, "TLS handshake: closed by the peer");
+	else
+		conn_fail(c,
+		          e == SSL_ERROR_SYSCALL ? "TLS handshake: connection lost" : ssl_reason());
 	return -1;
 }
 

@@ -1,10 +1,28 @@
 /*
  * runtime — TLS contexts and the other things built once per configuration.
  *
- * TLS policy (both directions): TLS 1.2 or newer, no renegotiation, no
- * compression, forward-secret AEAD ciphers for TLS 1.2, the server's cipher
- * order. OpenSSL releases idle connection buffers (SSL_MODE_RELEASE_BUFFERS)
- * so that idle sessions cost little memory.
+ * TLS policy, for every context in both directions:
+ *   - TLS 1.2 or newer. The floor is raised to 1.2, never lowered, so that a
+ *     stricter system-wide MinProtocol (openssl.cnf) stays in force.
+ *   - No renegotiation (SSL_OP_NO_RENEGOTIATION: OpenSSL answers a TLS 1.2
+ *     peer's renegotiation ClientHello with a no_renegotiation alert and
+ *     ignores it, and never starts one). OpenSSL 3 servers refuse
+ *     client-initiated renegotiation by default already, but openssl.cnf can
+ *     turn it back on (Options = ClientRenegotiation); this option wins.
+ *   - No compression, no session tickets.
+ *   - Listeners: the server's cipher order, and no session cache.
+ *   - ciphers, ciphersuites and curves from the section (or [imapmux]),
+ *     else the defaults below.
+ * OpenSSL releases idle connection buffers (SSL_MODE_RELEASE_BUFFERS) so
+ * that idle sessions cost little memory.
+ *
+ * Checking the lists: OpenSSL is lenient where a typo should stop the
+ * start-up. SSL_CTX_set_cipher_list and SSL_CTX_set_ciphersuites skip names
+ * they do not know as long as one known name is left, so "NOPE:ECDHE+AESGCM"
+ * would load as "ECDHE+AESGCM". Every name that adds ciphers is therefore
+ * tried on its own first, and one that matches nothing is an error naming
+ * the file, line, section and key (which is what `imapmux -t` prints and a
+ * failed SIGHUP reload logs).
  */
 #include "runtime.h"
 
@@ -13,7 +31,26 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TLS12_CIPHERS "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
+/*
+ * Built-in defaults (README.md, "TLS policy", says why):
+ *   ciphers      TLS 1.2 with ECDHE key exchange (forward secrecy) and AEAD
+ *                only: AES-GCM and ChaCha20-Poly1305, RSA or ECDSA keys;
+ *   ciphersuites not set: OpenSSL's TLS 1.3 default, all AEAD
+ *                (TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256,
+ *                TLS_AES_128_GCM_SHA256), or openssl.cnf's Ciphersuites;
+ *   curves       X25519, P-256, P-384: what current clients and servers
+ *                offer, without the finite-field groups (a client choosing
+ *                ffdhe8192 costs the proxy far more than ECDHE), X448 or
+ *                P-521.
+ */
+#define DEFAULT_CIPHERS "ECDHE+AESGCM:ECDHE+CHACHA20"
+#define DEFAULT_CURVES  "X25519:P-256:P-384"
+
+/* What SSL_CTX_set_cipher_list takes between names (OpenSSL's ITEM_SEP). */
+#define CIPHER_SEPS ": ;,"
+
+/* A single name in a list; longer ones are errors. */
+#define LIST_NAME_MAX 128
 
 static void ssl_err(char *err, size_t errlen, const char *what, const char *file)
 {
@@ -25,26 +62,260 @@ static void ssl_err(char *err, size_t errlen, const char *what, const char *file
 	ERR_clear_error();
 }
 
+/* OpenSSL's reason for the failure just seen, else fallback; clears the queue. */
+static void ssl_why(char *why, size_t whylen, const char *name, const char *fallback)
+{
+	unsigned long e = ERR_peek_last_error();
+	const char *r = e != 0 ? ERR_reason_error_string(e) : NULL;
+
+	if (name != NULL)
+		snprintf(why, whylen, "'%s': %s", name, r != NULL ? r : fallback);
+	else
+		snprintf(why, whylen, "%s", r != NULL ? r : fallback);
+	ERR_clear_error();
+}
+
+/* Copy s[0..n) into name (LIST_NAME_MAX). 0, or -1 with why when too long. */
+static int copy_name(char *name, const char *s, size_t n, char *why, size_t whylen)
+{
+	if (n >= LIST_NAME_MAX) {
+		snprintf(why, whylen, "name '%.40s...' is too long", s);
+		return -1;
+	}
+	memcpy(name, s, n);
+	name[n] = '\0';
+	return 0;
+}
+
+/*
+ * ciphers: the TLS 1.2 list, OpenSSL cipher-string syntax. Elements that
+ * add ciphers (no leading '!', '-' or '+') must each match at least one
+ * cipher on their own; removals may match nothing ("!aNULL" in a list
+ * written for an older OpenSSL is harmless). "@STRENGTH" and
+ * "@SECLEVEL=n" are left to OpenSSL, which refuses unknown commands.
+ * 0, or -1 with the reason in why.
+ */
+static int set_ciphers(SSL_CTX *ctx, const char *list, char *why, size_t whylen)
+{
+	char name[LIST_NAME_MAX];
+	const char *s = list + strspn(list, CIPHER_SEPS);
+
+	while (*s != '\0') {
+		size_t n = strcspn(s, CIPHER_SEPS);
+		size_t sel = strcspn(s, "@" CIPHER_SEPS); /* "DEFAULT@SECLEVEL=1" */
+
+		if (sel > 0 && strchr("!-+", s[0]) == NULL) {
+			if (copy_name(name, s, sel, why, whylen) < 0)
+				return -1;
+			ERR_clear_error();
+			if (SSL_CTX_set_cipher_list(ctx, name) != 1) {
+				if (ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_NO_CIPHER_MATCH)
+					snprintf(why, whylen, "'%s' matches no TLS 1.2 cipher%s",
+					         name,
+					         strncmp(name, "TLS_", 4) == 0
+					             ? " (TLS 1.3 suites belong in ciphersuites)"
+					             : "");
+				else
+					ssl_why(why, whylen, name, "not accepted");
+				ERR_clear_error();
+				return -1;
+			}
+		}
+		s += n;
+		s += strspn(s, CIPHER_SEPS);
+	}
+	ERR_clear_error();
+	if (SSL_CTX_set_cipher_list(ctx, list) != 1) {
+		ssl_why(why, whylen, NULL, "no usable cipher");
+		return -1;
+	}
+	return 0;
+}
+
+/* Whether ctx's cipher list holds the TLS 1.3 suite called name. */
+static bool has_tls13_suite(SSL_CTX *ctx, const char *name)
+{
+	STACK_OF(SSL_CIPHER) *sk = SSL_CTX_get_ciphers(ctx);
+
+	for (int i = 0; i < sk_SSL_CIPHER_num(sk); i++) {
+		const SSL_CIPHER *c = sk_SSL_CIPHER_value(sk, i);
+
+		if (strcmp(SSL_CIPHER_get_version(c), "TLSv1.3") == 0 &&
+		    strcmp(SSL_CIPHER_get_name(c), name) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * ciphersuites: TLS 1.3 suite names separated by ':' (spaces around them
+ * allowed, as OpenSSL allows). Each name is tried alone first and must be
+ * a suite this OpenSSL knows. 0, or -1 with the reason in why.
+ */
+static int set_ciphersuites(SSL_CTX *ctx, const char *list, char *why, size_t whylen)
+{
+	char name[LIST_NAME_MAX];
+	const char *s = list;
+
+	for (;;) {
+		size_t n;
+
+		s += strspn(s, " \t");
+		n = strcspn(s, ":");
+		while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+			n--;
+		if (n > 0) {
+			if (copy_name(name, s, n, why, whylen) < 0)
+				return -1;
+			ERR_clear_error();
+			if (SSL_CTX_set_ciphersuites(ctx, name) != 1 ||
+			    !has_tls13_suite(ctx, name)) {
+				ERR_clear_error();
+				snprintf(why, whylen, "'%s' is not a TLS 1.3 ciphersuite%s", name,
+				         strncmp(name, "TLS_", 4) != 0
+				             ? " (TLS 1.2 ciphers belong in ciphers)"
+				             : "");
+				return -1;
+			}
+		}
+		s = strchr(s, ':');
+		if (s == NULL)
+			break;
+		s++;
+	}
+	ERR_clear_error();
+	if (SSL_CTX_set_ciphersuites(ctx, list) != 1) {
+		ssl_why(why, whylen, NULL, "no TLS 1.3 ciphersuite in the list");
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * curves: key-exchange groups separated by ':' (X25519, P-256, P-384,
+ * X448, P-521, ffdhe2048, ...). OpenSSL refuses a list with an unknown or
+ * repeated name but does not say which; each name is tried alone to find
+ * out. 0, or -1 with the reason in why.
+ */
+static int set_curves(SSL_CTX *ctx, const char *list, char *why, size_t whylen)
+{
+	char name[LIST_NAME_MAX];
+	const char *s = list;
+
+	for (;;) {
+		size_t n = strcspn(s, ":");
+
+		if (copy_name(name, s, n, why, whylen) < 0)
+			return -1;
+		ERR_clear_error();
+		if (name[strspn(name, " \t")] == '\0') {
+			snprintf(why, whylen, "empty name in the list");
+			return -1;
+		}
+		if (SSL_CTX_set1_groups_list(ctx, name) != 1) {
+			snprintf(why, whylen, "unknown group '%s'", name);
+			ERR_clear_error();
+			return -1;
+		}
+		if (s[n] == '\0')
+			break;
+		s += n + 1;
+	}
+	ERR_clear_error();
+	if (SSL_CTX_set1_groups_list(ctx, list) != 1) {
+		ssl_why(
+		    why, whylen, NULL,
+		    "a group is listed twice (perhaps under two names, as P-256 and prime256v1)");
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Apply one section's TLS policy to ctx: each key's value, or its built-in
+ * default. path and label ("[listen imaps]") are for the message.
+ * 0, or -1 with "file:line: bad KEY 'VALUE' in LABEL: reason" in err.
+ */
+static int apply_policy(SSL_CTX *ctx, const struct cfg_tls_policy *tp, const char *path,
+                        const char *label, char *err, size_t errlen)
+{
+	const struct {
+		const char *key;
+		const char *value;
+		int line;
+		const char *dflt;
+		int (*set)(SSL_CTX *, const char *, char *, size_t);
+	} knobs[] = {
+	    {"ciphers", tp->ciphers, tp->ciphers_line, DEFAULT_CIPHERS, set_ciphers},
+	    {"ciphersuites", tp->ciphersuites, tp->ciphersuites_line, NULL, set_ciphersuites},
+	    {"curves", tp->curves, tp->curves_line, DEFAULT_CURVES, set_curves},
+	};
+	char why[300];
+
+	for (size_t i = 0; i < sizeof(knobs) / sizeof(knobs[0]); i++) {
+		const char *v = knobs[i].value != NULL ? knobs[i].value : knobs[i].dflt;
+
+		if (v == NULL || knobs[i].set(ctx, v, why, sizeof(why)) == 0)
+			continue;
+		if (knobs[i].value != NULL)
+			snprintf(err, errlen, "%s:%d: bad %s '%s' in %s: %s", path, knobs[i].line,
+			         knobs[i].key, v, label, why);
+		else
+			snprintf(err, errlen,
+			         "%s: this OpenSSL refuses the default %s '%s' for %s: %s (set %s)",
+			         path, knobs[i].key, v, label, why, knobs[i].key);
+		return -1;
+	}
+	return 0;
+}
+
 static SSL_CTX *ctx_common(const SSL_METHOD *m)
 {
 	SSL_CTX *ctx = SSL_CTX_new(m);
 
 	if (ctx == NULL)
 		return NULL;
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
-	                             SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_TICKET |
-	                             SSL_OP_IGNORE_UNEXPECTED_EOF);
-	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
-	                          SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-	if (SSL_CTX_set_cipher_list(ctx, TLS12_CIPHERS) != 1) {
+	/* 0 = no floor; anything from 1.2 up was set by openssl.cnf and stays. */
+	if (SSL_CTX_get_min_proto_version(ctx) < TLS1_2_VERSION &&
+	    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1) {
 		SSL_CTX_free(ctx);
 		return NULL;
 	}
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+	                             SSL_OP_NO_TICKET | SSL_OP_IGNORE_UNEXPECTED_EOF);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+	                          SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 	return ctx;
 }
 
-static SSL_CTX *server_ctx(const struct cfg_listen *l, char *err, size_t errlen)
+/*
+ * Check a policy that builds no context of its own on a scratch one:
+ * [imapmux]'s values, so that a bad one is reported at its own line and
+ * section rather than at the first section inheriting it, and those of
+ * tls = none sections, so that a typo waits for nobody to turn TLS on.
+ * Nothing set: nothing to check. 0, or -1 with the message in err.
+ */
+static int check_policy_alone(const struct cfg *cfg, const struct cfg_tls_policy *tp,
+                              const char *label, char *err, size_t errlen)
+{
+	SSL_CTX *ctx;
+	int r;
+
+	if (tp->ciphers == NULL && tp->ciphersuites == NULL && tp->curves == NULL)
+		return 0;
+	ctx = SSL_CTX_new(TLS_method());
+	if (ctx == NULL) {
+		ssl_err(err, errlen, "TLS context for", label);
+		return -1;
+	}
+	r = apply_policy(ctx, tp, cfg->path, label, err, errlen);
+	SSL_CTX_free(ctx);
+	return r;
+}
+
+/* label: "[listen NAME]", for messages. */
+static SSL_CTX *server_ctx(const struct cfg *cfg, const struct cfg_listen *l, const char *label,
+                           char *err, size_t errlen)
 {
 	SSL_CTX *ctx = ctx_common(TLS_server_method());
 
@@ -52,6 +323,9 @@ static SSL_CTX *server_ctx(const struct cfg_listen *l, char *err, size_t errlen)
 		ssl_err(err, errlen, "TLS context for listener", l->name);
 		return NULL;
 	}
+	if (apply_policy(ctx, &l->tls_policy, cfg->path, label, err, errlen) < 0)
+		goto fail;
+	SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
 	if (SSL_CTX_use_certificate_chain_file(ctx, l->cert) != 1) {
 		ssl_err(err, errlen, "cannot load certificate", l->cert);
 		goto fail;
@@ -71,7 +345,9 @@ fail:
 	return NULL;
 }
 
-static SSL_CTX *client_ctx(const struct cfg_backend *b, char *err, size_t errlen)
+/* label: "[backend NAME]", for messages. */
+static SSL_CTX *client_ctx(const struct cfg *cfg, const struct cfg_backend *b, const char *label,
+                           char *err, size_t errlen)
 {
 	SSL_CTX *ctx = ctx_common(TLS_client_method());
 
@@ -79,17 +355,21 @@ static SSL_CTX *client_ctx(const struct cfg_backend *b, char *err, size_t errlen
 		ssl_err(err, errlen, "TLS context for backend", b->name);
 		return NULL;
 	}
+	if (apply_policy(ctx, &b->tls_policy, cfg->path, label, err, errlen) < 0)
+		goto fail;
 	if (b->ca != NULL) {
 		if (SSL_CTX_load_verify_locations(ctx, b->ca, NULL) != 1) {
 			ssl_err(err, errlen, "cannot load CA", b->ca);
-			SSL_CTX_free(ctx);
-			return NULL;
+			goto fail;
 		}
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	} else {
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
 	}
 	return ctx;
+fail:
+	SSL_CTX_free(ctx);
+	return NULL;
 }
 
 struct runtime *runtime_new(struct cfg *cfg, char *err, size_t errlen)
@@ -113,19 +393,33 @@ struct runtime *runtime_new(struct cfg *cfg, char *err, size_t errlen)
 	/* Optimistic: a fresh start must not refuse everyone before the first check. */
 	for (size_t i = 0; i < cfg->nbackends; i++)
 		atomic_init(&rt->backend_up[i], true);
+	if (check_policy_alone(cfg, &cfg->tls_policy, "[imapmux]", err, errlen) < 0)
+		goto fail;
 	for (size_t i = 0; i < cfg->nlistens; i++) {
-		if (cfg->listens[i].tls == CFG_TLS_NONE)
-			continue;
-		rt->listen_ctx[i] = server_ctx(&cfg->listens[i], err, errlen);
-		if (rt->listen_ctx[i] == NULL)
+		const struct cfg_listen *l = &cfg->listens[i];
+		char label[CFG_NAME_MAX + 16];
+
+		snprintf(label, sizeof(label), "[listen %s]", l->name);
+		if (l->tls != CFG_TLS_NONE) {
+			rt->listen_ctx[i] = server_ctx(cfg, l, label, err, errlen);
+			if (rt->listen_ctx[i] == NULL)
+				goto fail;
+		} else if (check_policy_alone(cfg, &l->tls_policy, label, err, errlen) < 0) {
 			goto fail;
+		}
 	}
 	for (size_t i = 0; i < cfg->nbackends; i++) {
-		if (cfg->backends[i].tls == CFG_TLS_NONE)
-			continue;
-		rt->backend_ctx[i] = client_ctx(&cfg->backends[i], err, errlen);
-		if (rt->backend_ctx[i] == NULL)
+		const struct cfg_backend *b = &cfg->backends[i];
+		char label[CFG_NAME_MAX + 16];
+
+		snprintf(label, sizeof(label), "[backend %s]", b->name);
+		if (b->tls != CFG_TLS_NONE) {
+			rt->backend_ctx[i] = client_ctx(cfg, b, label, err, errlen);
+			if (rt->backend_ctx[i] == NULL)
+				goto fail;
+		} else if (check_policy_alone(cfg, &b->tls_policy, label, err, errlen) < 0) {
 			goto fail;
+		}
 	}
 	return rt;
 fail:

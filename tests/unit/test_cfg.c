@@ -441,8 +441,71 @@ static void test_defaults(void **state)
 	assert_true(b->pool_wait == 10);
 	assert_true(b->pool_idle_ttl == 60);
 	assert_int_equal(b->line, 3);
+	/* Unset everywhere: NULL, and the TLS code applies its defaults. */
+	assert_null(c->tls_policy.ciphers);
+	assert_null(c->tls_policy.ciphersuites);
+	assert_null(c->tls_policy.curves);
+	assert_int_equal(c->tls_policy.ciphers_line, 0);
+	assert_null(l->tls_policy.ciphers);
+	assert_null(l->tls_policy.ciphersuites);
+	assert_null(l->tls_policy.curves);
+	assert_null(b->tls_policy.ciphers);
+	assert_null(b->tls_policy.ciphersuites);
+	assert_null(b->tls_policy.curves);
+	assert_int_equal(b->tls_policy.curves_line, 0);
 	cfg_destroy(&c);
 	assert_null(c);
+}
+
+/*
+ * ciphers, ciphersuites and curves: a section's own value wins, an unset
+ * one comes from [imapmux] even when [imapmux] is the last section, with
+ * the line it was written on. cfg does not judge the lists (OpenSSL
+ * syntax, checked by the TLS code); it refuses only empty and repeated keys.
+ */
+static void test_tls_policy_inherit(void **state)
+{
+	struct cfg *c = load_ok("[listen imaps]\n"
+	                        "address = 127.0.0.1:9993\n"
+	                        "ciphers = ECDHE-RSA-AES128-GCM-SHA256\n"
+	                        "[backend a]\n"
+	                        "address = 127.0.0.1:11143\n"
+	                        "curves = P-256\n"
+	                        "[backend b]\n"
+	                        "address = 127.0.0.1:11144\n"
+	                        "[imapmux]\n"
+	                        "ciphers = ECDHE+AESGCM:@SECLEVEL=2\n"
+	                        "curves = X25519:P-256\n");
+	const struct cfg_listen *l = &c->listens[0];
+	const struct cfg_backend *a = &c->backends[0], *b = &c->backends[1];
+
+	(void)state;
+	assert_string_equal(l->tls_policy.ciphers, "ECDHE-RSA-AES128-GCM-SHA256");
+	assert_int_equal(l->tls_policy.ciphers_line, 3);
+	assert_null(l->tls_policy.ciphersuites);
+	assert_int_equal(l->tls_policy.ciphersuites_line, 0);
+	assert_string_equal(l->tls_policy.curves, "X25519:P-256");
+	assert_int_equal(l->tls_policy.curves_line, 11);
+
+	assert_string_equal(a->tls_policy.ciphers, "ECDHE+AESGCM:@SECLEVEL=2");
+	assert_int_equal(a->tls_policy.ciphers_line, 10);
+	assert_string_equal(a->tls_policy.curves, "P-256");
+	assert_int_equal(a->tls_policy.curves_line, 6);
+
+	assert_string_equal(b->tls_policy.ciphers, "ECDHE+AESGCM:@SECLEVEL=2");
+	assert_string_equal(b->tls_policy.curves, "X25519:P-256");
+	assert_null(b->tls_policy.ciphersuites);
+	/* Copies, not shared pointers: each is freed on its own. */
+	assert_ptr_not_equal(a->tls_policy.ciphers, b->tls_policy.ciphers);
+	assert_ptr_not_equal(a->tls_policy.ciphers, c->tls_policy.ciphers);
+	cfg_destroy(&c);
+
+	expect_err("[listen x]\naddress = 127.0.0.1:1\nciphers =\n" TAIL, 3,
+	           "empty value for 'ciphers'");
+	expect_err("[imapmux]\nciphersuites = \"\"\n" TAIL, 2, "empty value for 'ciphersuites'");
+	expect_err("[backend z]\naddress = 127.0.0.1:1\ncurves = X25519\ncurves = P-256\n" TAIL, 4,
+	           "duplicate key 'curves' in [backend z] (first at line 3)");
+	expect_err("[routing]\nciphers = HIGH\n" TAIL, 2, "unknown key 'ciphers' in [routing]");
 }
 
 /* Every key, each set away from its default. */
@@ -462,6 +525,9 @@ static void test_every_key(void **state)
 	                        "auth_fail_window = 1h\n"
 	                        "auth_fail_delay = 250ms\n"
 	                        "auth_threads = 64\n"
+	                        "ciphers = ECDHE+AESGCM\n"
+	                        "ciphersuites = TLS_AES_128_GCM_SHA256\n"
+	                        "curves = X25519\n"
 	                        "\n"
 	                        "[listen imaps]\n"
 	                        "address = [::1]:9993\n"
@@ -470,6 +536,9 @@ static void test_every_key(void **state)
 	                        "key = @D@/key.pem\n"
 	                        "proxy_protocol = yes\n"
 	                        "allow_plaintext_auth = true\n"
+	                        "ciphers = \"ECDHE+AESGCM, ECDHE+CHACHA20\"\n"
+	                        "ciphersuites = TLS_CHACHA20_POLY1305_SHA256\n"
+	                        "curves = P-384\n"
 	                        "[listen imap]\n"
 	                        "address = 127.0.0.1:9143\n"
 	                        "tls = starttls\n"
@@ -505,6 +574,9 @@ static void test_every_key(void **state)
 	                        "reuse_ttl = 0\n"
 	                        "pool_wait = 2.5s\n"
 	                        "pool_idle_ttl = 2m\n"
+	                        "ciphers = ECDHE-RSA-AES256-GCM-SHA384\n"
+	                        "ciphersuites = TLS_AES_256_GCM_SHA384\n"
+	                        "curves = P-256:P-384\n"
 	                        "[backend a]\n"
 	                        "address = 127.0.0.1:11143\n"
 	                        "tls = starttls\n"
@@ -537,6 +609,12 @@ static void test_every_key(void **state)
 	assert_true(c->auth_fail_window == 3600);
 	assert_true(c->auth_fail_delay == 0.25);
 	assert_int_equal(c->auth_threads, 64);
+	assert_string_equal(c->tls_policy.ciphers, "ECDHE+AESGCM");
+	assert_string_equal(c->tls_policy.ciphersuites, "TLS_AES_128_GCM_SHA256");
+	assert_string_equal(c->tls_policy.curves, "X25519");
+	assert_int_equal(c->tls_policy.ciphers_line, 15);
+	assert_int_equal(c->tls_policy.ciphersuites_line, 16);
+	assert_int_equal(c->tls_policy.curves_line, 17);
 
 	assert_int_equal(c->nlistens, 2);
 	l = &c->listens[0];
@@ -547,8 +625,19 @@ static void test_every_key(void **state)
 	assert_string_equal(l->key, key);
 	assert_true(l->proxy_protocol);
 	assert_true(l->allow_plaintext_auth);
-	assert_int_equal(l->line, 16);
+	assert_int_equal(l->line, 19);
+	assert_string_equal(l->tls_policy.ciphers, "ECDHE+AESGCM, ECDHE+CHACHA20");
+	assert_string_equal(l->tls_policy.ciphersuites, "TLS_CHACHA20_POLY1305_SHA256");
+	assert_string_equal(l->tls_policy.curves, "P-384");
+	assert_int_equal(l->tls_policy.ciphers_line, 26);
+	assert_int_equal(l->tls_policy.ciphersuites_line, 27);
+	assert_int_equal(l->tls_policy.curves_line, 28);
 	l = &c->listens[1];
+	/* Sets none of its own: [imapmux]'s, with [imapmux]'s lines. */
+	assert_string_equal(l->tls_policy.ciphers, "ECDHE+AESGCM");
+	assert_int_equal(l->tls_policy.ciphers_line, 15);
+	assert_string_equal(l->tls_policy.curves, "X25519");
+	assert_int_equal(l->tls_policy.curves_line, 17);
 	assert_string_equal(l->name, "imap");
 	assert_int_equal(l->tls, CFG_TLS_STARTTLS);
 	assert_false(l->proxy_protocol);
@@ -589,7 +678,12 @@ static void test_every_key(void **state)
 	assert_true(b->reuse_ttl == 0);
 	assert_true(b->pool_wait == 2.5);
 	assert_true(b->pool_idle_ttl == 120);
+	assert_string_equal(b->tls_policy.ciphers, "ECDHE-RSA-AES256-GCM-SHA384");
+	assert_string_equal(b->tls_policy.ciphersuites, "TLS_AES_256_GCM_SHA384");
+	assert_string_equal(b->tls_policy.curves, "P-256:P-384");
 	b = &c->backends[1];
+	assert_string_equal(b->tls_policy.ciphersuites, "TLS_AES_128_GCM_SHA256");
+	assert_int_equal(b->tls_policy.ciphersuites_line, 16);
 	assert_string_equal(b->name, "a");
 	assert_int_equal(b->tls, CFG_TLS_STARTTLS);
 	assert_null(b->ca);
@@ -1165,15 +1259,25 @@ static void test_shipped_conf(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_duration),       cmocka_unit_test(test_bool),
-	    cmocka_unit_test(test_addr_ipv4),      cmocka_unit_test(test_addr_ipv6),
-	    cmocka_unit_test(test_addr_unix),      cmocka_unit_test(test_addr_bad),
-	    cmocka_unit_test(test_addr_name),      cmocka_unit_test(test_defaults),
-	    cmocka_unit_test(test_every_key),      cmocka_unit_test(test_comments_and_quotes),
-	    cmocka_unit_test(test_order_and_find), cmocka_unit_test(test_cross_ok),
-	    cmocka_unit_test(test_errors),         cmocka_unit_test(test_line_limits),
-	    cmocka_unit_test(test_open_errors),    cmocka_unit_test(test_err_buffer),
-	    cmocka_unit_test(test_destroy_null),   cmocka_unit_test(test_shipped_conf),
+	    cmocka_unit_test(test_duration),
+	    cmocka_unit_test(test_bool),
+	    cmocka_unit_test(test_addr_ipv4),
+	    cmocka_unit_test(test_addr_ipv6),
+	    cmocka_unit_test(test_addr_unix),
+	    cmocka_unit_test(test_addr_bad),
+	    cmocka_unit_test(test_addr_name),
+	    cmocka_unit_test(test_defaults),
+	    cmocka_unit_test(test_every_key),
+	    cmocka_unit_test(test_comments_and_quotes),
+	    cmocka_unit_test(test_order_and_find),
+	    cmocka_unit_test(test_cross_ok),
+	    cmocka_unit_test(test_errors),
+	    cmocka_unit_test(test_line_limits),
+	    cmocka_unit_test(test_open_errors),
+	    cmocka_unit_test(test_err_buffer),
+	    cmocka_unit_test(test_destroy_null),
+	    cmocka_unit_test(test_shipped_conf),
+	    cmocka_unit_test(test_tls_policy_inherit),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
