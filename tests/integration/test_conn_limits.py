@@ -10,6 +10,7 @@ command line after login: past it the session ends with
 """
 
 import socket
+import time
 import ssl
 
 import pytest
@@ -150,3 +151,70 @@ def test_limit_keys_checked(make_mux, tmp_path):
         r = lab.check_config(path)
         assert r.returncode == 1, (key, r)
         assert key in r.stderr and path + ":" in r.stderr, r.stderr
+
+
+def _rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_client_that_never_reads_is_held_back_not_buffered(make_mux):
+    """Bytes buffered per session are bounded: a client pipelining NOOPs
+    without reading a single answer fills its own socket buffers and stalls
+    (back-pressure through imapmux to Dovecot and back), imapmux's memory
+    does not follow, and once the client reads, every answer is there."""
+    m = start(make_mux)
+    with open("/proc/%d/maps" % m.pid) as f:
+        asan = "libasan" in f.read()
+    c = greeted(m.imap_port)
+    c.login("alice", password("alice"))
+    before = _rss_kib(m.pid)
+    s = c.sock
+    s.setblocking(False)
+    chunk = b"".join(b"n%d NOOP\r\n" % i for i in range(1000))
+    sent_cmds, sent, t0 = 0, 0, time.monotonic()
+    pending = b""
+    stalled_since = None
+    # Bounded: 20 s at most, and 200 MB at most.
+    while time.monotonic() - t0 < 20 and sent < 200 * 1024 * 1024:
+        if not pending:
+            pending = chunk
+            sent_cmds += 1000
+        try:
+            n = s.send(pending)
+            pending = pending[n:]
+            sent += n
+            stalled_since = None
+        except BlockingIOError:
+            if stalled_since is None:
+                stalled_since = time.monotonic()
+            elif time.monotonic() - stalled_since > 2.0:
+                break
+            time.sleep(0.01)
+    assert stalled_since is not None, "the client was never held back (%d bytes)" % sent
+    grown = (_rss_kib(m.pid) - before) / 1024
+    print("sent %.1f MiB before the stall; imapmux RSS +%.1f MiB" % (sent / 2**20, grown))
+    if not asan:
+        assert grown < 8, "imapmux RSS grew by %.1f MiB while the client did not read" % grown
+    # Now read: every complete NOOP sent gets its OK, in order.
+    s.setblocking(True)
+    s.sendall(pending)
+    expect = sent_cmds
+    got, buf = 0, b""
+    s.settimeout(30)
+    last = None
+    while got < expect:
+        d = s.recv(1 << 20)
+        assert d, "closed after %d of %d answers" % (got, expect)
+        buf += d
+        lines = buf.split(b"\r\n")
+        buf = lines.pop()
+        for line in lines:
+            assert line.startswith(b"n") and b" OK" in line, line
+            last = line
+            got += 1
+    assert last.startswith(b"n999 OK"), last
+    c.close()
