@@ -11,7 +11,7 @@
 # are unpacked into $CYRUS_DIR.
 set -eu
 PKGS="gcc clang make pkg-config libssl-dev libev-dev libcmocka-dev libhiredis-dev
-libcrypt-dev dovecot-imapd redis-server python3 python3-pytest curl openssl
+libcrypt-dev dovecot-imapd redis-server python3 python3-pytest curl openssl valgrind
 cyrus-common sasl2-bin"
 CYRUS_DIR=/usr/local/lib/imapmux-cyrus
 
