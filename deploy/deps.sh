@@ -2,8 +2,11 @@
 # Install the Debian packages imapmux needs to build, test and run its demo,
 # when any is missing. Idempotent; needs root only when something is missing.
 set -eu
+# libclang-rt-14-dev: libFuzzer and the sanitizer runtimes for `make fuzz`
+# (clang only recommends it, and recommends are not installed here).
 PKGS="gcc clang make pkg-config libssl-dev libev-dev libcmocka-dev libhiredis-dev
-libcrypt-dev dovecot-imapd redis-server python3 python3-pytest curl openssl"
+libcrypt-dev dovecot-imapd redis-server python3 python3-pytest curl openssl
+libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
