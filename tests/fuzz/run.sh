@@ -16,7 +16,8 @@ top=$(cd "$here/../.." && pwd)
 out=$top/build/fuzz
 mkdir -p "$out/artifacts" "$out/logs"
 work=$(mktemp -d "${TMPDIR:-/tmp}/imapmux-fuzz.XXXXXX")
-trap 'rm -rf "$work"' EXIT INT TERM
+trap 'rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
 
 failed=""
 for bin in "$@"; do
