@@ -19,7 +19,7 @@ PROXY_OBJ  := $(PROXY_SRC:.c=.o)
 UNIT_SRC   := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN   := $(UNIT_SRC:.c=)
 
-.PHONY: all deps test unit valgrind integration demo demo-stop bench clean lint format
+.PHONY: all deps test unit valgrind integration demo demo-stop bench clean lint format fuzz fuzz-build
 
 all: proxy/imapmux
 
@@ -34,6 +34,45 @@ proxy/imapmux: $(PROXY_OBJ) common/libcommon.a
 
 tests/unit/test_%: tests/unit/test_%.c common/libcommon.a
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -Wno-missing-prototypes -o $@ $< common/libcommon.a -lcmocka -lcrypt -lm -lev -lpthread
+
+# ---- fuzzing: libFuzzer targets tests/fuzz/fuzz_<name>.c (README "Fuzzing") ----
+# Everything is built with clang, ASan, UBSan (any report aborts) and the
+# fuzzing-build macro into build/fuzz/, never mixed with the objects above.
+# A target needing more than common/ names its objects (built from proxy/
+# with the fuzz flags) and libraries, e.g. for fuzz_preauth.c:
+#   FUZZ_OBJS_preauth = $(FUZZ_DIR)/proxy/session.o ...
+#   FUZZ_LIBS_preauth = -lev -lssl -lcrypto
+#   $(FUZZ_DIR)/fuzz_preauth: $(FUZZ_OBJS_preauth)
+FUZZ_CC    ?= clang
+FUZZ_TIME  ?= 60
+FUZZ_DIR   := build/fuzz
+FUZZ_FLAGS := -std=c11 $(WARN) -O1 -g -fno-omit-frame-pointer -pthread \
+              -fsanitize=address,undefined -fno-sanitize-recover=all \
+              -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
+FUZZ_SRC   := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BIN   := $(patsubst tests/fuzz/%.c,$(FUZZ_DIR)/%,$(FUZZ_SRC))
+FUZZ_HDR   := $(wildcard common/*.h proxy/*.h tests/fuzz/*.h)
+FUZZ_OBJ   := $(patsubst %.c,$(FUZZ_DIR)/%.o,$(COMMON_SRC) \
+                $(filter-out $(FUZZ_SRC),$(sort $(wildcard tests/fuzz/*.c))))
+
+$(FUZZ_DIR)/%.o: %.c $(FUZZ_HDR)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+
+$(FUZZ_DIR)/libfuzz.a: $(FUZZ_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_DIR)/libfuzz.a $(FUZZ_HDR)
+	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJS_$*) \
+	    $(FUZZ_DIR)/libfuzz.a $(FUZZ_LIBS_$*) -lcrypt -lm
+
+fuzz-build: deps
+	$(MAKE) $(FUZZ_BIN)
+
+# Each target for FUZZ_TIME seconds, one at a time, on a scratch copy of its
+# seed corpus; fails on any crash, leak, timeout or sanitizer report.
+fuzz: fuzz-build
+	@sh tests/fuzz/run.sh $(FUZZ_TIME) $(FUZZ_BIN)
 
 deps:
 	@sh deploy/deps.sh
@@ -79,11 +118,11 @@ bench: deps all
 	$(PYTHON) bench/webmail.py
 
 lint:
-	clang-format --dry-run --Werror common/*.[ch] proxy/*.[ch] tests/unit/*.c
+	clang-format --dry-run --Werror common/*.[ch] proxy/*.[ch] tests/unit/*.c tests/fuzz/*.[ch]
 
 format:
-	clang-format -i common/*.[ch] proxy/*.[ch] tests/unit/*.c
+	clang-format -i common/*.[ch] proxy/*.[ch] tests/unit/*.c tests/fuzz/*.[ch]
 
 clean:
 	rm -f common/*.o common/libcommon.a proxy/*.o proxy/imapmux $(UNIT_BIN)
-	rm -rf tests/integration/__pycache__
+	rm -rf tests/integration/__pycache__ build/fuzz

@@ -14,7 +14,7 @@
  *     means every byte so far is a valid beginning. Rescanning costs at
  *     most PROXYPROTO_V1_MAX bytes for v1 and one TLV walk for v2.
  *   - v1 is judged byte by byte: a byte that cannot appear where it is
- *     (a second space, a letter in a port, a seventh port digit...) is -1
+ *     (a second space, a letter in a port, a sixth port digit...) is -1
  *     on arrival, and a field's value (inet_pton, port range) is checked
  *     as soon as the space or CR after it arrives.
  *   - v2 is judged as soon as each fixed byte arrives; the length field

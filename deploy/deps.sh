@@ -10,9 +10,11 @@
 # cyrus-common) and only its two daemons, usr/lib/cyrus/bin/imapd and idled,
 # are unpacked into $CYRUS_DIR.
 set -eu
+# libclang-rt-14-dev: libFuzzer and the sanitizer runtimes for `make fuzz`
+# (clang only recommends it, and recommends are not installed here).
 PKGS="gcc clang make pkg-config libssl-dev libev-dev libcmocka-dev libhiredis-dev
 libcrypt-dev dovecot-imapd redis-server python3 python3-pytest curl openssl valgrind
-cyrus-common sasl2-bin"
+cyrus-common sasl2-bin libclang-rt-14-dev"
 CYRUS_DIR=/usr/local/lib/imapmux-cyrus
 
 installed() {
