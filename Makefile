@@ -9,7 +9,16 @@ LDLIBS_PROXY = -lssl -lcrypto -lev -lhiredis -lcrypt -lpthread -lm
 PYTHON  ?= /usr/bin/python3
 
 ifeq ($(SANITIZE),1)
-SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer
+SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+endif
+
+# Objects remember how they were built: another compiler or other flags
+# (SANITIZE=1, OPT=...) rebuild everything, so a sanitizer object never ends
+# up in a normal build or the other way round.
+BUILD_STAMP := .build-flags
+BUILD_FLAGS := $(strip $(CC) $(CPPFLAGS) $(ALL_CFLAGS))
+ifneq ($(BUILD_FLAGS),$(strip $(shell cat $(BUILD_STAMP) 2>/dev/null)))
+$(shell printf '%s\n' '$(BUILD_FLAGS)' > $(BUILD_STAMP))
 endif
 
 COMMON_SRC := $(sort $(wildcard common/*.c))
@@ -23,7 +32,7 @@ UNIT_BIN   := $(UNIT_SRC:.c=)
 
 all: proxy/imapmux
 
-%.o: %.c $(wildcard common/*.h proxy/*.h)
+%.o: %.c $(wildcard common/*.h proxy/*.h) $(BUILD_STAMP)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c -o $@ $<
 
 common/libcommon.a: $(COMMON_OBJ)
@@ -32,7 +41,7 @@ common/libcommon.a: $(COMMON_OBJ)
 proxy/imapmux: $(PROXY_OBJ) common/libcommon.a
 	$(CC) $(ALL_CFLAGS) -o $@ $(PROXY_OBJ) common/libcommon.a $(LDLIBS_PROXY)
 
-tests/unit/test_%: tests/unit/test_%.c common/libcommon.a
+tests/unit/test_%: tests/unit/test_%.c common/libcommon.a $(BUILD_STAMP)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -Wno-missing-prototypes -o $@ $< common/libcommon.a -lcmocka -lcrypt -lm -lev -lpthread
 
 # ---- fuzzing: libFuzzer targets tests/fuzz/fuzz_<name>.c (README "Fuzzing") ----
@@ -65,6 +74,13 @@ $(FUZZ_DIR)/libfuzz.a: $(FUZZ_OBJ)
 $(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_DIR)/libfuzz.a $(FUZZ_HDR)
 	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJS_$*) \
 	    $(FUZZ_DIR)/libfuzz.a $(FUZZ_LIBS_$*) -lcrypt -lm
+
+# The pre-login command handler runs through the real session code: every
+# proxy/ object but main.o, built with the fuzz flags.
+FUZZ_OBJS_preauth := $(patsubst %.c,$(FUZZ_DIR)/%.o,$(filter-out proxy/main.c,$(PROXY_SRC)))
+FUZZ_LIBS_preauth := -lssl -lcrypto -lev -lhiredis -lpthread
+$(FUZZ_DIR)/fuzz_preauth: CPPFLAGS += -Iproxy
+$(FUZZ_DIR)/fuzz_preauth: $(FUZZ_OBJS_preauth)
 
 fuzz-build: deps
 	$(MAKE) $(FUZZ_BIN)
@@ -124,5 +140,5 @@ format:
 	clang-format -i common/*.[ch] proxy/*.[ch] tests/unit/*.c tests/fuzz/*.[ch]
 
 clean:
-	rm -f common/*.o common/libcommon.a proxy/*.o proxy/imapmux $(UNIT_BIN)
+	rm -f common/*.o common/libcommon.a proxy/*.o proxy/imapmux $(UNIT_BIN) $(BUILD_STAMP)
 	rm -rf tests/integration/__pycache__ build/fuzz
