@@ -94,7 +94,7 @@ static uint32_t rng(void)
 
 static void test_roundtrip_lengths(void **state)
 {
-	uint8_t in[300], back[300];
+	uint8_t in[300] = {0}, back[300];
 	char enc[B64_ENCODED_LEN(300) + 1];
 
 	(void)state;
