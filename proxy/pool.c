@@ -365,6 +365,9 @@ static void wait_arm(struct pool_wait *wt)
 {
 	if (ev_is_active(&wt->timer))
 		return;
+	/* The loop's cached time may be a busy iteration old: a login must
+	 * wait the whole pool_wait from now, not from then. */
+	ev_now_update(wt->p->w->loop);
 	ev_timer_init(&wt->timer, wait_timeout, wt->p->cfg->pool_wait, 0.);
 	wt->timer.data = wt;
 	ev_timer_start(wt->p->w->loop, &wt->timer);
