@@ -7,7 +7,11 @@
  *   0   tag at the start and name non-empty; every argument inside the
  *       buffer, in order; atoms of atom characters; decoded quoted strings
  *       without NUL, CR or LF; parentheses balanced; the command ends in
- *       LF; NUL bytes only inside literal bodies. Then the round trip:
+ *       LF; NUL bytes only inside literal bodies; each argument is its
+ *       own bytes of the input (atoms and literal bodies unmoved, a quoted
+ *       string's input exactly its value with " and \ escaped, the one
+ *       valid spelling), a literal body right after its "}" and line end.
+ *       Then the round trip:
  *       the command written back in a canonical form (quoted strings
  *       re-escaped, literals as {n}) parses to the same tag, name and
  *       arguments.
@@ -83,6 +87,61 @@ static void serialize(const struct imap_cmd *c, struct out *o)
 	put(o, "\r\n", 2);
 }
 
+/* Offset just past the closing quote of quoted argument a in the input. */
+static size_t quoted_end(const uint8_t *buf, const struct imap_arg *a)
+{
+	size_t off = (size_t)(a->data - buf);
+
+	for (size_t k = 0; k < a->len; k++)
+		off += a->data[k] == '"' || a->data[k] == '\\' ? 2 : 1;
+	return off + 1;
+}
+
+/* The input of a quoted argument is "value" with " and \ escaped. */
+static void check_quoted(const uint8_t *orig, const uint8_t *buf, size_t len,
+                         const struct imap_arg *a)
+{
+	size_t off = (size_t)(a->data - buf);
+
+	FUZZ_CHECK(off > 0 && orig[off - 1] == '"', "a quoted string opens with a quote");
+	for (size_t k = 0; k < a->len; k++) {
+		if (a->data[k] == '"' || a->data[k] == '\\') {
+			FUZZ_CHECK(off + 1 < len && orig[off] == '\\', "escaped as \\");
+			off++;
+		}
+		FUZZ_CHECK(off < len && orig[off] == a->data[k], "quoted value is the input's");
+		off++;
+	}
+	FUZZ_CHECK(off < len && orig[off] == '"', "a quoted string closes with a quote");
+}
+
+/* A literal body follows "{N}" or "{N+}" and CRLF or LF, N its length. */
+static void check_literal_head(const uint8_t *orig, const uint8_t *buf, const struct imap_arg *a)
+{
+	size_t off = (size_t)(a->data - buf), n = 0, mul = 1;
+	bool big = false;
+
+	FUZZ_CHECK(off >= 1 && orig[off - 1] == '\n', "a literal body follows a line end");
+	off--;
+	if (off >= 1 && orig[off - 1] == '\r')
+		off--;
+	FUZZ_CHECK(off >= 1 && orig[off - 1] == '}', "a literal body follows }");
+	off--;
+	if (off >= 1 && orig[off - 1] == '+')
+		off--;
+	for (; off >= 1 && orig[off - 1] >= '0' && orig[off - 1] <= '9'; off--) {
+		/* Leading zeros may be many; a digit past 10^12 is too big anyway. */
+		if (mul > 1000000000000) {
+			big = big || orig[off - 1] != '0';
+		} else {
+			n += (size_t)(orig[off - 1] - '0') * mul;
+			mul *= 10;
+		}
+	}
+	FUZZ_CHECK(off >= 1 && orig[off - 1] == '{' && !big && n == a->len,
+	           "{N}: N is the body's length");
+}
+
 static void check_cmd(const uint8_t *orig, const uint8_t *buf, size_t len, const struct imap_cmd *c)
 {
 	const uint8_t *pos = buf;
@@ -106,14 +165,21 @@ static void check_cmd(const uint8_t *orig, const uint8_t *buf, size_t len, const
 			FUZZ_CHECK(a->len > 0, "atoms are not empty");
 			for (size_t k = 0; k < a->len; k++)
 				FUZZ_CHECK(is_atom_arg_byte(a->data[k]), "atom characters");
+			FUZZ_CHECK(memcmp(a->data, orig + (a->data - buf), a->len) == 0,
+			           "an atom is its input bytes");
 			break;
 		case IMAP_ARG_QUOTED:
 			for (size_t k = 0; k < a->len; k++)
 				FUZZ_CHECK(a->data[k] != '\0' && a->data[k] != '\r' &&
 				               a->data[k] != '\n',
 				           "no NUL, CR or LF in a quoted string");
+			check_quoted(orig, buf, len, a);
+			pos = buf + quoted_end(buf, a);
 			break;
 		case IMAP_ARG_LITERAL:
+			FUZZ_CHECK(memcmp(a->data, orig + (a->data - buf), a->len) == 0,
+			           "a literal body is its input bytes");
+			check_literal_head(orig, buf, a);
 			break;
 		case IMAP_ARG_LIST_OPEN:
 			FUZZ_CHECK(a->len == 1 && a->data[0] == '(', "(");
