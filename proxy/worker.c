@@ -9,6 +9,7 @@
 #include "worker.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
@@ -24,6 +25,8 @@
 #include "reuse.h"
 #include "session.h"
 #include "ttlmap.h"
+
+#define TRIM_AFTER_FREES 64 /* frees since the last malloc_trim worth another */
 
 static void listeners_set(struct worker *w, bool on)
 {
@@ -91,6 +94,16 @@ static void reaper_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 		struct defer *d = w->dead;
 		w->dead = d->next;
 		d->fn(d);
+		w->freed++;
+	}
+	/* A burst is over (no session left here): give the heap pages it
+	 * left free back to the system, at most once a second, so that RSS
+	 * follows the load down instead of staying at its peak. */
+	if (w->nsessions == 0 && w->freed >= TRIM_AFTER_FREES &&
+	    ev_now(loop) - w->trimmed_at >= 1.0) {
+		malloc_trim(0);
+		w->trimmed_at = ev_now(loop);
+		w->freed = 0;
 	}
 	if (w->draining && w->nsessions == 0)
 		ev_break(loop, EVBREAK_ALL);

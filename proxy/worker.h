@@ -47,6 +47,8 @@ struct worker {
 	ev_prepare reaper;
 	ev_timer drain_timer;
 	ev_timer accept_pause;    /* out of fds: stop accepting for a moment */
+	double trimmed_at;        /* last malloc_trim (reaper, when the worker went idle) */
+	unsigned long freed;      /* sessions freed since then */
 	struct defer *dead;       /* freed by the reaper */
 	struct session *sessions; /* all live sessions (doubly linked) */
 	size_t nsessions;
