@@ -29,8 +29,6 @@ As a command (used by deploy/demo.sh):
 """
 
 import atexit
-import base64
-import errno
 import grp
 import os
 import pwd

@@ -1299,39 +1299,30 @@ static int sess_pump_c2b(struct session *s)
 				/* "DONE" ends IDLE; it is not a command. */
 				s->idling = false;
 			} else if (imap_head_parse(p, u.len, &h) == 0) {
-				if (imap_word_eq(h.w1, h.w1_len, "COMPRESS")) {
+				/* Answered here, never forwarded. COMPRESS: the proxy
+				 * parses both streams. UNAUTHENTICATE: the client is
+				 * logged in through the proxy, never to the backend on
+				 * its own terms; it may not step back to the login
+				 * prompt and log in as another user past routing, auth
+				 * checks and rate limits. */
+				const char *answer = NULL;
+				if (imap_word_eq(h.w1, h.w1_len, "COMPRESS"))
+					answer =
+					    "NO [CANNOT] COMPRESS is not available through this "
+					    "proxy.";
+				else if (imap_word_eq(h.w1, h.w1_len, "UNAUTHENTICATE"))
+					answer = "BAD Unknown command.";
+				if (answer != NULL) {
 					if (!u.last) {
-						sess_close(s, "COMPRESS with a literal",
+						sess_close(s, "refused command with a literal",
 						           "* BYE Protocol error.");
 						return 1;
 					}
 					if (buf_room(&s->local) < REPLY_ROOM / 2)
 						break;
-					sess_reply(
-					    s,
-					    "%.*s NO [CANNOT] COMPRESS is not available through this proxy.",
-					    (int)(h.tag_len > TAG_MAX ? TAG_MAX : h.tag_len),
-					    h.tag);
-					imap_tok_consume(&s->ctok, &u, u.len);
-					buf_consume(&s->client.in, u.len);
-					progress = 1;
-					continue;
-				}
-				/* The client is logged in through the proxy, never
-				 * to the backend on its own terms: it may not step
-				 * back to not-authenticated and log in as another
-				 * user past routing, auth checks and rate limits. */
-				if (imap_word_eq(h.w1, h.w1_len, "UNAUTHENTICATE")) {
-					if (!u.last) {
-						sess_close(s, "UNAUTHENTICATE with a literal",
-						           "* BYE Protocol error.");
-						return 1;
-					}
-					if (buf_room(&s->local) < REPLY_ROOM / 2)
-						break;
-					sess_reply(s, "%.*s BAD Unknown command.",
+					sess_reply(s, "%.*s %s",
 					           (int)(h.tag_len > TAG_MAX ? TAG_MAX : h.tag_len),
-					           h.tag);
+					           h.tag, answer);
 					imap_tok_consume(&s->ctok, &u, u.len);
 					buf_consume(&s->client.in, u.len);
 					progress = 1;

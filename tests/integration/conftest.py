@@ -341,3 +341,80 @@ def scrape_metrics(port):
             name, val = line.rsplit(None, 1)
             out[name] = float(val)
     return out
+
+
+# ---------------------------------------------------------------------------
+# what a process holds, from /proc (fd, socket and memory checks)
+
+LOOPBACK_HEX = "0100007F"
+
+
+def raise_nofile():
+    """Raise the soft open-files limit to the hard one (inherited by the
+    imapmux a test starts afterwards); a generator for module fixtures:
+    the limit is put back after."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        yield
+        return
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def socket_inodes(pid):
+    """Inodes of the sockets process pid has open."""
+    inodes = set()
+    d = "/proc/%d/fd" % pid
+    for fd in os.listdir(d):
+        try:
+            t = os.readlink(os.path.join(d, fd))
+        except OSError:
+            continue
+        if t.startswith("socket:["):
+            inodes.add(int(t[8:-1]))
+    return inodes
+
+
+def tcp_table():
+    """{inode: (local port, remote addr hex, remote port, state hex)} of
+    the host's IPv4 TCP sockets."""
+    out = {}
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            p = line.split()
+            inode = int(p[9])
+            if inode == 0:
+                continue
+            raddr, rport = p[2].split(":")
+            out[inode] = (int(p[1].split(":")[1], 16), raddr, int(rport, 16), p[3])
+    return out
+
+
+def socks_to(pid, port):
+    """[(local port, state hex)] of every TCP socket process pid holds to
+    127.0.0.1:port. Sound under churn: the fds are listed first, and a
+    socket closed since has inode 0 in the table, so every one counted was
+    open at listing time."""
+    inodes = socket_inodes(pid)
+    tab = tcp_table()
+    return sorted((tab[i][0], tab[i][3]) for i in inodes
+                  if i in tab and tab[i][1] == LOOPBACK_HEX and tab[i][2] == port)
+
+
+def proc_status_kib(pid, key):
+    """A /proc/PID/status memory line in KiB ("VmRSS", "VmHWM")."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no %s for pid %d" % (key, pid))
+
+
+def links_asan(pid):
+    """Is process pid an AddressSanitizer build (RSS means little there)?"""
+    with open("/proc/%d/maps" % pid) as f:
+        return "libasan" in f.read()

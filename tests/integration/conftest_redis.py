@@ -28,7 +28,6 @@ import ctypes.util
 import os
 import re
 import socket
-import time
 import uuid
 
 import pytest

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import imapc
-from conftest import password
+from conftest import links_asan, password, proc_status_kib
 
 SIZE = 20 * 1024 * 1024
 
@@ -131,23 +131,13 @@ def test_append_20mb_sync_literal_raw(mux, dovecot, ca_ctx):
     assert _fetch_direct(dovecot, "big", uid) == msg
 
 
-def _vm_hwm_kib(pid):
-    """The process's peak resident memory (VmHWM) in KiB."""
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM for pid %d" % pid)
-
-
 def test_50mb_append_and_fetch_bounded_memory(mux, dovecot, ca_ctx):
     """A 50 MB APPEND and FETCH pass through imapmux without it ever holding
     the message: its peak RSS grows by far less than the message size."""
-    with open("/proc/%d/maps" % mux.pid) as f:
-        if "libasan" in f.read():
-            pytest.skip("AddressSanitizer's quarantine makes RSS meaningless")
+    if links_asan(mux.pid):
+        pytest.skip("AddressSanitizer's quarantine makes RSS meaningless")
     msg = make_message(size=50 * 1024 * 1024, seed=5)
-    before = _vm_hwm_kib(mux.pid)
+    before = proc_status_kib(mux.pid, "VmHWM")
     with imapc.Client(mux.imaps_port, tls=ca_ctx, timeout=180) as c:
         c.greeting()
         c.login("big", password("big"))
@@ -158,7 +148,7 @@ def test_50mb_append_and_fetch_bounded_memory(mux, dovecot, ca_ctx):
         _, tagged = c.cmd("s", "SELECT INBOX")
         assert tagged.startswith(b"s OK"), tagged
         assert _fetch_raw(c, uid) == msg
-    grown_mib = (_vm_hwm_kib(mux.pid) - before) / 1024
+    grown_mib = (proc_status_kib(mux.pid, "VmHWM") - before) / 1024
     # Buffers are 16-32 KiB per direction; allow generous slack for OpenSSL
     # and malloc arenas, but well under the 50 MB a whole-message copy costs.
     assert grown_mib < 12, "imapmux peak RSS grew by %.1f MiB" % grown_mib

@@ -17,7 +17,7 @@ import pytest
 
 import imapc
 import lab
-from conftest import password, scrape_metrics, wait_until
+from conftest import links_asan, password, proc_status_kib, scrape_metrics, wait_until
 
 TIMEOUT = 8.0
 
@@ -32,14 +32,20 @@ def start(make_mux, **im):
     return m
 
 
-def greeted(port, source="127.0.0.1"):
-    """A plaintext client, greeted, connected from source."""
+def connect_from(port, source):
+    """A plaintext client connected to port from loopback address source."""
     c = imapc.Client(port, timeout=TIMEOUT, connect=False)
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(TIMEOUT)
     s.bind((source, 0))
     s.connect(("127.0.0.1", port))
     c.sock = s
+    return c
+
+
+def greeted(port, source="127.0.0.1"):
+    """A plaintext client, greeted, connected from source."""
+    c = connect_from(port, source)
     g = c.greeting()
     assert g.startswith(b"* OK"), g
     return c
@@ -47,12 +53,7 @@ def greeted(port, source="127.0.0.1"):
 
 def refused(port, source="127.0.0.1"):
     """Connect and return everything read until the close."""
-    c = imapc.Client(port, timeout=TIMEOUT, connect=False)
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.settimeout(TIMEOUT)
-    s.bind((source, 0))
-    s.connect(("127.0.0.1", port))
-    c.sock = s
+    c = connect_from(port, source)
     got = c.expect_closed(5)
     c.close()
     return got
@@ -153,25 +154,16 @@ def test_limit_keys_checked(make_mux, tmp_path):
         assert key in r.stderr and path + ":" in r.stderr, r.stderr
 
 
-def _rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def test_client_that_never_reads_is_held_back_not_buffered(make_mux):
     """Bytes buffered per session are bounded: a client pipelining NOOPs
     without reading a single answer fills its own socket buffers and stalls
     (back-pressure through imapmux to Dovecot and back), imapmux's memory
     does not follow, and once the client reads, every answer is there."""
     m = start(make_mux)
-    with open("/proc/%d/maps" % m.pid) as f:
-        asan = "libasan" in f.read()
+    asan = links_asan(m.pid)
     c = greeted(m.imap_port)
     c.login("alice", password("alice"))
-    before = _rss_kib(m.pid)
+    before = proc_status_kib(m.pid, "VmRSS")
     s = c.sock
     s.setblocking(False)
     chunk = b"".join(b"n%d NOOP\r\n" % i for i in range(1000))
@@ -195,7 +187,7 @@ def test_client_that_never_reads_is_held_back_not_buffered(make_mux):
                 break
             time.sleep(0.01)
     assert stalled_since is not None, "the client was never held back (%d bytes)" % sent
-    grown = (_rss_kib(m.pid) - before) / 1024
+    grown = (proc_status_kib(m.pid, "VmRSS") - before) / 1024
     print("sent %.1f MiB before the stall; imapmux RSS +%.1f MiB" % (sent / 2**20, grown))
     if not asan:
         assert grown < 8, "imapmux RSS grew by %.1f MiB while the client did not read" % grown
@@ -218,3 +210,20 @@ def test_client_that_never_reads_is_held_back_not_buffered(make_mux):
             got += 1
     assert last.startswith(b"n999 OK"), last
     c.close()
+
+
+def test_max_connections_auto_and_the_open_files_warning(make_mux):
+    """auto takes (open-files limit - 256) / 2, the limit imapmux inherits
+    from here; an explicit value the limit cannot carry is warned about."""
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 512:
+        pytest.skip("open-files limit %r: auto takes another branch" % soft)
+    m = start(make_mux)
+    want = "max_connections = auto: %d (from the open-files limit)" % ((soft - 256) // 2)
+    wait_until(lambda: want in m.log_text(), 5, want)
+    assert "is below what max_connections" not in m.log_text()
+    m2 = start(make_mux, max_connections=soft)
+    warn = ("open-files limit %d is below what max_connections = %d needs (about %d)"
+            % (soft, soft, 2 * soft + 256))
+    wait_until(lambda: warn in m2.log_text(), 5, warn)

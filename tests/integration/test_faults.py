@@ -20,7 +20,6 @@ Every wait is bounded; every load loop is bounded in count and in time.
 
 import os
 import re
-import resource
 import select
 import socket
 import ssl
@@ -31,7 +30,7 @@ import pytest
 
 import imapc
 import lab
-from conftest import backend_section, password, scrape_metrics, wait_until
+from conftest import backend_section, password, raise_nofile, scrape_metrics, socks_to, wait_until
 
 pytest.register_assert_rewrite("conftest_redis")
 from conftest_redis import (  # noqa: E402
@@ -45,21 +44,6 @@ pytest_plugins = ["conftest_redis"]
 TIMEOUT = 10.0
 BIG = 20 * 1024 * 1024
 MIB = 1024 * 1024
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _nofile():
-    """Raise the soft open-files limit to the hard one (inherited by the
-    imapmux started from here): the flood test holds 5,000 sockets here and
-    as many in imapmux."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 65536
-    if soft == resource.RLIM_INFINITY or soft >= want:
-        yield
-        return
-    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # ---------------------------------------------------------------------------
@@ -137,33 +121,16 @@ def wait_no_sessions(m, timeout=10.0):
                                                      metric(m, "imapmux_sessions_proxying")))
 
 
-def _socket_inodes(pid):
-    out = set()
-    d = "/proc/%d/fd" % pid
-    for fd in os.listdir(d):
-        try:
-            t = os.readlink(os.path.join(d, fd))
-        except OSError:
-            continue
-        if t.startswith("socket:["):
-            out.add(int(t[8:-1]))
-    return out
+@pytest.fixture(scope="module", autouse=True)
+def _nofile():
+    """The flood test holds 5,000 sockets here and as many in imapmux."""
+    yield from raise_nofile()
 
 
 def mux_conns_to(m, port):
     """Number of sockets imapmux holds to 127.0.0.1:port (any state but
     LISTEN)."""
-    inodes = _socket_inodes(m.pid)
-    n = 0
-    with open("/proc/net/tcp") as f:
-        next(f)
-        for line in f:
-            p = line.split()
-            raddr, rport = p[2].split(":")
-            if int(p[9]) in inodes and raddr == "0100007F" and int(rport, 16) == port \
-                    and p[3] != "0A":
-                n += 1
-    return n
+    return sum(1 for _, st in socks_to(m.pid, port) if st != "0A")
 
 
 def inbox(dv, user):

@@ -3,7 +3,6 @@ fail, the imapmux tests prove nothing."""
 
 import imaplib
 import os
-import signal
 import socket
 import ssl
 import subprocess

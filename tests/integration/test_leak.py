@@ -62,7 +62,6 @@ import concurrent.futures
 import multiprocessing
 import os
 import random
-import resource
 import signal
 import socket
 import ssl
@@ -72,7 +71,8 @@ import time
 import pytest
 
 import lab
-from conftest import backend_section, password, scrape_metrics, wait_until
+from conftest import (backend_section, links_asan, password, proc_status_kib, raise_nofile,
+                      scrape_metrics, socks_to, wait_until)
 
 SESSIONS = int(os.environ.get("LEAK_SESSIONS", "100000"))
 PROCS = int(os.environ.get("LEAK_PROCS", "4"))
@@ -129,20 +129,6 @@ assert sum(w for _, w in KINDS) == 1000
 # beside the others.
 SLOW_KINDS = {"bad_login"}
 SLOW_THREADS = 100
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _nofile():
-    """Raise the soft open-files limit to the hard one (inherited by the
-    imapmux started from here and by the load processes)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 65536
-    if soft == resource.RLIM_INFINITY or soft >= want:
-        yield
-        return
-    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # ---------------------------------------------------------------------------
@@ -582,39 +568,14 @@ def run_load(m, cafile, n, procs, seed, deadline):
 # ---------------------------------------------------------------------------
 # measuring imapmux from outside
 
+@pytest.fixture(scope="module", autouse=True)
+def _nofile():
+    """Inherited by the imapmux started from here and the load processes."""
+    yield from raise_nofile()
+
+
 def open_fds(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
-
-
-def vm_rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for pid %d" % pid)
-
-
-def backend_socks(pid, port):
-    """States (hex) of the TCP sockets process pid holds to 127.0.0.1:port:
-    its socket inodes matched against /proc/net/tcp."""
-    inodes = set()
-    d = "/proc/%d/fd" % pid
-    for fd in os.listdir(d):
-        try:
-            t = os.readlink(os.path.join(d, fd))
-        except OSError:
-            continue
-        if t.startswith("socket:["):
-            inodes.add(int(t[8:-1]))
-    states = []
-    with open("/proc/net/tcp") as f:
-        next(f)
-        for line in f:
-            p = line.split()
-            raddr, rport = p[2].split(":")
-            if (int(p[9]) in inodes and raddr == "0100007F" and int(rport, 16) == port):
-                states.append(p[3])
-    return sorted(states)
 
 
 def quiet_point(m, dv_port, timeout):
@@ -629,21 +590,16 @@ def quiet_point(m, dv_port, timeout):
             return False
         # The scrape's own connection closes on the stats thread: let it go.
         time.sleep(0.3)
-        a = (open_fds(m.pid), backend_socks(m.pid, dv_port))
+        a = (open_fds(m.pid), sorted(st for _, st in socks_to(m.pid, dv_port)))
         time.sleep(0.5)
-        b = (open_fds(m.pid), backend_socks(m.pid, dv_port))
+        b = (open_fds(m.pid), sorted(st for _, st in socks_to(m.pid, dv_port)))
         last["why"] = "fds %d/%d, backend sockets %s/%s" % (a[0], b[0], a[1], b[1])
         if a != b or b[1] != ["01"] * POOL_MIN_IDLE:
             return False
-        return b[0], vm_rss_kib(m.pid), s
+        return b[0], proc_status_kib(m.pid, "VmRSS"), s
 
     return wait_until(quiet, timeout, lambda: "quiet point (%s)" % last.get("why"),
                       interval=0.2)
-
-
-def _asan(pid):
-    with open("/proc/%d/maps" % pid) as f:
-        return "libasan" in f.read()
 
 
 # ---------------------------------------------------------------------------
@@ -668,9 +624,9 @@ def test_100k_sessions_no_fd_or_memory_growth(make_mux, dovecot, cert):
         plaintext_auth=True)
     lab.wait_listening(stats_port, timeout=10, proc=m.proc)
     m.stats_port = stats_port
-    asan = _asan(m.pid)
+    asan = links_asan(m.pid)
     deadline = time.monotonic() + LOAD_DEADLINE
-    start_fds, start_rss = open_fds(m.pid), vm_rss_kib(m.pid)
+    start_fds, start_rss = open_fds(m.pid), proc_status_kib(m.pid, "VmRSS")
 
     # warm-up, then the baseline
     c1, e1, x1, t1 = run_load(m, cert, WARMUP, PROCS, 1000, deadline)

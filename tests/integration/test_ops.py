@@ -2,7 +2,6 @@
 never appear in logs")."""
 
 import base64
-import os
 import re
 import signal
 import subprocess

@@ -23,18 +23,16 @@ certificate) in every test; clients use implicit TLS too. Every wait is
 bounded; the 500-client test has one overall deadline.
 """
 
-import os
 import re
-import resource
 import threading
 import time
-import urllib.request
 
 import pytest
 
 import imapc
 import lab
-from conftest import MASTER_PASSWORD, backend_section, password, scrape_metrics, wait_until
+from conftest import (LOOPBACK_HEX, MASTER_PASSWORD, backend_section, password, raise_nofile,
+                      scrape_metrics, socket_inodes, socks_to, tcp_table, wait_until)
 
 TIMEOUT = 8.0
 
@@ -68,21 +66,6 @@ def pdv(cert, key):
     d.cleanup()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _nofile():
-    """Raise the soft open-files limit to the hard one (inherited by the
-    imapmux started from here): the 500-client test needs ~1,100 fds in
-    imapmux and ~500 here."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 65536
-    if soft == resource.RLIM_INFINITY or soft >= want:
-        yield
-        return
-    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
 # ---------------------------------------------------------------------------
 # helpers
 
@@ -114,48 +97,14 @@ def connects(m):
     return int(metrics(m)["imapmux_backend_connects_total"])
 
 
-def _tcp_table():
-    """{inode: (local port, remote addr hex, remote port, state hex)} of
-    the host's IPv4 TCP sockets."""
-    out = {}
-    with open("/proc/net/tcp") as f:
-        next(f)
-        for line in f:
-            p = line.split()
-            inode = int(p[9])
-            if inode == 0:
-                continue
-            raddr, rport = p[2].split(":")
-            out[inode] = (int(p[1].split(":")[1], 16), raddr, int(rport, 16), p[3])
-    return out
-
-
-LOOPBACK_HEX = "0100007F"
-
-
-def socket_inodes(pid):
-    """Inodes of the sockets process pid has open."""
-    inodes = set()
-    d = "/proc/%d/fd" % pid
-    for fd in os.listdir(d):
-        try:
-            t = os.readlink(os.path.join(d, fd))
-        except OSError:
-            continue
-        if t.startswith("socket:["):
-            inodes.add(int(t[8:-1]))
-    return inodes
+@pytest.fixture(scope="module", autouse=True)
+def _nofile():
+    """The 500-client test needs ~1,100 fds in imapmux and ~500 here."""
+    yield from raise_nofile()
 
 
 def mux_socks(m, port):
-    """[(local port, state hex)] of every socket imapmux holds open to
-    127.0.0.1:port (connecting, established or half-closed). Sound under
-    churn: the fds are listed first, and a socket closed since then has
-    inode 0 in the table, so every one counted was open at listing time."""
-    inodes = socket_inodes(m.pid)
-    tab = _tcp_table()
-    return sorted((tab[i][0], tab[i][3]) for i in inodes
-                  if i in tab and tab[i][1] == LOOPBACK_HEX and tab[i][2] == port)
+    return socks_to(m.pid, port)
 
 
 def mux_established(m, port):
@@ -176,7 +125,7 @@ def pool_of_n(m, port, n):
 def host_established_to(port):
     """ESTABLISHED connections to 127.0.0.1:port on the whole host (the
     client side: remote port = port)."""
-    return sum(1 for (_, raddr, rport, st) in _tcp_table().values()
+    return sum(1 for (_, raddr, rport, st) in tcp_table().values()
                if raddr == LOOPBACK_HEX and rport == port and st == "01")
 
 
@@ -492,7 +441,7 @@ def test_pool_max_holds_under_500_concurrent_logins(make_mux, pdv, cert, ca_ctx)
         while not stop.is_set():
             try:
                 before = socket_inodes(m.pid)
-                tab = _tcp_table()
+                tab = tcp_table()
                 after = socket_inodes(m.pid)
             except OSError:
                 continue
@@ -506,7 +455,7 @@ def test_pool_max_holds_under_500_concurrent_logins(make_mux, pdv, cert, ca_ctx)
             # open and close between two listings: they live milliseconds).
             odd = [i for i in est if i not in before and i not in after]
             if odd:
-                tab2 = _tcp_table()
+                tab2 = tcp_table()
                 again = socket_inodes(m.pid)
                 foreign.extend((i, tab2[i]) for i in odd
                                if i in tab2 and tab2[i][3] == "01" and i not in again)

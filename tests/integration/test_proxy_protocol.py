@@ -9,7 +9,6 @@ counters count it, not the balancer's 127.0.0.1.
 """
 
 import socket
-import ssl
 import struct
 import time
 

@@ -29,7 +29,6 @@ import re
 import socket
 import threading
 import time
-import urllib.request
 
 import pytest
 

@@ -12,8 +12,6 @@ ENABLEd extension left).
 
 import time
 
-import pytest
-
 import imapc
 import lab
 from conftest import backend_section, password, scrape_metrics, wait_until
