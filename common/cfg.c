@@ -76,6 +76,7 @@ enum val_type {
 	V_LOOKUP,    /* enum cfg_lookup */
 	V_FALLBACK,  /* enum cfg_fallback, plus cfg->fallback_backend */
 	V_SEPARATOR, /* char[CFG_SEPARATOR_MAX], printable ASCII without space */
+	V_UCASE,     /* enum cfg_ucase: fold | keep */
 };
 
 #define KF_REQUIRED 0x1u /* the section is incomplete without it */
@@ -91,6 +92,7 @@ struct key_def {
 	/*
 	 * V_UINT: the range. V_DURATION: max, when not 0, is the longest
 	 * value in whole seconds (min unused: KF_POSITIVE says "more than 0").
+	 * V_STRING: max, when not 0, is the longest value in bytes.
 	 */
 	unsigned min, max;
 };
@@ -115,6 +117,8 @@ static const struct key_def imapmux_keys[] = {
     {"max_connections", V_UINT_AUTO, CF(max_connections), 0, 1, MAX_CONNECTIONS_MAX},
     {"max_connections_per_ip", V_UINT, CF(max_connections_per_ip), 0, 0, MAX_CONNECTIONS_MAX},
     {"max_line_length", V_UINT, CF(max_line_length), 0, MAX_LINE_MIN, MAX_LINE_MAX},
+    {"username_case", V_UCASE, CF(username_case), 0, 0, 0},
+    {"ipv6_prefix", V_UINT, CF(ipv6_prefix), 0, 1, 128},
     {"ciphers", V_STRING, CF(tls_policy.ciphers), 0, 0, 0},
     {"ciphersuites", V_STRING, CF(tls_policy.ciphersuites), 0, 0, 0},
     {"curves", V_STRING, CF(tls_policy.curves), 0, 0, 0},
@@ -134,7 +138,7 @@ static const struct key_def listen_keys[] = {
 
 static const struct key_def redis_keys[] = {
     {"address", V_ADDR_UNIX, CF(redis_addr), 0, 0, 0},
-    {"prefix", V_STRING, CF(redis_prefix), KF_EMPTY_OK, 0, 0},
+    {"prefix", V_STRING, CF(redis_prefix), KF_EMPTY_OK, 0, CFG_REDIS_PREFIX_MAX},
     {"password", V_STRING, CF(redis_password), 0, 0, 0},
     /* Redis parses SELECT's index as a signed 32-bit number. */
     {"db", V_UINT, CF(redis_db), 0, 0, 2147483647u},
@@ -168,6 +172,7 @@ static const struct key_def backend_keys[] = {
     {"check_timeout", V_DURATION, BF(check_timeout), KF_POSITIVE, 0, 0},
     {"check_rise", V_UINT, BF(check_rise), 0, 1, CHECK_RISE_FALL_MAX},
     {"check_fall", V_UINT, BF(check_fall), 0, 1, CHECK_RISE_FALL_MAX},
+    {"username_case", V_UCASE, BF(username_case), 0, 0, 0},
     {"ciphers", V_STRING, BF(tls_policy.ciphers), 0, 0, 0},
     {"ciphersuites", V_STRING, BF(tls_policy.ciphersuites), 0, 0, 0},
     {"curves", V_STRING, BF(tls_policy.curves), 0, 0, 0},
@@ -210,6 +215,11 @@ static const char *const tls_names[] = {
     [CFG_TLS_NONE] = "none",
     [CFG_TLS_STARTTLS] = "starttls",
     [CFG_TLS_IMPLICIT] = "implicit",
+};
+static const char *const ucase_names[] = {
+    [CFG_UCASE_INHERIT] = "",
+    [CFG_UCASE_FOLD] = "fold",
+    [CFG_UCASE_KEEP] = "keep",
 };
 static const char *const auth_names[] = {
     [CFG_AUTH_BACKEND] = "backend",
@@ -643,6 +653,8 @@ static int cfg_new(struct parser *p)
 	c->max_connections = 0; /* auto */
 	c->max_connections_per_ip = 0;
 	c->max_line_length = 65536;
+	c->username_case = CFG_UCASE_FOLD;
+	c->ipv6_prefix = 64;
 	c->auth_threads = 2;
 	c->redis_timeout = 2;
 	if (cfg_parse_addr("127.0.0.1:6379", false, &c->redis_addr) < 0) {
@@ -784,6 +796,11 @@ static int set_value(struct parser *p, const struct key_def *k, const char *v)
 	case V_STRING:
 		if ((k->flags & KF_FILE) && check_readable(p, k, v) < 0)
 			return -1;
+		if (k->max != 0 && strlen(v) > k->max) {
+			set_err(p, p->line, "bad value for %s: %zu bytes (at most %u)", k->name,
+			        strlen(v), k->max);
+			return -1;
+		}
 		s = strdup(v);
 		if (s == NULL) {
 			set_err(p, p->line, "out of memory");
@@ -847,6 +864,14 @@ static int set_value(struct parser *p, const struct key_def *k, const char *v)
 			return -1;
 		}
 		memcpy(f, v, strlen(v) + 1);
+		break;
+	case V_UCASE:
+		i = parse_keyword(v, ucase_names, ARRAY_SIZE(ucase_names));
+		if (i <= 0) {
+			set_err(p, p->line, "bad value '%s' for %s (fold, keep)", v, k->name);
+			return -1;
+		}
+		*(enum cfg_ucase *)f = (enum cfg_ucase)i;
 		break;
 	}
 	return 0;
@@ -1282,6 +1307,8 @@ static int check_whole(struct parser *p)
 			    b->name);
 			return -1;
 		}
+		if (b->username_case == CFG_UCASE_INHERIT)
+			b->username_case = c->username_case;
 		if (b->tls_name == NULL) {
 			b->tls_name = host_of(&b->addr);
 			if (b->tls_name == NULL) {

@@ -36,6 +36,17 @@ enum cfg_auth {
 	CFG_AUTH_REDIS,   /* crypt(3) hash from Redis, then master login */
 };
 
+/* How a user name is compared: ASCII case folded (Dovecot's
+ * auth_username_format = %Lu) or byte for byte. */
+enum cfg_ucase {
+	CFG_UCASE_INHERIT, /* [backend]: not set, [imapmux]'s applies (resolved at load) */
+	CFG_UCASE_FOLD,
+	CFG_UCASE_KEEP,
+};
+
+/* [redis] prefix: at most this many bytes (every key is built from it). */
+#define CFG_REDIS_PREFIX_MAX 64
+
 enum cfg_lookup {
 	CFG_LOOKUP_STATIC,
 	CFG_LOOKUP_REDIS,
@@ -114,6 +125,9 @@ struct cfg_backend {
 	unsigned check_rise;   /* check_rise = 2 (1..100): successes in a row to be up again */
 	unsigned check_fall;   /* check_fall = 3 (1..100): failures in a row to be down */
 	struct cfg_tls_policy tls_policy; /* ciphers, ciphersuites, curves toward the backend */
+	enum cfg_ucase username_case;     /* username_case = [imapmux]'s: fold sends the user name
+	                                   * ASCII-lowercased and keys kept sessions by it; keep
+	                                   * sends it as typed (never CFG_UCASE_INHERIT once loaded) */
 	int line;
 };
 
@@ -141,13 +155,18 @@ struct cfg {
 	                                  * (after PROXY); 0 = no limit */
 	unsigned max_line_length;         /* max_line_length = 65536 (1024..16M): one command line
 	                                  * after login (literals not counted) */
+	enum cfg_ucase username_case;     /* username_case = fold | keep: how imapmux identifies a
+	                                   * user (brute-force counts, Redis keys, kick, logs) */
+	unsigned ipv6_prefix;             /* ipv6_prefix = 64 (1..128): IPv6 clients are counted
+	                                   * per prefix of this length (per-address connection
+	                                   * limit, brute-force counts) */
 	struct cfg_tls_policy tls_policy; /* ciphers, ciphersuites, curves: defaults for
 	                                   * every [listen] and [backend] section */
 
 	/* [redis] */
 	bool has_redis;             /* the section is present */
 	struct cfg_addr redis_addr; /* address = 127.0.0.1:6379 | unix:/path */
-	char *redis_prefix;         /* prefix = imapmux: */
+	char *redis_prefix;         /* prefix = imapmux: (at most CFG_REDIS_PREFIX_MAX bytes) */
 	char *redis_password;       /* password = (optional) */
 	unsigned redis_db;          /* db = 0 */
 	double redis_timeout;       /* timeout = 2s: deadline of every Redis command */
