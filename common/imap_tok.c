@@ -364,6 +364,16 @@ void imap_tok_consume(struct imap_tok *t, const struct imap_tok_unit *u, size_t 
 	t->in_literal = t->lit_left > 0;
 }
 
+void imap_tok_cancel_literal(struct imap_tok *t)
+{
+	if (t->failed)
+		return;
+	t->have_unit = false;
+	t->in_literal = false;
+	t->lit_left = 0;
+	start_logical_line(t);
+}
+
 const char *imap_tok_error(const struct imap_tok *t)
 {
 	return t->failed ? t->err : NULL;

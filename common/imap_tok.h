@@ -124,6 +124,15 @@ __attribute__((warn_unused_result)) int imap_tok_next(struct imap_tok *t, const 
  * or FRAGMENT, anything up to u->len for a LITERAL. */
 void imap_tok_consume(struct imap_tok *t, const struct imap_tok_unit *u, size_t n);
 
+/*
+ * The literal announced by the LINE just consumed will never come: the
+ * server answered the command instead of sending "+" for a synchronizing
+ * literal, so the next byte starts a new logical line. Call only right
+ * after consuming such a LINE, before imap_tok_next() looked further; a
+ * no-op once failed.
+ */
+void imap_tok_cancel_literal(struct imap_tok *t);
+
 /* Human-readable reason for the last -1, or NULL. */
 const char *imap_tok_error(const struct imap_tok *t);
 

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "cryptpool.h"
+#include "ident.h"
 #include "log.h"
 #include "pool.h"
 #include "redis.h"
@@ -211,14 +212,22 @@ static void on_event(void *arg, const char *kind, const char *a1, size_t l1, con
 {
 	struct worker *w = arg;
 
+	uint8_t user[IDENT_USER_MAX];
+
 	(void)a2;
 	(void)l2;
+	/* Sessions, kept sessions and cached routes are keyed by the user name
+	 * as imapmux identifies users (username_case): name it the same way.
+	 * A name longer than any login can have matches nothing. */
+	if ((strcmp(kind, "kick") == 0 || strcmp(kind, "route") == 0) && l1 > IDENT_USER_MAX)
+		return;
+	ident_user_norm((const uint8_t *)a1, l1, w->rt->cfg->username_case == CFG_UCASE_FOLD, user);
 	if (strcmp(kind, "kick") == 0) {
-		session_kick(w, a1, l1);
-		reuse_drop_user(w, a1, l1);
+		session_kick(w, (const char *)user, l1);
+		reuse_drop_user(w, (const char *)user, l1);
 	} else if (strcmp(kind, "route") == 0) {
 		if (w->routes != NULL)
-			ttlmap_del(w->routes, a1, l1);
+			ttlmap_del(w->routes, user, l1);
 	} else if (strcmp(kind, "resync") == 0) {
 		/* Events may have been missed while unsubscribed. */
 		if (w->routes != NULL)

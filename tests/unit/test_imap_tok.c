@@ -586,6 +586,43 @@ static void test_literal_zero(void **state)
 	check_splits(S(s), IMAP_TOK_COMMANDS, NULL);
 }
 
+/* A refused command's synchronizing literal never comes: after
+ * imap_tok_cancel_literal the next bytes are a new command, for {n}, {0}
+ * and ~{n} alike, and even when what follows looks like a literal body. */
+static void test_cancel_literal(void **state)
+{
+	static const char *const heads[] = {"a NOOP {17}\r\n", "a APPEND x {0}\r\n",
+	                                    "a APPEND x ~{5}\r\n", "a X \"q\" {3}\r\n"};
+	static const char next[] = "b ENABLE QRESYNC\r\n";
+	struct imap_tok t;
+	struct imap_tok_unit u;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(heads) / sizeof(heads[0]); i++) {
+		imap_tok_init(&t, IMAP_TOK_COMMANDS, NULL);
+		u = expect_unit(&t, heads[i], strlen(heads[i]), IMAP_TOK_LINE, strlen(heads[i]));
+		assert_true(u.has_literal);
+		imap_tok_consume(&t, &u, u.len);
+		assert_false(imap_tok_at_boundary(&t));
+		imap_tok_cancel_literal(&t);
+		assert_true(imap_tok_at_boundary(&t));
+		u = expect_unit(&t, next, strlen(next), IMAP_TOK_LINE, strlen(next));
+		assert_true(u.first);
+		assert_true(u.last);
+		imap_tok_consume(&t, &u, u.len);
+		assert_true(imap_tok_at_boundary(&t));
+	}
+	/* Without the cancel the same bytes are the literal body. */
+	imap_tok_init(&t, IMAP_TOK_COMMANDS, NULL);
+	u = expect_unit(&t, heads[0], strlen(heads[0]), IMAP_TOK_LINE, strlen(heads[0]));
+	imap_tok_consume(&t, &u, u.len);
+	u = expect_unit(&t, next, strlen(next), IMAP_TOK_LITERAL, 17);
+	/* A failed tokenizer stays failed. */
+	imap_tok_consume(&t, &u, u.len + 1);
+	imap_tok_cancel_literal(&t);
+	assert_int_equal(imap_tok_next(&t, (const uint8_t *)next, strlen(next), &u), -1);
+}
+
 /* A LITERAL can be consumed bit by bit, and with no body bytes yet is -2. */
 static void test_literal_parts(void **state)
 {
@@ -1553,6 +1590,7 @@ int main(void)
 	    cmocka_unit_test(test_hostile),
 	    cmocka_unit_test(test_peek_and_sticky),
 	    cmocka_unit_test(test_boundary),
+	    cmocka_unit_test(test_cancel_literal),
 	    cmocka_unit_test(test_linear),
 	    cmocka_unit_test(test_random_streams),
 	};
