@@ -74,8 +74,12 @@ int ident_key(char *out, size_t cap, const char *prefix, const char *kind, const
 {
 	size_t pl = strlen(prefix), kl = strlen(kind);
 
-	/* Each term is checked on its own first: no sum can wrap. */
-	if (cap == 0 || pl >= cap || kl >= cap || idlen >= cap || pl + kl + idlen >= cap) {
+	/*
+	 * pl + kl + idlen < cap, asked one term at a time against what is
+	 * left of the room: no sum is ever formed, so none can wrap, whatever
+	 * idlen and cap are (terms each below cap can still sum past SIZE_MAX).
+	 */
+	if (pl >= cap || kl >= cap - pl || idlen >= cap - pl - kl) {
 		if (cap > 0)
 			out[0] = '\0';
 		return -1;

@@ -397,6 +397,8 @@ static void test_defaults(void **state)
 	assert_true(c->auth_fail_window == 300);
 	assert_true(c->auth_fail_delay == 1);
 	assert_int_equal(c->auth_threads, 2);
+	assert_int_equal(c->username_case, CFG_UCASE_FOLD);
+	assert_int_equal(c->ipv6_prefix, 64);
 	assert_false(c->has_redis);
 	assert_inet(&c->redis_addr, AF_INET, "127.0.0.1", 6379);
 	assert_string_equal(c->redis_prefix, "imapmux:");
@@ -440,6 +442,7 @@ static void test_defaults(void **state)
 	assert_true(b->reuse_ttl == 300);
 	assert_true(b->pool_wait == 10);
 	assert_true(b->pool_idle_ttl == 60);
+	assert_int_equal(b->username_case, CFG_UCASE_FOLD); /* [imapmux]'s default */
 	assert_int_equal(b->line, 3);
 	/* Unset everywhere: NULL, and the TLS code applies its defaults. */
 	assert_null(c->tls_policy.ciphers);
@@ -528,6 +531,8 @@ static void test_every_key(void **state)
 	                        "ciphers = ECDHE+AESGCM\n"
 	                        "ciphersuites = TLS_AES_128_GCM_SHA256\n"
 	                        "curves = X25519\n"
+	                        "username_case = keep\n"
+	                        "ipv6_prefix = 48\n"
 	                        "\n"
 	                        "[listen imaps]\n"
 	                        "address = [::1]:9993\n"
@@ -577,6 +582,7 @@ static void test_every_key(void **state)
 	                        "ciphers = ECDHE-RSA-AES256-GCM-SHA384\n"
 	                        "ciphersuites = TLS_AES_256_GCM_SHA384\n"
 	                        "curves = P-256:P-384\n"
+	                        "username_case = fold\n"
 	                        "[backend a]\n"
 	                        "address = 127.0.0.1:11143\n"
 	                        "tls = starttls\n"
@@ -615,6 +621,8 @@ static void test_every_key(void **state)
 	assert_int_equal(c->tls_policy.ciphers_line, 15);
 	assert_int_equal(c->tls_policy.ciphersuites_line, 16);
 	assert_int_equal(c->tls_policy.curves_line, 17);
+	assert_int_equal(c->username_case, CFG_UCASE_KEEP);
+	assert_int_equal(c->ipv6_prefix, 48);
 
 	assert_int_equal(c->nlistens, 2);
 	l = &c->listens[0];
@@ -625,13 +633,13 @@ static void test_every_key(void **state)
 	assert_string_equal(l->key, key);
 	assert_true(l->proxy_protocol);
 	assert_true(l->allow_plaintext_auth);
-	assert_int_equal(l->line, 19);
+	assert_int_equal(l->line, 21);
 	assert_string_equal(l->tls_policy.ciphers, "ECDHE+AESGCM, ECDHE+CHACHA20");
 	assert_string_equal(l->tls_policy.ciphersuites, "TLS_CHACHA20_POLY1305_SHA256");
 	assert_string_equal(l->tls_policy.curves, "P-384");
-	assert_int_equal(l->tls_policy.ciphers_line, 26);
-	assert_int_equal(l->tls_policy.ciphersuites_line, 27);
-	assert_int_equal(l->tls_policy.curves_line, 28);
+	assert_int_equal(l->tls_policy.ciphers_line, 28);
+	assert_int_equal(l->tls_policy.ciphersuites_line, 29);
+	assert_int_equal(l->tls_policy.curves_line, 30);
 	l = &c->listens[1];
 	/* Sets none of its own: [imapmux]'s, with [imapmux]'s lines. */
 	assert_string_equal(l->tls_policy.ciphers, "ECDHE+AESGCM");
@@ -681,6 +689,7 @@ static void test_every_key(void **state)
 	assert_string_equal(b->tls_policy.ciphers, "ECDHE-RSA-AES256-GCM-SHA384");
 	assert_string_equal(b->tls_policy.ciphersuites, "TLS_AES_256_GCM_SHA384");
 	assert_string_equal(b->tls_policy.curves, "P-256:P-384");
+	assert_int_equal(b->username_case, CFG_UCASE_FOLD);
 	b = &c->backends[1];
 	assert_string_equal(b->tls_policy.ciphersuites, "TLS_AES_128_GCM_SHA256");
 	assert_int_equal(b->tls_policy.ciphersuites_line, 16);
@@ -695,6 +704,7 @@ static void test_every_key(void **state)
 	assert_true(b->check_timeout == 0.25);
 	assert_int_equal(b->check_rise, 1);
 	assert_int_equal(b->check_fall, 100);
+	assert_int_equal(b->username_case, CFG_UCASE_KEEP); /* [imapmux]'s */
 	cfg_destroy(&c);
 }
 
@@ -845,6 +855,101 @@ static void test_cross_ok(void **state)
 	cfg_destroy(&c);
 }
 
+/* A backend's username_case after loading: never CFG_UCASE_INHERIT. */
+static enum cfg_ucase ucase_of(const char *text, size_t backend)
+{
+	struct cfg *c = load_ok(text);
+	enum cfg_ucase u;
+
+	assert_true(backend < c->nbackends);
+	u = c->backends[backend].username_case;
+	cfg_destroy(&c);
+	return u;
+}
+
+/*
+ * The identity keys: username_case in [imapmux] and per backend, an unset
+ * backend taking [imapmux]'s whether [imapmux] comes before or after it;
+ * ipv6_prefix at the ends of 1..128; the [redis] prefix up to
+ * CFG_REDIS_PREFIX_MAX bytes (quotes not counted) or empty. Refusals are
+ * in err_cases.
+ */
+static void test_ident_keys(void **state)
+{
+	static const char backends[] = "[listen imap]\naddress = 127.0.0.1:9143\n"
+	                               "[backend a]\naddress = 127.0.0.1:1\n"
+	                               "[backend b]\naddress = 127.0.0.1:2\nusername_case = fold\n"
+	                               "[backend c]\naddress = 127.0.0.1:3\nusername_case = keep\n";
+	static const char *const imapmux[] = {
+	    "",
+	    "[imapmux]\nusername_case = fold\n",
+	    "[imapmux]\nusername_case = keep\n",
+	    "[imapmux]\nusername_case = KEEP\n",
+	};
+	static const enum cfg_ucase want_a[] = {CFG_UCASE_FOLD, CFG_UCASE_FOLD, CFG_UCASE_KEEP,
+	                                        CFG_UCASE_KEEP};
+	char text[1024];
+	struct cfg *c;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(imapmux) / sizeof(imapmux[0]); i++) {
+		for (int after = 0; after <= 1; after++) {
+			snprintf(text, sizeof(text), "%s%s", after ? backends : imapmux[i],
+			         after ? imapmux[i] : backends);
+			c = load_ok(text);
+			assert_int_equal(c->username_case, want_a[i]);
+			/* a inherits; b and c keep their own against either [imapmux]. */
+			assert_int_equal(c->backends[0].username_case, want_a[i]);
+			assert_int_equal(c->backends[1].username_case, CFG_UCASE_FOLD);
+			assert_int_equal(c->backends[2].username_case, CFG_UCASE_KEEP);
+			cfg_destroy(&c);
+		}
+	}
+	/* Several inheriting backends on both sides of [imapmux]. */
+	assert_int_equal(ucase_of("[backend x]\naddress = 127.0.0.1:1\n"
+	                          "[imapmux]\nusername_case = keep\n"
+	                          "[backend y]\naddress = 127.0.0.1:2\n" TAIL,
+	                          0),
+	                 CFG_UCASE_KEEP);
+	assert_int_equal(ucase_of("[backend x]\naddress = 127.0.0.1:1\n"
+	                          "[imapmux]\nusername_case = keep\n"
+	                          "[backend y]\naddress = 127.0.0.1:2\n" TAIL,
+	                          2),
+	                 CFG_UCASE_KEEP);
+	assert_int_equal(ucase_of("[backend x]\naddress = 127.0.0.1:1\nusername_case = Fold\n"
+	                          "[imapmux]\nusername_case = keep\n" TAIL,
+	                          0),
+	                 CFG_UCASE_FOLD);
+
+	c = load_ok("[imapmux]\nipv6_prefix = 1\n" TAIL);
+	assert_int_equal(c->ipv6_prefix, 1);
+	cfg_destroy(&c);
+	c = load_ok("[imapmux]\nipv6_prefix = 128\n" TAIL);
+	assert_int_equal(c->ipv6_prefix, 128);
+	cfg_destroy(&c);
+	c = load_ok("[imapmux]\nipv6_prefix = 056\n" TAIL);
+	assert_int_equal(c->ipv6_prefix, 56);
+	cfg_destroy(&c);
+
+	c = load_ok("[redis]\nprefix = " N64 "\n" TAIL);
+	assert_int_equal(strlen(c->redis_prefix), CFG_REDIS_PREFIX_MAX);
+	assert_string_equal(c->redis_prefix, N64);
+	cfg_destroy(&c);
+	/* The bound is on the value, not on its spelling in the file. */
+	c = load_ok("[redis]\nprefix = \"" N63 "#\"\n" TAIL);
+	assert_string_equal(c->redis_prefix, N63 "#");
+	cfg_destroy(&c);
+	c = load_ok("[redis]\nprefix = \"" N63 "\\\"\"\n" TAIL);
+	assert_string_equal(c->redis_prefix, N63 "\"");
+	cfg_destroy(&c);
+	c = load_ok("[redis]\nprefix = \"\"\n" TAIL);
+	assert_string_equal(c->redis_prefix, "");
+	cfg_destroy(&c);
+	c = load_ok("[redis]\nprefix =\n" TAIL);
+	assert_string_equal(c->redis_prefix, "");
+	cfg_destroy(&c);
+}
+
 struct err_case {
 	const char *text;
 	bool tail; /* append TAIL, so that only the error under test remains */
@@ -937,6 +1042,21 @@ static const struct err_case err_cases[] = {
     {"[imapmux]\nauth_threads = 0\n", true, 2, "bad number '0' for auth_threads (1..64)"},
     {"[imapmux]\nauth_threads = 65\n", true, 2, "bad number '65' for auth_threads (1..64)"},
     {"[imapmux]\nauth_threads = auto\n", true, 2, "bad number 'auto' for auth_threads (1..64)"},
+    {"[imapmux]\nusername_case = lower\n", true, 2,
+     "bad value 'lower' for username_case (fold, keep)"},
+    {"[imapmux]\n# c\n\nusername_case = inherit\n", true, 4,
+     "bad value 'inherit' for username_case (fold, keep)"},
+    {"[imapmux]\nusername_case = \"fold \"\n", true, 2,
+     "bad value 'fold ' for username_case (fold, keep)"},
+    {"[imapmux]\nusername_case =\n", true, 2, "empty value for 'username_case'"},
+    {"[imapmux]\nusername_case = fold\nusername_case = keep\n", true, 3,
+     "duplicate key 'username_case' in [imapmux] (first at line 2)"},
+    {"[imapmux]\nipv6_prefix = 0\n", true, 2, "bad number '0' for ipv6_prefix (1..128)"},
+    {"[imapmux]\nipv6_prefix = 129\n", true, 2, "bad number '129' for ipv6_prefix (1..128)"},
+    {"[imapmux]\nipv6_prefix = -64\n", true, 2, "bad number '-64' for ipv6_prefix (1..128)"},
+    {"[imapmux]\nipv6_prefix = /64\n", true, 2, "bad number '/64' for ipv6_prefix (1..128)"},
+    {"[imapmux]\nipv6_prefix = 4294967360\n", true, 2,
+     "bad number '4294967360' for ipv6_prefix (1..128)"},
 
     /* values, [listen] */
     {"[listen s]\ntls = ssl\n", true, 2, "bad value 'ssl' for tls (none, starttls, implicit)"},
@@ -965,6 +1085,9 @@ static const struct err_case err_cases[] = {
     {"[redis]\ndb = 2147483648\n", true, 2, "bad number '2147483648' for db (0..2147483647)"},
     {"[redis]\ntimeout = 0ms\n", true, 2, "bad duration '0ms' for timeout (must be more than 0)"},
     {"[redis]\ntimeout = soon\n", true, 2, "bad duration 'soon' for timeout"},
+    {"[redis]\nprefix = " N64 "x\n", true, 2, "bad value for prefix: 65 bytes (at most 64)"},
+    {"[redis]\n\nprefix = \"" N64 " \"\n", true, 3, "bad value for prefix: 65 bytes (at most 64)"},
+    {"[redis]\nprefix = " N64 N64 "\n", true, 2, "bad value for prefix: 128 bytes (at most 64)"},
     {"[routing]\nlookup = ldap\n", true, 2, "bad value 'ldap' for lookup (static, redis)"},
     {"[routing]\nfallback = \"b a\"\n", true, 2,
      "bad value 'b a' for fallback (hash, deny or a backend name)"},
@@ -1013,6 +1136,11 @@ static const struct err_case err_cases[] = {
     {"[backend z]\ncheck_fall = 0\n", true, 2, "bad number '0' for check_fall (1..100)"},
     {"[backend z]\ncheck_fall = 101\n", true, 2, "bad number '101' for check_fall (1..100)"},
     {"[backend z]\ncheck_fall = 2.5\n", true, 2, "bad number '2.5' for check_fall (1..100)"},
+    {"[backend z]\naddress = 127.0.0.1:1\nusername_case = lowercase\n", true, 3,
+     "bad value 'lowercase' for username_case (fold, keep)"},
+    {"[backend z]\nusername_case = \"\"\n", true, 2, "empty value for 'username_case'"},
+    {"[backend z]\nipv6_prefix = 64\n", true, 2, "unknown key 'ipv6_prefix' in [backend z]"},
+    {"[listen z]\nusername_case = keep\n", true, 2, "unknown key 'username_case' in [listen z]"},
 
     /* whole sections */
     {"[listen x]\ntls = none\n", true, 1, "missing address in [listen x]"},
@@ -1278,6 +1406,7 @@ int main(void)
 	    cmocka_unit_test(test_destroy_null),
 	    cmocka_unit_test(test_shipped_conf),
 	    cmocka_unit_test(test_tls_policy_inherit),
+	    cmocka_unit_test(test_ident_keys),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
