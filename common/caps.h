@@ -13,6 +13,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* Longest capability list (bytes) the proxy takes from a backend. A longer
+ * one fails the login (NO [UNAVAILABLE]) and, in a session, closes it: a
+ * list it cannot hold whole, it cannot filter. Real lists are well under
+ * 1 KiB. */
+#define CAPS_MAX 8192
+
 /* True if capability atom cap[0..len) is one the proxy never passes on. */
 bool caps_is_hidden(const char *cap, size_t len);
 

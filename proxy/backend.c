@@ -303,10 +303,16 @@ int backend_login_as(struct backend *b, const char *authz, size_t authz_len, con
 }
 
 /* Take a capability list from a "[CAPABILITY ...]" code or a "* CAPABILITY" line. */
+/* A list over CAPS_MAX fails the connection: cut, it could not be filtered
+ * (nor forwarded whole). Callers check for BK_FAILED after. */
 static void bk_store_caps(struct backend *b, const uint8_t *p, size_t len)
 {
-	if (len >= sizeof(b->caps))
-		len = sizeof(b->caps) - 1;
+	if (len > CAPS_MAX) {
+		log_warn("S-%lu backend %s: capability list of %zu bytes, over the maximum of %d",
+		         b->sid, b->cfg->name, len, CAPS_MAX);
+		bk_fail(b, "capability list too long");
+		return;
+	}
 	memcpy(b->caps, p, len);
 	b->caps[len] = '\0';
 	b->caps_known = true;
@@ -420,6 +426,8 @@ static void bk_line(struct backend *b, const uint8_t *p, size_t len)
 				return;
 			}
 			bk_caps_from_code(b, h.rest, h.rest_len);
+			if (b->state == BK_FAILED)
+				return;
 			if (b->cfg->tls == CFG_TLS_STARTTLS) {
 				b->state = BK_STARTTLS;
 				(void)bk_send(b, "S STARTTLS\r\n");
@@ -468,6 +476,8 @@ static void bk_line(struct backend *b, const uint8_t *p, size_t len)
 
 			b->caps_known = false;
 			bk_caps_from_code(b, h.rest, h.rest_len);
+			if (b->state == BK_FAILED)
+				return;
 			if (b->caps_known && b->pool != NULL)
 				pool_learn_login_caps(b->pool, b->caps);
 			if (!b->caps_known && known != NULL)
@@ -497,6 +507,8 @@ static void bk_line(struct backend *b, const uint8_t *p, size_t len)
 		b->caps_known = false;
 		b->caps[0] = '\0';
 		bk_caps_from_code(b, h.rest, h.rest_len);
+		if (b->state == BK_FAILED)
+			return;
 		if (b->caps_known) {
 			bk_ready(b);
 		} else {

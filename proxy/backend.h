@@ -14,6 +14,7 @@
 #include <ev.h>
 #include <stdbool.h>
 
+#include "caps.h"
 #include "cfg.h"
 #include "conn.h"
 #include "imap_tok.h"
@@ -54,7 +55,7 @@ struct backend {
 	struct imap_tok tok; /* response lines before ATTACHED */
 	ev_timer timer;
 	bool after_starttls;
-	char caps[2048]; /* the server's capabilities (raw list), "" until known */
+	char caps[CAPS_MAX + 1]; /* the server's capabilities (raw list), "" until known */
 	bool caps_known;
 
 	/* the pending login */

@@ -55,10 +55,10 @@ struct pool {
 	struct pool_wait *waiters, *waiters_tail;
 	ev_timer refill; /* backoff and idle-age sweeps */
 	double backoff;
-	double backoff_until;  /* no refill before this time (after failures) */
-	bool closing;          /* worker ending: open nothing more */
-	char login_caps[2048]; /* post-login capabilities, "" until a login reported them */
-	double caps_logged;    /* when a change of them was last logged */
+	double backoff_until;          /* no refill before this time (after failures) */
+	bool closing;                  /* worker ending: open nothing more */
+	char login_caps[CAPS_MAX + 1]; /* post-login capabilities, "" until a login reported them */
+	double caps_logged;            /* when a change of them was last logged */
 };
 
 static unsigned per_worker(unsigned n, unsigned workers)

@@ -43,6 +43,7 @@
 #include "conn.h"
 #include "cryptpool.h"
 #include "health.h"
+#include "ident.h"
 #include "imap_args.h"
 #include "imap_tok.h"
 #include "log.h"
@@ -67,13 +68,33 @@
 #define PREAUTH_MAX_CMD     16384 /* a whole command before login */
 #define PREAUTH_MAX_BAD     10    /* invalid commands before we hang up */
 #define REPLY_ROOM          2048  /* room kept for one proxy reply */
-#define STREAM_FRAG         4096  /* forwarding unit for long lines */
-#define LOCAL_SIZE          4096  /* proxy replies queued during proxying */
+#define PREAUTH_ROOM                                                                               \
+	(CAPS_MAX + 512)                      /* ... before login: the login OK carries the
+                                             * backend's capabilities */
+#define CAPLINE_MAX         (CAPS_MAX + 1024) /* a capability response from the backend */
+#define TAINT_CARRY         15                /* longest word looked for in commands, less one */
+#define STREAM_FRAG         4096              /* forwarding unit for long lines */
+#define LOCAL_SIZE          4096              /* proxy replies queued during proxying */
 #define TAG_MAX             64
-#define USER_MAX            255
+#define USER_MAX            IDENT_USER_MAX
+#define KEY_ROOM            IDENT_KEY_ROOM(CFG_REDIS_PREFIX_MAX)
 #define IDLE_MIN_TIMEOUT    1800.0 /* RFC 3501 5.4: at least 30 minutes */
 #define CLOSE_FLUSH_TIMEOUT 5.0
 #define RUN_ROUNDS          16 /* fairness: I/O rounds per callback */
+
+/*
+ * While a command waits for the backend's "+" the proxy holds the client's
+ * further input: only the backend's answer tells whether the next bytes
+ * are a literal body (or DONE) or a new command, and the proxy must read
+ * them exactly as the backend will. The command is then the only one in
+ * flight, so its tagged answer is the one that ends the wait.
+ */
+enum sess_gate {
+	GATE_NONE,
+	GATE_LITERAL,     /* the client's {n}: "+" (passed on) or a refusal */
+	GATE_LITERAL_OWN, /* the client's {n+}, sent on as {n}: "+" is the proxy's */
+	GATE_IDLE,        /* IDLE: "+" (then the next line is DONE) or a refusal */
+};
 
 enum sess_state {
 	SESS_HANDSHAKE, /* TLS handshake (implicit, or after STARTTLS) running */
@@ -102,8 +123,11 @@ struct session {
 	const struct cfg_backend *bcfg;
 	char peer[64];               /* "ip:port" */
 	char user[64];               /* printable prefix of the user name, for logs */
-	char ip[INET6_ADDRSTRLEN];   /* client address, for brute-force counting */
-	uint8_t uname[USER_MAX + 1]; /* the user name as given (kick matches it) */
+	char ip[INET6_ADDRSTRLEN];   /* client address, for logs */
+	char ipkey[IDENT_IP_MAX];    /* ... its group (IPv6: ipv6_prefix), for per-address
+	                              * limits and brute-force counts */
+	uint8_t uname[USER_MAX + 1]; /* the user name as imapmux identifies it
+	                              * (username_case): kick matches it */
 	size_t uname_len;
 	struct login *login; /* the login pipeline, while in SESS_LOGIN */
 	bool tls_active;
@@ -124,10 +148,16 @@ struct session {
 	char tag[TAG_MAX + 1];
 
 	/* after login */
-	struct imap_tok btok; /* backend stream */
-	struct buf local;     /* proxy replies waiting for a response boundary */
-	bool idle_pending;    /* IDLE forwarded, "+" not yet seen */
-	bool idling;          /* backend in IDLE: the client's next line is DONE */
+	struct imap_tok btok;       /* backend stream */
+	struct buf local;           /* proxy replies waiting for a response boundary */
+	enum sess_gate gate;        /* client input held until the backend answers (see pump) */
+	bool skip_cmd;              /* dropping the rest of a command the backend will not run */
+	bool bskip;                 /* dropping the rest of a backend line not for the client */
+	bool idling;                /* backend in IDLE: the client's next line is DONE */
+	uint8_t carry[TAINT_CARRY]; /* the end of the command's previous line part */
+	size_t carry_len;
+	struct buf capline; /* a capability response longer than one unit, assembled */
+	bool capline_on;
 	char idle_tag[TAG_MAX + 1];
 	unsigned inflight;     /* commands forwarded minus tagged completions */
 	bool backend_bye;      /* the backend announced its close */
@@ -199,6 +229,7 @@ static void sess_reap(struct defer *d)
 	explicit_bzero(s->cmd.data ? s->cmd.data : (uint8_t *)s->tag, s->cmd.data ? s->cmd.cap : 1);
 	buf_free(&s->cmd);
 	buf_free(&s->local);
+	buf_free(&s->capline);
 	runtime_unref(&s->rt);
 	free(s);
 }
@@ -212,7 +243,7 @@ static void sess_free_later(struct session *s)
 	if (s->conn_counted)
 		admit_conn_done();
 	if (s->ip_counted)
-		admit_ip_done(s->ip);
+		admit_ip_done(s->ipkey);
 	s->conn_counted = s->ip_counted = false;
 	if (s->counted_proxying)
 		STAT_DEC(&s->w->stats, sessions_proxying);
@@ -242,25 +273,38 @@ static void sess_reply(struct session *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 /* Queue a proxy-made line for the client. Before login it goes straight to
- * the output; during proxying to `local`, flushed at a response boundary. */
+ * the output; during proxying to `local`, flushed at a response boundary.
+ * The line is sized from what it carries (a login OK holds the backend's
+ * capability list): a short one on the stack, a longer one on the heap. */
 static void sess_reply(struct session *s, const char *fmt, ...)
 {
-	char line[1024];
+	char small[1024], *line = small;
 	va_list ap;
 	int n;
 
 	va_start(ap, fmt);
-	n = vsnprintf(line, sizeof(line) - 2, fmt, ap);
+	n = vsnprintf(small, sizeof(small), fmt, ap);
 	va_end(ap);
 	if (n < 0)
 		return;
-	if ((size_t)n > sizeof(line) - 3)
-		n = (int)(sizeof(line) - 3);
+	if ((size_t)n + 2 >= sizeof(small)) {
+		line = malloc((size_t)n + 3);
+		if (line == NULL) {
+			log_warn("S-%lu %s@%s reply dropped: out of memory", s->id, s->user,
+			         s->peer);
+			return;
+		}
+		va_start(ap, fmt);
+		(void)vsnprintf(line, (size_t)n + 1, fmt, ap);
+		va_end(ap);
+	}
 	line[n++] = '\r';
 	line[n++] = '\n';
 	struct buf *dst = s->state == SESS_PROXYING ? &s->local : &s->client.out;
 	if (buf_append(dst, line, (size_t)n) < 0)
 		log_warn("S-%lu %s@%s reply dropped: output full", s->id, s->user, s->peer);
+	if (line != small)
+		free(line);
 }
 
 static void sess_log(struct session *s, enum log_level lvl, const char *what)
@@ -300,7 +344,7 @@ static double sess_idle_limit(const struct session *s)
 {
 	double t = s->rt->cfg->idle_timeout;
 
-	if ((s->idling || s->idle_pending) && t < IDLE_MIN_TIMEOUT)
+	if ((s->idling || s->gate == GATE_IDLE) && t < IDLE_MIN_TIMEOUT)
 		t = IDLE_MIN_TIMEOUT;
 	return t;
 }
@@ -464,9 +508,12 @@ enum login_result {
 };
 
 struct login {
-	uint8_t user[USER_MAX + 1];
+	uint8_t user[USER_MAX + 1]; /* as imapmux identifies the user (username_case) */
 	size_t ulen;
-	uint8_t *pass; /* wiped and freed by login_free */
+	uint8_t typed[USER_MAX + 1]; /* as the client typed it */
+	uint8_t sent[USER_MAX + 1];  /* as the chosen backend is given it (its username_case) */
+	bool reserved;               /* holds one attempt of both brute-force budgets */
+	uint8_t *pass;               /* wiped and freed by login_free */
 	size_t plen;
 	struct rds_req *req;
 	struct crypt_job *job;
@@ -523,35 +570,98 @@ static void login_delay_cb(struct ev_loop *loop, ev_timer *t, int revents)
 	login_answer(s);
 }
 
-/* Count a failure for this IP and this user, shared through Redis: the key
- * gets its expiry when created (SET NX EX), INCR keeps it. */
+/* The Redis key of kind for id (bounded: see ident_key). -1 when it cannot
+ * be built, which a bounded prefix and user name never cause. */
+static int sess_key(struct session *s, const char *kind, const void *id, size_t idlen,
+                    char key[KEY_ROOM], size_t *len_r)
+{
+	if (ident_key(key, KEY_ROOM, rds_prefix(s->w->rds), kind, id, idlen, len_r) < 0) {
+		sess_log(s, LOG_LVL_ERROR, "internal: Redis key too long");
+		return -1;
+	}
+	return 0;
+}
+
+/* The brute-force keys of this login: the client's address group, then
+ * the user. */
+static int login_fail_keys(struct session *s, char ipkey[KEY_ROOM], size_t *ilen_r,
+                           char ukey[KEY_ROOM], size_t *ulen_r)
+{
+	if (sess_key(s, "authfail:ip:", s->ipkey, strlen(s->ipkey), ipkey, ilen_r) < 0 ||
+	    sess_key(s, "authfail:user:", s->login->user, s->login->ulen, ukey, ulen_r) < 0)
+		return -1;
+	return 0;
+}
+
+/*
+ * The brute-force budgets count attempts, not answers: an attempt takes
+ * its place under both keys (address group and user) *before* anything is
+ * verified, atomically and only while both are below the limit, so no
+ * more than auth_fail_limit passwords are ever tried in a window, however
+ * many arrive at once and on however many instances share the Redis. A
+ * failure keeps its place; a success or an answer that says nothing of the
+ * password (backend unavailable) gives it back. A key's window starts at
+ * its first attempt (EXPIRE when INCR made it, or when it somehow has no
+ * expiry).
+ */
+static const char reserve_lua[] =
+    "local lim = tonumber(ARGV[1])\n"
+    "for i = 1, #KEYS do\n"
+    "  if (tonumber(redis.call('GET', KEYS[i])) or 0) >= lim then return i end\n"
+    "end\n"
+    "for i = 1, #KEYS do\n"
+    "  local n = redis.call('INCR', KEYS[i])\n"
+    "  if n == 1 or redis.call('TTL', KEYS[i]) < 0 then\n"
+    "    redis.call('EXPIRE', KEYS[i], ARGV[2])\n"
+    "  end\n"
+    "end\n"
+    "return 0\n";
+
+static const char release_lua[] =
+    "for i = 1, #KEYS do\n"
+    "  if (tonumber(redis.call('GET', KEYS[i])) or 0) > 0 then redis.call('DECR', KEYS[i]) end\n"
+    "end\n"
+    "return 0\n";
+
+static void login_window(const struct cfg *cfg, char window[32])
+{
+	snprintf(window, 32, "%.0f", cfg->auth_fail_window < 1 ? 1.0 : cfg->auth_fail_window);
+}
+
+/* Give this login's attempt back (success, or nothing learnt of the password). */
+static void login_release(struct session *s)
+{
+	struct login *l = s->login;
+	struct rds *r = s->w->rds;
+	char ipkey[KEY_ROOM], ukey[KEY_ROOM];
+	size_t il, ul;
+
+	if (l == NULL || !l->reserved)
+		return;
+	l->reserved = false;
+	if (r == NULL || login_fail_keys(s, ipkey, &il, ukey, &ul) < 0)
+		return;
+	const char *argv[5] = {"EVAL", release_lua, "2", ipkey, ukey};
+	size_t argvlen[5] = {4, sizeof(release_lua) - 1, 1, il, ul};
+	(void)rds_send(r, 5, argv, argvlen);
+}
+
+/* A failure with no attempt reserved (Redis was down when the login
+ * began): count it now, as well as Redis lets us. */
 static void login_count_failure(struct session *s)
 {
 	const struct cfg *cfg = s->rt->cfg;
 	struct rds *r = s->w->rds;
-	char window[32];
-	char key[USER_MAX + 128];
+	char window[32], ipkey[KEY_ROOM], ukey[KEY_ROOM];
+	size_t il, ul;
 
-	if (cfg->auth_fail_limit == 0 || r == NULL || !rds_up(r))
+	if (cfg->auth_fail_limit == 0 || r == NULL || !rds_up(r) || s->login->reserved ||
+	    login_fail_keys(s, ipkey, &il, ukey, &ul) < 0)
 		return;
-	snprintf(window, sizeof(window), "%.0f",
-	         cfg->auth_fail_window < 1 ? 1.0 : cfg->auth_fail_window);
-	for (int i = 0; i < 2; i++) {
-		int n;
-		if (i == 0)
-			n = snprintf(key, sizeof(key), "%sauthfail:ip:%s", rds_prefix(r), s->ip);
-		else
-			n = snprintf(key, sizeof(key), "%sauthfail:user:%.*s", rds_prefix(r),
-			             (int)s->login->ulen, (const char *)s->login->user);
-		if (n < 0 || (size_t)n >= sizeof(key))
-			continue;
-		const char *set[6] = {"SET", key, "0", "EX", window, "NX"};
-		size_t setl[6] = {3, (size_t)n, 1, 2, strlen(window), 2};
-		const char *incr[2] = {"INCR", key};
-		size_t incrl[2] = {4, (size_t)n};
-		(void)rds_send(r, 6, set, setl);
-		(void)rds_send(r, 2, incr, incrl);
-	}
+	login_window(cfg, window);
+	const char *argv[7] = {"EVAL", reserve_lua, "2", ipkey, ukey, "4294967295", window};
+	size_t argvlen[7] = {4, sizeof(reserve_lua) - 1, 1, il, ul, 10, strlen(window)};
+	(void)rds_send(r, 7, argv, argvlen);
 }
 
 static void login_fail(struct session *s, enum login_result r, bool count, const char *why)
@@ -570,6 +680,8 @@ static void login_fail(struct session *s, enum login_result r, bool count, const
 	l->job = NULL;
 	if (count)
 		login_count_failure(s);
+	else if (r == LOGIN_UNAVAILABLE)
+		login_release(s);
 	if (r != LOGIN_UNAVAILABLE && s->rt->cfg->auth_fail_delay > 0) {
 		ev_timer_set(&l->delay, s->rt->cfg->auth_fail_delay, 0.);
 		ev_timer_start(s->w->loop, &l->delay);
@@ -619,14 +731,15 @@ static void login_backend(struct session *s, const struct cfg_backend *bc)
 		return;
 	}
 	s->bcfg = bc;
+	ident_user_norm(l->typed, l->ulen, bc->username_case == CFG_UCASE_FOLD, l->sent);
 	if (bc->reuse_ttl > 0) {
 		/* With auth = redis the proxy proved the password: any later
 		 * proven login of the user may have the session. */
 		static const uint8_t proven[] = "\001verified-by-imapmux";
 		if (cfg->auth == CFG_AUTH_REDIS)
-			reuse_key(bc->name, l->user, l->ulen, proven, sizeof(proven), s->reuse_key);
+			reuse_key(bc->name, l->sent, l->ulen, proven, sizeof(proven), s->reuse_key);
 		else
-			reuse_key(bc->name, l->user, l->ulen, l->pass, l->plen, s->reuse_key);
+			reuse_key(bc->name, l->sent, l->ulen, l->pass, l->plen, s->reuse_key);
 		s->reuse_ok = true;
 		struct backend *kept = reuse_take(s->w, bc, s->reuse_key);
 		if (kept != NULL) {
@@ -672,11 +785,11 @@ static void login_send(struct session *s, struct backend *b)
 	s->bk = b;
 	STAT_INC(&s->w->stats, backend_logins);
 	if (cfg->auth == CFG_AUTH_REDIS)
-		r = backend_login_as(s->bk, (const char *)l->user, l->ulen, bc->master_user,
+		r = backend_login_as(s->bk, (const char *)l->sent, l->ulen, bc->master_user,
 		                     strlen(bc->master_user), bc->master_password,
 		                     strlen(bc->master_password));
 	else
-		r = backend_login(s->bk, (const char *)l->user, l->ulen, (const char *)l->pass,
+		r = backend_login(s->bk, (const char *)l->sent, l->ulen, (const char *)l->pass,
 		                  l->plen);
 	if (r < 0) {
 		backend_destroy_later(s->w, &s->bk);
@@ -722,8 +835,9 @@ static void login_route(struct session *s)
 	const struct cfg *cfg = s->rt->cfg;
 	struct login *l = s->login;
 	struct rds *r = s->w->rds;
-	char key[USER_MAX + 128];
-	int val, n;
+	char key[KEY_ROOM];
+	size_t klen;
+	int val;
 
 	if (cfg->lookup != CFG_LOOKUP_REDIS) {
 		login_backend(s, login_fallback(s));
@@ -739,10 +853,12 @@ static void login_route(struct session *s)
 		login_backend(s, login_fallback(s));
 		return;
 	}
-	n = snprintf(key, sizeof(key), "%sroute:", rds_prefix(r));
-	memcpy(key + n, l->user, l->ulen);
+	if (sess_key(s, "route:", l->user, l->ulen, key, &klen) < 0) {
+		login_backend(s, login_fallback(s));
+		return;
+	}
 	const char *argv[2] = {"GET", key};
-	size_t argvlen[2] = {3, (size_t)n + l->ulen};
+	size_t argvlen[2] = {3, klen};
 	l->req = rds_command(r, login_route_reply, s, 2, argv, argvlen);
 	if (l->req == NULL) /* Redis down: the fallback still works */
 		login_backend(s, login_fallback(s));
@@ -789,8 +905,8 @@ static void login_verify(struct session *s)
 {
 	struct login *l = s->login;
 	struct rds *r = s->w->rds;
-	char key[USER_MAX + 128];
-	int n;
+	char key[KEY_ROOM];
+	size_t klen;
 
 	if (s->rt->cfg->auth != CFG_AUTH_REDIS) {
 		login_route(s);
@@ -800,10 +916,12 @@ static void login_verify(struct session *s)
 		login_fail(s, LOGIN_UNAVAILABLE, false, "Redis not set up");
 		return;
 	}
-	n = snprintf(key, sizeof(key), "%suser:", rds_prefix(r));
-	memcpy(key + n, l->user, l->ulen);
+	if (sess_key(s, "user:", l->user, l->ulen, key, &klen) < 0) {
+		login_fail(s, LOGIN_UNAVAILABLE, false, "Redis key too long");
+		return;
+	}
 	const char *argv[3] = {"HGET", key, "password"};
-	size_t argvlen[3] = {4, (size_t)n + l->ulen, 8};
+	size_t argvlen[3] = {4, klen, 8};
 	l->req = rds_command(r, login_hash_reply, s, 3, argv, argvlen);
 	if (l->req == NULL)
 		login_fail(s, LOGIN_UNAVAILABLE, false, "Redis unavailable");
@@ -813,42 +931,47 @@ static void login_check_reply(void *arg, const redisReply *rep)
 {
 	struct session *s = arg;
 	struct login *l = s->login;
-	unsigned limit = s->rt->cfg->auth_fail_limit;
 
 	l->req = NULL;
-	if (rep != NULL && rep->type == REDIS_REPLY_ARRAY) {
-		for (size_t i = 0; i < rep->elements; i++) {
-			const redisReply *e = rep->element[i];
-			if (e->type == REDIS_REPLY_STRING && strtoul(e->str, NULL, 10) >= limit) {
-				login_fail(s, LOGIN_AUTH_FAILED, false,
-				           i == 0 ? "too many failures from this address"
-				                  : "too many failures for this user");
-				return;
-			}
+	if (rep != NULL && rep->type == REDIS_REPLY_INTEGER) {
+		if (rep->integer == 0) {
+			l->reserved = true;
+		} else {
+			login_fail(s, LOGIN_AUTH_FAILED, false,
+			           rep->integer == 1 ? "too many failures from this address"
+			                             : "too many failures for this user");
+			return;
 		}
+	} else if (rep != NULL) {
+		/* An error (a Redis without Lua, an ACL without EVAL): said once
+		 * per login, the limit is not enforced. */
+		sess_log(s, LOG_LVL_WARN,
+		         rep->type == REDIS_REPLY_ERROR ? "brute-force check failed in Redis (EVAL)"
+		                                        : "brute-force check: unexpected reply");
 	}
 	/* Redis down: the limit cannot be checked; auth = redis fails next. */
 	login_verify(s);
 }
 
+/* Reserve this attempt under both budgets (reserve_lua), then verify. */
 static void login_check(struct session *s)
 {
 	const struct cfg *cfg = s->rt->cfg;
 	struct login *l = s->login;
 	struct rds *r = s->w->rds;
-	char ipkey[128], ukey[USER_MAX + 128];
-	int ni, nu;
+	char window[32], limit[16], ipkey[KEY_ROOM], ukey[KEY_ROOM];
+	size_t il, ul;
 
-	if (cfg->auth_fail_limit == 0 || r == NULL || !rds_up(r)) {
+	if (cfg->auth_fail_limit == 0 || r == NULL || !rds_up(r) ||
+	    login_fail_keys(s, ipkey, &il, ukey, &ul) < 0) {
 		login_verify(s);
 		return;
 	}
-	ni = snprintf(ipkey, sizeof(ipkey), "%sauthfail:ip:%s", rds_prefix(r), s->ip);
-	nu = snprintf(ukey, sizeof(ukey), "%sauthfail:user:", rds_prefix(r));
-	memcpy(ukey + nu, l->user, l->ulen);
-	const char *argv[3] = {"MGET", ipkey, ukey};
-	size_t argvlen[3] = {4, (size_t)ni, (size_t)nu + l->ulen};
-	l->req = rds_command(r, login_check_reply, s, 3, argv, argvlen);
+	login_window(cfg, window);
+	snprintf(limit, sizeof(limit), "%u", cfg->auth_fail_limit);
+	const char *argv[7] = {"EVAL", reserve_lua, "2", ipkey, ukey, limit, window};
+	size_t argvlen[7] = {4, sizeof(reserve_lua) - 1, 1, il, ul, strlen(limit), strlen(window)};
+	l->req = rds_command(r, login_check_reply, s, 7, argv, argvlen);
 	if (l->req == NULL)
 		login_verify(s);
 }
@@ -902,10 +1025,14 @@ static void sess_start_login(struct session *s, const uint8_t *user, size_t ulen
 		sess_reply(s, "%s NO [UNAVAILABLE] Out of memory.", s->tag);
 		return;
 	}
-	memcpy(l->user, user, ulen);
+	/* Normalised once: every count, key, match and log line below sees
+	 * one name for one user. */
+	memcpy(l->typed, user, ulen);
+	ident_user_norm(user, ulen, s->rt->cfg->username_case == CFG_UCASE_FOLD, l->user);
 	l->ulen = ulen;
-	memcpy(s->uname, user, ulen);
+	memcpy(s->uname, l->user, ulen);
 	s->uname_len = ulen;
+	sess_set_user(s, l->user, ulen);
 	memcpy(l->pass, pass, plen);
 	l->plen = plen;
 	ev_init(&l->delay, login_delay_cb);
@@ -1094,7 +1221,7 @@ static int sess_preauth_input(struct session *s)
 	int progress = 0;
 
 	while (s->state == SESS_PREAUTH && !buf_is_empty(&s->client.in) &&
-	       buf_room(&s->client.out) >= REPLY_ROOM) {
+	       buf_room(&s->client.out) >= PREAUTH_ROOM) {
 		struct imap_tok_unit u;
 		const uint8_t *p = buf_head(&s->client.in);
 		int r = imap_tok_next(&s->ctok, p, buf_len(&s->client.in), &u);
@@ -1158,9 +1285,10 @@ static void sess_backend_io(struct conn *c, void *arg);
 /* Logged in (by a fresh login or a kept session): proxy from now on. */
 static void sess_attach(struct session *s, struct backend *b, bool reused)
 {
-	char caps[2048];
+	char caps[CAPS_MAX + 1];
 	char what[160];
 
+	login_release(s);
 	login_free(s);
 	s->bk = b;
 	if (caps_filter(b->caps, strlen(b->caps), caps, sizeof(caps)) < 0)
@@ -1220,7 +1348,76 @@ static void sess_login_done(void *owner, struct backend *b, enum bk_result r, co
 
 /* ---- proxying ---------------------------------------------------------- */
 
-/* Client to backend. Returns 1 on progress. */
+/* May this session's backend be kept when its client logs out? */
+static bool sess_can_keep(const struct session *s)
+{
+	const char *caps = s->bk->caps;
+
+	return s->reuse_ok && !s->tainted && s->gate == GATE_NONE && !s->skip_cmd && !s->idling &&
+	       !s->draining && !s->backend_gone && !s->backend_bye && s->bcfg->reuse_ttl > 0 &&
+	       (!s->selected || caps_has(caps, strlen(caps), "UNSELECT"));
+}
+
+/* May this session's backend go back to the shared pool through
+ * UNAUTHENTICATE (RFC 8437) when its client logs out? The backend then
+ * drops all of the user's state, ENABLEd extensions included. */
+static bool sess_can_unauth(const struct session *s)
+{
+	const char *caps = s->bk->caps;
+
+	return s->bcfg->unauthenticate && s->bk->pool != NULL && s->gate == GATE_NONE &&
+	       !s->skip_cmd && !s->idling && !s->draining && !s->backend_gone && !s->backend_bye &&
+	       caps_has(caps, strlen(caps), "UNAUTHENTICATE") &&
+	       (!s->selected || caps_has(caps, strlen(caps), "UNSELECT"));
+}
+
+/* A tag the proxy can track and echo, as RFC 3501 defines one: ASTRING-CHARs
+ * but "+", at most TAG_MAX bytes. A backend answers a bad tag untagged,
+ * which no in-flight count could follow: such a line is never forwarded. */
+static bool tag_ok(const uint8_t *t, size_t n)
+{
+	if (n == 0 || n > TAG_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		if (t[i] <= 0x20 || t[i] >= 0x7f || strchr("(){%*\"\\+", t[i]) != NULL)
+			return false;
+	}
+	return true;
+}
+
+/* A command name: ATOM-CHARs only, so that the backend cannot read a
+ * different name out of it than the proxy does. */
+static bool name_ok(const uint8_t *w, size_t n)
+{
+	if (n == 0)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		if (w[i] <= 0x20 || w[i] >= 0x7f || strchr("(){%*\"\\]", w[i]) != NULL)
+			return false;
+	}
+	return true;
+}
+
+/* Commands the proxy answers itself after login and never forwards.
+ * COMPRESS: the proxy parses both streams. UNAUTHENTICATE, LOGIN,
+ * AUTHENTICATE: the client is logged in through the proxy, never to the
+ * backend on its own terms; it may not step back to the login prompt or
+ * log in as another user past routing, auth checks and rate limits.
+ * STARTTLS: TLS toward the client is the proxy's. */
+static const char *sess_refusal(const struct imap_head *h)
+{
+	if (imap_word_eq(h->w1, h->w1_len, "COMPRESS"))
+		return "NO [CANNOT] COMPRESS is not available through this proxy.";
+	if (imap_word_eq(h->w1, h->w1_len, "UNAUTHENTICATE"))
+		return "BAD Unknown command.";
+	if (imap_word_eq(h->w1, h->w1_len, "LOGIN") ||
+	    imap_word_eq(h->w1, h->w1_len, "AUTHENTICATE"))
+		return "BAD Already logged in.";
+	if (imap_word_eq(h->w1, h->w1_len, "STARTTLS"))
+		return "BAD STARTTLS is not valid in this state.";
+	return NULL;
+}
+
 /* Does word occur in p[0..len), ASCII case-insensitively? */
 static bool line_has_word(const uint8_t *p, size_t len, const char *word)
 {
@@ -1233,29 +1430,69 @@ static bool line_has_word(const uint8_t *p, size_t len, const char *word)
 	return false;
 }
 
-/* May this session's backend be kept when its client logs out? */
-static bool sess_can_keep(const struct session *s)
+static bool has_taint_word(const uint8_t *p, size_t len)
 {
-	const char *caps = s->bk->caps;
-
-	return s->reuse_ok && !s->tainted && !s->idle_pending && !s->idling && !s->draining &&
-	       !s->backend_gone && !s->backend_bye && s->bcfg->reuse_ttl > 0 &&
-	       (!s->selected || caps_has(caps, strlen(caps), "UNSELECT"));
+	/* CONDSTORE switched on without ENABLE (RFC 7162 3.1) stays on for
+	 * the connection: never hand it on. */
+	return line_has_word(p, len, "CONDSTORE") || line_has_word(p, len, "MODSEQ") ||
+	       line_has_word(p, len, "CHANGEDSINCE");
 }
 
-/* May this session's backend go back to the shared pool through
- * UNAUTHENTICATE (RFC 8437) when its client logs out? The backend then
- * drops all of the user's state, ENABLEd extensions included. */
-static bool sess_can_unauth(const struct session *s)
+/* Look for the tainting words in every line part of a command (not in its
+ * literals), also across the seams between parts and fragments. */
+static void sess_scan_taint(struct session *s, const uint8_t *p, size_t len, bool first)
 {
-	const char *caps = s->bk->caps;
+	uint8_t seam[2 * TAINT_CARRY];
+	size_t k = len < TAINT_CARRY ? len : TAINT_CARRY;
 
-	return s->bcfg->unauthenticate && s->bk->pool != NULL && !s->idle_pending && !s->idling &&
-	       !s->draining && !s->backend_gone && !s->backend_bye &&
-	       caps_has(caps, strlen(caps), "UNAUTHENTICATE") &&
-	       (!s->selected || caps_has(caps, strlen(caps), "UNSELECT"));
+	if (first)
+		s->carry_len = 0;
+	memcpy(seam, s->carry, s->carry_len);
+	memcpy(seam + s->carry_len, p, k);
+	if (has_taint_word(seam, s->carry_len + k) || has_taint_word(p, len))
+		s->tainted = true;
+	/* The new carry: the last TAINT_CARRY bytes of carry + p. */
+	size_t total = s->carry_len + k;
+	if (len > TAINT_CARRY) {
+		memcpy(s->carry, p + len - TAINT_CARRY, TAINT_CARRY);
+		s->carry_len = TAINT_CARRY;
+	} else {
+		size_t keep = total < TAINT_CARRY ? total : TAINT_CARRY;
+		memmove(s->carry, seam + total - keep, keep);
+		s->carry_len = keep;
+	}
 }
 
+/* Drop one unit of a command the backend will not see (skip_cmd). The
+ * command ends at its last line part, or at a synchronizing literal: the
+ * client waits for a "+" that never comes, having had its answer. */
+static void sess_skip_unit(struct session *s, const struct imap_tok_unit *u)
+{
+	imap_tok_consume(&s->ctok, u, u->len);
+	buf_consume(&s->client.in, u->len);
+	if (u->type != IMAP_TOK_LINE)
+		return;
+	if (u->has_literal && !u->lit_nonsync) {
+		imap_tok_cancel_literal(&s->ctok);
+		s->skip_cmd = false;
+	} else if (!u->has_literal && u->last) {
+		s->skip_cmd = false;
+	}
+}
+
+/*
+ * Client to backend. Returns 1 on progress.
+ *
+ * Every command's first line part shows its tag and name whole (else it is
+ * refused), and every line part is looked at, so nothing the backend runs
+ * escapes the proxy's view. A literal is forwarded only once the backend
+ * has asked for it: a backend that refuses a command never reads its
+ * literal, and would take the bytes as commands. So a line announcing a
+ * literal waits until it is the only command in flight, {n+} goes on as
+ * {n}, and the client's input is held (gate) until the backend's "+" or
+ * its tagged answer; IDLE likewise, until "+" or a refusal says whether the
+ * next line is DONE.
+ */
 static int sess_pump_c2b(struct session *s)
 {
 	struct conn *b = &s->bk->conn;
@@ -1264,7 +1501,7 @@ static int sess_pump_c2b(struct session *s)
 	if (s->logging_out)
 		return 0;
 
-	while (!buf_is_empty(&s->client.in)) {
+	while (!buf_is_empty(&s->client.in) && s->gate == GATE_NONE) {
 		struct imap_tok_unit u;
 		const uint8_t *p = buf_head(&s->client.in);
 		int r = imap_tok_next(&s->ctok, p, buf_len(&s->client.in), &u);
@@ -1285,98 +1522,124 @@ static int sess_pump_c2b(struct session *s)
 			return 1;
 		}
 		size_t n = u.len;
+		if (s->skip_cmd) {
+			sess_skip_unit(s, &u);
+			progress = 1;
+			continue;
+		}
 		if (u.type == IMAP_TOK_LITERAL) {
 			if (n > buf_room(&b->out))
 				n = buf_room(&b->out);
 			if (n == 0)
 				break;
-		} else if (buf_room(&b->out) < n) {
-			break;
+			buf_put(&b->out, p, n);
+			imap_tok_consume(&s->ctok, &u, n);
+			buf_consume(&s->client.in, n);
+			progress = 1;
+			continue;
 		}
-		if (u.first && u.type != IMAP_TOK_LITERAL) {
-			struct imap_head h;
-			if (s->idling) {
-				/* "DONE" ends IDLE; it is not a command. */
-				s->idling = false;
-			} else if (imap_head_parse(p, u.len, &h) == 0) {
-				/* Answered here, never forwarded. COMPRESS: the proxy
-				 * parses both streams. UNAUTHENTICATE: the client is
-				 * logged in through the proxy, never to the backend on
-				 * its own terms; it may not step back to the login
-				 * prompt and log in as another user past routing, auth
-				 * checks and rate limits. */
-				const char *answer = NULL;
-				if (imap_word_eq(h.w1, h.w1_len, "COMPRESS"))
-					answer =
-					    "NO [CANNOT] COMPRESS is not available through this "
-					    "proxy.";
-				else if (imap_word_eq(h.w1, h.w1_len, "UNAUTHENTICATE"))
-					answer = "BAD Unknown command.";
-				if (answer != NULL) {
-					if (!u.last) {
-						sess_close(s, "refused command with a literal",
-						           "* BYE Protocol error.");
-						return 1;
-					}
-					if (buf_room(&s->local) < REPLY_ROOM / 2)
-						break;
-					sess_reply(s, "%.*s %s",
-					           (int)(h.tag_len > TAG_MAX ? TAG_MAX : h.tag_len),
-					           h.tag, answer);
-					imap_tok_consume(&s->ctok, &u, u.len);
-					buf_consume(&s->client.in, u.len);
-					progress = 1;
-					continue;
-				}
-				if (imap_word_eq(h.w1, h.w1_len, "LOGOUT") && u.last &&
-				    (sess_can_keep(s) || sess_can_unauth(s)) &&
-				    h.tag_len <= TAG_MAX) {
-					/* Answered by the proxy once earlier commands are
-					 * done; the backend session is kept (reuse.c). */
-					memcpy(s->logout_tag, h.tag, h.tag_len);
-					s->logout_tag[h.tag_len] = '\0';
-					s->logging_out = true;
-					s->client.want_input = false;
-					imap_tok_consume(&s->ctok, &u, u.len);
-					buf_consume(&s->client.in, u.len);
-					/* Nothing after LOGOUT is ever answered. */
-					buf_consume(&s->client.in, buf_len(&s->client.in));
-					sess_arm(s, s->bcfg->command_timeout);
-					return 1;
-				}
-				bool opens = imap_word_eq(h.w1, h.w1_len, "SELECT") ||
-				             imap_word_eq(h.w1, h.w1_len, "EXAMINE");
-				if ((opens || imap_word_eq(h.w1, h.w1_len, "CLOSE") ||
-				     imap_word_eq(h.w1, h.w1_len, "UNSELECT")) &&
-				    h.tag_len <= TAG_MAX) {
-					/* Until its answer a mailbox may be selected. */
-					memcpy(s->sel_tag, h.tag, h.tag_len);
-					s->sel_tag[h.tag_len] = '\0';
-					s->sel_opens = opens;
-					s->selected = true;
-				}
-				/* CONDSTORE switched on without ENABLE (RFC 7162 3.1)
-				 * stays on for the connection: never hand it on. */
-				if (line_has_word(p, u.len, "CONDSTORE") ||
-				    line_has_word(p, u.len, "MODSEQ") ||
-				    line_has_word(p, u.len, "CHANGEDSINCE"))
-					s->tainted = true;
-				if (imap_word_eq(h.w1, h.w1_len, "ENABLE") ||
-				    imap_word_eq(h.w1, h.w1_len, "NOTIFY") ||
-				    imap_word_eq(h.w1, h.w1_len, "LANGUAGE") ||
-				    imap_word_eq(h.w1, h.w1_len, "AUTHENTICATE") ||
-				    imap_word_eq(h.w1, h.w1_len, "LOGIN"))
-					s->tainted = true;
-				if (imap_word_eq(h.w1, h.w1_len, "IDLE") && h.tag_len <= TAG_MAX) {
-					memcpy(s->idle_tag, h.tag, h.tag_len);
-					s->idle_tag[h.tag_len] = '\0';
-					s->idle_pending = true;
-				}
-				s->inflight++;
+		bool announces = u.type == IMAP_TOK_LINE && u.has_literal;
+		bool idle = false;
+		if (u.first && s->idling) {
+			/* The line that ends IDLE. Anything but a short plain line
+			 * (a literal, an endless line) is not passed on: the proxy
+			 * ends IDLE with its own DONE and drops the line. */
+			if (buf_room(&b->out) < (n > 6 ? n : 6))
+				break;
+			s->idling = false;
+			if (u.type != IMAP_TOK_LINE || !u.last || n > 64) {
+				buf_put(&b->out, "DONE\r\n", 6);
+				s->skip_cmd = true;
+				sess_skip_unit(s, &u);
+				progress = 1;
+				continue;
 			}
+		} else if (u.first) {
+			struct imap_head h;
+			const char *refuse = NULL;
+			bool untagged = false;
+			if (imap_head_parse(p, u.len, &h) < 0 || !tag_ok(h.tag, h.tag_len)) {
+				refuse =
+				    h.tag_len > TAG_MAX ? "BAD Tag too long." : "BAD Invalid tag.";
+				untagged = true;
+			} else if (!name_ok(h.w1, h.w1_len) ||
+			           (u.type == IMAP_TOK_FRAGMENT && h.w1 + h.w1_len == p + u.len)) {
+				refuse = "BAD Invalid command name.";
+			} else {
+				refuse = sess_refusal(&h);
+			}
+			if (refuse != NULL) {
+				if (buf_room(&s->local) < REPLY_ROOM / 2)
+					break;
+				if (untagged)
+					sess_reply(s, "* %s", refuse);
+				else
+					sess_reply(s, "%.*s %s", (int)h.tag_len, h.tag, refuse);
+				s->skip_cmd = true;
+				sess_skip_unit(s, &u);
+				progress = 1;
+				continue;
+			}
+			idle = imap_word_eq(h.w1, h.w1_len, "IDLE");
+			/* Wait to be the only command in flight (see above). */
+			if ((announces || idle) && s->inflight > 0)
+				break;
+			if (buf_room(&b->out) < n)
+				break;
+			if (imap_word_eq(h.w1, h.w1_len, "LOGOUT") && u.last &&
+			    (sess_can_keep(s) || sess_can_unauth(s))) {
+				/* Answered by the proxy once earlier commands are
+				 * done; the backend session is kept (reuse.c). */
+				memcpy(s->logout_tag, h.tag, h.tag_len);
+				s->logout_tag[h.tag_len] = '\0';
+				s->logging_out = true;
+				s->client.want_input = false;
+				imap_tok_consume(&s->ctok, &u, u.len);
+				buf_consume(&s->client.in, u.len);
+				/* Nothing after LOGOUT is ever answered. */
+				buf_consume(&s->client.in, buf_len(&s->client.in));
+				sess_arm(s, s->bcfg->command_timeout);
+				return 1;
+			}
+			bool opens = imap_word_eq(h.w1, h.w1_len, "SELECT") ||
+			             imap_word_eq(h.w1, h.w1_len, "EXAMINE");
+			if (opens || imap_word_eq(h.w1, h.w1_len, "CLOSE") ||
+			    imap_word_eq(h.w1, h.w1_len, "UNSELECT")) {
+				/* Until its answer a mailbox may be selected. */
+				memcpy(s->sel_tag, h.tag, h.tag_len);
+				s->sel_tag[h.tag_len] = '\0';
+				s->sel_opens = opens;
+				s->selected = true;
+			}
+			if (imap_word_eq(h.w1, h.w1_len, "ENABLE") ||
+			    imap_word_eq(h.w1, h.w1_len, "NOTIFY") ||
+			    imap_word_eq(h.w1, h.w1_len, "LANGUAGE"))
+				s->tainted = true;
+			if (idle) {
+				memcpy(s->idle_tag, h.tag, h.tag_len);
+				s->idle_tag[h.tag_len] = '\0';
+			}
+			s->inflight++;
+		} else {
+			if (announces && s->inflight > 1)
+				break;
+			if (buf_room(&b->out) < n)
+				break;
 		}
-		if (buf_append(&b->out, p, n) < 0)
-			break;
+		sess_scan_taint(s, p, n, u.first);
+		if (announces && u.lit_nonsync) {
+			/* "{n+}\r\n" or "{n+}\n": send it without the "+". */
+			size_t plus = n - (p[n - 2] == '\r' ? 4 : 3);
+			buf_put(&b->out, p, plus);
+			buf_put(&b->out, p + plus + 1, n - plus - 1);
+			s->gate = GATE_LITERAL_OWN;
+		} else {
+			buf_put(&b->out, p, n);
+			if (announces)
+				s->gate = GATE_LITERAL;
+			else if (idle && u.last)
+				s->gate = GATE_IDLE;
+		}
 		imap_tok_consume(&s->ctok, &u, n);
 		buf_consume(&s->client.in, n);
 		progress = 1;
@@ -1386,45 +1649,55 @@ static int sess_pump_c2b(struct session *s)
 	return progress;
 }
 
-/* Rewrite "[CAPABILITY ...]" in a status line or a "* CAPABILITY" line so the
- * client never sees what the proxy does not carry. Returns the new length
- * in out, or 0 when the line needs no change. */
-static size_t sess_filter_caps_line(const uint8_t *p, size_t len, const struct imap_head *h,
-                                    char *out, size_t outcap)
+/* Where the capability list of response line p[0..len) is, if it has one:
+ * a "* CAPABILITY" response, or a "[CAPABILITY ...]" code in a status one. */
+static bool caps_span(const uint8_t *p, size_t len, const struct imap_head *h,
+                      const uint8_t **start_r, const uint8_t **end_r)
 {
-	const uint8_t *start, *end;
-	size_t prefix, caplen;
-	long n;
-	char caps[2048];
+	static const char key[] = "[CAPABILITY ";
+	size_t klen = sizeof(key) - 1;
 
+	(void)p;
+	(void)len;
 	if (imap_word_eq(h->w1, h->w1_len, "CAPABILITY") && h->tag_len == 1 && h->tag[0] == '*') {
-		start = h->rest;
-		end = h->rest + h->rest_len;
-	} else {
-		static const char key[] = "[CAPABILITY ";
-		size_t klen = sizeof(key) - 1;
-		if (h->rest_len <= klen || !imap_word_eq(h->rest, klen, key))
-			return 0;
-		start = h->rest + klen;
-		end = memchr(start, ']', h->rest_len - klen);
-		if (end == NULL)
-			return 0;
+		*start_r = h->rest;
+		*end_r = h->rest + h->rest_len;
+		return true;
 	}
-	caplen = (size_t)(end - start);
-	n = caps_filter((const char *)start, caplen, caps, sizeof(caps));
-	if (n < 0 || ((size_t)n == caplen && memcmp(caps, start, caplen) == 0))
-		return 0;
-	prefix = (size_t)(start - p);
-	if (prefix + (size_t)n + (len - (size_t)(end - p)) > outcap)
-		return 0;
-	memcpy(out, p, prefix);
-	memcpy(out + prefix, caps, (size_t)n);
-	memcpy(out + prefix + (size_t)n, end, len - (size_t)(end - p));
-	return prefix + (size_t)n + (len - (size_t)(end - p));
+	if (h->rest_len <= klen || !imap_word_eq(h->rest, klen, key))
+		return false;
+	*start_r = h->rest + klen;
+	*end_r = memchr(*start_r, ']', h->rest_len - klen);
+	if (*end_r == NULL) /* the code goes on past these bytes */
+		*end_r = h->rest + h->rest_len;
+	return true;
 }
 
-/* Inspect the first unit of a response. */
-static void sess_track_response(struct session *s, const struct imap_head *h)
+/* Rewrite the capability list of a whole response line so the client
+ * never sees what the proxy does not carry. out needs len + 1 bytes (the
+ * filtered line is never longer). Returns the new length, or 0 when the
+ * line needs no change. */
+static size_t sess_filter_caps_line(const uint8_t *p, size_t len, char *out, size_t outcap)
+{
+	struct imap_head h;
+	const uint8_t *start, *end;
+
+	if (outcap < len + 1 || imap_head_parse(p, len, &h) < 0 ||
+	    !caps_span(p, len, &h, &start, &end))
+		return 0;
+	size_t prefix = (size_t)(start - p), caplen = (size_t)(end - start);
+	size_t tail = len - (size_t)(end - p);
+	memcpy(out, p, prefix);
+	long n = caps_filter((const char *)start, caplen, out + prefix, outcap - prefix);
+	if (n < 0 || ((size_t)n == caplen && memcmp(out + prefix, start, caplen) == 0))
+		return 0;
+	memcpy(out + prefix + (size_t)n, end, tail);
+	return prefix + (size_t)n + tail;
+}
+
+/* Inspect the first unit of a response. Returns true when the response
+ * is not for the client (the "+" the proxy asked for itself). */
+static bool sess_track_response(struct session *s, const struct imap_head *h)
 {
 	bool untagged = h->tag_len == 1 && h->tag[0] == '*';
 	bool cont = h->tag_len == 1 && h->tag[0] == '+';
@@ -1432,17 +1705,26 @@ static void sess_track_response(struct session *s, const struct imap_head *h)
 	if (untagged) {
 		if (imap_word_eq(h->w1, h->w1_len, "BYE"))
 			s->backend_bye = true;
-		return;
+		return false;
 	}
 	if (cont) {
-		if (s->idle_pending) {
-			s->idle_pending = false;
+		enum sess_gate g = s->gate;
+		s->gate = GATE_NONE;
+		if (g == GATE_IDLE)
 			s->idling = true;
-		}
-		return;
+		return g == GATE_LITERAL_OWN;
 	}
 	if (s->inflight > 0)
 		s->inflight--;
+	/* A tagged answer while waiting for "+": the command was refused (it
+	 * is the only one in flight), and its literal never goes to the
+	 * backend. A {n} the client held back: its next bytes are a new
+	 * command. A {n+} it sent already: drop the rest of that command. */
+	if (s->gate == GATE_LITERAL)
+		imap_tok_cancel_literal(&s->ctok);
+	else if (s->gate == GATE_LITERAL_OWN)
+		s->skip_cmd = true;
+	s->gate = GATE_NONE;
 	if (s->sel_tag[0] != '\0' && strlen(s->sel_tag) == h->tag_len &&
 	    memcmp(s->sel_tag, h->tag, h->tag_len) == 0) {
 		/* SELECT/EXAMINE: selected iff OK (a failed one leaves none
@@ -1451,11 +1733,10 @@ static void sess_track_response(struct session *s, const struct imap_head *h)
 		s->selected = s->sel_opens ? ok : !ok;
 		s->sel_tag[0] = '\0';
 	}
-	if ((s->idle_pending || s->idling) && strlen(s->idle_tag) == h->tag_len &&
-	    memcmp(s->idle_tag, h->tag, h->tag_len) == 0) {
-		s->idle_pending = false;
+	if (s->idling && strlen(s->idle_tag) == h->tag_len &&
+	    memcmp(s->idle_tag, h->tag, h->tag_len) == 0)
 		s->idling = false;
-	}
+	return false;
 }
 
 /* Backend to client. Returns 1 on progress. */
@@ -1492,13 +1773,45 @@ static int sess_pump_b2c(struct session *s)
 			if (n == 0)
 				break;
 			buf_put(&c->out, p, n);
+		} else if (s->bskip) {
+			/* The rest of a line that is not for the client. */
+			if (u.type == IMAP_TOK_LINE && u.last)
+				s->bskip = false;
+		} else if (s->capline_on) {
+			/* A capability response longer than one unit: assembled
+			 * whole (bounded), filtered, then passed on. */
+			if (u.type == IMAP_TOK_LINE && u.has_literal) {
+				sess_close(s,
+				           "backend protocol error (literal in a capability list)",
+				           NULL);
+				return 1;
+			}
+			if (buf_len(&s->capline) + n > CAPLINE_MAX) {
+				sess_close(s, "backend capability response over the maximum", NULL);
+				return 1;
+			}
+			if (u.type == IMAP_TOK_LINE && buf_room(&c->out) < buf_len(&s->capline) + n)
+				break;
+			buf_put(&s->capline, p, n);
+			if (u.type == IMAP_TOK_LINE) {
+				char line[CAPLINE_MAX + 1];
+				size_t len = buf_len(&s->capline);
+				size_t nl = sess_filter_caps_line(buf_head(&s->capline), len, line,
+				                                  sizeof(line));
+				buf_put(&c->out,
+				        nl > 0 ? (const uint8_t *)line : buf_head(&s->capline),
+				        nl > 0 ? nl : len);
+				buf_free(&s->capline);
+				s->capline_on = false;
+			}
 		} else {
-			char line[STREAM_FRAG + 2048];
+			char line[CAPLINE_MAX + 1];
 			size_t nl = 0;
 			if (buf_room(&c->out) < n + 2048)
 				break;
 			if (u.first) {
 				struct imap_head h;
+				const uint8_t *cs, *ce;
 				if (s->resetting && u.type == IMAP_TOK_LINE && u.last &&
 				    imap_head_parse(p, u.len, &h) == 0 &&
 				    imap_word_eq(h.tag, h.tag_len, "R")) {
@@ -1511,10 +1824,28 @@ static int sess_pump_b2c(struct session *s)
 					continue;
 				}
 				if (imap_head_parse(p, u.len, &h) == 0) {
-					sess_track_response(s, &h);
-					if (u.type == IMAP_TOK_LINE && u.last)
-						nl = sess_filter_caps_line(p, u.len, &h, line,
-						                           sizeof(line));
+					if (sess_track_response(s, &h)) {
+						/* The "+" for a literal the proxy made synchronizing. */
+						s->bskip = !(u.type == IMAP_TOK_LINE && u.last);
+						imap_tok_consume(&s->btok, &u, n);
+						buf_consume(&b->in, n);
+						progress = 1;
+						continue;
+					}
+					if (caps_span(p, u.len, &h, &cs, &ce)) {
+						if (u.type == IMAP_TOK_LINE) {
+							nl = sess_filter_caps_line(p, u.len, line,
+							                           sizeof(line));
+						} else {
+							buf_init(&s->capline, CAPLINE_MAX);
+							buf_put(&s->capline, p, n);
+							s->capline_on = true;
+							imap_tok_consume(&s->btok, &u, n);
+							buf_consume(&b->in, n);
+							progress = 1;
+							continue;
+						}
+					}
 				}
 			}
 			if (nl > 0)
@@ -1587,11 +1918,13 @@ static bool sess_client_finished(const struct session *s, int progress)
 {
 	if (!buf_is_empty(&s->client.in) && (progress || !buf_is_empty(&s->bk->conn.out)))
 		return false;
+	if (s->gate != GATE_NONE)
+		return false; /* the backend still answers; command_timeout bounds it */
 	if (!imap_tok_at_boundary(&s->ctok))
 		return true;
 	if (s->logging_out)
 		return false;
-	if (s->idling || s->idle_pending)
+	if (s->idling)
 		return true;
 	return s->inflight == 0 && imap_tok_at_boundary(&s->btok) && buf_is_empty(&s->local);
 }
@@ -1813,7 +2146,7 @@ static bool sess_admit_ip(struct session *s)
 
 	if (max == 0)
 		return true;
-	if (!admit_ip(s->ip, max)) {
+	if (!admit_ip(s->ipkey, max)) {
 		STAT_INC(&s->w->stats, refused_ip);
 		sess_refuse(s, "max_connections_per_ip", max);
 		return false;
@@ -1825,6 +2158,9 @@ static bool sess_admit_ip(struct session *s)
 /* The client's address is final: admit it, then TLS or the greeting. */
 static void sess_begin(struct session *s)
 {
+	/* IPv6 clients are counted by prefix: one host has a whole /64. */
+	if (ident_ip_group(s->ip, s->rt->cfg->ipv6_prefix, s->ipkey, sizeof(s->ipkey)) < 0)
+		snprintf(s->ipkey, sizeof(s->ipkey), "%s", s->ip);
 	if (!sess_admit_ip(s))
 		return;
 	if (s->lcfg->tls == CFG_TLS_IMPLICIT) {

@@ -386,10 +386,11 @@ def test_state_changing_commands_prevent_reuse(make_mux, rdv, cert, ca_ctx):
     m = start_mux(make_mux, rdv, cert)
     base = dv_logins(rdv, user)
     # Each round sends one tainting command; the next login must be a new
-    # backend login. (NOTIFY and LOGIN are refused by Dovecot; the proxy
-    # must not reuse the session anyway.)
-    taints = ["ENABLE CONDSTORE", "NOTIFY NONE", "LOGIN %s %s" % (user, rpw(user)),
-              "enable utf8=accept"]
+    # backend login. (NOTIFY is refused by Dovecot; the proxy must not reuse
+    # the session anyway. A LOGIN after login never reaches the backend:
+    # imapmux answers it BAD itself, see test_relogin_refused_by_proxy.)
+    taints = ["ENABLE CONDSTORE", "NOTIFY NONE", "enable utf8=accept",
+              "SELECT INBOX (CONDSTORE)"]
     for i, cmd in enumerate(taints):
         c = login(m, ca_ctx, user, tag="l%d" % i)
         assert counts(m) == (0, i + 1), "reused after %r" % (taints[i - 1] if i else None)
@@ -411,6 +412,24 @@ def test_state_changing_commands_prevent_reuse(make_mux, rdv, cert, ca_ctx):
     assert not any(b"MODSEQ" in x for x in untagged), untagged
     logout_exact(c)
     wait_logins(rdv, user, base + len(taints) + 1)
+
+
+def test_relogin_refused_by_proxy(make_mux, rdv, cert, ca_ctx):
+    """LOGIN and AUTHENTICATE after login are answered BAD by imapmux and
+    never reach the backend, so they change nothing there: the session is
+    still kept at LOGOUT and reused by the next login."""
+    user = "ru-taint"
+    m = start_mux(make_mux, rdv, cert)
+    c = login(m, ca_ctx, user)
+    before = counts(m)
+    for i, cmd in enumerate(["LOGIN %s %s" % (user, rpw(user)), "AUTHENTICATE PLAIN",
+                             "UNAUTHENTICATE", "STARTTLS"]):
+        untagged, tagged = c.cmd("r%d" % i, cmd)
+        assert tagged.startswith(b"r%d BAD" % i), tagged
+    logout_exact(c)
+    c = login(m, ca_ctx, user)
+    assert counts(m) == (before[0] + 1, before[1]), "not reused after a refused re-login"
+    logout_exact(c)
 
 
 @pytest.mark.parametrize("pipelined", [False, True], ids=["done-then-logout",
