@@ -14,10 +14,16 @@
  *    only with relaxed atomic loads: the counters are independent, and a
  *    scrape need not be a consistent snapshot across them.
  *  - Everything a client controls is bounded: at most STATS_MAX_CONNS
- *    connections (more are accepted and closed at once), a request head of
- *    at most STATS_HEAD_MAX bytes, STATS_CONN_TIMEOUT seconds from accept to
- *    close, STATS_LINGER_MAX bytes discarded after the response. Nothing
- *    here blocks, and any byte sequence gets an answer or a close.
+ *    connections, a request head of at most STATS_HEAD_MAX bytes,
+ *    STATS_CONN_TIMEOUT seconds from accept to close, STATS_LINGER_MAX
+ *    bytes discarded after the response. Nothing here blocks, and any byte
+ *    sequence gets an answer or a close.
+ *  - Idle clients cannot hold the slots: a connection accepted into a full
+ *    table takes the slot of the one with the least claim to it (see
+ *    conns_evict), and is read at once, so a request already sent is
+ *    answered before later accepts can evict it. While more than half the
+ *    slots are in use, a request head must be complete within
+ *    STATS_BUSY_HEAD_TIMEOUT of the accept.
  *  - One request per connection; every response says Connection: close.
  *  - A connection is freed by conn_close, and every path that calls it
  *    returns at once without touching the connection again. Stopping a
@@ -47,12 +53,13 @@
 #include "log.h"
 #include "worker.h"
 
-#define STATS_MAX_CONNS       64
-#define STATS_HEAD_MAX        4096
-#define STATS_CONN_TIMEOUT    5.0
-#define STATS_LINGER_MAX      65536
-#define STATS_ACCEPT_BATCH    64
-#define STATS_FULL_WARN_EVERY 60.0
+#define STATS_MAX_CONNS         64
+#define STATS_HEAD_MAX          4096
+#define STATS_CONN_TIMEOUT      5.0
+#define STATS_BUSY_HEAD_TIMEOUT 1.0
+#define STATS_LINGER_MAX        65536
+#define STATS_ACCEPT_BATCH      64
+#define STATS_FULL_WARN_EVERY   60.0
 
 enum conn_state {
 	CONN_READING, /* reading the request head: no blank line yet, head_len <= STATS_HEAD_MAX */
@@ -63,13 +70,16 @@ enum conn_state {
 struct stats_conn {
 	struct stats_conn *prev, *next; /* srv.conns */
 	int fd;
-	enum conn_state state;
-	ev_io io;          /* EV_READ while READING or LINGERING, EV_WRITE while WRITING */
-	ev_timer deadline; /* STATS_CONN_TIMEOUT from accept, whatever the state */
-	size_t head_len;   /* bytes in head */
-	size_t line_start; /* offset in head of the line not yet ended by '\n' */
-	size_t discarded;  /* bytes dropped while LINGERING */
-	char *out;         /* the response (malloc'd) while WRITING */
+	enum conn_state state; /* changed by conn_set_state only */
+	ev_io io;              /* EV_READ while READING or LINGERING, EV_WRITE while WRITING */
+	ev_timer deadline;     /* fires at deadline_at (see conn_arm) */
+	double accepted;       /* ev_now at accept */
+	double deadline_at;    /* ev_now time the deadline is set for */
+	bool hurried;          /* READING while more than half the slots were in use */
+	size_t head_len;       /* bytes in head */
+	size_t line_start;     /* offset in head of the line not yet ended by '\n' */
+	size_t discarded;      /* bytes dropped while LINGERING */
+	char *out;             /* the response (malloc'd) while WRITING */
 	size_t out_len, out_off;
 	char head[STATS_HEAD_MAX];
 };
@@ -84,10 +94,11 @@ static struct {
 	ev_async stop;
 	struct worker *workers;
 	unsigned nworkers;
-	struct stats_conn *conns;
+	struct stats_conn *conns; /* newest first */
 	unsigned nconns;
+	unsigned long evicted; /* connections closed to make room, since the last warning */
 	double start_time;     /* wall clock at stats_start, seconds since the epoch */
-	double last_full_warn; /* ev_now of the last "too many connections" warning */
+	double last_full_warn; /* ev_now of the last "all slots in use" warning */
 } srv = {.fd = -1};
 
 /* ------------------------------------------------------------------------
@@ -498,11 +509,36 @@ static void conn_close(struct stats_conn *c)
 	free(c);
 }
 
-static void conn_watch(struct stats_conn *c, int events)
+/*
+ * Set c's deadline from its state: STATS_BUSY_HEAD_TIMEOUT after the accept
+ * for a hurried connection still reading its head, STATS_CONN_TIMEOUT after
+ * it otherwise. A deadline already past fires at the next loop iteration
+ * (not here: the caller may be walking srv.conns).
+ */
+static void conn_arm(struct stats_conn *c)
 {
+	double at = c->accepted + STATS_CONN_TIMEOUT;
+	double left;
+
+	if (c->state == CONN_READING && c->hurried)
+		at = c->accepted + STATS_BUSY_HEAD_TIMEOUT;
+	if (at == c->deadline_at && ev_is_active(&c->deadline))
+		return;
+	c->deadline_at = at;
+	left = at - ev_now(srv.loop);
+	ev_timer_stop(srv.loop, &c->deadline);
+	ev_timer_set(&c->deadline, left > 0. ? left : 0., 0.);
+	ev_timer_start(srv.loop, &c->deadline);
+}
+
+/* The one way c changes state: its watcher and deadline follow. */
+static void conn_set_state(struct stats_conn *c, enum conn_state state)
+{
+	c->state = state;
 	ev_io_stop(srv.loop, &c->io);
-	ev_io_set(&c->io, c->fd, events);
+	ev_io_set(&c->io, c->fd, state == CONN_WRITING ? EV_WRITE : EV_READ);
 	ev_io_start(srv.loop, &c->io);
+	conn_arm(c);
 }
 
 /*
@@ -541,10 +577,8 @@ static void conn_write(struct stats_conn *c)
 			if (errno == EINTR)
 				continue;
 			if (errno == EAGAIN || errno == EWOULDBLOCK) {
-				if (c->state != CONN_WRITING) {
-					c->state = CONN_WRITING;
-					conn_watch(c, EV_WRITE);
-				}
+				if (c->state != CONN_WRITING)
+					conn_set_state(c, CONN_WRITING);
 				return;
 			}
 			conn_close(c);
@@ -558,8 +592,7 @@ static void conn_write(struct stats_conn *c)
 		conn_close(c);
 		return;
 	}
-	c->state = CONN_LINGERING;
-	conn_watch(c, EV_READ);
+	conn_set_state(c, CONN_LINGERING);
 }
 
 static const char *status_reason(int status)
@@ -694,21 +727,92 @@ static void conn_deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
 
 	(void)loop;
 	(void)revents;
-	log_debug("stats: connection timed out");
+	log_debug("stats: connection timed out (%s)",
+	          c->state != CONN_READING ? "response not taken"
+	          : c->hurried             ? "no request head within the busy deadline"
+	                                   : "no request head");
 	conn_close(c);
 }
 
-static int conn_new(int fd)
+/*
+ * More than half the slots in use: every connection still reading its head
+ * (the new one included) must now complete it within STATS_BUSY_HEAD_TIMEOUT
+ * of its accept. A deadline only moves earlier this way, never back while
+ * the head is incomplete. O(STATS_MAX_CONNS) per accept while busy.
+ */
+static void conns_hurry(void)
+{
+	for (struct stats_conn *c = srv.conns; c != NULL; c = c->next) {
+		if (c->state == CONN_READING && !c->hurried) {
+			c->hurried = true;
+			conn_arm(c);
+		}
+	}
+}
+
+/* Which connections go first when a slot is needed: lower goes first. */
+static int conn_evict_rank(const struct stats_conn *c)
+{
+	switch (c->state) {
+	case CONN_READING:
+		return 0; /* no complete request yet: idle, slow, or a trickle */
+	case CONN_LINGERING:
+		return 1; /* answered: only waiting for the client's close */
+	case CONN_WRITING:
+		return 2; /* the response is under way, to a client slow to read it */
+	}
+	return 2;
+}
+
+static const char *conn_state_name(enum conn_state state)
+{
+	switch (state) {
+	case CONN_READING:
+		return "reading";
+	case CONN_WRITING:
+		return "writing";
+	case CONN_LINGERING:
+		return "lingering";
+	}
+	return "?";
+}
+
+/*
+ * Close one connection of a non-empty table to make room for a new one:
+ * the oldest of the lowest conn_evict_rank, so that a client which has not
+ * sent a whole request head goes before one being answered, and the one
+ * that has taken longest goes first. Returns the state it was in.
+ */
+static enum conn_state conns_evict(void)
+{
+	struct stats_conn *victim = NULL;
+	enum conn_state state;
+
+	/* srv.conns is newest first: the last one of a rank is its oldest. */
+	for (struct stats_conn *c = srv.conns; c != NULL; c = c->next) {
+		if (victim == NULL || conn_evict_rank(c) <= conn_evict_rank(victim))
+			victim = c;
+	}
+	state = victim->state;
+	conn_close(victim);
+	return state;
+}
+
+/* A connection for fd (owned from now on, closed on failure); NULL if out of memory. */
+static struct stats_conn *conn_new(int fd)
 {
 	struct stats_conn *c = calloc(1, sizeof(*c));
 
-	if (c == NULL)
-		return -1;
+	if (c == NULL) {
+		close(fd);
+		return NULL;
+	}
 	c->fd = fd;
 	c->state = CONN_READING;
+	c->accepted = ev_now(srv.loop);
 	ev_io_init(&c->io, conn_io_cb, fd, EV_READ);
 	c->io.data = c;
-	ev_timer_init(&c->deadline, conn_deadline_cb, STATS_CONN_TIMEOUT, 0.);
+	ev_timer_init(&c->deadline, conn_deadline_cb, 0., 0.); /* set by conn_arm */
 	c->deadline.data = c;
 	c->next = srv.conns;
 	if (srv.conns != NULL)
@@ -716,8 +820,10 @@ static int conn_new(int fd)
 	srv.conns = c;
 	srv.nconns++;
 	ev_io_start(srv.loop, &c->io);
-	ev_timer_start(srv.loop, &c->deadline);
-	return 0;
+	conn_arm(c);
+	if (srv.nconns > STATS_MAX_CONNS / 2)
+		conns_hurry();
+	return c;
 }
 
 /* ------------------------------------------------------------------------
@@ -733,6 +839,8 @@ static void accept_pause_cb(struct ev_loop *loop, ev_timer *t, int revents)
 
 static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
+	struct stats_conn *c;
+
 	(void)io;
 	(void)revents;
 	/* A bounded batch, so that a flood cannot starve the connections. */
@@ -755,18 +863,28 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
 			return;
 		}
 		if (srv.nconns >= STATS_MAX_CONNS) {
+			enum conn_state state = conns_evict();
+
+			srv.evicted++;
 			if (ev_now(loop) - srv.last_full_warn >= STATS_FULL_WARN_EVERY) {
 				srv.last_full_warn = ev_now(loop);
-				log_warn("stats: %d connections open, refusing more",
-				         STATS_MAX_CONNS);
+				log_warn(
+				    "stats: all %d connections in use: closed the oldest %s one "
+				    "to make room (%lu evicted since the last such warning)",
+				    STATS_MAX_CONNS, conn_state_name(state), srv.evicted);
+				srv.evicted = 0;
 			}
-			close(fd);
+		}
+		c = conn_new(fd);
+		if (c == NULL) {
+			log_error("stats: out of memory for a connection");
 			continue;
 		}
-		if (conn_new(fd) < 0) {
-			log_error("stats: out of memory for a connection");
-			close(fd);
-		}
+		/*
+		 * The request is often in already: answer it now, before later
+		 * accepts of this batch can take its slot (may free c).
+		 */
+		conn_read(c);
 	}
 }
 
@@ -825,6 +943,7 @@ int stats_start(const struct cfg_addr *addr, struct worker *workers, unsigned n)
 	srv.nworkers = n;
 	srv.conns = NULL;
 	srv.nconns = 0;
+	srv.evicted = 0;
 	srv.last_full_warn = -STATS_FULL_WARN_EVERY;
 	clock_gettime(CLOCK_REALTIME, &now);
 	srv.start_time = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
