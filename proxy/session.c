@@ -30,10 +30,13 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "admit.h"
 #include "backend.h"
@@ -180,6 +183,7 @@ struct session {
 };
 
 static void login_free(struct session *s);
+static void login_release(struct session *s);
 
 static unsigned long next_session_id(void)
 {
@@ -513,7 +517,9 @@ struct login {
 	uint8_t typed[USER_MAX + 1]; /* as the client typed it */
 	uint8_t sent[USER_MAX + 1];  /* as the chosen backend is given it (its username_case) */
 	bool reserved;               /* holds one attempt of both brute-force budgets */
-	uint8_t *pass;               /* wiped and freed by login_free */
+	ev_timer retry;              /* the budgets are full of attempts in flight: again */
+	double retry_wait;
+	uint8_t *pass; /* wiped and freed by login_free */
 	size_t plen;
 	struct rds_req *req;
 	struct crypt_job *job;
@@ -528,12 +534,17 @@ static void login_free(struct session *s)
 
 	if (l == NULL)
 		return;
+	/* Abandoned before its answer was decided: the client learns nothing
+	 * of the password, so the attempt frees its place. */
+	if (l->reserved)
+		login_release(s);
 	s->login = NULL;
 	rds_cancel(l->req);
 	if (l->job != NULL)
 		crypt_cancel(l->job);
 	pool_wait_cancel(l->wait);
 	ev_timer_stop(s->w->loop, &l->delay);
+	ev_timer_stop(s->w->loop, &l->retry);
 	if (l->pass != NULL) {
 		explicit_bzero(l->pass, l->plen);
 		free(l->pass);
@@ -582,86 +593,144 @@ static int sess_key(struct session *s, const char *kind, const void *id, size_t 
 	return 0;
 }
 
-/* The brute-force keys of this login: the client's address group, then
- * the user. */
-static int login_fail_keys(struct session *s, char ipkey[KEY_ROOM], size_t *ilen_r,
-                           char ukey[KEY_ROOM], size_t *ulen_r)
+/* The brute-force keys of this login: failures (counters) and attempts in
+ * flight (sorted sets), for the client's address group and for the user. */
+struct fail_keys {
+	char k[4][KEY_ROOM];
+	size_t len[4];
+};
+
+static int login_fail_keys(struct session *s, struct fail_keys *fk)
 {
-	if (sess_key(s, "authfail:ip:", s->ipkey, strlen(s->ipkey), ipkey, ilen_r) < 0 ||
-	    sess_key(s, "authfail:user:", s->login->user, s->login->ulen, ukey, ulen_r) < 0)
+	const struct login *l = s->login;
+
+	if (sess_key(s, "authfail:ip:", s->ipkey, strlen(s->ipkey), fk->k[0], &fk->len[0]) < 0 ||
+	    sess_key(s, "authfail:user:", l->user, l->ulen, fk->k[1], &fk->len[1]) < 0 ||
+	    sess_key(s, "authtry:ip:", s->ipkey, strlen(s->ipkey), fk->k[2], &fk->len[2]) < 0 ||
+	    sess_key(s, "authtry:user:", l->user, l->ulen, fk->k[3], &fk->len[3]) < 0)
 		return -1;
 	return 0;
 }
 
 /*
- * The brute-force budgets count attempts, not answers: an attempt takes
- * its place under both keys (address group and user) *before* anything is
- * verified, atomically and only while both are below the limit, so no
- * more than auth_fail_limit passwords are ever tried in a window, however
- * many arrive at once and on however many instances share the Redis. A
- * failure keeps its place; a success or an answer that says nothing of the
- * password (backend unavailable) gives it back. A key's window starts at
- * its first attempt (EXPIRE when INCR made it, or when it somehow has no
- * expiry).
+ * The brute-force budgets hold failures *and* attempts in flight: before
+ * a password is checked (by imapmux or the backend) the attempt takes a
+ * place under both address group and user, atomically and only while
+ * failures + attempts in flight stay below the limit, so no more than
+ * auth_fail_limit passwords can fail in a window, however many arrive at
+ * once and on however many instances share the Redis. A login finding the
+ * budget full of failures is refused; one finding it full of attempts
+ * still in flight waits and tries again (a busy webmail host is not a
+ * brute force). A failure turns its place into a failure; a success, or an
+ * answer that says nothing of the password (backend unavailable), frees
+ * it. Attempts are entries of a sorted set scored by their deadline (Redis
+ * TIME), so those of an instance that died go by themselves.
+ *
+ *   KEYS: authfail:ip, authfail:user, authtry:ip, authtry:user
+ *   reserve ARGV: limit, attempt id, attempt ttl  -> 0 ok, 1|2 locked, 3|4 busy
+ *   finish ARGV: attempt id, failed (0|1), window  -> 0
  */
 static const char reserve_lua[] =
+    "local now = tonumber(redis.call('TIME')[1])\n"
     "local lim = tonumber(ARGV[1])\n"
-    "for i = 1, #KEYS do\n"
-    "  if (tonumber(redis.call('GET', KEYS[i])) or 0) >= lim then return i end\n"
+    "local f = {}\n"
+    "for i = 1, 2 do\n"
+    "  f[i] = tonumber(redis.call('GET', KEYS[i])) or 0\n"
+    "  if f[i] >= lim then return i end\n"
     "end\n"
-    "for i = 1, #KEYS do\n"
-    "  local n = redis.call('INCR', KEYS[i])\n"
-    "  if n == 1 or redis.call('TTL', KEYS[i]) < 0 then\n"
-    "    redis.call('EXPIRE', KEYS[i], ARGV[2])\n"
-    "  end\n"
+    "for i = 1, 2 do\n"
+    "  redis.call('ZREMRANGEBYSCORE', KEYS[i + 2], '-inf', now)\n"
+    "  if f[i] + redis.call('ZCARD', KEYS[i + 2]) >= lim then return i + 2 end\n"
+    "end\n"
+    "local ttl = tonumber(ARGV[3])\n"
+    "for i = 3, 4 do\n"
+    "  redis.call('ZADD', KEYS[i], now + ttl, ARGV[2])\n"
+    "  redis.call('EXPIRE', KEYS[i], ttl)\n"
     "end\n"
     "return 0\n";
 
-static const char release_lua[] =
-    "for i = 1, #KEYS do\n"
-    "  if (tonumber(redis.call('GET', KEYS[i])) or 0) > 0 then redis.call('DECR', KEYS[i]) end\n"
-    "end\n"
-    "return 0\n";
+static const char finish_lua[] = "redis.call('ZREM', KEYS[3], ARGV[1])\n"
+                                 "redis.call('ZREM', KEYS[4], ARGV[1])\n"
+                                 "if ARGV[2] == '1' then\n"
+                                 "  for i = 1, 2 do\n"
+                                 "    local n = redis.call('INCR', KEYS[i])\n"
+                                 "    if n == 1 or redis.call('TTL', KEYS[i]) < 0 then\n"
+                                 "      redis.call('EXPIRE', KEYS[i], ARGV[3])\n"
+                                 "    end\n"
+                                 "  end\n"
+                                 "end\n"
+                                 "return 0\n";
 
-static void login_window(const struct cfg *cfg, char window[32])
+/* This attempt's member in the sets: unique across instances (a random
+ * number of the process, then the session id). */
+static uint64_t login_instance;
+
+static void login_instance_init(void)
 {
-	snprintf(window, 32, "%.0f", cfg->auth_fail_window < 1 ? 1.0 : cfg->auth_fail_window);
+	if (getentropy(&login_instance, sizeof(login_instance)) < 0)
+		login_instance = (uint64_t)getpid() ^ ((uint64_t)time(NULL) << 20);
 }
 
-/* Give this login's attempt back (success, or nothing learnt of the password). */
-static void login_release(struct session *s)
+static void login_attempt_id(const struct session *s, char id[48])
 {
-	struct login *l = s->login;
-	struct rds *r = s->w->rds;
-	char ipkey[KEY_ROOM], ukey[KEY_ROOM];
-	size_t il, ul;
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
 
-	if (l == NULL || !l->reserved)
-		return;
-	l->reserved = false;
-	if (r == NULL || login_fail_keys(s, ipkey, &il, ukey, &ul) < 0)
-		return;
-	const char *argv[5] = {"EVAL", release_lua, "2", ipkey, ukey};
-	size_t argvlen[5] = {4, sizeof(release_lua) - 1, 1, il, ul};
-	(void)rds_send(r, 5, argv, argvlen);
+	(void)pthread_once(&once, login_instance_init);
+	snprintf(id, 48, "%016llx:%lu", (unsigned long long)login_instance, s->id);
 }
 
-/* A failure with no attempt reserved (Redis was down when the login
- * began): count it now, as well as Redis lets us. */
-static void login_count_failure(struct session *s)
+/* How long an attempt may stay in flight before it counts no more: longer
+ * than any login can take (waiting for a pooled connection, connecting,
+ * the login's own answer, Redis). */
+static unsigned login_attempt_ttl(const struct cfg *cfg)
+{
+	double most = 0;
+
+	for (size_t i = 0; i < cfg->nbackends; i++) {
+		const struct cfg_backend *b = &cfg->backends[i];
+		double t = b->pool_wait + b->connect_timeout + 2 * b->command_timeout;
+		if (t > most)
+			most = t;
+	}
+	return (unsigned)(most + 4 * cfg->redis_timeout + 30);
+}
+
+/* Turn this login's attempt into a failure (failed), or free it. A failure
+ * with no attempt reserved (Redis was down when the login began) is
+ * counted all the same, as well as Redis lets us. */
+static void login_finish_attempt(struct session *s, bool failed)
 {
 	const struct cfg *cfg = s->rt->cfg;
+	struct login *l = s->login;
 	struct rds *r = s->w->rds;
-	char window[32], ipkey[KEY_ROOM], ukey[KEY_ROOM];
-	size_t il, ul;
+	struct fail_keys fk;
+	char id[48], window[32];
 
-	if (cfg->auth_fail_limit == 0 || r == NULL || !rds_up(r) || s->login->reserved ||
-	    login_fail_keys(s, ipkey, &il, ukey, &ul) < 0)
+	if (l == NULL || (!l->reserved && !failed) || cfg->auth_fail_limit == 0 || r == NULL)
 		return;
-	login_window(cfg, window);
-	const char *argv[7] = {"EVAL", reserve_lua, "2", ipkey, ukey, "4294967295", window};
-	size_t argvlen[7] = {4, sizeof(reserve_lua) - 1, 1, il, ul, 10, strlen(window)};
-	(void)rds_send(r, 7, argv, argvlen);
+	l->reserved = false;
+	if (login_fail_keys(s, &fk) < 0)
+		return;
+	login_attempt_id(s, id);
+	snprintf(window, sizeof(window), "%.0f",
+	         cfg->auth_fail_window < 1 ? 1.0 : cfg->auth_fail_window);
+	const char *argv[10] = {
+	    "EVAL", finish_lua,         "4",   fk.k[0], fk.k[1], fk.k[2], fk.k[3],
+	    id,     failed ? "1" : "0", window};
+	size_t argvlen[10] = {
+	    4, sizeof(finish_lua) - 1, 1, fk.len[0], fk.len[1], fk.len[2], fk.len[3], strlen(id),
+	    1, strlen(window)};
+	(void)rds_send(r, 10, argv, argvlen);
+}
+
+static void login_release(struct session *s)
+{
+	login_finish_attempt(s, false);
+}
+
+static void login_count_failure(struct session *s)
+{
+	login_finish_attempt(s, true);
 }
 
 static void login_fail(struct session *s, enum login_result r, bool count, const char *why)
@@ -680,7 +749,7 @@ static void login_fail(struct session *s, enum login_result r, bool count, const
 	l->job = NULL;
 	if (count)
 		login_count_failure(s);
-	else if (r == LOGIN_UNAVAILABLE)
+	else
 		login_release(s);
 	if (r != LOGIN_UNAVAILABLE && s->rt->cfg->auth_fail_delay > 0) {
 		ev_timer_set(&l->delay, s->rt->cfg->auth_fail_delay, 0.);
@@ -927,6 +996,17 @@ static void login_verify(struct session *s)
 		login_fail(s, LOGIN_UNAVAILABLE, false, "Redis unavailable");
 }
 
+static void login_check(struct session *s);
+
+static void login_retry_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct session *s = t->data;
+
+	(void)loop;
+	(void)revents;
+	login_check(s);
+}
+
 static void login_check_reply(void *arg, const redisReply *rep)
 {
 	struct session *s = arg;
@@ -934,12 +1014,25 @@ static void login_check_reply(void *arg, const redisReply *rep)
 
 	l->req = NULL;
 	if (rep != NULL && rep->type == REDIS_REPLY_INTEGER) {
-		if (rep->integer == 0) {
+		switch (rep->integer) {
+		case 0:
 			l->reserved = true;
-		} else {
+			break;
+		case 1:
+		case 2:
 			login_fail(s, LOGIN_AUTH_FAILED, false,
 			           rep->integer == 1 ? "too many failures from this address"
 			                             : "too many failures for this user");
+			return;
+		default:
+			/* The budget is full of attempts still being checked: try
+			 * again shortly (25 ms doubling to 400 ms). preauth_timeout
+			 * bounds the wait. */
+			l->retry_wait = l->retry_wait == 0 ? 0.025 : l->retry_wait * 2;
+			if (l->retry_wait > 0.4)
+				l->retry_wait = 0.4;
+			ev_timer_set(&l->retry, l->retry_wait, 0.);
+			ev_timer_start(s->w->loop, &l->retry);
 			return;
 		}
 	} else if (rep != NULL) {
@@ -959,19 +1052,22 @@ static void login_check(struct session *s)
 	const struct cfg *cfg = s->rt->cfg;
 	struct login *l = s->login;
 	struct rds *r = s->w->rds;
-	char window[32], limit[16], ipkey[KEY_ROOM], ukey[KEY_ROOM];
-	size_t il, ul;
+	struct fail_keys fk;
+	char limit[16], id[48], ttl[16];
 
-	if (cfg->auth_fail_limit == 0 || r == NULL || !rds_up(r) ||
-	    login_fail_keys(s, ipkey, &il, ukey, &ul) < 0) {
+	if (cfg->auth_fail_limit == 0 || r == NULL || !rds_up(r) || login_fail_keys(s, &fk) < 0) {
 		login_verify(s);
 		return;
 	}
-	login_window(cfg, window);
 	snprintf(limit, sizeof(limit), "%u", cfg->auth_fail_limit);
-	const char *argv[7] = {"EVAL", reserve_lua, "2", ipkey, ukey, limit, window};
-	size_t argvlen[7] = {4, sizeof(reserve_lua) - 1, 1, il, ul, strlen(limit), strlen(window)};
-	l->req = rds_command(r, login_check_reply, s, 7, argv, argvlen);
+	snprintf(ttl, sizeof(ttl), "%u", login_attempt_ttl(cfg));
+	login_attempt_id(s, id);
+	const char *argv[10] = {"EVAL",  reserve_lua, "4",   fk.k[0], fk.k[1],
+	                        fk.k[2], fk.k[3],     limit, id,      ttl};
+	size_t argvlen[10] = {
+	    4,         sizeof(reserve_lua) - 1, 1,          fk.len[0],  fk.len[1], fk.len[2],
+	    fk.len[3], strlen(limit),           strlen(id), strlen(ttl)};
+	l->req = rds_command(r, login_check_reply, s, 10, argv, argvlen);
 	if (l->req == NULL)
 		login_verify(s);
 }
@@ -1037,6 +1133,8 @@ static void sess_start_login(struct session *s, const uint8_t *user, size_t ulen
 	l->plen = plen;
 	ev_init(&l->delay, login_delay_cb);
 	l->delay.data = s;
+	ev_init(&l->retry, login_retry_cb);
+	l->retry.data = s;
 	s->login = l;
 	s->state = SESS_LOGIN;
 	s->client.want_input = false;

@@ -310,7 +310,9 @@ def test_condstore_after_literal_taints(make_mux, idv, cert, ca_ctx):
     reused1, logins1 = counts(m)
     assert (reused1 - reused0, logins1 - logins0) == (0, 1), (
         "a session with CONDSTORE on (SELECT ... (CONDSTORE) after a literal) was reused")
-    assert not select_modseq(c), "CONDSTORE on in the next session"
+    # (No HIGHESTMODSEQ probe here: once SELECT ... (CONDSTORE) has run,
+    # Dovecot keeps modseqs on in the mailbox's index and reports
+    # HIGHESTMODSEQ to every later SELECT, on any connection.)
     logout(c)
 
 
