@@ -56,7 +56,7 @@ __attribute__((warn_unused_result)) int ident_ip_group(const char *ip, unsigned 
  * without the NUL), or -1 when it does not fit (out is then "" when cap > 0).
  */
 __attribute__((warn_unused_result)) int ident_key(char *out, size_t cap, const char *prefix,
-                                                  const char *kind, const uint8_t *id,
-                                                  size_t idlen, size_t *len_r);
+                                                  const char *kind, const uint8_t *id, size_t idlen,
+                                                  size_t *len_r);
 
 #endif
