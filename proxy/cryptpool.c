@@ -5,14 +5,25 @@
  *   port's thread (a worker loop)              pool threads (N)
  *
  *   crypt_verify --append--> pool.queue --pop--> QUEUED -> RUNNING
- *                            (FIFO, at most         pwhash_verify() unlocked
- *                             CRYPTPOOL_QUEUE_MAX)  wipe the password copy
+ *   crypt_verify_dummy       (FIFO, at most         pwhash_verify() or
+ *                             CRYPTPOOL_QUEUE_MAX)  pwhash_dummy(), unlocked
+ *                                                   wipe the password copy
  *   port_async_cb <--ev_async_send-- port->done <-- RUNNING -> DONE
  *     pop one job, free it, cb(arg, result); repeat
  *
+ * Dummies (unknown users) must cost what a wrong password costs, and the
+ * cost is set by the hashes in the store, so the pool follows them:
+ * pool.setting is the setting (pwhash_setting: scheme, cost, salt; never
+ * the hash) of the last real hash verified (answer 0 or 1), or, until the
+ * first, a default one made by cryptpool_start. A dummy hashes its password
+ * with it and answers 0. A real job that answers -1 (locked or foreign
+ * hash, unusable password) then runs a dummy too: refusing at once would
+ * tell "this user exists" just as well.
+ *
  * Locking: one mutex, pool.lock, guards every list (pool.queue, each
  * port's done and jobs lists), every job field but the password bytes,
- * and the pool counters. Critical sections are list operations, a free and
+ * the pool counters and pool.setting (a pool thread copies it when it
+ * takes a job and writes it back with the answer). Critical sections are list operations, a free and
  * at most one ev_async_send (an eventfd write): never a hash, so a worker
  * loop waits on it for microseconds at worst. A single lock makes the
  * races below easy to reason about, and logins are far too rare for it to
@@ -51,7 +62,12 @@
  * Limits: one FIFO for all ports, so the queue bound caps memory (jobs
  * above PWHASH_PASSWORD_MAX/PWHASH_HASH_MAX are not copied), not fairness:
  * a worker flooded with logins can fill the queue for the others. Throttling
- * failed logins per client is the caller's job.
+ * failed logins per client is the caller's job. A dummy costs what the last
+ * real hash cost: in a store that mixes schemes or costs, unknown users take
+ * as long as whoever logged in last, which a patient attacker can tell apart
+ * from a given user's own cost; until the first real verification after a
+ * start, the default setting's cost (yescrypt's default) applies. A hash
+ * that crypt ran on but is malformed (-1 after crypt) costs two crypts.
  */
 #include "cryptpool.h"
 
@@ -82,6 +98,7 @@ struct crypt_job {
 	struct crypt_port *port;                 /* NULL once cancelled */
 	enum job_state state;
 	bool cancelled; /* only while RUNNING: free when crypt returns, no answer */
+	bool dummy;     /* crypt_verify_dummy: no hash, pwhash_dummy with pool.setting */
 	int result;     /* valid in DONE */
 	crypt_done_cb *cb;
 	void *arg;
@@ -108,6 +125,8 @@ static struct {
 	size_t njobs;          /* jobs allocated and not yet freed, any state */
 	bool running;          /* crypt_verify accepts jobs */
 	bool stopping;         /* pool threads must exit */
+	/* Dummies' setting: of the last real hash verified, else cryptpool_start's; NUL-terminated. */
+	char setting[PWHASH_HASH_MAX + 1];
 	/* Touched only by the thread calling cryptpool_start/cryptpool_stop. */
 	pthread_t *threads;
 	unsigned nthreads;
@@ -230,12 +249,38 @@ static void job_finish(struct crypt_job *job, int result)
 	ev_async_send(port->loop, &port->async);
 }
 
+/*
+ * Pool thread, lock not held, secret[] ours. setting (size bytes) holds
+ * pool.setting as it was when the job was taken. A dummy hashes the
+ * password with it. A real job verifies; if it answers 0 or 1, the hash's
+ * setting is left in setting and *learned_r set; if -1, a dummy spends the
+ * time a refusal must take.
+ */
+static int job_run(struct crypt_job *job, char *setting, size_t size, bool *learned_r)
+{
+	const char *hash = job->secret + job->pw_len;
+	int result;
+
+	*learned_r = false;
+	if (job->dummy)
+		return pwhash_dummy(job->secret, job->pw_len, setting) == 0 ? 0 : -1;
+	result = pwhash_verify(job->secret, job->pw_len, hash);
+	if (result >= 0)
+		*learned_r = pwhash_setting(hash, setting, size) == 0;
+	else if (pwhash_dummy(job->secret, job->pw_len, setting) != 0)
+		result = -1; /* it is already: the dummy only spends the time */
+	return result;
+}
+
 static void *pool_thread(void *unused)
 {
+	char setting[sizeof(pool.setting)];
+
 	(void)unused;
 	pthread_mutex_lock(&pool.lock);
 	for (;;) {
 		struct crypt_job *job;
+		bool learned;
 		int result;
 
 		while (!pool.stopping && pool.queue.head == NULL)
@@ -245,13 +290,16 @@ static void *pool_thread(void *unused)
 		job = list_pop(&pool.queue);
 		pool.nqueued--;
 		job->state = JOB_RUNNING;
+		memcpy(setting, pool.setting, sizeof(setting));
 		pthread_mutex_unlock(&pool.lock);
 
 		/* secret[] is ours while RUNNING: cancel touches only the fields under the lock. */
-		result = pwhash_verify(job->secret, job->pw_len, job->secret + job->pw_len);
+		result = job_run(job, setting, sizeof(setting), &learned);
 		explicit_bzero(job->secret, job->pw_len);
 
 		pthread_mutex_lock(&pool.lock);
+		if (learned)
+			memcpy(pool.setting, setting, sizeof(setting));
 		job_finish(job, result);
 	}
 	pthread_mutex_unlock(&pool.lock);
@@ -271,6 +319,7 @@ static void pool_join(pthread_t *threads, unsigned n)
 
 int cryptpool_start(unsigned nthreads)
 {
+	char setting[sizeof(pool.setting)] = "";
 	pthread_t *threads = NULL;
 	sigset_t block, old;
 	unsigned started = 0;
@@ -282,6 +331,11 @@ int cryptpool_start(unsigned nthreads)
 	}
 	if (pool.threads != NULL) {
 		err = EALREADY;
+		goto fail;
+	}
+	/* Before any real hash is seen, dummies cost what libxcrypt's default costs. */
+	if (pwhash_default_setting(setting, sizeof(setting)) < 0) {
+		err = errno;
 		goto fail;
 	}
 	threads = calloc(nthreads, sizeof(*threads));
@@ -313,6 +367,7 @@ int cryptpool_start(unsigned nthreads)
 	pool.threads = threads;
 	pool.nthreads = nthreads;
 	pthread_mutex_lock(&pool.lock);
+	memcpy(pool.setting, setting, sizeof(setting));
 	pool.running = true;
 	pthread_mutex_unlock(&pool.lock);
 	return 0;
@@ -432,8 +487,9 @@ void crypt_port_destroy(struct crypt_port **pp)
 		port_free(port);
 }
 
-struct crypt_job *crypt_verify(struct crypt_port *port, const char *password, size_t len,
-                               const char *hash, crypt_done_cb *cb, void *arg)
+/* crypt_verify and crypt_verify_dummy (hash "" and dummy set); errors as crypt_verify's. */
+static struct crypt_job *job_submit(struct crypt_port *port, const char *password, size_t len,
+                                    const char *hash, bool dummy, crypt_done_cb *cb, void *arg)
 {
 	struct crypt_job *job = NULL;
 	size_t hash_len;
@@ -461,6 +517,7 @@ struct crypt_job *crypt_verify(struct crypt_port *port, const char *password, si
 	}
 	job->cb = cb;
 	job->arg = arg;
+	job->dummy = dummy;
 	job->pw_len = len;
 	job->secret_len = len + hash_len + 1;
 	if (len > 0)
@@ -495,6 +552,19 @@ fail:
 	}
 	errno = err;
 	return NULL;
+}
+
+struct crypt_job *crypt_verify(struct crypt_port *port, const char *password, size_t len,
+                               const char *hash, crypt_done_cb *cb, void *arg)
+{
+	return job_submit(port, password, len, hash, false, cb, arg);
+}
+
+struct crypt_job *crypt_verify_dummy(struct crypt_port *port, const char *password, size_t len,
+                                     crypt_done_cb *cb, void *arg)
+{
+	/* Copied like a real job's, so that a password crypt cannot take costs the same here. */
+	return job_submit(port, password, len, "", true, cb, arg);
 }
 
 void crypt_cancel(struct crypt_job *job)

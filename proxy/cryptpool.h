@@ -5,8 +5,10 @@
  * main starts the pool once (cryptpool_start) and stops it at exit
  * (cryptpool_stop). Each worker opens a crypt_port on its loop; a session
  * submits (crypt_verify) and gets its answer later, as a callback on that
- * same loop, or cancels (crypt_cancel) when it closes first. See
- * cryptpool.c for the states and the locking.
+ * same loop, or cancels (crypt_cancel) when it closes first. A login with
+ * no hash to check (unknown user) submits crypt_verify_dummy instead: same
+ * cost, never a match, so that answer times do not tell which users exist.
+ * See cryptpool.c for the states and the locking.
  */
 #ifndef IMAPMUX_CRYPTPOOL_H
 #define IMAPMUX_CRYPTPOOL_H
@@ -33,7 +35,9 @@ typedef void crypt_done_cb(void *arg, int result);
  * asynchronous signal blocked. Call once, from the main thread, before
  * anything is submitted; again only after cryptpool_stop. Each thread may
  * hold a verification's memory (yescrypt at Debian's default cost: 16 MiB).
- * Returns 0, or -1 with errno set (EINVAL, EALREADY, or pthread_create's).
+ * Makes the setting dummies use until a real hash is verified
+ * (pwhash_default_setting). Returns 0, or -1 with errno set (EINVAL,
+ * EALREADY, or pwhash_default_setting's or pthread_create's).
  */
 __attribute__((warn_unused_result)) int cryptpool_start(unsigned nthreads);
 
@@ -78,6 +82,23 @@ __attribute__((warn_unused_result)) struct crypt_job *crypt_verify(struct crypt_
                                                                    const char *password, size_t len,
                                                                    const char *hash,
                                                                    crypt_done_cb *cb, void *arg);
+
+/*
+ * The same as crypt_verify, for a login that has no hash to verify the
+ * password against (unknown user, unusable hash): the password is hashed
+ * with the setting (scheme, cost, salt: see pwhash_setting) of the real
+ * hash most recently verified by the pool (0 or 1), or before any, with
+ * the one cryptpool_start made, and the result thrown away. cb gets 0,
+ * even for a password that some hash would match; -1 only if crypt could
+ * not run (the pool stopped first, out of memory). So its answer comes
+ * about as late as a wrong password's for users of the same scheme and
+ * cost. The pool keeps only that setting, never a hash. Same errors.
+ * (crypt_verify, for its part, spends a dummy's cost too on a hash it
+ * cannot verify: -1 comes no sooner than 0.)
+ */
+__attribute__((warn_unused_result)) struct crypt_job *
+crypt_verify_dummy(struct crypt_port *port, const char *password, size_t len, crypt_done_cb *cb,
+                   void *arg);
 
 /*
  * The caller no longer wants the answer (its session is closing): cb will

@@ -947,6 +947,16 @@ static void login_verified(void *arg, int result)
 	           result == 0 ? "wrong password" : "unusable password hash in Redis");
 }
 
+/* crypt_verify_dummy's answer: only its time mattered (as long as a wrong password's). */
+static void login_unknown(void *arg, int result)
+{
+	struct session *s = arg;
+
+	(void)result;
+	s->login->job = NULL;
+	login_fail(s, LOGIN_AUTH_FAILED, true, "unknown user");
+}
+
 static void login_hash_reply(void *arg, const redisReply *rep)
 {
 	struct session *s = arg;
@@ -959,7 +969,11 @@ static void login_hash_reply(void *arg, const redisReply *rep)
 		return;
 	}
 	if (rep->type != REDIS_REPLY_STRING || rep->len == 0 || rep->len >= sizeof(hash)) {
-		login_fail(s, LOGIN_AUTH_FAILED, true, "unknown user");
+		/* No hash: pay for one all the same, or the answer time tells who exists. */
+		l->job = crypt_verify_dummy(s->w->crypt, (const char *)l->pass, l->plen,
+		                            login_unknown, s);
+		if (l->job == NULL)
+			login_fail(s, LOGIN_UNAVAILABLE, false, "password check queue full");
 		return;
 	}
 	memcpy(hash, rep->str, rep->len);

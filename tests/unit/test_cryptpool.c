@@ -6,7 +6,10 @@
  * pwhash_verify renamed to test_verify. test_verify passes real hashes on to
  * pwhash_verify, answers "fake:<password>" at once (1 if the password is the
  * one after the colon), and holds the pool thread on "gate" until the test
- * opens the gate. That makes "cancel while running", "queue full" and "stop
+ * opens the gate. pwhash_dummy is renamed to test_dummy, which records the
+ * setting and password it was given, holds the thread on the gate for the
+ * password "gate", and runs the real pwhash_dummy only when a test asks
+ * (dummies.real): the many -1 jobs of the other tests stay cheap. That makes "cancel while running", "queue full" and "stop
  * with jobs queued" deterministic. Being inside the .c, the test also reads
  * pool.njobs (under pool.lock) to prove every job was freed.
  *
@@ -30,9 +33,12 @@
 #include "pwhash.h"
 
 static int test_verify(const char *password, size_t len, const char *hash);
+static int test_dummy(const char *password, size_t len, const char *setting);
 #define pwhash_verify test_verify
+#define pwhash_dummy  test_dummy
 #include "../../proxy/cryptpool.c"
 #undef pwhash_verify
+#undef pwhash_dummy
 
 /* The gate: "gate" jobs wait here until opened. */
 static struct {
@@ -56,6 +62,40 @@ static int test_verify(const char *password, size_t len, const char *hash)
 	if (strncmp(hash, "fake:", 5) == 0)
 		return strlen(hash + 5) == len && memcmp(hash + 5, password, len) == 0;
 	return pwhash_verify(password, len, hash);
+}
+
+/* What the pool's dummies were given (written on pool threads, read after the answers). */
+static struct {
+	pthread_mutex_t lock;
+	int calls;
+	char setting[PWHASH_HASH_MAX + 1]; /* of the last call */
+	char password[64];                 /* of the last call, if it fits */
+	size_t len;
+	bool real; /* pass on to pwhash_dummy */
+} dummies = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static int test_dummy(const char *password, size_t len, const char *setting)
+{
+	bool real;
+
+	pthread_mutex_lock(&dummies.lock);
+	dummies.calls++;
+	snprintf(dummies.setting, sizeof(dummies.setting), "%s", setting);
+	dummies.len = len;
+	memset(dummies.password, 0, sizeof(dummies.password));
+	if (len < sizeof(dummies.password))
+		memcpy(dummies.password, password, len);
+	real = dummies.real;
+	pthread_mutex_unlock(&dummies.lock);
+	if (len == 4 && memcmp(password, "gate", 4) == 0) {
+		pthread_mutex_lock(&gate.lock);
+		gate.entered++;
+		pthread_cond_broadcast(&gate.cond);
+		while (!gate.open)
+			pthread_cond_wait(&gate.cond, &gate.lock);
+		pthread_mutex_unlock(&gate.lock);
+	}
+	return real ? pwhash_dummy(password, len, setting) : 0;
 }
 
 static void gate_wait_entered(int n)
@@ -152,6 +192,10 @@ static int teardown(void **state)
 	gate.entered = 0;
 	gate.open = false;
 	pthread_mutex_unlock(&gate.lock);
+	pthread_mutex_lock(&dummies.lock);
+	dummies.calls = 0;
+	dummies.real = false;
+	pthread_mutex_unlock(&dummies.lock);
 	/* Every job of every test is freed by the end of it. */
 	assert_int_equal(pool_njobs(), 0);
 	assert_int_equal(pool_nqueued(), 0);
@@ -830,6 +874,262 @@ static void test_churn(void **state)
 	wait_njobs(0);
 }
 
+/* --- dummies (crypt_verify_dummy) ------------------------------------------------------- */
+
+static struct crypt_job *submit_dummy(struct crypt_port *port, const char *pw, struct rec *r)
+{
+	struct crypt_job *job = crypt_verify_dummy(port, pw, strlen(pw), rec_cb, r);
+
+	r->job = job;
+	return job;
+}
+
+static int dummy_calls(void)
+{
+	int n;
+
+	pthread_mutex_lock(&dummies.lock);
+	n = dummies.calls;
+	pthread_mutex_unlock(&dummies.lock);
+	return n;
+}
+
+/* The setting the last dummy ran with, and the password it hashed. */
+static void dummy_last(char *setting, size_t size, char *pw, size_t pwsize)
+{
+	pthread_mutex_lock(&dummies.lock);
+	snprintf(setting, size, "%s", dummies.setting);
+	snprintf(pw, pwsize, "%.*s", (int)dummies.len, dummies.password);
+	pthread_mutex_unlock(&dummies.lock);
+}
+
+static void pool_setting(char *out, size_t size)
+{
+	pthread_mutex_lock(&pool.lock);
+	snprintf(out, size, "%s", pool.setting);
+	pthread_mutex_unlock(&pool.lock);
+}
+
+/* Arguments and errors as crypt_verify's. */
+static void test_dummy_args(void **state)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct crypt_port *port = crypt_port_new(loop);
+	struct rec r = {0};
+
+	(void)state;
+	errno = 0;
+	assert_null(crypt_verify_dummy(port, "pw", 2, rec_cb, &r));
+	assert_int_equal(errno, ESHUTDOWN);
+	assert_int_equal(cryptpool_start(1), 0);
+	assert_null(crypt_verify_dummy(NULL, "pw", 2, rec_cb, &r));
+	assert_int_equal(errno, EINVAL);
+	assert_null(crypt_verify_dummy(port, "pw", 2, NULL, &r));
+	assert_int_equal(errno, EINVAL);
+	assert_null(crypt_verify_dummy(port, NULL, 2, rec_cb, &r));
+	assert_int_equal(errno, EINVAL);
+	ev_run(loop, 0);
+	assert_int_equal(r.calls, 0);
+	assert_int_equal(dummy_calls(), 0);
+	crypt_port_destroy(&port);
+	ev_loop_destroy(loop);
+}
+
+/* Before any real hash: crypt with the default setting made at start, answer 0. */
+static void test_dummy_before_real(void **state)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct crypt_port *port = crypt_port_new(loop);
+	struct rec a = {0}, b = {0}, c = {0};
+	char start[sizeof(pool.setting)], used[sizeof(pool.setting)], pw[64], first[sizeof(start)];
+	char longpw[PWHASH_PASSWORD_MAX + 10];
+
+	(void)state;
+	dummies.real = true; /* no pool thread yet */
+	assert_int_equal(cryptpool_start(1), 0);
+	pool_setting(start, sizeof(start));
+	/* libxcrypt's default on Debian 12: yescrypt at passwd's cost, with a salt. */
+	assert_memory_equal(start, "$y$j9T$", 7);
+	assert_true(strlen(start) > 7);
+	assert_true(pwhash_supported(start));
+
+	assert_non_null(submit_dummy(port, "secret", &a));
+	assert_int_equal(a.calls, 0); /* never inside crypt_verify_dummy */
+	assert_non_null(crypt_verify_dummy(port, NULL, 0, rec_cb, &b));
+	memset(longpw, 'p', sizeof(longpw));
+	longpw[sizeof(longpw) - 1] = '\0';
+	assert_non_null(submit_dummy(port, longpw, &c)); /* not copied; still a crypt */
+	ev_run(loop, 0);
+	assert_int_equal(a.calls, 1);
+	assert_int_equal(a.result, 0);
+	assert_int_equal(b.calls, 1);
+	assert_int_equal(b.result, 0);
+	assert_int_equal(c.calls, 1);
+	assert_int_equal(c.result, 0);
+	assert_true(pthread_equal(a.thread, pthread_self()));
+	assert_int_equal(dummy_calls(), 3);
+	dummy_last(used, sizeof(used), pw, sizeof(pw));
+	assert_string_equal(used, start);
+	assert_string_equal(pw, "");
+
+	/* Another start, another salt. */
+	cryptpool_stop();
+	assert_int_equal(cryptpool_start(1), 0);
+	memcpy(first, start, sizeof(first));
+	pool_setting(start, sizeof(start));
+	assert_memory_equal(start, "$y$j9T$", 7);
+	assert_string_not_equal(start, first);
+	crypt_port_destroy(&port);
+	ev_loop_destroy(loop);
+}
+
+/*
+ * Each real hash verified (right or wrong password) becomes the dummies'
+ * setting, cut to its setting; fakes and hashes that cannot be verified do
+ * not. A dummy answers 0 even for the password of the hash it follows. A
+ * real -1 pays a dummy with its own password.
+ */
+static void test_dummy_follows_setting(void **state)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct crypt_port *port = crypt_port_new(loop);
+	char want[sizeof(pool.setting)], used[sizeof(pool.setting)], now[sizeof(pool.setting)];
+	char pw[64];
+
+	(void)state;
+	dummies.real = true;
+	assert_int_equal(cryptpool_start(1), 0);
+	for (size_t i = 0; i < NREALS; i++) {
+		const char *hash = reals[i].hash;
+
+		for (int right = 0; right < 2; right++) {
+			struct rec v = {0}, d = {0}, f = {0}, l = {0}, d2 = {0};
+			int calls = dummy_calls();
+
+			assert_non_null(submit(port, right ? REAL_PW : REAL_WRONG, hash, &v));
+			ev_run(loop, 0);
+			assert_int_equal(v.result, right);
+			assert_int_equal(dummy_calls(), calls); /* a real answer costs no dummy */
+			assert_int_equal(pwhash_setting(hash, want, sizeof(want)), 0);
+			pool_setting(now, sizeof(now));
+			assert_string_equal(now, want);
+			/* Only the setting is kept: not one byte of the hash proper. */
+			assert_true(strlen(now) < strlen(hash));
+			assert_null(strstr(now, hash + strlen(want)));
+
+			assert_non_null(submit_dummy(port, REAL_PW, &d));
+			ev_run(loop, 0);
+			assert_int_equal(d.calls, 1);
+			assert_int_equal(d.result, 0);
+			dummy_last(used, sizeof(used), pw, sizeof(pw));
+			assert_string_equal(used, want);
+			assert_string_equal(pw, REAL_PW);
+
+			/* Neither a fake answer nor a locked hash moves the setting; the lock pays. */
+			assert_non_null(submit(port, "pw", "fake:pw", &f));
+			assert_non_null(submit(port, "locked-pw", "!", &l));
+			ev_run(loop, 0);
+			assert_int_equal(f.result, 1);
+			assert_int_equal(l.result, -1);
+			assert_int_equal(dummy_calls(), calls + 2);
+			dummy_last(used, sizeof(used), pw, sizeof(pw));
+			assert_string_equal(used, want);
+			assert_string_equal(pw, "locked-pw");
+			assert_non_null(submit_dummy(port, "x", &d2));
+			ev_run(loop, 0);
+			assert_int_equal(d2.result, 0);
+			dummy_last(used, sizeof(used), pw, sizeof(pw));
+			assert_string_equal(used, want);
+		}
+	}
+	crypt_port_destroy(&port);
+	ev_loop_destroy(loop);
+}
+
+/* A setting crypt cannot run, and a dummy still queued at stop: -1. */
+static void test_dummy_cannot_run(void **state)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct crypt_port *port = crypt_port_new(loop);
+	struct rec a = {0}, g = {0}, q = {0};
+	pthread_t stopper;
+
+	(void)state;
+	dummies.real = true;
+	assert_int_equal(cryptpool_start(1), 0);
+	pthread_mutex_lock(&pool.lock);
+	snprintf(pool.setting, sizeof(pool.setting), "*");
+	pthread_mutex_unlock(&pool.lock);
+	assert_non_null(submit_dummy(port, "pw", &a));
+	ev_run(loop, 0);
+	assert_int_equal(a.calls, 1);
+	assert_int_equal(a.result, -1);
+
+	assert_non_null(submit(port, "pw", "gate", &g));
+	gate_wait_entered(1);
+	assert_non_null(submit_dummy(port, "pw", &q));
+	assert_int_equal(pthread_create(&stopper, NULL, stop_main, NULL), 0);
+	while (!pool_stopping())
+		usleep(1000);
+	gate_open();
+	assert_int_equal(pthread_join(stopper, NULL), 0);
+	ev_run(loop, 0);
+	assert_int_equal(g.result, 1);
+	assert_int_equal(q.calls, 1);
+	assert_int_equal(q.result, -1);
+	assert_int_equal(dummy_calls(), 1); /* q never ran */
+	crypt_port_destroy(&port);
+	ev_loop_destroy(loop);
+}
+
+/* Dummies cancelled while queued, running and done, and dropped with their port. */
+static void test_dummy_cancel(void **state)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct crypt_port *port = crypt_port_new(loop);
+	struct crypt_port *other = crypt_port_new(loop);
+	struct rec run = {0}, queued = {0}, done = {0}, kept = {0}, o1 = {0}, o2 = {0};
+
+	(void)state;
+	assert_int_equal(cryptpool_start(1), 0);
+
+	/* Done, not yet delivered: the password copy is already wiped. */
+	assert_non_null(submit_dummy(port, "hunter2", &done));
+	wait_state(done.job, JOB_DONE);
+	pthread_mutex_lock(&pool.lock);
+	assert_int_equal(done.job->pw_len, 7);
+	for (size_t i = 0; i < done.job->pw_len; i++)
+		assert_int_equal(done.job->secret[i], 0);
+	pthread_mutex_unlock(&pool.lock);
+	crypt_cancel(done.job);
+	assert_int_equal(pool_njobs(), 0);
+
+	/* Running (held on the gate) and queued behind it. */
+	assert_non_null(submit_dummy(port, "gate", &run));
+	gate_wait_entered(1);
+	assert_int_equal(job_state(run.job), JOB_RUNNING);
+	assert_non_null(submit_dummy(port, "pw", &queued));
+	assert_non_null(submit_dummy(port, "pw", &kept));
+	assert_non_null(submit_dummy(other, "pw", &o1));
+	assert_non_null(submit_dummy(other, "pw", &o2));
+	assert_int_equal(job_state(queued.job), JOB_QUEUED);
+	crypt_cancel(queued.job);
+	crypt_cancel(run.job);
+	assert_int_equal(pool_njobs(), 4); /* run (its thread's), kept, o1, o2 */
+	/* other's jobs go with their port; kept is answered. */
+	crypt_port_destroy(&other);
+	assert_int_equal(pool_njobs(), 2);
+
+	gate_open();
+	ev_run(loop, 0);
+	wait_njobs(0);
+	assert_int_equal(run.calls + queued.calls + done.calls + o1.calls + o2.calls, 0);
+	assert_int_equal(kept.calls, 1);
+	assert_int_equal(kept.result, 0);
+	crypt_port_destroy(&port);
+	ev_loop_destroy(loop);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -846,6 +1146,11 @@ int main(void)
 	    cmocka_unit_test_teardown(test_stop_then_destroy, teardown),
 	    cmocka_unit_test_teardown(test_callback_reentry, teardown),
 	    cmocka_unit_test_teardown(test_churn, teardown),
+	    cmocka_unit_test_teardown(test_dummy_args, teardown),
+	    cmocka_unit_test_teardown(test_dummy_before_real, teardown),
+	    cmocka_unit_test_teardown(test_dummy_follows_setting, teardown),
+	    cmocka_unit_test_teardown(test_dummy_cannot_run, teardown),
+	    cmocka_unit_test_teardown(test_dummy_cancel, teardown),
 	};
 
 	/* A hang is a failure too. */

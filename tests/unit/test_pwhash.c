@@ -5,9 +5,11 @@
  * known-answer table, and strings produced once with Perl's and Python's
  * crypt (both libxcrypt) and pasted in. Then everything that must not
  * verify: wrong, empty, NUL-carrying and overlong passwords; empty, locked,
- * unknown, truncated and padded hashes.
+ * unknown, truncated and padded hashes. Last, the pieces of a dummy
+ * verification: pwhash_setting, pwhash_default_setting, pwhash_dummy.
  */
 #include <crypt.h>
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -350,6 +352,133 @@ static void test_supported(void **state)
 	assert_false(pwhash_supported("Y$6$"));
 }
 
+/* The setting cut out of a hash: table of hashes and what crypt must be given. */
+static void test_setting_table(void **state)
+{
+	static const struct {
+		const char *hash;
+		const char *setting; /* NULL: -1 */
+	} t[] = {
+	    {"$y$j9T$imapmuxfixedsalt01$dBVpg8JuE5rC3gjAV4iV5avQxB5Jv9IQCNOfoTYVyn2",
+	     "$y$j9T$imapmuxfixedsalt01$"},
+	    {"$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1",
+	     "$6$saltstring$"},
+	    {"$6$rounds=10000$saltstringsaltst$OW1/O6BYHV6BcXZu8QVeXbDWra3Oeqh0sbHbbMCVNSnCM/UrjmM0Dp8vOuZeHBy/YTBmSK6H9qs/y3RnOaw5v.",
+	     "$6$rounds=10000$saltstringsaltst$"},
+	    {"$5$saltstring$5B8vYYiY.CVt1RlTTf8KbXBH3hsxY/GNooZF4aW8Jb5", "$5$saltstring$"},
+	    {"$1$saltsalt$7tGTG8.ES1tUeJ6w8W7ti1", "$1$saltsalt$"},
+	    {"$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW",
+	     "$2a$05$CCCCCCCCCCCCCCCCCCCCC."},
+	    {"$2b$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW",
+	     "$2b$05$CCCCCCCCCCCCCCCCCCCCC."},
+	    {"$2y$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW",
+	     "$2y$05$CCCCCCCCCCCCCCCCCCCCC."},
+	    {"$y$j9T$", "$y$j9T$"},
+	    {"$6$salt", NULL}, /* no '$' after the prefix */
+	    {"$y$", NULL},
+	    {"$2b$05$short", NULL},
+	    {"", NULL},
+	    {"*", NULL},
+	    {"!$6$salt$hash", NULL},
+	    {"$3$salt$hash", NULL},
+	    {"{PLAIN}secret", NULL},
+	};
+	char out[PWHASH_HASH_MAX + 1];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		memset(out, 'Z', sizeof(out));
+		if (t[i].setting == NULL) {
+			assert_int_equal(pwhash_setting(t[i].hash, out, sizeof(out)), -1);
+			assert_int_equal(out[0], 'Z'); /* untouched */
+		} else {
+			assert_int_equal(pwhash_setting(t[i].hash, out, sizeof(out)), 0);
+			assert_string_equal(out, t[i].setting);
+		}
+	}
+	assert_int_equal(pwhash_setting(NULL, out, sizeof(out)), -1);
+	/* The setting and its NUL must fit. */
+	assert_int_equal(pwhash_setting("$6$saltstring$abc", out, 15), 0);
+	assert_string_equal(out, "$6$saltstring$");
+	assert_int_equal(pwhash_setting("$6$saltstring$abc", out, 14), -1);
+	assert_int_equal(pwhash_setting("$2b$05$CCCCCCCCCCCCCCCCCCCCC.E5Y", out, 29), -1);
+}
+
+/* For every scheme verified, crypt with the setting alone reproduces the hash. */
+static void test_setting_reproduces_hash(void **state)
+{
+	struct crypt_data *cd = calloc(1, sizeof(*cd));
+
+	(void)state;
+	assert_non_null(cd);
+	for (size_t s = 0; s < NSCHEMES; s++) {
+		char hash[CRYPT_OUTPUT_SIZE], setting[PWHASH_HASH_MAX + 1];
+		const char *h;
+
+		make_hash(schemes[s].prefix, schemes[s].count, "pw", hash, sizeof(hash));
+		assert_int_equal(pwhash_setting(hash, setting, sizeof(setting)), 0);
+		assert_true(strlen(setting) < strlen(hash));
+		assert_memory_equal(setting, hash, strlen(setting));
+		h = crypt_rn("pw", setting, cd, (int)sizeof(*cd));
+		assert_non_null(h);
+		assert_string_equal(h, hash);
+		assert_int_equal(pwhash_dummy("pw", 2, setting), 0);
+	}
+	free(cd);
+}
+
+/* libxcrypt's default: a fresh salt each time, a setting crypt takes. */
+static void test_default_setting(void **state)
+{
+	char a[PWHASH_SETTING_SIZE], b[PWHASH_SETTING_SIZE], hash[CRYPT_OUTPUT_SIZE];
+
+	(void)state;
+	assert_int_equal(pwhash_default_setting(a, sizeof(a)), 0);
+	assert_int_equal(pwhash_default_setting(b, sizeof(b)), 0);
+	assert_string_not_equal(a, b);
+	assert_true(a[0] == '$');
+	/* Debian 12's libxcrypt defaults to yescrypt, which pwhash verifies. */
+	assert_true(pwhash_supported(a));
+	make_hash("$y$", 0, "pw", hash, sizeof(hash));
+	assert_memory_equal(a, hash, 7); /* "$y$j9T$": the same cost as passwd's */
+	assert_int_equal(pwhash_dummy("pw", 2, a), 0);
+	assert_int_equal(pwhash_default_setting(a, PWHASH_SETTING_SIZE - 1), -1);
+	assert_int_equal(errno, ERANGE);
+}
+
+/* The dummy answers 0 whatever the password, even the one the setting's hash is of. */
+static void test_dummy(void **state)
+{
+	char hash[CRYPT_OUTPUT_SIZE], setting[PWHASH_HASH_MAX + 1];
+	char longpw[PWHASH_PASSWORD_MAX + 2];
+	char longset[PWHASH_HASH_MAX + 2];
+
+	(void)state;
+	make_hash("$6$", 1000, "right", hash, sizeof(hash));
+	assert_int_equal(pwhash_setting(hash, setting, sizeof(setting)), 0);
+	assert_int_equal(verify("right", hash), 1);
+	assert_int_equal(pwhash_dummy("right", 5, setting), 0);
+	assert_int_equal(pwhash_dummy("wrong", 5, setting), 0);
+	assert_int_equal(pwhash_dummy("", 0, setting), 0);
+	assert_int_equal(pwhash_dummy(NULL, 0, setting), 0);
+	/* Passwords crypt cannot take still cost a crypt (of the empty string). */
+	assert_int_equal(pwhash_dummy("ri\0ght", 6, setting), 0);
+	assert_int_equal(pwhash_dummy(NULL, 5, setting), 0);
+	memset(longpw, 'p', sizeof(longpw));
+	assert_int_equal(pwhash_dummy(longpw, sizeof(longpw), setting), 0);
+	/* Even the whole hash as setting: crypt reads its setting part only. */
+	assert_int_equal(pwhash_dummy("right", 5, hash), 0);
+	/* A setting crypt cannot run: -1. */
+	assert_int_equal(pwhash_dummy("x", 1, NULL), -1);
+	assert_int_equal(pwhash_dummy("x", 1, ""), -1);
+	assert_int_equal(pwhash_dummy("x", 1, "$y$"), -1);
+	assert_int_equal(pwhash_dummy("x", 1, "*"), -1);
+	memset(longset, 'a', sizeof(longset));
+	memcpy(longset, "$6$salt$", 8);
+	longset[sizeof(longset) - 1] = '\0';
+	assert_int_equal(pwhash_dummy("x", 1, longset), -1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -365,6 +494,10 @@ int main(void)
 	    cmocka_unit_test(test_bcrypt_72_bytes),
 	    cmocka_unit_test(test_unusable_hashes),
 	    cmocka_unit_test(test_hash_too_long),
+	    cmocka_unit_test(test_setting_table),
+	    cmocka_unit_test(test_setting_reproduces_hash),
+	    cmocka_unit_test(test_default_setting),
+	    cmocka_unit_test(test_dummy),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
