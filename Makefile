@@ -133,11 +133,13 @@ demo-stop:
 bench: deps all
 	$(PYTHON) bench/webmail.py
 
-lint:
-	clang-format --dry-run --Werror common/*.[ch] proxy/*.[ch] tests/unit/*.c tests/fuzz/*.[ch]
+# Pinned: another clang-format version formats some constructs differently.
+CLANG_FORMAT ?= clang-format-14
+lint: deps
+	$(CLANG_FORMAT) --dry-run --Werror common/*.[ch] proxy/*.[ch] tests/unit/*.c tests/fuzz/*.[ch]
 
-format:
-	clang-format -i common/*.[ch] proxy/*.[ch] tests/unit/*.c tests/fuzz/*.[ch]
+format: deps
+	$(CLANG_FORMAT) -i common/*.[ch] proxy/*.[ch] tests/unit/*.c tests/fuzz/*.[ch]
 
 clean:
 	rm -f common/*.o common/libcommon.a proxy/*.o proxy/imapmux $(UNIT_BIN) $(BUILD_STAMP)

@@ -12,9 +12,11 @@
 set -eu
 # libclang-rt-14-dev: libFuzzer and the sanitizer runtimes for `make fuzz`
 # (clang only recommends it, and recommends are not installed here).
+# clang-format-14: `make lint` is pinned to this version (formatting differs
+# between versions).
 PKGS="gcc clang make pkg-config libssl-dev libev-dev libcmocka-dev libhiredis-dev
 libcrypt-dev dovecot-imapd redis-server python3 python3-pytest curl openssl valgrind
-cyrus-common sasl2-bin libclang-rt-14-dev"
+cyrus-common sasl2-bin libclang-rt-14-dev clang-format-14"
 CYRUS_DIR=/usr/local/lib/imapmux-cyrus
 
 installed() {
