@@ -21,6 +21,12 @@ ifneq ($(BUILD_FLAGS),$(strip $(shell cat $(BUILD_STAMP) 2>/dev/null)))
 $(shell printf '%s\n' '$(BUILD_FLAGS)' > $(BUILD_STAMP))
 endif
 
+# The stamp is written by $(shell) above, after make has read the directory:
+# this rule lets make take it as made, so that the %.o rule below (and not
+# make's built-in one, without our flags) builds the first objects of a
+# fresh tree.
+$(BUILD_STAMP): ;
+
 COMMON_SRC := $(sort $(wildcard common/*.c))
 COMMON_OBJ := $(COMMON_SRC:.c=.o)
 PROXY_SRC  := $(sort $(wildcard proxy/*.c))
