@@ -387,3 +387,42 @@ def test_append_trycreate_literal_is_not_run(make_mux, idv, cert, ca_ctx):
     assert tagged.startswith(b"n OK"), ("x LOGOUT was run", tagged)
     assert b"x" not in tags_of(c.transcript) and b"y" not in tags_of(c.transcript), c.transcript
     logout(c)
+
+
+# ---------------------------------------------------------------------------
+# h. tags a server answers untagged, and a DONE line that is not plain
+
+@pytest.mark.parametrize("tag", [b"a*b", b"a{b", b"a+b", b"a\"b"])
+def test_invalid_tag_answered_by_proxy(make_mux, idv, cert, ca_ctx, tag):
+    """A tag the backend would answer untagged (so no in-flight count could
+    follow it) is refused by imapmux: the session stays in step, LOGOUT is
+    answered at once and the session is kept and reused."""
+    user = "ri-unauth"
+    m = start_mux(make_mux, idv, cert)
+    c = login(m, ca_ctx, user)
+    c.send(tag + b" NOOP\r\nn NOOP\r\n")
+    untagged, tagged = read_until_tagged_or_fail(c, "n", 5, "NOOP after a bad tag")
+    assert tagged.startswith(b"n OK"), tagged
+    assert any(x.startswith(b"* BAD") for x in untagged), untagged
+    c2, reused, _ = round_then_reuse(m, ca_ctx, c, user)
+    assert reused == 1, "session not kept after a refused bad-tag command"
+    logout(c2)
+
+
+def test_done_line_with_literal_ends_idle_cleanly(make_mux, idv, cert, ca_ctx):
+    """While idling, a line other than a plain short DONE (here one with a
+    literal) is not passed on: imapmux ends IDLE with its own DONE and drops
+    the line, literal included, so the literal's bytes never run as a
+    command at the backend."""
+    user = "ri-unauth"
+    m = start_mux(make_mux, idv, cert)
+    c = login(m, ca_ctx, user)
+    c.cmd("s", "SELECT INBOX")
+    c.send("t IDLE\r\n")
+    assert c.readline(5).startswith(b"+")
+    c.send(b"DONE {9+}\r\nh NOOP\r\n\r\nn NOOP\r\n")
+    untagged, tagged = read_until_tagged_or_fail(c, "n", 5, "NOOP after IDLE")
+    assert tagged.startswith(b"n OK"), tagged
+    assert not any(x.startswith(b"h ") for x in untagged), untagged
+    assert any(x.startswith(b"t OK") for x in untagged), untagged
+    logout(c)
