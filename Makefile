@@ -47,8 +47,14 @@ common/libcommon.a: $(COMMON_OBJ)
 proxy/imapmux: $(PROXY_OBJ) common/libcommon.a
 	$(CC) $(ALL_CFLAGS) -o $@ $(PROXY_OBJ) common/libcommon.a $(LDLIBS_PROXY)
 
-tests/unit/test_%: tests/unit/test_%.c common/libcommon.a $(BUILD_STAMP)
-	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -Wno-missing-prototypes -o $@ $< common/libcommon.a -lcmocka -lcrypt -lm -lev -lpthread
+# A unit test of proxy/ code links only the objects it names in
+# UNIT_OBJS_<name> (and the libraries in UNIT_LIBS_<name>), never the daemon.
+.SECONDEXPANSION:
+tests/unit/test_%: tests/unit/test_%.c common/libcommon.a $(BUILD_STAMP) $$(UNIT_OBJS_$$*)
+	$(CC) $(CPPFLAGS) -Iproxy $(ALL_CFLAGS) -Wno-missing-prototypes -o $@ $< $(UNIT_OBJS_$*) \
+	    common/libcommon.a $(UNIT_LIBS_$*) -lcmocka -lcrypt -lm -lev -lpthread
+
+UNIT_OBJS_sess_state := proxy/sess_state.o
 
 # ---- fuzzing: libFuzzer targets tests/fuzz/fuzz_<name>.c (README "Fuzzing") ----
 # Everything is built with clang, ASan, UBSan (any report aborts) and the

@@ -1,0 +1,663 @@
+/*
+ * pump — a logged-in session: both streams cut by imap_tok into lines and
+ * literal chunks and copied to the other side as they come, with what the
+ * proxy must see on the way (tags, command names, capability lists, the
+ * state the backend keeps per connection), and the LOGOUT that hands the
+ * backend back to the pool or the reuse cache.
+ *
+ *   client.in --ctok--> backend.out        backend.in --btok--> client.out
+ *                                                    local --^ (proxy replies,
+ *                                                    only between responses)
+ *
+ * Literal bodies are never held whole: a LITERAL unit moves as far as the
+ * destination buffer has room. A full destination stops reading from the
+ * source (conn_update arms no read watcher without room): back-pressure.
+ * What the pump waits for is s->px (sess_state.h): a literal's "+", IDLE's
+ * "+" and DONE, the proxy's own LOGOUT.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "imap_args.h"
+#include "pool.h"
+#include "sess.h"
+
+/* ---- attach -------------------------------------------------------------- */
+
+void pump_attach(struct session *s, struct backend *b, bool reused)
+{
+	char caps[CAPS_MAX + 1];
+	char what[160];
+
+	s->bk = b;
+	if (caps_filter(b->caps, strlen(b->caps), caps, sizeof(caps)) < 0)
+		caps[0] = '\0';
+	backend_attach(b, sess_backend_io, s);
+	sess_reply(s, "%s OK [CAPABILITY %s] Logged in", s->tag, caps);
+	sess_to(s, SESS_PROXYING);
+	STAT_INC(&s->w->stats, logins_ok);
+	if (reused)
+		STAT_INC(&s->w->stats, sessions_reused);
+	STAT_INC(&s->w->stats, sessions_proxying);
+	s->counted_proxying = true;
+	preauth_cmd_reset(s);
+	buf_free(&s->cmd);
+
+	struct imap_tok_limits lim = {.frag_size = STREAM_FRAG};
+	struct imap_tok_limits clim = {.frag_size = STREAM_FRAG,
+	                               .max_line = s->rt->cfg->max_line_length};
+	imap_tok_init(&s->ctok, IMAP_TOK_COMMANDS, &clim);
+	imap_tok_init(&s->btok, IMAP_TOK_RESPONSES, &lim);
+	buf_init(&s->local, LOCAL_SIZE);
+	s->client.want_input = true;
+	b->conn.want_input = true;
+	s->last_activity = ev_now(s->w->loop);
+	sess_arm(s, sess_idle_limit(s));
+	snprintf(what, sizeof(what), "login ok on backend %s%s", s->bcfg->name,
+	         reused ? " (kept session reused)" : "");
+	sess_log(s, LOG_LVL_INFO, what);
+	/* Run from a fresh callback: this may be the backend's. */
+	sess_run_soon(s);
+}
+
+/* ---- proxying ---------------------------------------------------------- */
+
+/* Client input is held until the backend answers (see pump_c2b). */
+static bool px_gated(const struct session *s)
+{
+	return s->px == PX_LIT_WAIT || s->px == PX_LIT_OWN_WAIT || s->px == PX_IDLE_WAIT;
+}
+
+static bool px_logging_out(const struct session *s)
+{
+	return s->px == PX_LOGOUT_WAIT || s->px == PX_LOGOUT_RESET;
+}
+
+/* No command waits for a "+", and the backend is not in IDLE. */
+static bool px_settled(const struct session *s)
+{
+	return !px_gated(s) && s->px != PX_IDLING;
+}
+
+/* May this session's backend be kept when its client logs out? */
+static bool pump_can_keep(const struct session *s)
+{
+	const char *caps = s->bk->caps;
+
+	return s->reuse_ok && !s->tainted && px_settled(s) && !s->skip_cmd && !s->draining &&
+	       !s->backend_gone && !s->backend_bye && s->bcfg->reuse_ttl > 0 &&
+	       (!s->selected || caps_has(caps, strlen(caps), "UNSELECT"));
+}
+
+/* May this session's backend go back to the shared pool through
+ * UNAUTHENTICATE (RFC 8437) when its client logs out? The backend then
+ * drops all of the user's state, ENABLEd extensions included. */
+static bool pump_can_unauth(const struct session *s)
+{
+	const char *caps = s->bk->caps;
+
+	return s->bcfg->unauthenticate && s->bk->pool != NULL && px_settled(s) && !s->skip_cmd &&
+	       !s->draining && !s->backend_gone && !s->backend_bye &&
+	       caps_has(caps, strlen(caps), "UNAUTHENTICATE") &&
+	       (!s->selected || caps_has(caps, strlen(caps), "UNSELECT"));
+}
+
+/* A tag the proxy can track and echo, as RFC 3501 defines one: ASTRING-CHARs
+ * but "+", at most TAG_MAX bytes. A backend answers a bad tag untagged,
+ * which no in-flight count could follow: such a line is never forwarded. */
+static bool tag_ok(const uint8_t *t, size_t n)
+{
+	if (n == 0 || n > TAG_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		if (t[i] <= 0x20 || t[i] >= 0x7f || strchr("(){%*\"\\+", t[i]) != NULL)
+			return false;
+	}
+	return true;
+}
+
+/* A command name: ATOM-CHARs only, so that the backend cannot read a
+ * different name out of it than the proxy does. */
+static bool name_ok(const uint8_t *w, size_t n)
+{
+	if (n == 0)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		if (w[i] <= 0x20 || w[i] >= 0x7f || strchr("(){%*\"\\]", w[i]) != NULL)
+			return false;
+	}
+	return true;
+}
+
+/* Commands the proxy answers itself after login and never forwards.
+ * COMPRESS: the proxy parses both streams. UNAUTHENTICATE, LOGIN,
+ * AUTHENTICATE: the client is logged in through the proxy, never to the
+ * backend on its own terms; it may not step back to the login prompt or
+ * log in as another user past routing, auth checks and rate limits.
+ * STARTTLS: TLS toward the client is the proxy's. */
+static const char *pump_refusal(const struct imap_head *h)
+{
+	if (imap_word_eq(h->w1, h->w1_len, "COMPRESS"))
+		return "NO [CANNOT] COMPRESS is not available through this proxy.";
+	if (imap_word_eq(h->w1, h->w1_len, "UNAUTHENTICATE"))
+		return "BAD Unknown command.";
+	if (imap_word_eq(h->w1, h->w1_len, "LOGIN") ||
+	    imap_word_eq(h->w1, h->w1_len, "AUTHENTICATE"))
+		return "BAD Already logged in.";
+	if (imap_word_eq(h->w1, h->w1_len, "STARTTLS"))
+		return "BAD STARTTLS is not valid in this state.";
+	return NULL;
+}
+
+/* Does word occur in p[0..len), ASCII case-insensitively? */
+static bool line_has_word(const uint8_t *p, size_t len, const char *word)
+{
+	size_t wl = strlen(word);
+
+	for (size_t i = 0; i + wl <= len; i++) {
+		if (imap_word_eq(p + i, wl, word))
+			return true;
+	}
+	return false;
+}
+
+static bool has_taint_word(const uint8_t *p, size_t len)
+{
+	/* CONDSTORE switched on without ENABLE (RFC 7162 3.1) stays on for
+	 * the connection: never hand it on. */
+	return line_has_word(p, len, "CONDSTORE") || line_has_word(p, len, "MODSEQ") ||
+	       line_has_word(p, len, "CHANGEDSINCE");
+}
+
+/* Look for the tainting words in every line part of a command (not in its
+ * literals), also across the seams between parts and fragments. */
+static void pump_scan_taint(struct session *s, const uint8_t *p, size_t len, bool first)
+{
+	uint8_t seam[2 * TAINT_CARRY];
+	size_t k = len < TAINT_CARRY ? len : TAINT_CARRY;
+
+	if (first)
+		s->carry_len = 0;
+	memcpy(seam, s->carry, s->carry_len);
+	memcpy(seam + s->carry_len, p, k);
+	if (has_taint_word(seam, s->carry_len + k) || has_taint_word(p, len))
+		s->tainted = true;
+	/* The new carry: the last TAINT_CARRY bytes of carry + p. */
+	size_t total = s->carry_len + k;
+	if (len > TAINT_CARRY) {
+		memcpy(s->carry, p + len - TAINT_CARRY, TAINT_CARRY);
+		s->carry_len = TAINT_CARRY;
+	} else {
+		size_t keep = total < TAINT_CARRY ? total : TAINT_CARRY;
+		memmove(s->carry, seam + total - keep, keep);
+		s->carry_len = keep;
+	}
+}
+
+/* Drop one unit of a command the backend will not see (skip_cmd). The
+ * command ends at its last line part, or at a synchronizing literal: the
+ * client waits for a "+" that never comes, having had its answer. */
+static void pump_skip_unit(struct session *s, const struct imap_tok_unit *u)
+{
+	imap_tok_consume(&s->ctok, u, u->len);
+	buf_consume(&s->client.in, u->len);
+	if (u->type != IMAP_TOK_LINE)
+		return;
+	if (u->has_literal && !u->lit_nonsync) {
+		imap_tok_cancel_literal(&s->ctok);
+		s->skip_cmd = false;
+	} else if (!u->has_literal && u->last) {
+		s->skip_cmd = false;
+	}
+}
+
+/*
+ * Client to backend. True on progress.
+ *
+ * Every command's first line part shows its tag and name whole (else it is
+ * refused), and every line part is looked at, so nothing the backend runs
+ * escapes the proxy's view. A literal is forwarded only once the backend
+ * has asked for it: a backend that refuses a command never reads its
+ * literal, and would take the bytes as commands. So a line announcing a
+ * literal waits until it is the only command in flight, {n+} goes on as
+ * {n}, and the client's input is held (gate) until the backend's "+" or
+ * its tagged answer; IDLE likewise, until "+" or a refusal says whether the
+ * next line is DONE.
+ */
+bool pump_c2b(struct session *s)
+{
+	struct conn *b = &s->bk->conn;
+	bool progress = false;
+
+	if (px_logging_out(s))
+		return false;
+
+	while (!buf_is_empty(&s->client.in) && !px_gated(s)) {
+		struct imap_tok_unit u;
+		const uint8_t *p = buf_head(&s->client.in);
+		int r = imap_tok_next(&s->ctok, p, buf_len(&s->client.in), &u);
+
+		if (r == -2)
+			break;
+		if (r < 0) {
+			const char *e = imap_tok_error(&s->ctok);
+			if (e != NULL && strcmp(e, "line too long") == 0) {
+				char why[96];
+				STAT_INC(&s->w->stats, line_too_long);
+				snprintf(why, sizeof(why), "command line over max_line_length (%u)",
+				         s->rt->cfg->max_line_length);
+				sess_close(s, why, "* BYE Command line too long.");
+			} else {
+				sess_close(s, e, "* BYE Protocol error.");
+			}
+			return true;
+		}
+		size_t n = u.len;
+		if (s->skip_cmd) {
+			pump_skip_unit(s, &u);
+			progress = true;
+			continue;
+		}
+		if (u.type == IMAP_TOK_LITERAL) {
+			if (n > buf_room(&b->out))
+				n = buf_room(&b->out);
+			if (n == 0)
+				break;
+			sess_put(&b->out, p, n);
+			imap_tok_consume(&s->ctok, &u, n);
+			buf_consume(&s->client.in, n);
+			progress = true;
+			continue;
+		}
+		bool announces = u.type == IMAP_TOK_LINE && u.has_literal;
+		bool idle = false;
+		if (u.first && s->px == PX_IDLING) {
+			/* The line that ends IDLE. Anything but a short plain line
+			 * (a literal, an endless line) is not passed on: the proxy
+			 * ends IDLE with its own DONE and drops the line. */
+			if (buf_room(&b->out) < (n > 6 ? n : 6))
+				break;
+			sess_px_to(s, PX_NORMAL);
+			if (u.type != IMAP_TOK_LINE || !u.last || n > 64) {
+				sess_put(&b->out, "DONE\r\n", 6);
+				s->skip_cmd = true;
+				pump_skip_unit(s, &u);
+				progress = true;
+				continue;
+			}
+		} else if (u.first) {
+			struct imap_head h;
+			const char *refuse = NULL;
+			bool untagged = false;
+			if (imap_head_parse(p, u.len, &h) < 0 || !tag_ok(h.tag, h.tag_len)) {
+				refuse =
+				    h.tag_len > TAG_MAX ? "BAD Tag too long." : "BAD Invalid tag.";
+				untagged = true;
+			} else if (!name_ok(h.w1, h.w1_len) ||
+			           (u.type == IMAP_TOK_FRAGMENT && h.w1 + h.w1_len == p + u.len)) {
+				refuse = "BAD Invalid command name.";
+			} else {
+				refuse = pump_refusal(&h);
+			}
+			if (refuse != NULL) {
+				if (buf_room(&s->local) < REPLY_ROOM / 2)
+					break;
+				if (untagged)
+					sess_reply(s, "* %s", refuse);
+				else
+					sess_reply(s, "%.*s %s", (int)h.tag_len, h.tag, refuse);
+				s->skip_cmd = true;
+				pump_skip_unit(s, &u);
+				progress = true;
+				continue;
+			}
+			idle = imap_word_eq(h.w1, h.w1_len, "IDLE");
+			/* Wait to be the only command in flight (see above). */
+			if ((announces || idle) && s->inflight > 0)
+				break;
+			if (buf_room(&b->out) < n)
+				break;
+			if (imap_word_eq(h.w1, h.w1_len, "LOGOUT") && u.last &&
+			    (pump_can_keep(s) || pump_can_unauth(s))) {
+				/* Answered by the proxy once earlier commands are
+				 * done; the backend session is kept (reuse.c). */
+				memcpy(s->logout_tag, h.tag, h.tag_len);
+				s->logout_tag[h.tag_len] = '\0';
+				sess_px_to(s, PX_LOGOUT_WAIT);
+				s->client.want_input = false;
+				imap_tok_consume(&s->ctok, &u, u.len);
+				buf_consume(&s->client.in, u.len);
+				/* Nothing after LOGOUT is ever answered. */
+				buf_consume(&s->client.in, buf_len(&s->client.in));
+				sess_arm(s, s->bcfg->command_timeout);
+				return true;
+			}
+			bool opens = imap_word_eq(h.w1, h.w1_len, "SELECT") ||
+			             imap_word_eq(h.w1, h.w1_len, "EXAMINE");
+			if (opens || imap_word_eq(h.w1, h.w1_len, "CLOSE") ||
+			    imap_word_eq(h.w1, h.w1_len, "UNSELECT")) {
+				/* Until its answer a mailbox may be selected. */
+				memcpy(s->sel_tag, h.tag, h.tag_len);
+				s->sel_tag[h.tag_len] = '\0';
+				s->sel_opens = opens;
+				s->selected = true;
+			}
+			if (imap_word_eq(h.w1, h.w1_len, "ENABLE") ||
+			    imap_word_eq(h.w1, h.w1_len, "NOTIFY") ||
+			    imap_word_eq(h.w1, h.w1_len, "LANGUAGE"))
+				s->tainted = true;
+			if (idle) {
+				memcpy(s->idle_tag, h.tag, h.tag_len);
+				s->idle_tag[h.tag_len] = '\0';
+			}
+			s->inflight++;
+		} else {
+			if (announces && s->inflight > 1)
+				break;
+			if (buf_room(&b->out) < n)
+				break;
+		}
+		pump_scan_taint(s, p, n, u.first);
+		if (announces && u.lit_nonsync) {
+			/* "{n+}\r\n" or "{n+}\n": send it without the "+". */
+			size_t plus = n - (p[n - 2] == '\r' ? 4 : 3);
+			sess_put(&b->out, p, plus);
+			sess_put(&b->out, p + plus + 1, n - plus - 1);
+			sess_px_to(s, PX_LIT_OWN_WAIT);
+		} else {
+			sess_put(&b->out, p, n);
+			if (announces)
+				sess_px_to(s, PX_LIT_WAIT);
+			else if (idle && u.last)
+				sess_px_to(s, PX_IDLE_WAIT);
+		}
+		imap_tok_consume(&s->ctok, &u, n);
+		buf_consume(&s->client.in, n);
+		progress = true;
+	}
+	if (progress)
+		s->last_activity = ev_now(s->w->loop);
+	return progress;
+}
+
+/* Where the capability list of response line p[0..len) is, if it has one:
+ * a "* CAPABILITY" response, or a "[CAPABILITY ...]" code in a status one. */
+static bool caps_span(const uint8_t *p, size_t len, const struct imap_head *h,
+                      const uint8_t **start_r, const uint8_t **end_r)
+{
+	static const char key[] = "[CAPABILITY ";
+	size_t klen = sizeof(key) - 1;
+
+	(void)p;
+	(void)len;
+	if (imap_word_eq(h->w1, h->w1_len, "CAPABILITY") && h->tag_len == 1 && h->tag[0] == '*') {
+		*start_r = h->rest;
+		*end_r = h->rest + h->rest_len;
+		return true;
+	}
+	if (h->rest_len <= klen || !imap_word_eq(h->rest, klen, key))
+		return false;
+	*start_r = h->rest + klen;
+	*end_r = memchr(*start_r, ']', h->rest_len - klen);
+	if (*end_r == NULL) /* the code goes on past these bytes */
+		*end_r = h->rest + h->rest_len;
+	return true;
+}
+
+/* Rewrite the capability list of a whole response line so the client
+ * never sees what the proxy does not carry. out needs len + 1 bytes (the
+ * filtered line is never longer). Returns the new length, or 0 when the
+ * line needs no change. */
+static size_t pump_filter_caps_line(const uint8_t *p, size_t len, char *out, size_t outcap)
+{
+	struct imap_head h;
+	const uint8_t *start, *end;
+
+	if (outcap < len + 1 || imap_head_parse(p, len, &h) < 0 ||
+	    !caps_span(p, len, &h, &start, &end))
+		return 0;
+	size_t prefix = (size_t)(start - p), caplen = (size_t)(end - start);
+	size_t tail = len - (size_t)(end - p);
+	memcpy(out, p, prefix);
+	long n = caps_filter((const char *)start, caplen, out + prefix, outcap - prefix);
+	if (n < 0 || ((size_t)n == caplen && memcmp(out + prefix, start, caplen) == 0))
+		return 0;
+	memcpy(out + prefix + (size_t)n, end, tail);
+	return prefix + (size_t)n + tail;
+}
+
+/* Inspect the first unit of a response. Returns true when the response
+ * is not for the client (the "+" the proxy asked for itself). */
+static bool pump_track_response(struct session *s, const struct imap_head *h)
+{
+	bool untagged = h->tag_len == 1 && h->tag[0] == '*';
+	bool cont = h->tag_len == 1 && h->tag[0] == '+';
+
+	if (untagged) {
+		if (imap_word_eq(h->w1, h->w1_len, "BYE"))
+			s->backend_bye = true;
+		return false;
+	}
+	if (cont) {
+		enum sess_px was = s->px;
+		if (was == PX_IDLE_WAIT)
+			sess_px_to(s, PX_IDLING);
+		else if (was == PX_LIT_WAIT || was == PX_LIT_OWN_WAIT)
+			sess_px_to(s, PX_NORMAL);
+		return was == PX_LIT_OWN_WAIT;
+	}
+	if (s->inflight > 0)
+		s->inflight--;
+	/* A tagged answer while waiting for "+": the command was refused (it
+	 * is the only one in flight), and its literal never goes to the
+	 * backend. A {n} the client held back: its next bytes are a new
+	 * command. A {n+} it sent already: drop the rest of that command. */
+	if (s->px == PX_LIT_WAIT)
+		imap_tok_cancel_literal(&s->ctok);
+	else if (s->px == PX_LIT_OWN_WAIT)
+		s->skip_cmd = true;
+	if (px_gated(s))
+		sess_px_to(s, PX_NORMAL);
+	if (s->sel_tag[0] != '\0' && strlen(s->sel_tag) == h->tag_len &&
+	    memcmp(s->sel_tag, h->tag, h->tag_len) == 0) {
+		/* SELECT/EXAMINE: selected iff OK (a failed one leaves none
+		 * selected, RFC 3501 6.3.1); CLOSE/UNSELECT OK: none. */
+		bool ok = imap_word_eq(h->w1, h->w1_len, "OK");
+		s->selected = s->sel_opens ? ok : !ok;
+		s->sel_tag[0] = '\0';
+	}
+	if (s->px == PX_IDLING && strlen(s->idle_tag) == h->tag_len &&
+	    memcmp(s->idle_tag, h->tag, h->tag_len) == 0)
+		sess_px_to(s, PX_NORMAL);
+	return false;
+}
+
+/* Backend to client. True on progress. */
+bool pump_b2c(struct session *s)
+{
+	struct conn *b = &s->bk->conn;
+	struct conn *c = &s->client;
+	bool progress = false;
+
+	for (;;) {
+		if (!buf_is_empty(&s->local) && imap_tok_at_boundary(&s->btok)) {
+			if (buf_room(&c->out) < buf_len(&s->local))
+				break;
+			sess_put(&c->out, buf_head(&s->local), buf_len(&s->local));
+			buf_consume(&s->local, buf_len(&s->local));
+			progress = true;
+		}
+		if (buf_is_empty(&b->in))
+			break;
+		struct imap_tok_unit u;
+		const uint8_t *p = buf_head(&b->in);
+		int r = imap_tok_next(&s->btok, p, buf_len(&b->in), &u);
+		if (r == -2)
+			break;
+		if (r < 0) {
+			sess_close(s, "backend protocol error",
+			           "* BYE [UNAVAILABLE] Backend protocol error.");
+			return true;
+		}
+		size_t n = u.len;
+		if (u.type == IMAP_TOK_LITERAL) {
+			if (n > buf_room(&c->out))
+				n = buf_room(&c->out);
+			if (n == 0)
+				break;
+			sess_put(&c->out, p, n);
+		} else if (s->bskip) {
+			/* The rest of a line that is not for the client. */
+			if (u.type == IMAP_TOK_LINE && u.last)
+				s->bskip = false;
+		} else if (s->capline_on) {
+			/* A capability response longer than one unit: assembled
+			 * whole (bounded), filtered, then passed on. */
+			if (u.type == IMAP_TOK_LINE && u.has_literal) {
+				sess_close(s,
+				           "backend protocol error (literal in a capability list)",
+				           NULL);
+				return true;
+			}
+			if (buf_len(&s->capline) + n > CAPLINE_MAX) {
+				sess_close(s, "backend capability response over the maximum", NULL);
+				return true;
+			}
+			if (u.type == IMAP_TOK_LINE && buf_room(&c->out) < buf_len(&s->capline) + n)
+				break;
+			sess_put(&s->capline, p, n);
+			if (u.type == IMAP_TOK_LINE) {
+				char line[CAPLINE_MAX + 1];
+				size_t len = buf_len(&s->capline);
+				size_t nl = pump_filter_caps_line(buf_head(&s->capline), len, line,
+				                                  sizeof(line));
+				sess_put(&c->out,
+				         nl > 0 ? (const uint8_t *)line : buf_head(&s->capline),
+				         nl > 0 ? nl : len);
+				buf_free(&s->capline);
+				s->capline_on = false;
+			}
+		} else {
+			char line[CAPLINE_MAX + 1];
+			size_t nl = 0;
+			if (buf_room(&c->out) < n + 2048)
+				break;
+			if (u.first) {
+				struct imap_head h;
+				const uint8_t *cs, *ce;
+				if (s->px == PX_LOGOUT_RESET && u.type == IMAP_TOK_LINE && u.last &&
+				    imap_head_parse(p, u.len, &h) == 0 &&
+				    imap_word_eq(h.tag, h.tag_len, "R")) {
+					/* The proxy's own UNSELECT: not for the client. */
+					sess_px_to(s, PX_LOGOUT_WAIT);
+					s->reset_failed = !imap_word_eq(h.w1, h.w1_len, "OK");
+					imap_tok_consume(&s->btok, &u, n);
+					buf_consume(&b->in, n);
+					progress = true;
+					continue;
+				}
+				if (imap_head_parse(p, u.len, &h) == 0) {
+					if (pump_track_response(s, &h)) {
+						/* The "+" for a literal the proxy made synchronizing. */
+						s->bskip = !(u.type == IMAP_TOK_LINE && u.last);
+						imap_tok_consume(&s->btok, &u, n);
+						buf_consume(&b->in, n);
+						progress = true;
+						continue;
+					}
+					if (caps_span(p, u.len, &h, &cs, &ce)) {
+						if (u.type == IMAP_TOK_LINE) {
+							nl = pump_filter_caps_line(p, u.len, line,
+							                           sizeof(line));
+						} else {
+							buf_init(&s->capline, CAPLINE_MAX);
+							sess_put(&s->capline, p, n);
+							s->capline_on = true;
+							imap_tok_consume(&s->btok, &u, n);
+							buf_consume(&b->in, n);
+							progress = true;
+							continue;
+						}
+					}
+				}
+			}
+			if (nl > 0)
+				sess_put(&c->out, line, nl);
+			else
+				sess_put(&c->out, p, n);
+		}
+		imap_tok_consume(&s->btok, &u, n);
+		buf_consume(&b->in, n);
+		progress = true;
+	}
+	return progress;
+}
+
+/* The LOGOUT the proxy took: every earlier command is answered. Answer it,
+ * hand the backend connection back to the pool (UNAUTHENTICATE) or the
+ * session to the reuse cache, close the client. */
+void pump_finish_logout(struct session *s)
+{
+	struct backend *b = s->bk;
+	bool unauth = pump_can_unauth(s);
+
+	if (!unauth && s->selected && !s->reset_sent) {
+		/* Reset first, answer after: the client's next login must find
+		 * the session ready to take. */
+		s->reset_sent = true;
+		if (buf_append(&b->conn.out, "R UNSELECT\r\n", 12) == 0) {
+			sess_px_to(s, PX_LOGOUT_RESET);
+			return;
+		}
+		s->reset_failed = true;
+	}
+	if (s->px == PX_LOGOUT_RESET)
+		return;
+	sess_reply(s, "* BYE Logging out");
+	sess_reply(s, "%s OK Logout completed.", s->logout_tag);
+	/* Move the replies out of `local` before the state changes. */
+	sess_put(&s->client.out, buf_head(&s->local), buf_len(&s->local));
+	buf_consume(&s->local, buf_len(&s->local));
+	if (s->reset_failed) {
+		sess_close(s, "logout (backend reset failed)", NULL);
+		return;
+	}
+	s->bk = NULL;
+	if (unauth) {
+		/* The pool resets it in the background; the client is done. */
+		pool_put_back(b->pool, b, s->selected);
+		sess_close(s, "logout (backend connection back to the pool)", NULL);
+		return;
+	}
+	reuse_park(s->w, s->rt, b, s->reuse_key, s->uname, s->uname_len, false);
+	sess_close(s, "logout (backend session kept)", NULL);
+}
+
+bool pump_quiet(const struct session *s)
+{
+	return imap_tok_at_boundary(&s->ctok) && imap_tok_at_boundary(&s->btok) &&
+	       buf_is_empty(&s->client.in) && (s->inflight == 0 || s->px == PX_IDLING);
+}
+
+/*
+ * The client's input ended (EOF: closed, or shut down for writing only). May
+ * the session end now? Not while its remaining input can still go to the
+ * backend, nor while answers to the commands it completed are owed to it: a
+ * half-closed socket still reads them. A command cut off by the EOF, or an
+ * IDLE that can never see its DONE, is not waited for.
+ */
+bool pump_client_finished(const struct session *s, bool progress)
+{
+	if (!buf_is_empty(&s->client.in) && (progress || !buf_is_empty(&s->bk->conn.out)))
+		return false;
+	if (px_gated(s))
+		return false; /* the backend still answers; command_timeout bounds it */
+	if (!imap_tok_at_boundary(&s->ctok))
+		return true;
+	if (px_logging_out(s))
+		return false;
+	if (s->px == PX_IDLING)
+		return true;
+	return s->inflight == 0 && imap_tok_at_boundary(&s->btok) && buf_is_empty(&s->local);
+}
