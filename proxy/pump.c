@@ -541,7 +541,7 @@ bool pump_b2c(struct session *s)
 		} else {
 			char line[CAPLINE_MAX + 1];
 			size_t nl = 0;
-			if (buf_room(&c->out) < n + 2048)
+			if (buf_room(&c->out) < n + REPLY_ROOM)
 				break;
 			if (u.first) {
 				struct imap_head h;
