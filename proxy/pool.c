@@ -23,7 +23,6 @@
 #include <string.h>
 
 #include "caps.h"
-#include "health.h"
 #include "log.h"
 #include "reuse.h"
 
@@ -181,7 +180,7 @@ static void pool_refill(struct pool *p)
 	if (p->closing || p->w->draining || ev_now(p->w->loop) < p->backoff_until)
 		return;
 	while (p->nidle + p->nconnecting < pool_min(p) && p->total < pool_max(p) &&
-	       health_backend_up(p->rt, p->index)) {
+	       runtime_backend_up(p->rt, p->index)) {
 		struct backend *b = pool_open(p, 0, pool_conn_done, p);
 		if (b == NULL) {
 			pool_back_off(p);
