@@ -28,7 +28,6 @@
 #include "caps.h"
 #include "list.h"
 #include "log.h"
-#include "reuse.h"
 
 #define BACKOFF_MIN 1.0
 #define BACKOFF_MAX 30.0
@@ -117,6 +116,14 @@ static void pool_arm(struct pool *p, double secs)
 }
 
 static void pool_refill(struct pool *p);
+
+/* Set once by main before any worker runs, read-only afterwards. */
+static pool_full_cb *full_hook;
+
+void pool_set_full_hook(pool_full_cb *fn)
+{
+	full_hook = fn;
+}
 
 /* A connection attempt failed: no refill for a while, longer each time. */
 static void pool_back_off(struct pool *p)
@@ -325,9 +332,10 @@ int pool_acquire(struct pool *p, unsigned long sid, backend_done_cb *done, void 
 	wt->owner = owner;
 	list_push_back(&p->waiters, &wt->node);
 	*wait_r = wt;
-	/* A kept session is a connection nobody uses right now: give its
-	 * slot to this login (freed by the reaper, then served). */
-	(void)reuse_evict_one(p->w, p->cfg->name);
+	/* Transition (see pool_set_full_hook): the login code does not free
+	 * a slot yet, so the hook does it for the login. */
+	if (full_hook != NULL)
+		(void)full_hook(p->w, p->cfg->name);
 	wait_arm(wt);
 	return 1;
 }
