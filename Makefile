@@ -34,7 +34,8 @@ PROXY_OBJ  := $(PROXY_SRC:.c=.o)
 UNIT_SRC   := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN   := $(UNIT_SRC:.c=)
 
-.PHONY: all deps test unit valgrind integration demo demo-stop bench clean lint format fuzz fuzz-build
+.PHONY: all deps test unit valgrind integration demo demo-stop bench clean lint format layering \
+        fuzz fuzz-build
 
 all: proxy/imapmux
 
@@ -152,6 +153,11 @@ lint: deps
 
 format: deps
 	$(CLANG_FORMAT) -i common/*.[ch] proxy/*.[ch] tests/unit/*.c tests/fuzz/*.[ch]
+
+# common/ includes nothing from proxy/, and proxy/ modules (x.c + x.h)
+# include each other without a cycle; tools/layering.py prints what breaks it.
+layering:
+	$(PYTHON) tools/layering.py .
 
 clean:
 	rm -f common/*.o common/libcommon.a proxy/*.o proxy/imapmux $(UNIT_BIN) $(BUILD_STAMP)

@@ -18,6 +18,7 @@
 #include "cfg.h"
 #include "conn.h"
 #include "imap_tok.h"
+#include "list.h"
 #include "worker.h"
 
 enum bk_state {
@@ -74,8 +75,7 @@ struct backend {
 
 	/* pool.c bookkeeping: the pool counting this connection, and its idle list */
 	struct pool *pool;
-	struct backend *pool_prev, *pool_next;
-	bool pool_idle;
+	struct list_node pool_node; /* on the pool's idle list exactly while idle */
 	double pool_since;
 	backend_done_cb *done;
 	void *owner;

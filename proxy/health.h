@@ -10,8 +10,8 @@
  * checked and always up.
  *
  * The verdicts live in rt->backend_up[i] (see runtime.h): workers read them
- * with health_backend_up(), a relaxed atomic load, with no lock and no call
- * into this module.
+ * with runtime_backend_up(), a relaxed atomic load, with no lock and without
+ * including this header.
  *
  * Called from the main thread only: health_start once, health_reload after
  * each successful SIGHUP, health_stop at exit. The thread takes no signals.
@@ -19,7 +19,6 @@
 #ifndef IMAPMUX_HEALTH_H
 #define IMAPMUX_HEALTH_H
 
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -47,11 +46,11 @@ void health_reload(struct runtime *rt);
 /* Stop the thread and free everything it holds (safe if never started). */
 void health_stop(void);
 
-/* Whether backend i of rt passes its health checks (always true when it is
- * not checked). Any thread, no lock. */
+/* Old name of runtime_backend_up, kept until its last callers (session.c)
+ * include runtime.h for it instead of this header; then delete it. */
 static inline bool health_backend_up(const struct runtime *rt, size_t i)
 {
-	return atomic_load_explicit(&rt->backend_up[i], memory_order_relaxed);
+	return runtime_backend_up(rt, i);
 }
 
 #endif

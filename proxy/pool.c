@@ -6,8 +6,11 @@
  *     or idle here, attached to a session, or kept by the reuse cache; it is
  *     incremented where the pool creates one and decremented only by
  *     pool_backend_gone (from backend_destroy);
- *   - an idle backend is on the idle list, READY, with done/owner pointing
- *     here, so that its death (BYE, EOF, timeout) comes back here;
+ *   - a backend is idle exactly while its pool_node is on p->idle (newest
+ *     first); an idle one is READY, with done/owner pointing here, so that
+ *     its death (BYE, EOF, timeout) comes back here;
+ *   - logins waiting for a slot are on p->waiters, oldest first, each with
+ *     its pool_wait timer running;
  *   - a failed refill backs off (1 s, doubling to 30 s) instead of looping;
  *     a backend that health checks mark down is not refilled;
  *   - a connection coming back through UNAUTHENTICATE counts as connecting
@@ -23,16 +26,15 @@
 #include <string.h>
 
 #include "caps.h"
-#include "health.h"
+#include "list.h"
 #include "log.h"
-#include "reuse.h"
 
 #define BACKOFF_MIN 1.0
 #define BACKOFF_MAX 30.0
 
 struct pool_wait {
 	struct pool *p;
-	struct pool_wait *prev, *next;
+	struct list_node node; /* on p->waiters */
 	pool_got_cb *got;
 	void *arg;
 	unsigned long sid;
@@ -48,12 +50,12 @@ struct pool {
 	const struct cfg_backend *cfg;
 	size_t index;
 	SSL_CTX *ctx;
-	struct backend *idle; /* idle list head */
+	struct list_node idle; /* idle backends (pool_node), newest first */
 	unsigned nidle;
 	unsigned nconnecting; /* opened by the refill, not ready yet */
 	unsigned total;
-	struct pool_wait *waiters, *waiters_tail;
-	ev_timer refill; /* backoff and idle-age sweeps */
+	struct list_node waiters; /* logins waiting for a slot (pool_wait.node), oldest first */
+	ev_timer refill;          /* backoff and idle-age sweeps */
 	double backoff;
 	double backoff_until;          /* no refill before this time (after failures) */
 	bool closing;                  /* worker ending: open nothing more */
@@ -80,31 +82,30 @@ static unsigned pool_max(const struct pool *p)
 	return m ? m : 1;
 }
 
+/* backend_new zero-fills b: its pool_node starts unlinked, i.e. not idle. */
+static bool is_idle(const struct backend *b)
+{
+	return list_linked(&b->pool_node);
+}
+
 static void idle_unlink(struct pool *p, struct backend *b)
 {
-	if (!b->pool_idle)
+	if (!is_idle(b))
 		return;
-	if (b->pool_prev != NULL)
-		b->pool_prev->pool_next = b->pool_next;
-	else
-		p->idle = b->pool_next;
-	if (b->pool_next != NULL)
-		b->pool_next->pool_prev = b->pool_prev;
-	b->pool_prev = b->pool_next = NULL;
-	b->pool_idle = false;
+	list_remove(&b->pool_node);
 	p->nidle--;
 }
 
 static void idle_push(struct pool *p, struct backend *b)
 {
-	b->pool_prev = NULL;
-	b->pool_next = p->idle;
-	if (p->idle != NULL)
-		p->idle->pool_prev = b;
-	p->idle = b;
-	b->pool_idle = true;
+	list_push_front(&p->idle, &b->pool_node);
 	b->pool_since = ev_now(p->w->loop);
 	p->nidle++;
+}
+
+static struct backend *idle_first(const struct pool *p)
+{
+	return list_first_entry(&p->idle, struct backend, pool_node);
 }
 
 static void pool_arm(struct pool *p, double secs)
@@ -115,6 +116,14 @@ static void pool_arm(struct pool *p, double secs)
 }
 
 static void pool_refill(struct pool *p);
+
+/* Set once by main before any worker runs, read-only afterwards. */
+static pool_full_cb *full_hook;
+
+void pool_set_full_hook(pool_full_cb *fn)
+{
+	full_hook = fn;
+}
 
 /* A connection attempt failed: no refill for a while, longer each time. */
 static void pool_back_off(struct pool *p)
@@ -131,7 +140,7 @@ static void pool_conn_done(void *owner, struct backend *b, enum bk_result r, con
 {
 	struct pool *p = owner;
 
-	if (r == BK_RES_OK && !b->pool_idle) {
+	if (r == BK_RES_OK && !is_idle(b)) {
 		p->nconnecting--;
 		if (b->returning) {
 			b->returning = false;
@@ -147,7 +156,7 @@ static void pool_conn_done(void *owner, struct backend *b, enum bk_result r, con
 		pool_serve_waiters(p);
 		return;
 	}
-	if (b->pool_idle) {
+	if (is_idle(b)) {
 		idle_unlink(p, b);
 		log_debug("pool %s: idle connection lost: %s", p->cfg->name, why);
 	} else if (b->returning) {
@@ -181,7 +190,7 @@ static void pool_refill(struct pool *p)
 	if (p->closing || p->w->draining || ev_now(p->w->loop) < p->backoff_until)
 		return;
 	while (p->nidle + p->nconnecting < pool_min(p) && p->total < pool_max(p) &&
-	       health_backend_up(p->rt, p->index)) {
+	       runtime_backend_up(p->rt, p->index)) {
 		struct backend *b = pool_open(p, 0, pool_conn_done, p);
 		if (b == NULL) {
 			pool_back_off(p);
@@ -209,12 +218,13 @@ static void refill_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
 	struct pool *p = t->data;
 	double now = ev_now(loop), ttl = p->cfg->pool_idle_ttl;
-	struct backend *b, *next;
+	struct list_node *n, *tmp;
 
 	(void)revents;
 	/* Replace idle connections before the backend's pre-login timeout. */
-	for (b = p->idle; b != NULL; b = next) {
-		next = b->pool_next;
+	list_for_each_safe(n, tmp, &p->idle)
+	{
+		struct backend *b = list_entry(n, struct backend, pool_node);
 		if (now - b->pool_since >= ttl) {
 			idle_unlink(p, b);
 			if (buf_append(&b->conn.out, "Z LOGOUT\r\n", 10) == 0)
@@ -241,6 +251,8 @@ struct pool *pool_of(struct worker *w, struct runtime *rt, const struct cfg_back
 		if (p == NULL)
 			return NULL;
 		p->w = w;
+		list_init(&p->idle);
+		list_init(&p->waiters);
 		p->backoff = BACKOFF_MIN;
 		ev_init(&p->refill, refill_cb);
 		p->refill.data = p;
@@ -254,8 +266,8 @@ struct pool *pool_of(struct worker *w, struct runtime *rt, const struct cfg_back
 		    p->cfg != NULL && (p->cfg->addr.len != bc->addr.len ||
 		                       memcmp(&p->cfg->addr.ss, &bc->addr.ss, bc->addr.len) != 0 ||
 		                       p->cfg->tls != bc->tls);
-		while (moved && p->idle != NULL) {
-			struct backend *b = p->idle;
+		struct backend *b;
+		while (moved && (b = idle_first(p)) != NULL) {
 			idle_unlink(p, b);
 			backend_destroy_later(w, &b);
 		}
@@ -284,7 +296,7 @@ void pool_prefill(struct worker *w, struct runtime *rt)
 static struct backend *pool_take_idle(struct pool *p, unsigned long sid, backend_done_cb *done,
                                       void *owner)
 {
-	struct backend *b = p->idle;
+	struct backend *b = idle_first(p);
 
 	if (b == NULL)
 		return NULL;
@@ -318,33 +330,25 @@ int pool_acquire(struct pool *p, unsigned long sid, backend_done_cb *done, void 
 	wt->sid = sid;
 	wt->done = done;
 	wt->owner = owner;
-	wt->prev = p->waiters_tail;
-	if (p->waiters_tail != NULL)
-		p->waiters_tail->next = wt;
-	else
-		p->waiters = wt;
-	p->waiters_tail = wt;
+	list_push_back(&p->waiters, &wt->node);
 	*wait_r = wt;
-	/* A kept session is a connection nobody uses right now: give its
-	 * slot to this login (freed by the reaper, then served). */
-	(void)reuse_evict_one(p->w, p->cfg->name);
+	/* Transition (see pool_set_full_hook): the login code does not free
+	 * a slot yet, so the hook does it for the login. */
+	if (full_hook != NULL)
+		(void)full_hook(p->w, p->cfg->name);
 	wait_arm(wt);
 	return 1;
 }
 
 static void wait_unlink(struct pool_wait *wt)
 {
-	struct pool *p = wt->p;
+	list_remove(&wt->node);
+	ev_timer_stop(wt->p->w->loop, &wt->timer);
+}
 
-	if (wt->prev != NULL)
-		wt->prev->next = wt->next;
-	else
-		p->waiters = wt->next;
-	if (wt->next != NULL)
-		wt->next->prev = wt->prev;
-	else
-		p->waiters_tail = wt->prev;
-	ev_timer_stop(p->w->loop, &wt->timer);
+static struct pool_wait *wait_first(const struct pool *p)
+{
+	return list_first_entry(&p->waiters, struct pool_wait, node);
 }
 
 static void wait_timeout(struct ev_loop *loop, ev_timer *t, int revents)
@@ -384,15 +388,19 @@ void pool_wait_cancel(struct pool_wait *wt)
 /* Hand free capacity to the logins waiting for it, oldest first. */
 static void pool_serve_waiters(struct pool *p)
 {
-	while (!p->closing && p->waiters != NULL) {
-		struct pool_wait *wt = p->waiters;
+	struct pool_wait *wt;
+
+	while (!p->closing && (wt = wait_first(p)) != NULL) {
 		struct backend *b = pool_take_idle(p, wt->sid, wt->done, wt->owner);
 
 		if (b == NULL && p->total < pool_max(p))
 			b = pool_open(p, wt->sid, wt->done, wt->owner);
 		if (b == NULL) {
-			for (wt = p->waiters; wt != NULL; wt = wt->next)
-				wait_arm(wt);
+			struct list_node *n;
+			list_for_each(n, &p->waiters)
+			{
+				wait_arm(list_entry(n, struct pool_wait, node));
+			}
 			return;
 		}
 		pool_got_cb *got = wt->got;
@@ -496,8 +504,8 @@ void pool_close_all(struct worker *w)
 	for (struct pool *p = w->pools; p != NULL; p = p->next) {
 		p->closing = true;
 		ev_timer_stop(w->loop, &p->refill);
-		while (p->idle != NULL) {
-			struct backend *b = p->idle;
+		struct backend *b;
+		while ((b = idle_first(p)) != NULL) {
 			idle_unlink(p, b);
 			backend_destroy_later(w, &b);
 		}
@@ -510,13 +518,13 @@ void pool_destroy_all(struct worker *w)
 		struct pool *p = w->pools;
 		w->pools = p->next;
 		ev_timer_stop(w->loop, &p->refill);
-		while (p->waiters != NULL) {
-			struct pool_wait *wt = p->waiters;
+		struct pool_wait *wt;
+		while ((wt = wait_first(p)) != NULL) {
 			wait_unlink(wt);
 			free(wt);
 		}
-		while (p->idle != NULL) {
-			struct backend *b = p->idle;
+		struct backend *b;
+		while ((b = idle_first(p)) != NULL) {
 			idle_unlink(p, b);
 			b->pool = NULL;
 			backend_destroy(&b);

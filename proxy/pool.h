@@ -5,7 +5,8 @@
  *   refill --backend_new--> CONNECTING --ready--> IDLE (greeted, caps known)
  *   login: IDLE --pool_acquire--> session (one round trip: the login)
  *          none idle, below bound --> new connection for the session
- *          at the bound --> wait (pool_wait), then NO [UNAVAILABLE]
+ *          at the bound --> wait (pool_wait), then NO [UNAVAILABLE]; the
+ *          login layer may free a slot meanwhile (close a kept session)
  *   any backend of the pool destroyed --> slot free: serve a waiter, refill
  *   IDLE older than pool_idle_ttl, or BYE/EOF --> closed and replaced
  *   session LOGOUT on a backend with UNAUTHENTICATE --pool_put_back-->
@@ -40,11 +41,24 @@ void pool_prefill(struct worker *w, struct runtime *rt);
  * A backend connection for a login, owned by (done, owner) from now on:
  *   0: *b_r is ready (greeted) or connecting; call backend_login on it;
  *   1: the pool is at its bound: *wait_r is queued, got(arg, b) comes later
- *      (b with done/owner set, or NULL after pool_wait);
+ *      (b with done/owner set, or NULL after pool_wait). The pool frees no
+ *      slot by itself: the caller may close a connection it knows nobody
+ *      uses (a kept session of this backend: reuse_evict_one), whose slot
+ *      then goes to the oldest waiting login once that backend is freed;
  *  -1: cannot connect.
  */
 int pool_acquire(struct pool *p, unsigned long sid, backend_done_cb *done, void *owner,
                  struct backend **b_r, pool_got_cb *got, void *arg, struct pool_wait **wait_r);
+
+/*
+ * Transition, until the login code frees a slot itself on pool_acquire's 1:
+ * fn(w, backend name) is called by pool_acquire each time it queues a login
+ * at the bound (main sets it to reuse_evict_one before starting workers;
+ * NULL, the default, calls nothing). Delete this, and main's call, in the
+ * change that makes the login code evict, or each such login evicts twice.
+ */
+typedef bool pool_full_cb(struct worker *w, const char *backend);
+void pool_set_full_hook(pool_full_cb *fn);
 
 /* The waiting login went away: got will not be called. */
 void pool_wait_cancel(struct pool_wait *wt);

@@ -6,9 +6,10 @@
  *
  * The one thing in it that changes after runtime_new is backend_up, which
  * only proxy/health.c writes (its thread, and health_reload before handing
- * the runtime over); workers read it with relaxed atomic loads
- * (health_backend_up), and no lock is involved. Only the newest runtime's
- * array is kept current: an older one keeps the state it had at reload.
+ * the runtime over); workers read it with runtime_backend_up, a relaxed
+ * atomic load, so that pools and logins need neither a lock nor the health
+ * module. Only the newest runtime's array is kept current: an older one
+ * keeps the state it had at reload.
  */
 #ifndef IMAPMUX_RUNTIME_H
 #define IMAPMUX_RUNTIME_H
@@ -37,6 +38,13 @@ void runtime_unref(struct runtime **rtp);
 
 /* Index of backend b within rt->cfg->backends. */
 size_t runtime_backend_index(const struct runtime *rt, const struct cfg_backend *b);
+
+/* Whether backend i of rt passes its health checks (always true when it is
+ * not checked, and until the first verdict). Any thread, no lock. */
+static inline bool runtime_backend_up(const struct runtime *rt, size_t i)
+{
+	return atomic_load_explicit(&rt->backend_up[i], memory_order_relaxed);
+}
 
 /* The CAPABILITY list clients see before login: depends on the listener's
  * TLS mode, whether TLS is active and whether plaintext auth is allowed. */
