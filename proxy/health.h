@@ -46,11 +46,4 @@ void health_reload(struct runtime *rt);
 /* Stop the thread and free everything it holds (safe if never started). */
 void health_stop(void);
 
-/* Old name of runtime_backend_up, kept until its last callers (session.c)
- * include runtime.h for it instead of this header; then delete it. */
-static inline bool health_backend_up(const struct runtime *rt, size_t i)
-{
-	return runtime_backend_up(rt, i);
-}
-
 #endif

@@ -23,7 +23,6 @@
 #include <unistd.h>
 
 #include "cryptpool.h"
-#include "health.h"
 #include "pool.h"
 #include "redis.h"
 #include "route.h"
@@ -296,7 +295,7 @@ static void login_fail(struct session *s, enum login_result r, bool count, const
 
 static bool backend_usable(size_t i, void *arg)
 {
-	return health_backend_up(arg, i);
+	return runtime_backend_up(arg, i);
 }
 
 static const struct cfg_backend *login_fallback(struct session *s)
@@ -330,7 +329,7 @@ static void login_backend(struct session *s, const struct cfg_backend *bc)
 		return;
 	}
 	i = runtime_backend_index(s->rt, bc);
-	if (!health_backend_up(s->rt, i)) {
+	if (!runtime_backend_up(s->rt, i)) {
 		login_fail(s, LOGIN_UNAVAILABLE, false, "routed backend is down");
 		return;
 	}
@@ -356,8 +355,13 @@ static void login_backend(struct session *s, const struct cfg_backend *bc)
 	int pr = pool == NULL ? -1
 	                      : pool_acquire(pool, s->id, login_backend_done, s, &b, login_pool_got,
 	                                     s, &l->wait);
-	if (pr == 1)
-		return; /* at pool_max: login_pool_got goes on */
+	if (pr == 1) {
+		/* At pool_max: a kept session of this backend is a connection
+		 * nobody uses; its slot goes to the oldest waiting login (this
+		 * one, or an earlier one) once it is freed. */
+		(void)reuse_evict_one(s->w, bc->name);
+		return; /* login_pool_got goes on */
+	}
 	if (pr < 0) {
 		login_fail(s, LOGIN_UNAVAILABLE, false, "cannot connect to the backend");
 		return;

@@ -28,8 +28,6 @@
 #include "cryptpool.h"
 #include "health.h"
 #include "log.h"
-#include "pool.h"
-#include "reuse.h"
 #include "runtime.h"
 #include "stats.h"
 #include "worker.h"
@@ -184,9 +182,6 @@ int main(int argc, char **argv)
 	sigaddset(&set, SIGINT);
 	/* Workers inherit the mask: only this thread takes the signals. */
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
-	/* A login finding its pool full takes a kept session's slot: the
-	 * pool does not know the reuse cache (see pool_set_full_hook). */
-	pool_set_full_hook(reuse_evict_one);
 
 	nworkers = worker_count(rt->cfg);
 	workers = calloc(nworkers, sizeof(*workers));

@@ -117,14 +117,6 @@ static void pool_arm(struct pool *p, double secs)
 
 static void pool_refill(struct pool *p);
 
-/* Set once by main before any worker runs, read-only afterwards. */
-static pool_full_cb *full_hook;
-
-void pool_set_full_hook(pool_full_cb *fn)
-{
-	full_hook = fn;
-}
-
 /* A connection attempt failed: no refill for a while, longer each time. */
 static void pool_back_off(struct pool *p)
 {
@@ -222,8 +214,7 @@ static void refill_cb(struct ev_loop *loop, ev_timer *t, int revents)
 
 	(void)revents;
 	/* Replace idle connections before the backend's pre-login timeout. */
-	list_for_each_safe(n, tmp, &p->idle)
-	{
+	list_for_each_safe (n, tmp, &p->idle) {
 		struct backend *b = list_entry(n, struct backend, pool_node);
 		if (now - b->pool_since >= ttl) {
 			idle_unlink(p, b);
@@ -332,10 +323,6 @@ int pool_acquire(struct pool *p, unsigned long sid, backend_done_cb *done, void 
 	wt->owner = owner;
 	list_push_back(&p->waiters, &wt->node);
 	*wait_r = wt;
-	/* Transition (see pool_set_full_hook): the login code does not free
-	 * a slot yet, so the hook does it for the login. */
-	if (full_hook != NULL)
-		(void)full_hook(p->w, p->cfg->name);
 	wait_arm(wt);
 	return 1;
 }
@@ -397,8 +384,7 @@ static void pool_serve_waiters(struct pool *p)
 			b = pool_open(p, wt->sid, wt->done, wt->owner);
 		if (b == NULL) {
 			struct list_node *n;
-			list_for_each(n, &p->waiters)
-			{
+			list_for_each (n, &p->waiters) {
 				wait_arm(list_entry(n, struct pool_wait, node));
 			}
 			return;

@@ -50,16 +50,6 @@ void pool_prefill(struct worker *w, struct runtime *rt);
 int pool_acquire(struct pool *p, unsigned long sid, backend_done_cb *done, void *owner,
                  struct backend **b_r, pool_got_cb *got, void *arg, struct pool_wait **wait_r);
 
-/*
- * Transition, until the login code frees a slot itself on pool_acquire's 1:
- * fn(w, backend name) is called by pool_acquire each time it queues a login
- * at the bound (main sets it to reuse_evict_one before starting workers;
- * NULL, the default, calls nothing). Delete this, and main's call, in the
- * change that makes the login code evict, or each such login evicts twice.
- */
-typedef bool pool_full_cb(struct worker *w, const char *backend);
-void pool_set_full_hook(pool_full_cb *fn);
-
 /* The waiting login went away: got will not be called. */
 void pool_wait_cancel(struct pool_wait *wt);
 

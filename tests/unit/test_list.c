@@ -176,8 +176,7 @@ static void test_for_each_safe_frees(void **state)
 		list_push_back(&head, &it->node);
 	}
 	/* Drop the odd ones while walking. */
-	list_for_each_safe(n, tmp, &head)
-	{
+	list_for_each_safe (n, tmp, &head) {
 		struct item *it = list_entry(n, struct item, node);
 		seen++;
 		if (it->v % 2 == 1) {
@@ -188,14 +187,12 @@ static void test_for_each_safe_frees(void **state)
 	assert_int_equal(seen, 8);
 	contents(&head, got, sizeof(got));
 	assert_string_equal(got, "0 2 4 6");
-	list_for_each(n, &head)
-	{
+	list_for_each (n, &head) {
 		sum += list_entry(n, struct item, node)->v;
 	}
 	assert_int_equal(sum, 12);
 	/* And all of them (the last one leaves the head empty mid-walk). */
-	list_for_each_safe(n, tmp, &head)
-	{
+	list_for_each_safe (n, tmp, &head) {
 		list_remove(n);
 		free(list_entry(n, struct item, node));
 	}
@@ -315,8 +312,7 @@ static void one_seed(uint64_t seed)
 			/* Walk list k, removing each node with a chance of 1/3. */
 			struct list_node *n, *tmp;
 			at = 0;
-			list_for_each_safe(n, tmp, &heads[k])
-			{
+			list_for_each_safe (n, tmp, &heads[k]) {
 				if (rnd(3) == 0) {
 					list_remove(n);
 					model_delete(&models[k], at);
