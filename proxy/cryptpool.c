@@ -23,20 +23,26 @@
  * Locking: one mutex, pool.lock, guards every list (pool.queue, each
  * port's done and jobs lists), every job field but the password bytes,
  * the pool counters and pool.setting (a pool thread copies it when it
- * takes a job and writes it back with the answer). Critical sections are list operations, a free and
- * at most one ev_async_send (an eventfd write): never a hash, so a worker
+ * takes a job and writes it back with the answer). The lists are
+ * common/list.h rings, which know nothing of threads: every list_* call
+ * in this file, reads (list_empty, list_first_entry) included, runs with
+ * pool.lock held, but crypt_port_new's list_init of a port no other
+ * thread can see yet. Critical sections are list operations, a free and at
+ * most one ev_async_send (an eventfd write): never a hash, so a worker
  * loop waits on it for microseconds at worst. A single lock makes the
  * races below easy to reason about, and logins are far too rare for it to
  * be contended.
  *
- * Job states (job->state):
- *   QUEUED   on pool.queue and on its port's jobs list.
- *   RUNNING  taken by one pool thread, on no queue. The thread alone reads
- *            secret[] (outside the lock), and wipes the password as soon
- *            as crypt returns. If cancelled meanwhile, it is on no list at
- *            all, has no port, and the thread frees it.
- *   DONE     result set, on its port's done and jobs lists, waiting for
- *            the port's loop.
+ * Job states (job->state), and the lists a job is on (job->node,
+ * job->port_node):
+ *   QUEUED   node on pool.queue, port_node on its port's jobs list.
+ *   RUNNING  taken by one pool thread, node on no list (port_node still on
+ *            its port's jobs list). The thread alone reads secret[]
+ *            (outside the lock), and wipes the password as soon as crypt
+ *            returns. If cancelled meanwhile, it is on no list at all, has
+ *            no port, and the thread frees it.
+ *   DONE     result set, node on its port's done list, port_node on its
+ *            jobs list, waiting for the port's loop.
  *
  * Invariants:
  *  - A job that is not cancelled has a live port. Cancel and port destroy
@@ -79,6 +85,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "list.h"
 #include "pwhash.h"
 
 enum job_state {
@@ -87,15 +94,10 @@ enum job_state {
 	JOB_DONE,    /* result set; on port->done until delivered */
 };
 
-struct job_list {
-	struct crypt_job *head; /* oldest */
-	struct crypt_job *tail;
-};
-
 struct crypt_job {
-	struct crypt_job *prev, *next;           /* pool.queue (QUEUED) or port->done (DONE) */
-	struct crypt_job *port_prev, *port_next; /* port->jobs, while the job has a port */
-	struct crypt_port *port;                 /* NULL once cancelled */
+	struct list_node node;      /* on pool.queue (QUEUED) or port->done (DONE), else unlinked */
+	struct list_node port_node; /* on port->jobs while the job has a port */
+	struct crypt_port *port;    /* NULL once cancelled */
 	enum job_state state;
 	bool cancelled; /* only while RUNNING: free when crypt returns, no answer */
 	bool dummy;     /* crypt_verify_dummy: no hash, pwhash_dummy with pool.setting */
@@ -110,21 +112,21 @@ struct crypt_job {
 struct crypt_port {
 	struct ev_loop *loop;
 	ev_async async;
-	struct job_list done;   /* DONE jobs, oldest first */
-	struct crypt_job *jobs; /* every job of this port, any state (port_prev/port_next) */
-	size_t njobs;           /* length of jobs; > 0 <=> we hold an ev_ref on loop */
-	bool delivering;        /* port_async_cb is on the stack (port's thread only) */
-	bool destroyed;         /* destroyed while delivering: port_async_cb frees it */
+	struct list_node done; /* DONE jobs (crypt_job.node), oldest first */
+	struct list_node jobs; /* all its jobs, any state (crypt_job.port_node), newest first */
+	size_t njobs;          /* length of jobs; > 0 <=> we hold an ev_ref on loop */
+	bool delivering;       /* port_async_cb is on the stack (port's thread only) */
+	bool destroyed;        /* destroyed while delivering: port_async_cb frees it */
 };
 
 static struct {
 	pthread_mutex_t lock;
-	pthread_cond_t work;   /* a job was queued, or stopping was set */
-	struct job_list queue; /* QUEUED jobs, oldest first */
-	size_t nqueued;        /* length of queue */
-	size_t njobs;          /* jobs allocated and not yet freed, any state */
-	bool running;          /* crypt_verify accepts jobs */
-	bool stopping;         /* pool threads must exit */
+	pthread_cond_t work;    /* a job was queued, or stopping was set */
+	struct list_node queue; /* QUEUED jobs (crypt_job.node), oldest first */
+	size_t nqueued;         /* length of queue */
+	size_t njobs;           /* jobs allocated and not yet freed, any state */
+	bool running;           /* crypt_verify accepts jobs */
+	bool stopping;          /* pool threads must exit */
 	/* Dummies' setting: of the last real hash verified, else cryptpool_start's; NUL-terminated. */
 	char setting[PWHASH_HASH_MAX + 1];
 	/* Touched only by the thread calling cryptpool_start/cryptpool_stop. */
@@ -133,38 +135,21 @@ static struct {
 } pool = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .work = PTHREAD_COND_INITIALIZER,
+    /* An empty head (what list_init makes), ready before any thread or port exists. */
+    .queue = {.prev = &pool.queue, .next = &pool.queue},
 };
 
-static void list_append(struct job_list *l, struct crypt_job *job)
+/*
+ * Lock held. Take the oldest job off l (pool.queue or a port's done list,
+ * both linked through job->node) and return it, its node left unlinked;
+ * NULL when l is empty.
+ */
+static struct crypt_job *job_pop(struct list_node *l)
 {
-	job->next = NULL;
-	job->prev = l->tail;
-	if (l->tail != NULL)
-		l->tail->next = job;
-	else
-		l->head = job;
-	l->tail = job;
-}
-
-static void list_remove(struct job_list *l, struct crypt_job *job)
-{
-	if (job->prev != NULL)
-		job->prev->next = job->next;
-	else
-		l->head = job->next;
-	if (job->next != NULL)
-		job->next->prev = job->prev;
-	else
-		l->tail = job->prev;
-	job->prev = job->next = NULL;
-}
-
-static struct crypt_job *list_pop(struct job_list *l)
-{
-	struct crypt_job *job = l->head;
+	struct crypt_job *job = list_first_entry(l, struct crypt_job, node);
 
 	if (job != NULL)
-		list_remove(l, job);
+		list_remove(&job->node);
 	return job;
 }
 
@@ -172,11 +157,7 @@ static struct crypt_job *list_pop(struct job_list *l)
 static void port_attach(struct crypt_port *port, struct crypt_job *job)
 {
 	job->port = port;
-	job->port_prev = NULL;
-	job->port_next = port->jobs;
-	if (port->jobs != NULL)
-		port->jobs->port_prev = job;
-	port->jobs = job;
+	list_push_front(&port->jobs, &job->port_node);
 	if (port->njobs++ == 0)
 		ev_ref(port->loop);
 }
@@ -186,13 +167,7 @@ static void port_detach(struct crypt_job *job)
 {
 	struct crypt_port *port = job->port;
 
-	if (job->port_prev != NULL)
-		job->port_prev->port_next = job->port_next;
-	else
-		port->jobs = job->port_next;
-	if (job->port_next != NULL)
-		job->port_next->port_prev = job->port_prev;
-	job->port_prev = job->port_next = NULL;
+	list_remove(&job->port_node);
 	job->port = NULL;
 	if (--port->njobs == 0)
 		ev_unref(port->loop);
@@ -214,7 +189,7 @@ static void job_drop(struct crypt_job *job)
 {
 	switch (job->state) {
 	case JOB_QUEUED:
-		list_remove(&pool.queue, job);
+		list_remove(&job->node);
 		pool.nqueued--;
 		port_detach(job);
 		job_free(job);
@@ -224,7 +199,7 @@ static void job_drop(struct crypt_job *job)
 		job->cancelled = true;
 		break;
 	case JOB_DONE:
-		list_remove(&job->port->done, job);
+		list_remove(&job->node);
 		port_detach(job);
 		job_free(job);
 		break;
@@ -245,7 +220,7 @@ static void job_finish(struct crypt_job *job, int result)
 	}
 	job->result = result;
 	job->state = JOB_DONE;
-	list_append(&port->done, job);
+	list_push_back(&port->done, &job->node);
 	ev_async_send(port->loop, &port->async);
 }
 
@@ -283,11 +258,11 @@ static void *pool_thread(void *unused)
 		bool learned;
 		int result;
 
-		while (!pool.stopping && pool.queue.head == NULL)
+		while (!pool.stopping && list_empty(&pool.queue))
 			pthread_cond_wait(&pool.work, &pool.lock);
 		if (pool.stopping)
 			break;
-		job = list_pop(&pool.queue);
+		job = job_pop(&pool.queue);
 		pool.nqueued--;
 		job->state = JOB_RUNNING;
 		memcpy(setting, pool.setting, sizeof(setting));
@@ -401,7 +376,7 @@ void cryptpool_stop(void)
 
 	pthread_mutex_lock(&pool.lock);
 	/* Queued jobs are never cancelled (cancel frees those): each has a live port. */
-	while ((job = list_pop(&pool.queue)) != NULL) {
+	while ((job = job_pop(&pool.queue)) != NULL) {
 		pool.nqueued--;
 		explicit_bzero(job->secret, job->pw_len);
 		job_finish(job, -1);
@@ -431,7 +406,7 @@ static void port_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 		int result = -1;
 
 		pthread_mutex_lock(&pool.lock);
-		job = list_pop(&port->done);
+		job = job_pop(&port->done);
 		if (job != NULL) {
 			cb = job->cb;
 			arg = job->arg;
@@ -459,6 +434,8 @@ struct crypt_port *crypt_port_new(struct ev_loop *loop)
 	if (port == NULL)
 		return NULL;
 	port->loop = loop;
+	list_init(&port->done);
+	list_init(&port->jobs);
 	ev_async_init(&port->async, port_async_cb);
 	port->async.data = port;
 	ev_async_start(loop, &port->async);
@@ -475,8 +452,9 @@ void crypt_port_destroy(struct crypt_port **pp)
 		return;
 	*pp = NULL;
 	pthread_mutex_lock(&pool.lock);
-	while (port->jobs != NULL)
-		job_drop(port->jobs);
+	/* Newest first, as port_attach pushes them: the order is of no consequence. */
+	while (!list_empty(&port->jobs))
+		job_drop(list_first_entry(&port->jobs, struct crypt_job, port_node));
 	pthread_mutex_unlock(&pool.lock);
 	/* njobs is 0, so the watcher is unreferenced: libev wants the ref back before a stop. */
 	ev_ref(port->loop);
@@ -535,7 +513,7 @@ static struct crypt_job *job_submit(struct crypt_port *port, const char *passwor
 		err = EAGAIN;
 		goto fail_locked;
 	}
-	list_append(&pool.queue, job);
+	list_push_back(&pool.queue, &job->node);
 	pool.nqueued++;
 	pool.njobs++;
 	port_attach(port, job);
