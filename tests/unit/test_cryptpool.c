@@ -556,6 +556,79 @@ static void test_destroy_port_in_flight(void **state)
 	ev_loop_destroy(loop);
 }
 
+/* What order_cb saw: the ids of the answers, in the order they were delivered. */
+struct order_log {
+	int ids[16];
+	int n;
+};
+
+struct order_rec {
+	struct order_log *log;
+	int id;
+	struct crypt_job *job; /* cleared by the callback */
+};
+
+static void order_cb(void *arg, int result)
+{
+	struct order_rec *o = arg;
+
+	(void)result;
+	o->job = NULL;
+	if (o->log->n < (int)(sizeof(o->log->ids) / sizeof(o->log->ids[0])))
+		o->log->ids[o->log->n] = o->id;
+	o->log->n++;
+}
+
+/*
+ * Orders: one pool thread takes the queue oldest first, and a port
+ * delivers its answers in the order they were finished; a job cancelled
+ * from the middle of the queue, or of the done list, leaves the others in
+ * their order. Job 0 holds the thread on the gate while 1..5 queue behind
+ * it; 3 is cancelled queued, 4 once done. A LIFO queue or done list (or
+ * both) would deliver another order.
+ */
+static void test_orders(void **state)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct crypt_port *port = crypt_port_new(loop);
+	struct order_log log = {0};
+	struct order_rec o[6];
+	static const int want[] = {0, 1, 2, 5};
+
+	(void)state;
+	assert_int_equal(cryptpool_start(1), 0);
+	for (int i = 0; i < 6; i++) {
+		o[i].log = &log;
+		o[i].id = i;
+		o[i].job =
+		    crypt_verify(port, "pw", 2, i == 0 ? "gate" : "fake:pw", order_cb, &o[i]);
+		assert_non_null(o[i].job);
+		if (i == 0)
+			gate_wait_entered(1);
+	}
+	assert_int_equal(pool_nqueued(), 5);
+	crypt_cancel(o[3].job);
+	o[3].job = NULL;
+	assert_int_equal(pool_nqueued(), 4);
+
+	gate_open();
+	for (int i = 0; i < 6; i++) {
+		if (o[i].job != NULL)
+			wait_state(o[i].job, JOB_DONE);
+	}
+	crypt_cancel(o[4].job);
+	o[4].job = NULL;
+	assert_int_equal(log.n, 0); /* nothing delivered before the loop runs */
+	ev_run(loop, 0);
+
+	assert_int_equal(log.n, (int)(sizeof(want) / sizeof(want[0])));
+	for (int i = 0; i < log.n; i++)
+		assert_int_equal(log.ids[i], want[i]);
+	assert_int_equal(pool_njobs(), 0);
+	crypt_port_destroy(&port);
+	ev_loop_destroy(loop);
+}
+
 /* Destroying a port whose pending async was already signalled: nothing fires later. */
 static void test_destroy_port_signalled(void **state)
 {
@@ -1141,6 +1214,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_cancel_done, teardown),
 	    cmocka_unit_test_teardown(test_destroy_port_in_flight, teardown),
 	    cmocka_unit_test_teardown(test_destroy_port_signalled, teardown),
+	    cmocka_unit_test_teardown(test_orders, teardown),
 	    cmocka_unit_test_teardown(test_queue_full, teardown),
 	    cmocka_unit_test_teardown(test_stop_with_jobs_queued, teardown),
 	    cmocka_unit_test_teardown(test_stop_then_destroy, teardown),
