@@ -50,6 +50,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "list.h"
 #include "log.h"
 #include "worker.h"
 
@@ -68,7 +69,7 @@ enum conn_state {
 };
 
 struct stats_conn {
-	struct stats_conn *prev, *next; /* srv.conns */
+	struct list_node node; /* on srv.conns from conn_new to conn_close */
 	int fd;
 	enum conn_state state; /* changed by conn_set_state only */
 	ev_io io;              /* EV_READ while READING or LINGERING, EV_WRITE while WRITING */
@@ -94,11 +95,11 @@ static struct {
 	ev_async stop;
 	struct worker *workers;
 	unsigned nworkers;
-	struct stats_conn *conns; /* newest first */
-	unsigned nconns;
-	unsigned long evicted; /* connections closed to make room, since the last warning */
-	double start_time;     /* wall clock at stats_start, seconds since the epoch */
-	double last_full_warn; /* ev_now of the last "all slots in use" warning */
+	struct list_node conns; /* every open stats_conn (node), newest first */
+	unsigned nconns;        /* length of conns */
+	unsigned long evicted;  /* connections closed to make room, since the last warning */
+	double start_time;      /* wall clock at stats_start, seconds since the epoch */
+	double last_full_warn;  /* ev_now of the last "all slots in use" warning */
 } srv = {.fd = -1};
 
 /* ------------------------------------------------------------------------
@@ -498,12 +499,7 @@ static void conn_close(struct stats_conn *c)
 	ev_io_stop(srv.loop, &c->io);
 	ev_timer_stop(srv.loop, &c->deadline);
 	close(c->fd);
-	if (c->prev != NULL)
-		c->prev->next = c->next;
-	else
-		srv.conns = c->next;
-	if (c->next != NULL)
-		c->next->prev = c->prev;
+	list_remove(&c->node);
 	srv.nconns--;
 	free(c->out);
 	free(c);
@@ -742,7 +738,11 @@ static void conn_deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
  */
 static void conns_hurry(void)
 {
-	for (struct stats_conn *c = srv.conns; c != NULL; c = c->next) {
+	struct list_node *n;
+
+	list_for_each (n, &srv.conns) {
+		struct stats_conn *c = list_entry(n, struct stats_conn, node);
+
 		if (c->state == CONN_READING && !c->hurried) {
 			c->hurried = true;
 			conn_arm(c);
@@ -786,10 +786,13 @@ static const char *conn_state_name(enum conn_state state)
 static enum conn_state conns_evict(void)
 {
 	struct stats_conn *victim = NULL;
+	struct list_node *n;
 	enum conn_state state;
 
 	/* srv.conns is newest first: the last one of a rank is its oldest. */
-	for (struct stats_conn *c = srv.conns; c != NULL; c = c->next) {
+	list_for_each (n, &srv.conns) {
+		struct stats_conn *c = list_entry(n, struct stats_conn, node);
+
 		if (victim == NULL || conn_evict_rank(c) <= conn_evict_rank(victim))
 			victim = c;
 	}
@@ -814,10 +817,7 @@ static struct stats_conn *conn_new(int fd)
 	c->io.data = c;
 	ev_timer_init(&c->deadline, conn_deadline_cb, 0., 0.); /* set by conn_arm */
 	c->deadline.data = c;
-	c->next = srv.conns;
-	if (srv.conns != NULL)
-		srv.conns->prev = c;
-	srv.conns = c;
+	list_push_front(&srv.conns, &c->node);
 	srv.nconns++;
 	ev_io_start(srv.loop, &c->io);
 	conn_arm(c);
@@ -941,7 +941,7 @@ int stats_start(const struct cfg_addr *addr, struct worker *workers, unsigned n)
 	}
 	srv.workers = workers;
 	srv.nworkers = n;
-	srv.conns = NULL;
+	list_init(&srv.conns);
 	srv.nconns = 0;
 	srv.evicted = 0;
 	srv.last_full_warn = -STATS_FULL_WARN_EVERY;
@@ -985,8 +985,8 @@ void stats_stop(void)
 	pthread_join(srv.thread, NULL);
 
 	/* The loop's thread is gone: its watchers are ours to stop now. */
-	while (srv.conns != NULL)
-		conn_close(srv.conns);
+	while (!list_empty(&srv.conns))
+		conn_close(list_first_entry(&srv.conns, struct stats_conn, node));
 	ev_io_stop(srv.loop, &srv.accept_io);
 	ev_timer_stop(srv.loop, &srv.accept_pause);
 	ev_async_stop(srv.loop, &srv.stop);
