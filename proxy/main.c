@@ -222,8 +222,22 @@ int main(int argc, char **argv)
 	}
 	if (health_start(rt) < 0)
 		goto stop;
-	if (rt->cfg->has_stats && stats_start(&rt->cfg->stats_listen, workers, started) < 0)
-		goto stop;
+	if (rt->cfg->has_stats) {
+		/* stats knows counters, not workers; it copies these pointers. */
+		const struct stats **counters = calloc(started, sizeof(*counters));
+		int rc = -1;
+
+		if (counters == NULL) {
+			log_error("cannot start the stats server: out of memory");
+		} else {
+			for (unsigned i = 0; i < started; i++)
+				counters[i] = &workers[i].stats;
+			rc = stats_start(&rt->cfg->stats_listen, counters, started);
+		}
+		free(counters);
+		if (rc < 0)
+			goto stop;
+	}
 	for (size_t j = 0; j < rt->cfg->nlistens; j++)
 		log_info("listening on %s ([listen %s], tls = %s)", rt->cfg->listens[j].addr.text,
 		         rt->cfg->listens[j].name,

@@ -5,14 +5,17 @@
  *   stats_start (caller's thread)        stats thread (its own ev_loop)
  *     socket, bind, listen                 accept -> conn
  *     ev_loop_new, pthread_create  --->      READING -> WRITING -> LINGERING -> closed
- *                                            GET /metrics: sum workers[i].stats
+ *                                            GET /metrics: sum *counters[i]
  *   stats_stop: ev_async --------------->  ev_break
  *     join, then close and free what is left
  *
  * Invariants:
- *  - Of a worker, this thread reads its struct stats and nothing else, and
- *    only with relaxed atomic loads: the counters are independent, and a
- *    scrape need not be a consistent snapshot across them.
+ *  - Of the workers, this thread reads the struct stats stats_start was
+ *    given (through srv.counters, its own copy of the pointers: this file
+ *    knows counters, not workers) and nothing else, and only with relaxed
+ *    atomic loads: each worker is its counters' only writer, the counters
+ *    are independent, and a scrape need not be a consistent snapshot
+ *    across them. The caller keeps them in place until stats_stop.
  *  - Everything a client controls is bounded: at most STATS_MAX_CONNS
  *    connections, a request head of at most STATS_HEAD_MAX bytes,
  *    STATS_CONN_TIMEOUT seconds from accept to close, STATS_LINGER_MAX
@@ -52,7 +55,6 @@
 
 #include "list.h"
 #include "log.h"
-#include "worker.h"
 
 #define STATS_MAX_CONNS         64
 #define STATS_HEAD_MAX          4096
@@ -93,8 +95,8 @@ static struct {
 	ev_io accept_io;
 	ev_timer accept_pause; /* out of fds: stop accepting for a moment */
 	ev_async stop;
-	struct worker *workers;
-	unsigned nworkers;
+	const struct stats **counters; /* malloc'd copy of stats_start's pointers, one per worker */
+	unsigned ncounters;
 	struct list_node conns; /* every open stats_conn (node), newest first */
 	unsigned nconns;        /* length of conns */
 	unsigned long evicted;  /* connections closed to make room, since the last warning */
@@ -219,8 +221,8 @@ struct stats_sum {
 static void stats_collect(struct stats_sum *s)
 {
 	memset(s, 0, sizeof(*s));
-	for (unsigned i = 0; i < srv.nworkers; i++) {
-		struct stats *st = &srv.workers[i].stats;
+	for (unsigned i = 0; i < srv.ncounters; i++) {
+		const struct stats *st = srv.counters[i];
 
 		s->conns_total += LOAD(st, conns_total);
 		s->sessions_active += LOAD(st, sessions_active);
@@ -311,7 +313,7 @@ static void metrics_render(struct text *t)
 
 	stats_collect(&s);
 	gauge(t, "imapmux_up", "1 while imapmux serves metrics.", 1);
-	gauge(t, "imapmux_workers", "Worker threads.", (long)srv.nworkers);
+	gauge(t, "imapmux_workers", "Worker threads.", (long)srv.ncounters);
 	counter(t, "imapmux_connections_total", "Client connections accepted.", s.conns_total);
 	gauge(t, "imapmux_sessions", "Client sessions open now.", s.sessions_active);
 	gauge(t, "imapmux_sessions_proxying", "Client sessions logged in and proxying now.",
@@ -902,7 +904,7 @@ static void *stats_thread(void *arg)
 	return NULL;
 }
 
-int stats_start(const struct cfg_addr *addr, struct worker *workers, unsigned n)
+int stats_start(const struct cfg_addr *addr, const struct stats *const *counters, unsigned n)
 {
 	int family = addr->ss.ss_family;
 	const char *why = NULL;
@@ -939,8 +941,15 @@ int stats_start(const struct cfg_addr *addr, struct worker *workers, unsigned n)
 		why = "cannot create an event loop";
 		goto fail;
 	}
-	srv.workers = workers;
-	srv.nworkers = n;
+	if (n > 0) {
+		srv.counters = calloc(n, sizeof(*srv.counters));
+		if (srv.counters == NULL) {
+			why = "out of memory";
+			goto fail;
+		}
+		memcpy(srv.counters, counters, n * sizeof(*srv.counters));
+	}
+	srv.ncounters = n;
 	list_init(&srv.conns);
 	srv.nconns = 0;
 	srv.evicted = 0;
@@ -968,6 +977,9 @@ fail_errno:
 	why = strerror(errno);
 fail:
 	log_error("cannot listen on %s (stats_listen): %s", addr->text, why);
+	free(srv.counters);
+	srv.counters = NULL;
+	srv.ncounters = 0;
 	if (srv.loop != NULL)
 		ev_loop_destroy(srv.loop);
 	srv.loop = NULL;
@@ -994,7 +1006,8 @@ void stats_stop(void)
 	srv.loop = NULL;
 	close(srv.fd);
 	srv.fd = -1;
-	srv.workers = NULL;
-	srv.nworkers = 0;
+	free(srv.counters);
+	srv.counters = NULL;
+	srv.ncounters = 0;
 	srv.running = false;
 }

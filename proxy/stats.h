@@ -39,13 +39,19 @@ struct stats {
 #define STAT_INC(st, field)    STAT_ADD(st, field, 1)
 #define STAT_DEC(st, field)    atomic_fetch_sub_explicit(&(st)->field, 1, memory_order_relaxed)
 
-struct worker;
-
 /*
- * Serve GET /metrics on addr from a thread of its own, summing the stats of
- * workers[0..n). Returns 0, or -1 (logged) when the socket cannot be bound.
+ * Serve GET /metrics on addr from a thread of its own, summing the n
+ * counter blocks *counters[0..n), one per worker (n is shown as
+ * imapmux_workers). Only the n pointers are copied: the caller may free
+ * the array on return, but each struct stats they point to must stay where
+ * it is until stats_stop has returned, for the stats thread reads them
+ * (relaxed atomic loads, nothing else) as long as it runs. counters may be
+ * NULL when n is 0. Call stats_start and stats_stop from one thread.
+ * Returns 0, or -1 (logged): already started, addr not an IP address, out
+ * of memory, or the socket, its event loop or its thread cannot be set up.
  */
-int stats_start(const struct cfg_addr *addr, struct worker *workers, unsigned n);
+__attribute__((warn_unused_result)) int
+stats_start(const struct cfg_addr *addr, const struct stats *const *counters, unsigned n);
 
 /* Stop the stats thread and close its socket (safe if never started). */
 void stats_stop(void);
