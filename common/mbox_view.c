@@ -702,7 +702,8 @@ int mbox_view_fetch_msg(struct mbox_view *v, uint32_t seq, const struct mbox_fet
 		if (v->uidnext != 0 && uid >= v->uidnext && uid < UINT32_MAX)
 			v->uidnext = uid + 1;
 	}
-	if (f->modseq > v->highestmodseq)
+	/* A NOMODSEQ mailbox has no HIGHESTMODSEQ, whatever a FETCH says. */
+	if (f->modseq > v->highestmodseq && !v->nomodseq)
 		v->highestmodseq = f->modseq;
 	return 0;
 }

@@ -152,7 +152,8 @@ void mbox_view_set_nomodseq(struct mbox_view *v);
 uint32_t mbox_view_uidvalidity(const struct mbox_view *v);
 /* UIDNEXT as set, raised past any UID a FETCH named. */
 uint32_t mbox_view_uidnext(const struct mbox_view *v);
-/* HIGHESTMODSEQ as set, raised past any MODSEQ a FETCH named. */
+/* HIGHESTMODSEQ as set, raised past any MODSEQ a FETCH named (but 0 while
+ * NOMODSEQ). */
 uint64_t mbox_view_highestmodseq(const struct mbox_view *v);
 bool mbox_view_nomodseq(const struct mbox_view *v);
 
@@ -242,7 +243,7 @@ mbox_view_vanished_earlier(const struct mbox_view *v, uint32_t uid_lo, uint32_t 
  * "* seq FETCH (...)": f->uid, when not 0, is the UID of message seq;
  * with f->has_flags its flags and keywords become f->flags (MBOX_F_*,
  * other bits dropped) and f->keywords; f->modseq, when not 0, is its MODSEQ
- * (kept when above the floor, and raising HIGHESTMODSEQ). Flags that
+ * (kept when above the floor, and raising HIGHESTMODSEQ unless NOMODSEQ). Flags that
  * change without a MODSEQ make the message's MODSEQ unknown. Returns 0, or
  * -1 (v unchanged) when seq is not 1..count, when the message already has
  * another UID, when uid would break the ascending order of the known UIDs,
