@@ -272,6 +272,9 @@ static void complete(struct mbox_feed *f, struct mbox_view *v)
 		if (is_select(f->pend[0].kind)) {
 			f->state = MBOX_FEED_SELECTING;
 			select_begin(f, v);
+		} else if (f->state == MBOX_FEED_SELECTING) {
+			/* A SELECT skipped: something may be selected. */
+			f->state = MBOX_FEED_SELECTED;
 		}
 		mark_broken(f, "mailbox commands completed out of order");
 	}

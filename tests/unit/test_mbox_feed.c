@@ -275,7 +275,7 @@ static const char fetch_items[] =
     "* 2 FETCH (FLAGS (\\Answered) BODY[HEADER.FIELDS (FROM SUBJECT)] {25}\r\nFrom: a\r\n"
     "Subject: {9}\r\n\r\n UID 5)\r\n"
     /* ENVELOPE: quoted strings with parentheses, escapes and braces */
-    "* 3 FETCH (ENVELOPE (\"Mon, 1 Jan 2024\" \"a (b) \\\"c\\\" ) {5}\" ((NIL NIL \"x\" "
+    "* 3 FETCH (ENVELOPE (\"Mon, 1 Jan 2024\" \"a (b) \\\"c\\\" ) {5} \\\"say)\" ((NIL NIL \"x\\\\\" "
     "\"y.org\")) NIL NIL NIL NIL NIL NIL \"<id@x>\") UID 7 MODSEQ (45) INTERNALDATE "
     "\"01-Jan-2024 00:00:00 +0000\" FLAGS ($Junk Work))\r\n"
     /* BODYSTRUCTURE, a binary literal with NULs, an empty literal with an origin */
@@ -399,6 +399,42 @@ static void test_reselect(void **state)
 	free(fp);
 }
 
+/* [CLOSED] is the boundary: what came before it, even after an EXISTS
+ * (the old mailbox grew), is dropped with it: status codes, messages and
+ * the keywords they named. */
+static const char closed_stream[] = "* 2 EXISTS\r\n"
+                                    "* OK [UIDVALIDITY 1] Ok\r\n"
+                                    "A1 OK Select done.\r\n"
+                                    "* 1 FETCH (UID 1 FLAGS ($Old))\r\n"
+                                    /* A2 SELECT Archive went out here */
+                                    "* 3 EXISTS\r\n"
+                                    "* OK [UIDNEXT 99] Ok\r\n"
+                                    "* 3 FETCH (UID 5 FLAGS ($Old2))\r\n"
+                                    "* OK [CLOSED] Previous mailbox closed.\r\n"
+                                    "* 1 EXISTS\r\n"
+                                    "* OK [UIDVALIDITY 2] Ok\r\n"
+                                    "A2 OK [READ-WRITE] Select done.\r\n";
+
+static void test_closed_boundary(void **state)
+{
+	const struct cmd_at cmds[] = {
+	    {0, "A1", MBOX_CMD_SELECT, "INBOX"},
+	    {at(closed_stream, "* 3 EXISTS"), "A2", MBOX_CMD_SELECT, "Archive"}};
+	struct mbox_feed *f;
+	struct mbox_view *v;
+	char *fp;
+
+	(void)state;
+	fp = check_stream(S(closed_stream), cmds, NCMDS(cmds), &f, &v);
+	assert_string_equal(fp, "state=2 reliable=1 enabled=0 pending=0 cmdfail=0 check=0\n"
+	                        "uv=2 next=0 hms=0 nomodseq=0 ro=0 exact=1 name=Archive count=1\n"
+	                        "1:0:\n");
+	assert_int_equal(mbox_view_keyword_count(v), 0);
+	free(fp);
+	mbox_feed_destroy(&f);
+	mbox_view_destroy(&v);
+}
+
 /* Pipelined: a SELECT queued behind a CLOSE begins when the CLOSE ends. */
 static const char pipelined[] = "* 2 EXISTS\r\n"
                                 "* OK [UIDVALIDITY 5] Ok\r\n"
@@ -491,6 +527,60 @@ static void test_completions(void **state)
 		mbox_feed_destroy(&f);
 		mbox_view_destroy(&v);
 	}
+}
+
+/* A later mailbox command completed first: the earlier ones are dropped,
+ * the view is unreliable, and the state never says SELECTING without a
+ * SELECT being answered (a [CLOSED] then would have no mailbox to begin). */
+static const char out_of_order[] = "* 2 EXISTS\r\n"
+                                   "A2 BAD no\r\n"
+                                   "* OK [CLOSED] x\r\n"
+                                   "* 1 EXISTS\r\n"
+                                   "A3 OK done\r\n"
+                                   "A5 OK done\r\n"
+                                   "A4 OK late\r\n";
+
+static void test_out_of_order(void **state)
+{
+	const struct cmd_at cmds[] = {
+	    {0, "A1", MBOX_CMD_SELECT, "INBOX"},
+	    {0, "A2", MBOX_CMD_CLOSE, NULL},
+	    {at(out_of_order, "* 1 EXISTS"), "A3", MBOX_CMD_SELECT, "Box"},
+	    {at(out_of_order, "A5 OK"), "A4", MBOX_CMD_SELECT, "Other"},
+	    {at(out_of_order, "A5 OK"), "A5", MBOX_CMD_UNSELECT, NULL},
+	};
+	struct mbox_feed *f;
+	struct mbox_view *v;
+
+	(void)state;
+	/* A2 (a CLOSE) answered before A1: a SELECT was skipped, something
+	 * may be selected. */
+	free(check_stream(out_of_order, at(out_of_order, "* OK [CLOSED]"), cmds, 2, &f, &v));
+	assert_int_equal(mbox_feed_state(f), MBOX_FEED_SELECTED);
+	assert_false(mbox_feed_reliable(f));
+	assert_string_equal(mbox_feed_error(f), "mailbox commands completed out of order");
+	assert_int_equal(mbox_feed_pending(f), 0);
+	mbox_feed_destroy(&f);
+	mbox_view_destroy(&v);
+	/* Then [CLOSED]: nothing is selected any more. */
+	free(check_stream(out_of_order, at(out_of_order, "* 1 EXISTS"), cmds, 2, &f, &v));
+	assert_int_equal(mbox_feed_state(f), MBOX_FEED_NONE);
+	assert_true(mbox_feed_reliable(f));
+	mbox_feed_destroy(&f);
+	mbox_view_destroy(&v);
+	/* A5 (UNSELECT) before A4 (SELECT): A4 dropped, A5 deselects, A4's
+	 * late answer is nobody's. */
+	free(check_stream(out_of_order, at(out_of_order, "A4 OK"), cmds, NCMDS(cmds), &f, &v));
+	assert_int_equal(mbox_feed_state(f), MBOX_FEED_NONE);
+	assert_true(mbox_feed_reliable(f));
+	assert_int_equal(mbox_feed_pending(f), 0);
+	mbox_feed_destroy(&f);
+	mbox_view_destroy(&v);
+	free(check_stream(S(out_of_order), cmds, NCMDS(cmds), &f, &v));
+	assert_int_equal(mbox_feed_state(f), MBOX_FEED_NONE);
+	assert_true(mbox_feed_reliable(f));
+	mbox_feed_destroy(&f);
+	mbox_view_destroy(&v);
 }
 
 /* Free text is never parsed, whatever it holds. */
@@ -961,7 +1051,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_select),           cmocka_unit_test(test_fetch_items),
 	    cmocka_unit_test(test_qresync),          cmocka_unit_test(test_reselect),
-	    cmocka_unit_test(test_pipelined),        cmocka_unit_test(test_completions),
+	    cmocka_unit_test(test_closed_boundary),  cmocka_unit_test(test_pipelined),
+	    cmocka_unit_test(test_completions),      cmocka_unit_test(test_out_of_order),
 	    cmocka_unit_test(test_text_and_others),  cmocka_unit_test(test_unreliable),
 	    cmocka_unit_test(test_nothing_selected), cmocka_unit_test(test_units_out_of_order),
 	    cmocka_unit_test(test_long_lines),       cmocka_unit_test(test_long_name),
