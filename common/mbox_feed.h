@@ -10,14 +10,17 @@
  *
  * The feed reads what the client is told, so the view is the client's view:
  * what a parked session must bring up to date when it wakes. It is pure (no
- * sockets), never copies a response (its own buffer holds one word, at most
- * MBOX_FEED_ATOM_MAX bytes) and is resumable at any byte: a unit may end
- * anywhere, a literal may come in pieces.
+ * sockets), never copies a response (its own buffers hold one word, at most
+ * MBOX_FEED_ATOM_MAX bytes, and one tag; the pending commands' tags and
+ * names are on the heap, bounded by MBOX_FEED_PENDING) and is resumable at
+ * any byte: a unit may end anywhere, a literal may come in pieces.
  *
  * What it reads:
  *   - "* n EXISTS", "* n EXPUNGE", "* VANISHED [(EARLIER)] uid-set" (after
  *     ENABLE QRESYNC servers send VANISHED instead of EXPUNGE; an EXPUNGE
- *     is applied whenever it comes);
+ *     is applied whenever it comes). VANISHED (EARLIER) names UIDs that
+ *     are not in the mailbox and changes nothing, but a view that holds one
+ *     of them is unreliable;
  *   - "* n FETCH (...)": UID, FLAGS (system flags, keywords; \Recent is
  *     dropped), MODSEQ; every other item is skipped whatever its value
  *     (BODY[...]<n> literal or ~{n} binary literal, ENVELOPE and
@@ -46,7 +49,12 @@
  * (SELECTED); NO leaves nothing selected (RFC 3501 6.3.1: a failed SELECT
  * closes the old mailbox); BAD makes the view unreliable (whether the old
  * mailbox is still selected is unknown). CLOSE/UNSELECT OK: nothing
- * selected.
+ * selected. An unsolicited [CLOSED] while SELECTED: nothing selected.
+ * Without [CLOSED] (servers advertising neither CONDSTORE nor QRESYNC need
+ * not send it), an old mailbox's UIDNEXT or HIGHESTMODSEQ arriving after the
+ * SELECT went out stays unless the new mailbox's responses restate it;
+ * RFC 3501 requires UIDVALIDITY and UIDNEXT in them, so only a server that
+ * breaks that rule leaves a stale value.
  *
  * Reliability. When a response breaks the view (a FETCH the view refuses,
  * an EXPUNGE of a message it does not have, a malformed item in a response

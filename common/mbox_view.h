@@ -32,9 +32,11 @@
  * feed tracks it (mbox_feed_enabled) and the diff takes it as an argument.
  *
  * Invariants of a view:
- *   - The known UIDs are strictly ascending with the sequence number.
- *     Unknown UIDs come from EXISTS (new messages are appended) and stay 0
- *     until a FETCH with UID names them.
+ *   - The known UIDs are strictly ascending with the sequence number,
+ *     with room between two of them for the messages between (a message
+ *     n places after another has a UID at least n above). Unknown UIDs come
+ *     from EXISTS (new messages are appended) and stay 0 until a FETCH with
+ *     UID names them.
  *   - Flags: the five system flags plus keywords (any other flag name but
  *     \Recent), interned in a per-view table of at most MBOX_KW_MAX names;
  *     a message's keywords are a bitmask over that table. \Recent is
@@ -62,6 +64,12 @@
  * kind of run for everything keeps a single set of split and merge rules.
  * Lookups by sequence number are a binary search over the runs; an expunge
  * or a split is O(runs).
+ *
+ * Not modelled: \Recent and RECENT counts, UNSEEN, the FLAGS and
+ * PERMANENTFLAGS lists (what flags a mailbox could hold, not what the client
+ * was told of its messages), message data other than UID, flags and MODSEQ,
+ * mailbox annotations, saved search results (SEARCHRES) and CONTEXT
+ * updates. A diff says nothing about them.
  */
 #ifndef IMAPMUX_MBOX_VIEW_H
 #define IMAPMUX_MBOX_VIEW_H
