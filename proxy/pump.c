@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "imap_args.h"
+#include "mbox_feed.h"
 #include "pool.h"
 #include "sess.h"
 
@@ -170,6 +171,113 @@ static bool has_taint_word(const uint8_t *p, size_t len)
 	       line_has_word(p, len, "CHANGEDSINCE");
 }
 
+/* ---- the client's mailbox view ------------------------------------------ */
+
+/* The feed and view are made on the first command that can change what
+ * they follow (SELECT, EXAMINE, ENABLE): a session that never selects a
+ * mailbox pays nothing. No memory: the session goes on without a view. */
+static bool pump_view_ready(struct session *s)
+{
+	if (s->feed != NULL)
+		return true;
+	if (mbox_feed_init(&s->feed) < 0 || mbox_view_init(&s->view) < 0) {
+		mbox_feed_destroy(&s->feed);
+		sess_log(s, LOG_LVL_WARN, "no memory for the mailbox view");
+		return false;
+	}
+	return true;
+}
+
+/* The mailbox argument of "tag SELECT name ..." in its first line part:
+ * an atom, or a quoted string (decoded). Returns its length, or
+ * MBOX_NAME_MAX + 1 when it is not there whole (a literal, or too long):
+ * the feed then follows the mailbox without a name, which keeps the view
+ * unreliable while it is selected. */
+static size_t pump_mailbox_name(const struct imap_head *h, uint8_t out[MBOX_NAME_MAX])
+{
+	const uint8_t *p = h->rest, *end = h->rest + h->rest_len;
+	size_t n = 0;
+
+	if (h->w2 != NULL && h->w2_len > 0 && h->w2_len <= MBOX_NAME_MAX) {
+		memcpy(out, h->w2, h->w2_len);
+		return h->w2_len;
+	}
+	if (p == end || *p != '"')
+		return MBOX_NAME_MAX + 1;
+	for (p++; p < end && *p != '"'; p++) {
+		if (*p == '\\' && ++p == end)
+			break;
+		if (n == MBOX_NAME_MAX)
+			return MBOX_NAME_MAX + 1;
+		out[n++] = *p;
+	}
+	return p < end ? n : MBOX_NAME_MAX + 1;
+}
+
+/* A mailbox command (or ENABLE, learned from its answer) goes out. */
+static void pump_view_command(struct session *s, const struct imap_head *h)
+{
+	static const struct {
+		const char *name;
+		enum mbox_cmd kind;
+	} cmds[] = {{"SELECT", MBOX_CMD_SELECT},
+	            {"EXAMINE", MBOX_CMD_EXAMINE},
+	            {"CLOSE", MBOX_CMD_CLOSE},
+	            {"UNSELECT", MBOX_CMD_UNSELECT}};
+	uint8_t name[MBOX_NAME_MAX];
+	size_t nlen = 0;
+
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		if (!imap_word_eq(h->w1, h->w1_len, cmds[i].name))
+			continue;
+		if (s->feed == NULL && cmds[i].kind >= MBOX_CMD_CLOSE)
+			return; /* nothing was ever selected */
+		if (!pump_view_ready(s))
+			return;
+		if (cmds[i].kind <= MBOX_CMD_EXAMINE)
+			nlen = pump_mailbox_name(h, name);
+		if (mbox_feed_command(s->feed, s->view, h->tag, h->tag_len, cmds[i].kind, name,
+		                      nlen) < 0)
+			sess_log(s, LOG_LVL_DEBUG, "mailbox view: command not followed");
+		return;
+	}
+	if (imap_word_eq(h->w1, h->w1_len, "ENABLE"))
+		(void)pump_view_ready(s);
+}
+
+/* One unit of the backend's stream went to the client as it came. */
+static void pump_view_unit(struct session *s, const struct imap_tok_unit *u, const uint8_t *p,
+                           size_t n)
+{
+	/* -1 leaves the view unreliable, which pump_log_view reports: the
+	 * stream itself is forwarded all the same. */
+	if (s->feed != NULL && mbox_feed_unit(s->feed, s->view, u, p, n) < 0)
+		return;
+}
+
+void pump_log_view(struct session *s)
+{
+	static const char *const states[] = {"none", "selecting", "selected"};
+	char what[256];
+	size_t nlen = 0;
+	const uint8_t *name;
+
+	if (s->feed == NULL || !log_enabled(LOG_LVL_DEBUG))
+		return;
+	name = mbox_view_name(s->view, &nlen);
+	snprintf(what, sizeof(what),
+	         "mailbox view: %s \"%.*s\" %s uidvalidity=%u uidnext=%u exists=%u "
+	         "highestmodseq=%llu enabled=%u %s%s",
+	         states[mbox_feed_state(s->feed)], (int)(nlen > 64 ? 64 : nlen),
+	         name != NULL ? (const char *)name : "",
+	         mbox_view_readonly(s->view) ? "EXAMINE" : "SELECT", mbox_view_uidvalidity(s->view),
+	         mbox_view_uidnext(s->view), mbox_view_count(s->view),
+	         (unsigned long long)mbox_view_highestmodseq(s->view), mbox_feed_enabled(s->feed),
+	         mbox_feed_reliable(s->feed) ? "reliable" : "unreliable: ",
+	         mbox_feed_reliable(s->feed) ? "" : mbox_feed_error(s->feed));
+	sess_log(s, LOG_LVL_DEBUG, what);
+}
+
 /* Look for the tainting words in every line part of a command (not in its
  * literals), also across the seams between parts and fragments. */
 static void pump_scan_taint(struct session *s, const uint8_t *p, size_t len, bool first)
@@ -181,8 +289,12 @@ static void pump_scan_taint(struct session *s, const uint8_t *p, size_t len, boo
 		s->carry_len = 0;
 	memcpy(seam, s->carry, s->carry_len);
 	memcpy(seam + s->carry_len, p, k);
-	if (has_taint_word(seam, s->carry_len + k) || has_taint_word(p, len))
+	if (has_taint_word(seam, s->carry_len + k) || has_taint_word(p, len)) {
 		s->tainted = true;
+		/* RFC 7162 3.1: these switch CONDSTORE on as ENABLE would. */
+		if (s->feed != NULL)
+			mbox_feed_enable(s->feed, MBOX_EN_CONDSTORE);
+	}
 	/* The new carry: the last TAINT_CARRY bytes of carry + p. */
 	size_t total = s->carry_len + k;
 	if (len > TAINT_CARRY) {
@@ -343,6 +455,7 @@ bool pump_c2b(struct session *s)
 				s->sel_opens = opens;
 				s->selected = true;
 			}
+			pump_view_command(s, &h);
 			if (imap_word_eq(h.w1, h.w1_len, "ENABLE") ||
 			    imap_word_eq(h.w1, h.w1_len, "NOTIFY") ||
 			    imap_word_eq(h.w1, h.w1_len, "LANGUAGE"))
@@ -501,6 +614,7 @@ bool pump_b2c(struct session *s)
 			return true;
 		}
 		size_t n = u.len;
+		bool as_is = true; /* the client gets the unit as it came */
 		if (u.type == IMAP_TOK_LITERAL) {
 			if (n > buf_room(&c->out))
 				n = buf_room(&c->out);
@@ -509,9 +623,11 @@ bool pump_b2c(struct session *s)
 			sess_put(&c->out, p, n);
 		} else if (s->bskip) {
 			/* The rest of a line that is not for the client. */
+			as_is = false;
 			if (u.type == IMAP_TOK_LINE && u.last)
 				s->bskip = false;
 		} else if (s->capline_on) {
+			as_is = false;
 			/* A capability response longer than one unit: assembled
 			 * whole (bounded), filtered, then passed on. */
 			if (u.type == IMAP_TOK_LINE && u.has_literal) {
@@ -586,7 +702,13 @@ bool pump_b2c(struct session *s)
 				sess_put(&c->out, line, nl);
 			else
 				sess_put(&c->out, p, n);
+			as_is = nl == 0;
 		}
+		/* The client's view follows what the client is told; whole
+		 * responses it is not told (the proxy's own, capability lists)
+		 * are left out whole. */
+		if (as_is)
+			pump_view_unit(s, &u, p, n);
 		imap_tok_consume(&s->btok, &u, n);
 		buf_consume(&b->in, n);
 		progress = true;

@@ -127,6 +127,11 @@ struct session {
 	bool reset_failed;         /* the logout reset was not OK: do not keep the session */
 	bool reset_sent;           /* ... was tried (PX_LOGOUT_RESET came and went) */
 	char logout_tag[TAG_MAX + 1];
+
+	/* the client's view of its selected mailbox (common/mbox_feed.h), from
+	 * its first SELECT, EXAMINE or ENABLE on; NULL before */
+	struct mbox_feed *feed;
+	struct mbox_view *view;
 };
 
 /* ---- session.c ---------------------------------------------------------- */
@@ -219,5 +224,7 @@ bool pump_quiet(const struct session *s);
 bool pump_client_finished(const struct session *s, bool progress);
 /* The LOGOUT the proxy took may be answered now (earlier commands done). */
 void pump_finish_logout(struct session *s);
+/* Log the client's mailbox view (debug level), e.g. when the session ends. */
+void pump_log_view(struct session *s);
 
 #endif

@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "admit.h"
+#include "mbox_feed.h"
 #include "proxyproto.h"
 #include "sess.h"
 
@@ -86,6 +87,8 @@ static void sess_reap(struct defer *d)
 	buf_free(&s->cmd);
 	buf_free(&s->local);
 	buf_free(&s->capline);
+	mbox_feed_destroy(&s->feed);
+	mbox_view_destroy(&s->view);
 	runtime_unref(&s->rt);
 	free(s);
 }
@@ -316,6 +319,7 @@ void sess_close(struct session *s, const char *reason, const char *bye)
 	sess_to(s, SESS_CLOSING); /* from here sess_reply writes to client.out */
 	if (say_bye)
 		sess_reply(s, "%s", bye);
+	pump_log_view(s);
 	if (log_enabled(LOG_LVL_INFO))
 		log_info("S-%lu %s@%s closed: %s (in=%llu out=%llu)", s->id,
 		         s->user[0] ? s->user : "-", s->peer, reason, s->client.bytes_in,

@@ -57,7 +57,8 @@ CANARY_PASSWORD = "Zq7-Canary-Pw-4417-xyzzy"
 _PLAIN_USERS = [
     "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
     "big", "idler", "piper", "curly", "crypt", "tlsstart", "tlsimpl", "killed", "killed2",
-    "draining", "limits", "preauth", "pipe2", "idler2", "authz", "sasl",
+    "draining", "limits", "preauth", "pipe2", "idler2", "authz", "sasl", "viewer",
+    "viewer2",
 ]
 
 
