@@ -91,12 +91,7 @@ static void reaper_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 	struct worker *w = p->data;
 
 	(void)revents;
-	while (w->dead != NULL) {
-		struct defer *d = w->dead;
-		w->dead = d->next;
-		d->fn(d);
-		w->freed++;
-	}
+	w->freed += reaper_run(&w->reaper);
 	/* A burst is over (no session left here): give the heap pages it
 	 * left free back to the system, at most once a second, so that RSS
 	 * follows the load down instead of staying at its peak. */
@@ -112,8 +107,7 @@ static void reaper_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 
 void worker_defer(struct worker *w, struct defer *d)
 {
-	d->next = w->dead;
-	w->dead = d;
+	reaper_defer(&w->reaper, d);
 }
 
 static void drain_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -195,9 +189,10 @@ int worker_init(struct worker *w, int id, struct runtime *rt, const int *fds, si
 	ev_async_init(&w->wake, wake_cb);
 	w->wake.data = w;
 	ev_async_start(w->loop, &w->wake);
-	ev_prepare_init(&w->reaper, reaper_cb);
-	w->reaper.data = w;
-	ev_prepare_start(w->loop, &w->reaper);
+	reaper_init(&w->reaper);
+	ev_prepare_init(&w->reap_prepare, reaper_cb);
+	w->reap_prepare.data = w;
+	ev_prepare_start(w->loop, &w->reap_prepare);
 	ev_init(&w->drain_timer, drain_timer_cb);
 	w->drain_timer.data = w;
 	ev_init(&w->accept_pause, accept_pause_cb);
@@ -266,7 +261,7 @@ static void *worker_main(void *arg)
 	session_cancel_all(w);
 	pool_close_all(w);
 	reuse_drop_all(w);
-	reaper_cb(w->loop, &w->reaper, 0);
+	reaper_cb(w->loop, &w->reap_prepare, 0);
 	pool_destroy_all(w);
 	rds_destroy(&w->rds);
 	ttlmap_destroy(&w->routes);

@@ -1,8 +1,9 @@
 /*
  * worker — one event-loop thread: its own listening sockets (SO_REUSEPORT),
- * its sessions, and a reaper that frees what callbacks marked dead. Workers
- * share nothing but the read-only runtime; the main thread talks to them
- * through an ev_async and a mutex-protected mailbox.
+ * its sessions, and a reaper (reaper.h) that frees what callbacks marked
+ * dead, run from the loop's ev_prepare. Workers share nothing but the
+ * read-only runtime; the main thread talks to them through an ev_async and
+ * a mutex-protected mailbox.
  */
 #ifndef IMAPMUX_WORKER_H
 #define IMAPMUX_WORKER_H
@@ -11,6 +12,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 
+#include "reaper.h"
 #include "runtime.h"
 #include "stats.h"
 
@@ -22,12 +24,6 @@ struct pool;
 
 struct worker;
 struct session;
-
-/* An object whose free must wait until no callback of it is on the stack. */
-struct defer {
-	struct defer *next;
-	void (*fn)(struct defer *d);
-};
 
 struct listener {
 	struct worker *w;
@@ -44,12 +40,12 @@ struct worker {
 	struct listener *listeners;
 	size_t nlisteners;
 	ev_async wake;
-	ev_prepare reaper;
+	ev_prepare reap_prepare; /* runs the reaper before the loop sleeps */
 	ev_timer drain_timer;
 	ev_timer accept_pause;    /* out of fds: stop accepting for a moment */
 	double trimmed_at;        /* last malloc_trim (reaper, when the worker went idle) */
 	unsigned long freed;      /* sessions freed since then */
-	struct defer *dead;       /* freed by the reaper */
+	struct reaper reaper;     /* what callbacks marked dead, freed before the loop sleeps */
 	struct session *sessions; /* all live sessions (doubly linked) */
 	size_t nsessions;
 	bool draining;
@@ -78,7 +74,8 @@ void worker_post_reload(struct worker *w, struct runtime *rt);
 void worker_post_drain(struct worker *w);
 void worker_post_stop(struct worker *w);
 
-/* From the worker's own thread: free d->fn(d) after the current callbacks. */
+/* From the worker's own thread: free d->fn(d) after the current callbacks
+ * (reaper_defer on w->reaper). */
 void worker_defer(struct worker *w, struct defer *d);
 
 #endif
