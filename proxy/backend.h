@@ -19,7 +19,7 @@
 #include "conn.h"
 #include "imap_tok.h"
 #include "list.h"
-#include "worker.h"
+#include "worker_state.h"
 
 enum bk_state {
 	BK_CONNECTING, /* TCP connect in flight; connect_timeout running */

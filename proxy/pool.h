@@ -22,7 +22,7 @@
 
 #include "backend.h"
 #include "runtime.h"
-#include "worker.h"
+#include "worker_state.h"
 
 struct pool;
 struct pool_wait;

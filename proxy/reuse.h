@@ -20,7 +20,7 @@
 #include <stdint.h>
 
 #include "backend.h"
-#include "worker.h"
+#include "worker_state.h"
 
 #define REUSE_KEY_LEN 32
 

@@ -33,7 +33,7 @@
 #include "reuse.h"
 #include "runtime.h"
 #include "sess_state.h"
-#include "worker.h"
+#include "worker_state.h"
 
 #define IMAPMUX_NAME "imapmux"
 #ifndef IMAPMUX_VERSION
@@ -71,7 +71,7 @@ struct session {
 	size_t lidx;
 	enum sess_state state; /* changed by sess_to() only */
 	enum sess_px px;       /* while SESS_PROXYING; changed by sess_px_to() only */
-	struct session *prev, *next;
+	struct list_node node; /* on w->sessions */
 	struct conn client;
 	struct backend *bk; /* the backend side: NULL until login, or when gone */
 	const struct cfg_backend *bcfg;

@@ -55,11 +55,7 @@ static void sess_link(struct session *s)
 {
 	struct worker *w = s->w;
 
-	s->prev = NULL;
-	s->next = w->sessions;
-	if (w->sessions != NULL)
-		w->sessions->prev = s;
-	w->sessions = s;
+	list_push_front(&w->sessions, &s->node);
 	w->nsessions++;
 }
 
@@ -67,13 +63,7 @@ static void sess_unlink(struct session *s)
 {
 	struct worker *w = s->w;
 
-	if (s->prev != NULL)
-		s->prev->next = s->next;
-	else
-		w->sessions = s->next;
-	if (s->next != NULL)
-		s->next->prev = s->prev;
-	s->prev = s->next = NULL;
+	list_remove(&s->node);
 	w->nsessions--;
 }
 
@@ -695,10 +685,11 @@ void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr
 
 void session_drain_all(struct worker *w, bool force)
 {
-	struct session *s, *next;
+	struct list_node *n, *tmp;
 
-	for (s = w->sessions; s != NULL; s = next) {
-		next = s->next;
+	/* sess_run may free s (it leaves the list), never another session. */
+	list_for_each_safe (n, tmp, &w->sessions) {
+		struct session *s = list_entry(n, struct session, node);
 		if (s->state == SESS_CLOSING || s->state == SESS_DEAD)
 			continue;
 		s->draining = true;
@@ -710,11 +701,11 @@ void session_drain_all(struct worker *w, bool force)
 
 void session_kick(struct worker *w, const char *user, size_t len)
 {
-	struct session *s, *next;
+	struct list_node *node, *tmp;
 	unsigned n = 0;
 
-	for (s = w->sessions; s != NULL; s = next) {
-		next = s->next;
+	list_for_each_safe (node, tmp, &w->sessions) {
+		struct session *s = list_entry(node, struct session, node);
 		if (s->state == SESS_CLOSING || s->state == SESS_DEAD || s->uname_len != len ||
 		    memcmp(s->uname, user, len) != 0)
 			continue;
@@ -731,6 +722,8 @@ void session_kick(struct worker *w, const char *user, size_t len)
 
 void session_cancel_all(struct worker *w)
 {
-	for (struct session *s = w->sessions; s != NULL; s = s->next)
-		login_abort(s);
+	struct list_node *n;
+
+	list_for_each (n, &w->sessions)
+		login_abort(list_entry(n, struct session, node));
 }

@@ -105,11 +105,6 @@ static void reaper_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 		ev_break(loop, EVBREAK_ALL);
 }
 
-void worker_defer(struct worker *w, struct defer *d)
-{
-	reaper_defer(&w->reaper, d);
-}
-
 static void drain_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
 	struct worker *w = t->data;
@@ -190,6 +185,7 @@ int worker_init(struct worker *w, int id, struct runtime *rt, const int *fds, si
 	w->wake.data = w;
 	ev_async_start(w->loop, &w->wake);
 	reaper_init(&w->reaper);
+	list_init(&w->sessions);
 	ev_prepare_init(&w->reap_prepare, reaper_cb);
 	w->reap_prepare.data = w;
 	ev_prepare_start(w->loop, &w->reap_prepare);

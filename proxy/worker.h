@@ -8,60 +8,7 @@
 #ifndef IMAPMUX_WORKER_H
 #define IMAPMUX_WORKER_H
 
-#include <ev.h>
-#include <pthread.h>
-#include <stdbool.h>
-
-#include "reaper.h"
-#include "runtime.h"
-#include "stats.h"
-
-struct rds;
-struct ttlmap;
-struct crypt_port;
-struct reuse_entry;
-struct pool;
-
-struct worker;
-struct session;
-
-struct listener {
-	struct worker *w;
-	int fd;
-	size_t index; /* in runtime->cfg->listens (same across reloads) */
-	ev_io io;
-};
-
-struct worker {
-	int id;
-	pthread_t thread;
-	struct ev_loop *loop;
-	struct runtime *rt; /* current configuration, for new sessions */
-	struct listener *listeners;
-	size_t nlisteners;
-	ev_async wake;
-	ev_prepare reap_prepare; /* runs the reaper before the loop sleeps */
-	ev_timer drain_timer;
-	ev_timer accept_pause;    /* out of fds: stop accepting for a moment */
-	double trimmed_at;        /* last malloc_trim (reaper, when the worker went idle) */
-	unsigned long freed;      /* sessions freed since then */
-	struct reaper reaper;     /* what callbacks marked dead, freed before the loop sleeps */
-	struct session *sessions; /* all live sessions (doubly linked) */
-	size_t nsessions;
-	bool draining;
-	struct stats stats;        /* written by this worker only */
-	struct rds *rds;           /* Redis, when [redis] is configured */
-	struct ttlmap *routes;     /* cached user routes (lookup = redis) */
-	struct crypt_port *crypt;  /* password checks come back here (auth = redis) */
-	struct reuse_entry *reuse; /* kept backend sessions (reuse.c) */
-	struct pool *pools;        /* backend connection pools (pool.c) */
-	unsigned nworkers;         /* how many workers share the pool bounds */
-
-	pthread_mutex_t lock;   /* protects the mailbox below */
-	struct runtime *new_rt; /* reload: swap in */
-	bool cmd_drain;
-	bool cmd_stop;
-};
+#include "worker_state.h"
 
 /* Set up worker id with listening fds (one per listener, ownership taken). */
 int worker_init(struct worker *w, int id, struct runtime *rt, const int *fds, size_t nfds);
@@ -73,9 +20,5 @@ void worker_destroy(struct worker *w);
 void worker_post_reload(struct worker *w, struct runtime *rt);
 void worker_post_drain(struct worker *w);
 void worker_post_stop(struct worker *w);
-
-/* From the worker's own thread: free d->fn(d) after the current callbacks
- * (reaper_defer on w->reaper). */
-void worker_defer(struct worker *w, struct defer *d);
 
 #endif

@@ -1,0 +1,76 @@
+/*
+ * worker_state — what one event-loop thread's modules share: its loop, its
+ * configuration, its reaper, its sessions, pools, kept sessions, Redis and
+ * counters. Header only, and below every module that runs on a worker:
+ * sessions, pools, the reuse cache read and change their part of it; only
+ * worker.c (the thread's driver, worker.h) creates, runs and ends it. So a
+ * module needs this header, never worker.h, and no include cycle runs
+ * through the worker (make layering).
+ */
+#ifndef IMAPMUX_WORKER_STATE_H
+#define IMAPMUX_WORKER_STATE_H
+
+#include <ev.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "list.h"
+#include "reaper.h"
+#include "runtime.h"
+#include "stats.h"
+
+struct rds;
+struct ttlmap;
+struct crypt_port;
+struct reuse_entry;
+struct pool;
+
+struct worker;
+struct session;
+
+struct listener {
+	struct worker *w;
+	int fd;
+	size_t index; /* in runtime->cfg->listens (same across reloads) */
+	ev_io io;
+};
+
+struct worker {
+	int id;
+	pthread_t thread;
+	struct ev_loop *loop;
+	struct runtime *rt; /* current configuration, for new sessions */
+	struct listener *listeners;
+	size_t nlisteners;
+	ev_async wake;
+	ev_prepare reap_prepare; /* runs the reaper before the loop sleeps */
+	ev_timer drain_timer;
+	ev_timer accept_pause;     /* out of fds: stop accepting for a moment */
+	double trimmed_at;         /* last malloc_trim (reaper, when the worker went idle) */
+	unsigned long freed;       /* sessions freed since then */
+	struct reaper reaper;      /* what callbacks marked dead, freed before the loop sleeps */
+	struct list_node sessions; /* all live sessions (session.c) */
+	size_t nsessions;
+	bool draining;
+	struct stats stats;        /* written by this worker only */
+	struct rds *rds;           /* Redis, when [redis] is configured */
+	struct ttlmap *routes;     /* cached user routes (lookup = redis) */
+	struct crypt_port *crypt;  /* password checks come back here (auth = redis) */
+	struct reuse_entry *reuse; /* kept backend sessions (reuse.c) */
+	struct pool *pools;        /* backend connection pools (pool.c) */
+	unsigned nworkers;         /* how many workers share the pool bounds */
+
+	pthread_mutex_t lock;   /* protects the mailbox below */
+	struct runtime *new_rt; /* reload: swap in */
+	bool cmd_drain;
+	bool cmd_stop;
+};
+
+/* Free d->fn(d) after the current callbacks (from the worker's own thread). */
+static inline void worker_defer(struct worker *w, struct defer *d)
+{
+	reaper_defer(&w->reaper, d);
+}
+
+#endif
