@@ -56,6 +56,8 @@ tests/unit/test_%: tests/unit/test_%.c common/libcommon.a $(BUILD_STAMP) $$(UNIT
 	    common/libcommon.a $(UNIT_LIBS_$*) -lcmocka -lcrypt -lm -lev -lpthread
 
 UNIT_OBJS_sess_state := proxy/sess_state.o
+# test_cryptpool includes proxy/cryptpool.c itself (it reaches the statics).
+tests/unit/test_cryptpool: proxy/cryptpool.c proxy/cryptpool.h
 
 # ---- fuzzing: libFuzzer targets tests/fuzz/fuzz_<name>.c (README "Fuzzing") ----
 # Everything is built with clang, ASan, UBSan (any report aborts) and the
