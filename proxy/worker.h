@@ -21,6 +21,7 @@ struct ttlmap;
 struct crypt_port;
 struct reuse_entry;
 struct pool;
+struct backend;
 
 struct worker;
 struct session;
@@ -77,5 +78,31 @@ void worker_post_stop(struct worker *w);
 /* From the worker's own thread: free d->fn(d) after the current callbacks
  * (reaper_defer on w->reaper). */
 void worker_defer(struct worker *w, struct defer *d);
+
+/*
+ * Transitional (issue #10): backend_destroy_later() (backend.h) takes the
+ * reaper it frees through; callers not yet converted (proxy/session.c,
+ * pool.c's list code) still pass their worker, whose reaper is then used.
+ * Delete this macro and the two helpers once every caller passes
+ * &w->reaper (backend.h names the function in parentheses meanwhile, so
+ * that its prototype is not expanded).
+ */
+static inline struct reaper *worker_reaper_of(struct worker *w)
+{
+	return &w->reaper;
+}
+
+static inline struct reaper *worker_reaper_same(struct reaper *r)
+{
+	return r;
+}
+
+void(backend_destroy_later)(struct reaper *r, struct backend **bp);
+/* clang-format cannot lay out _Generic. */
+/* clang-format off */
+#define backend_destroy_later(r, bp)                                                               \
+	backend_destroy_later(                                                                     \
+	    _Generic((r), struct worker *: worker_reaper_of, default: worker_reaper_same)(r), (bp))
+/* clang-format on */
 
 #endif
