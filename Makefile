@@ -47,8 +47,21 @@ common/libcommon.a: $(COMMON_OBJ)
 proxy/imapmux: $(PROXY_OBJ) common/libcommon.a
 	$(CC) $(ALL_CFLAGS) -o $@ $(PROXY_OBJ) common/libcommon.a $(LDLIBS_PROXY)
 
-tests/unit/test_%: tests/unit/test_%.c common/libcommon.a $(BUILD_STAMP)
-	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -Wno-missing-prototypes -o $@ $< common/libcommon.a -lcmocka -lcrypt -lm -lev -lpthread
+# A unit test needing more than common/ names the objects it links and the
+# libraries those need, for tests/unit/test_<name>.c:
+#   UNIT_OBJS_<name> = proxy/x.o ...   (built by the %.o rule above; the
+#                                       test then sees proxy/'s headers)
+#   UNIT_LIBS_<name> = -lssl ...
+# Only what it names: a test that links too little fails to link.
+.SECONDEXPANSION:
+tests/unit/test_%: tests/unit/test_%.c $$(UNIT_OBJS_$$*) common/libcommon.a $(BUILD_STAMP)
+	$(CC) $(CPPFLAGS) $(if $(UNIT_OBJS_$*),-Iproxy) $(ALL_CFLAGS) -Wno-missing-prototypes \
+	    -o $@ $< $(UNIT_OBJS_$*) common/libcommon.a $(UNIT_LIBS_$*) \
+	    -lcmocka -lcrypt -lm -lev -lpthread
+
+# The backend command channel, over a real socket and loop (no pool, no worker).
+UNIT_OBJS_backend_cmd := proxy/backend.o proxy/conn.o proxy/reaper.o
+UNIT_LIBS_backend_cmd := -lssl -lcrypto
 
 # ---- fuzzing: libFuzzer targets tests/fuzz/fuzz_<name>.c (README "Fuzzing") ----
 # Everything is built with clang, ASan, UBSan (any report aborts) and the
