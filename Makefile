@@ -60,7 +60,7 @@ tests/unit/test_%: tests/unit/test_%.c $$(UNIT_OBJS_$$*) common/libcommon.a $(BU
 	    -lcmocka -lcrypt -lm -lev -lpthread
 
 # The backend command channel, over a real socket and loop (no pool, no worker).
-UNIT_OBJS_backend_cmd := proxy/backend.o proxy/conn.o proxy/reaper.o
+UNIT_OBJS_backend_cmd := proxy/backend.o proxy/cmdq.o proxy/conn.o proxy/reaper.o
 UNIT_LIBS_backend_cmd := -lssl -lcrypto
 
 # ---- fuzzing: libFuzzer targets tests/fuzz/fuzz_<name>.c (README "Fuzzing") ----

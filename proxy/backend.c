@@ -11,18 +11,17 @@
  * which dispatches through the same bk_dispatch.
  *
  *   conn.in --bk_read--> bk_response --greeting--> bk_greeting
- *                                    --"+", tagged, swallowed "*"--> bk_dispatch --> cmd->cb
+ *                                    --"+", tagged, swallowed "*"--> cmdq --> handler
  *                                    --"* BYE"--> bk_fail
- *   session pump --backend_cmd_claims--> bk_dispatch
+ *   session pump --backend_cmd_claims--> cmdq --> handler
  *
- * Commands: a FIFO of struct bk_cmd, the head in flight once written
- * (cmd->sent). Only the head is ever written, so a "+" or an untagged
- * response can only be the head's, and its tagged answer must carry the
- * head's tag: any other tag read here is a protocol error (this module
- * sends nothing else). Each command ends exactly once, with BK_EV_DONE or
- * BK_EV_GONE; it is unlinked before its handler runs, so a handler may
- * queue more, or end the backend, without the queue changing under the
- * dispatcher's feet.
+ * The queue (cmdq.c) knows tags, order and handlers; this file decides
+ * when a command may be written (bk_can_write: past the greeting, no
+ * handshake) and writes the next one after each answer. Any tagged answer
+ * that is not the command in flight's is a protocol error while this module
+ * reads: it sends nothing else. The setup, login and way back to the pool
+ * are handlers of their own commands (bk_starttls_cb, bk_caps_cb,
+ * bk_login_cb, bk_unauth_cb).
  *
  * Post-login capabilities: a login's tagged OK usually carries them; they
  * are reported through the learn_login_caps hook (the pool keeps the
@@ -30,9 +29,9 @@
  * CAPABILITY round trip once any login of this backend has reported them.
  *
  * Secrets: credentials live in this struct until the login is queued (then
- * wiped), in the queued command until it is written (then wiped), and in
- * conn.out until sent: secret_out makes the buffer wiped as soon as it is
- * empty, and at the end in any case.
+ * wiped), in the queued command until it is written, and in conn.out until
+ * sent (then the buffer is wiped: cmdq_wipe), and are wiped at the end in
+ * any case.
  *
  * Login preference: AUTHENTICATE PLAIN with SASL-IR (one round trip, any
  * bytes), AUTHENTICATE PLAIN with a continuation, then LOGIN with quoted
@@ -47,68 +46,42 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "base64.h"
 #include "caps.h"
 #include "imap_args.h"
+#include "imap_login.h"
 #include "log.h"
 
 #define BK_BUF_SIZE (32 * 1024)
 #define BK_MAX_LINE (16 * 1024)
-
-struct bk_cmd {
-	struct bk_cmd *next;
-	bk_cmd_cb *cb;
-	void *arg;
-	unsigned flags;
-	bool sent;      /* written to conn.out: in flight */
-	size_t tag_len; /* the tag is wire[0..tag_len) */
-	size_t len;     /* wire[0..len) = "tag text\r\n" */
-	uint8_t wire[];
-};
 
 static void bk_io(struct conn *c, void *arg);
 static void bk_fail(struct backend *b, const char *why);
 
 /* ---- states ------------------------------------------------------------ */
 
-/* Whether from -> to is a move of backend.h's diagram. */
-static bool bk_move_ok(enum bk_state from, enum bk_state to)
-{
-	if (to == BK_FAILED)
-		return true;
-	switch (from) {
-	case BK_CONNECTING:
-		return to == BK_TLS || to == BK_GREETING;
-	case BK_TLS:
-		return to == BK_GREETING || to == BK_CAPS;
-	case BK_GREETING:
-		return to == BK_STARTTLS || to == BK_CAPS || to == BK_READY;
-	case BK_STARTTLS:
-		return to == BK_TLS;
-	case BK_CAPS:
-		return to == BK_READY;
-	case BK_READY:
-		return to == BK_LOGIN;
-	case BK_LOGIN:
-		return to == BK_LOGIN_CAPS || to == BK_ATTACHED;
-	case BK_LOGIN_CAPS:
-		return to == BK_ATTACHED;
-	case BK_ATTACHED:
-		return to == BK_ATTACHED || to == BK_HELD || to == BK_UNAUTH;
-	case BK_HELD:
-		return to == BK_ATTACHED;
-	case BK_UNAUTH:
-		return to == BK_CAPS || to == BK_READY;
-	case BK_FAILED:
-		return false;
-	}
-	return false;
-}
+#define TO(st) (1u << (st))
+
+/* The moves of backend.h's diagram: moves[from] has bit `to` set (any
+ * state may fail, FAILED is final). */
+static const unsigned bk_moves[] = {
+    [BK_CONNECTING] = TO(BK_TLS) | TO(BK_GREETING),
+    [BK_TLS] = TO(BK_GREETING) | TO(BK_CAPS),
+    [BK_GREETING] = TO(BK_STARTTLS) | TO(BK_CAPS) | TO(BK_READY),
+    [BK_STARTTLS] = TO(BK_TLS),
+    [BK_CAPS] = TO(BK_READY),
+    [BK_READY] = TO(BK_LOGIN),
+    [BK_LOGIN] = TO(BK_LOGIN_CAPS) | TO(BK_ATTACHED),
+    [BK_LOGIN_CAPS] = TO(BK_ATTACHED),
+    [BK_ATTACHED] = TO(BK_ATTACHED) | TO(BK_HELD) | TO(BK_UNAUTH),
+    [BK_HELD] = TO(BK_ATTACHED),
+    [BK_UNAUTH] = TO(BK_CAPS) | TO(BK_READY),
+    [BK_FAILED] = 0,
+};
 
 /* Every state change goes through here. */
 static void bk_enter(struct backend *b, enum bk_state to)
 {
-	if (!bk_move_ok(b->state, to)) {
+	if (to != BK_FAILED && !(bk_moves[b->state] & TO(to))) {
 		log_error("S-%lu backend %s: internal error: state %d -> %d", b->sid, b->cfg->name,
 		          (int)b->state, (int)to);
 		assert(!"illegal backend state move");
@@ -152,113 +125,20 @@ static void bk_forget_credentials(struct backend *b)
 	b->user_len = b->pass_len = b->authz_len = 0;
 }
 
-/* Wipe conn.out's storage once the secret bytes in it are sent (or always:
- * at the end, pending bytes or not). */
-static void bk_wipe_out(struct backend *b, bool always)
-{
-	struct buf *o = &b->conn.out;
+/* ---- the command channel (the queue: cmdq.c) ---------------------------- */
 
-	if (!b->secret_out || (!always && !buf_is_empty(o)))
-		return;
-	if (o->data != NULL)
-		explicit_bzero(o->data, o->cap);
-	b->secret_out = false;
-}
-
-/* ---- the command queue ------------------------------------------------- */
-
-static void bk_cmd_free(struct bk_cmd **cp)
-{
-	struct bk_cmd *c = *cp;
-
-	if (c == NULL)
-		return;
-	*cp = NULL;
-	if (c->flags & BK_CMD_SECRET)
-		explicit_bzero(c->wire, c->len);
-	free(c);
-}
-
-/* Unlink the head (the command in flight, or the oldest queued). */
-static struct bk_cmd *bk_cmd_pop(struct backend *b)
-{
-	struct bk_cmd *c = b->cmd_head;
-
-	if (c != NULL) {
-		b->cmd_head = c->next;
-		if (b->cmd_head == NULL)
-			b->cmd_tail = NULL;
-		c->next = NULL;
-	}
-	return c;
-}
-
-/* End every queued command with BK_EV_GONE (the connection is over). */
-static void bk_cmds_gone(struct backend *b, const char *why)
-{
-	struct bk_cmd *c;
-
-	while ((c = bk_cmd_pop(b)) != NULL) {
-		struct bk_reply r = {.ev = BK_EV_GONE, .status = BK_ST_BAD, .why = why};
-
-		c->cb(c->arg, b, &r);
-		bk_cmd_free(&c);
-	}
-}
-
-/* Write the head if it waits and may go now; its bytes wait for room. */
+/* Write the head of the queue when it waits and may go now. */
 static void bk_cmd_write(struct backend *b)
 {
-	struct bk_cmd *c = b->cmd_head;
-
-	if (c == NULL || c->sent || !bk_can_write(b) || buf_room(&b->conn.out) < c->len)
-		return;
-	if (buf_append(&b->conn.out, c->wire, c->len) < 0) {
+	if (bk_can_write(b) && cmdq_write(&b->cmds, &b->conn.out) < 0)
 		bk_fail(b, "out of memory");
-		return;
-	}
-	c->sent = true;
-	if (c->flags & BK_CMD_SECRET) {
-		/* The copy in conn.out is the only one needed now. */
-		explicit_bzero(c->wire + c->tag_len, c->len - c->tag_len);
-		b->secret_out = true;
-	}
 }
 
-/* Queue a command, whatever the state (backend.c's own setup too). */
-static int bk_cmd_queue(struct backend *b, const void *text, size_t len, unsigned flags,
-                        bk_cmd_cb *cb, void *arg)
+/* Queue one of this module's own commands, whatever the state. */
+static int bk_cmd_queue(struct backend *b, const char *text, unsigned flags, bk_cmd_cb *cb)
 {
-	char tag[BK_TAG_MAX + 1];
-	struct bk_cmd *c;
-	int tlen;
-
-	if (b->state == BK_FAILED || cb == NULL)
+	if (b->state == BK_FAILED || cmdq_push(&b->cmds, text, strlen(text), flags, cb, b) < 0)
 		return -1;
-	tlen = snprintf(tag, sizeof(tag), "%s%lu", BK_TAG_PREFIX, b->cmd_seq + 1);
-	if (tlen < 0 || (size_t)tlen >= sizeof(tag) || len > BK_CMD_MAX - (size_t)tlen - 3)
-		return -1;
-	c = malloc(sizeof(*c) + (size_t)tlen + 1 + len + 2);
-	if (c == NULL)
-		return -1;
-	b->cmd_seq++;
-	c->next = NULL;
-	c->cb = cb;
-	c->arg = arg;
-	c->flags = flags;
-	c->sent = false;
-	c->tag_len = (size_t)tlen;
-	memcpy(c->wire, tag, (size_t)tlen);
-	c->wire[tlen] = ' ';
-	if (len > 0)
-		memcpy(c->wire + tlen + 1, text, len);
-	memcpy(c->wire + tlen + 1 + len, "\r\n", 2);
-	c->len = (size_t)tlen + 1 + len + 2;
-	if (b->cmd_tail != NULL)
-		b->cmd_tail->next = c;
-	else
-		b->cmd_head = c;
-	b->cmd_tail = c;
 	bk_cmd_write(b);
 	return 0;
 }
@@ -277,101 +157,33 @@ int backend_cmd(struct backend *b, const void *text, size_t len, unsigned flags,
 	default:
 		break;
 	}
-	if (bk_cmd_queue(b, text, len, flags, cb, arg) < 0)
+	if (cmdq_push(&b->cmds, text, len, flags, cb, arg) < 0)
 		return -1;
+	bk_cmd_write(b);
 	if (b->state != BK_ATTACHED)
 		conn_update(&b->conn);
 	return 0;
 }
 
-int backend_cmd_reply(struct backend *b, const void *text, size_t len, unsigned flags)
-{
-	if (b->cmd_head == NULL || !b->cmd_head->sent || buf_room(&b->conn.out) < len + 2)
-		return -1;
-	if (buf_append(&b->conn.out, text, len) < 0 || buf_append(&b->conn.out, "\r\n", 2) < 0)
-		return -1;
-	if (flags & BK_CMD_SECRET)
-		b->secret_out = true;
-	return 0;
-}
-
-bool backend_cmd_pending(const struct backend *b)
-{
-	return b->cmd_head != NULL;
-}
-
 void backend_cmd_kick(struct backend *b)
 {
-	bk_wipe_out(b, false);
+	cmdq_wipe(&b->cmds, &b->conn.out, false);
 	bk_cmd_write(b);
-}
-
-bool backend_tag_reserved(const uint8_t *tag, size_t len)
-{
-	size_t n = sizeof(BK_TAG_PREFIX) - 1;
-
-	return len >= n && imap_word_eq(tag, n, BK_TAG_PREFIX);
-}
-
-static enum bk_status bk_status_of(const struct imap_head *h)
-{
-	if (imap_word_eq(h->w1, h->w1_len, "OK"))
-		return BK_ST_OK;
-	if (imap_word_eq(h->w1, h->w1_len, "NO"))
-		return BK_ST_NO;
-	return BK_ST_BAD;
-}
-
-/*
- * Hand one response (its parsed first unit) to the command in flight, if
- * it is that command's. Returns true when it was; for BK_EV_DONE the
- * command is over and the next one is written.
- */
-static bool bk_dispatch(struct backend *b, const struct imap_head *h, const uint8_t *line,
-                        size_t len, bool partial)
-{
-	struct bk_cmd *c = b->cmd_head;
-	struct bk_reply r = {.head = h, .line = line, .len = len, .partial = partial};
-	bool cont = h->tag_len == 1 && h->tag[0] == '+';
-	bool untagged = h->tag_len == 1 && h->tag[0] == '*';
-
-	if (c == NULL || !c->sent)
-		return false;
-	if (cont || untagged) {
-		if (untagged && !(c->flags & BK_CMD_SWALLOW))
-			return false;
-		r.ev = cont ? BK_EV_CONTINUE : BK_EV_UNTAGGED;
-		/* c stays queued: the handler may fail b, which frees it. */
-		c->cb(c->arg, b, &r);
-		return !(untagged && imap_word_eq(h->w1, h->w1_len, "BYE"));
-	}
-	if (h->tag_len != c->tag_len || memcmp(h->tag, c->wire, c->tag_len) != 0)
-		return false;
-	c = bk_cmd_pop(b);
-	r.ev = BK_EV_DONE;
-	r.status = bk_status_of(h);
-	c->cb(c->arg, b, &r);
-	bk_cmd_free(&c);
-	bk_cmd_write(b);
-	return true;
 }
 
 bool backend_cmd_claims(struct backend *b, const uint8_t *p, const struct imap_tok_unit *u)
 {
 	struct imap_head h;
-	size_t len = u->len;
+	int r;
 
-	bk_wipe_out(b, false);
-	if (b->state != BK_ATTACHED || b->cmd_head == NULL || !b->cmd_head->sent || !u->first ||
+	cmdq_wipe(&b->cmds, &b->conn.out, false);
+	if (b->state != BK_ATTACHED || !cmdq_in_flight(&b->cmds) || !u->first ||
 	    u->type == IMAP_TOK_LITERAL)
 		return false;
-	if (u->type == IMAP_TOK_LINE) {
-		while (len > 0 && (p[len - 1] == '\n' || p[len - 1] == '\r'))
-			len--;
-	}
-	if (imap_head_parse(p, len, &h) < 0)
-		return false;
-	return bk_dispatch(b, &h, p, len, !(u->type == IMAP_TOK_LINE && u->last));
+	r = cmdq_answer(&b->cmds, b, p, u->len, !(u->type == IMAP_TOK_LINE && u->last), &h);
+	/* The next command goes out once one ended. */
+	bk_cmd_write(b);
+	return r > 0;
 }
 
 /* ---- the end of a connection, or of a login ---------------------------- */
@@ -383,7 +195,7 @@ static void bk_finish(struct backend *b, enum bk_result r, const char *why)
 	if (r != BK_RES_OK) {
 		bk_enter(b, BK_FAILED);
 		conn_stop(&b->conn);
-		bk_cmds_gone(b, why);
+		cmdq_gone(&b->cmds, b, why);
 	}
 	if (b->done != NULL) {
 		backend_done_cb *done = b->done;
@@ -406,7 +218,7 @@ static void bk_fail(struct backend *b, const char *why)
 	bk_enter(b, BK_FAILED);
 	conn_stop(&b->conn);
 	/* The commands end first, the owner hears last. */
-	bk_cmds_gone(b, why);
+	cmdq_gone(&b->cmds, b, why);
 	if (tell)
 		bk_finish(b, BK_RES_UNAVAILABLE, why);
 }
@@ -569,7 +381,7 @@ static void bk_caps_cb(void *arg, struct backend *b, const struct bk_reply *r)
 static void bk_ask_caps(struct backend *b, enum bk_state st)
 {
 	bk_enter(b, st);
-	if (bk_cmd_queue(b, "CAPABILITY", 10, BK_CMD_SWALLOW, bk_caps_cb, b) < 0)
+	if (bk_cmd_queue(b, "CAPABILITY", BK_CMD_SWALLOW, bk_caps_cb) < 0)
 		bk_fail(b, "out of memory");
 }
 
@@ -622,7 +434,7 @@ static void bk_greeting(struct backend *b, const struct imap_head *h)
 		return;
 	if (b->cfg->tls == CFG_TLS_STARTTLS) {
 		bk_enter(b, BK_STARTTLS);
-		if (bk_cmd_queue(b, "STARTTLS", 8, 0, bk_starttls_cb, b) < 0)
+		if (bk_cmd_queue(b, "STARTTLS", 0, bk_starttls_cb) < 0)
 			bk_fail(b, "out of memory");
 	} else if (b->caps_known) {
 		bk_ready(b);
@@ -632,58 +444,6 @@ static void bk_greeting(struct backend *b, const struct imap_head *h)
 }
 
 /* ---- login --------------------------------------------------------------- */
-
-static bool plain_safe(const char *s, size_t len)
-{
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c < 0x20 || c >= 0x7f)
-			return false;
-	}
-	return true;
-}
-
-/* The bytes s takes as an IMAP quoted string or a LITERAL+ literal, at most. */
-static size_t string_room(size_t len)
-{
-	return 2 * len + 2 > len + 32 ? 2 * len + 2 : len + 32;
-}
-
-/* Write s at out as a quoted string, or a LITERAL+ literal when it has to
- * be and may be. Returns the bytes written, or 0 when it cannot be sent. */
-static size_t put_string(char *out, const char *s, size_t len, bool literal_plus)
-{
-	size_t n = 0;
-
-	if (plain_safe(s, len)) {
-		out[n++] = '"';
-		for (size_t i = 0; i < len; i++) {
-			if (s[i] == '"' || s[i] == '\\')
-				out[n++] = '\\';
-			out[n++] = s[i];
-		}
-		out[n++] = '"';
-		return n;
-	}
-	if (!literal_plus)
-		return 0;
-	n = (size_t)snprintf(out, 32, "{%zu+}\r\n", len);
-	memcpy(out + n, s, len);
-	return n + len;
-}
-
-/* Map a login NO to the answer the client gets. */
-static enum bk_result bk_login_no(const uint8_t *rest, size_t len)
-{
-	static const char unavail[] = "[UNAVAILABLE]";
-	static const char limit[] = "[LIMIT]";
-
-	if (len >= sizeof(unavail) - 1 && imap_word_eq(rest, sizeof(unavail) - 1, unavail))
-		return BK_RES_UNAVAILABLE;
-	if (len >= sizeof(limit) - 1 && imap_word_eq(rest, sizeof(limit) - 1, limit))
-		return BK_RES_UNAVAILABLE;
-	return BK_RES_AUTH_FAILED;
-}
 
 static void bk_login_cb(void *arg, struct backend *b, const struct bk_reply *r)
 {
@@ -707,8 +467,8 @@ static void bk_login_cb(void *arg, struct backend *b, const struct bk_reply *r)
 		wipe_free(&b->plain_b64, strlen(b->plain_b64));
 	if (r->status != BK_ST_OK) {
 		bool no = r->status == BK_ST_NO;
-		bk_finish(b,
-		          no ? bk_login_no(r->head->rest, r->head->rest_len) : BK_RES_UNAVAILABLE,
+		bool busy = no && imap_login_no_unavailable(r->head->rest, r->head->rest_len);
+		bk_finish(b, busy || !no ? BK_RES_UNAVAILABLE : BK_RES_AUTH_FAILED,
 		          no ? "credentials refused" : "login command rejected");
 		return;
 	}
@@ -736,88 +496,12 @@ static void bk_login_cb(void *arg, struct backend *b, const struct bk_reply *r)
 	bk_ask_caps(b, BK_LOGIN_CAPS);
 }
 
-/* The AUTHENTICATE PLAIN response: base64 of authz NUL user NUL pass, in a
- * new string (wipe it), or NULL. */
-static char *bk_plain_response(const struct backend *b)
-{
-	size_t rawlen = b->authz_len + 1 + b->user_len + 1 + b->pass_len;
-	size_t enclen = B64_ENCODED_LEN(rawlen) + 1;
-	uint8_t *raw = malloc(rawlen);
-	char *enc = malloc(enclen);
-	size_t off = 0;
-	long n;
-
-	if (raw == NULL || enc == NULL) {
-		free(raw);
-		free(enc);
-		return NULL;
-	}
-	if (b->authz_len > 0)
-		memcpy(raw, b->authz, b->authz_len);
-	off = b->authz_len;
-	raw[off++] = '\0';
-	memcpy(raw + off, b->user, b->user_len);
-	off += b->user_len;
-	raw[off++] = '\0';
-	memcpy(raw + off, b->pass, b->pass_len);
-	n = b64_encode(raw, rawlen, enc, enclen);
-	explicit_bzero(raw, rawlen);
-	free(raw);
-	if (n < 0) {
-		free(enc);
-		return NULL;
-	}
-	return enc;
-}
-
-/* The LOGIN command's text (without tag), in a new buffer of *len_r bytes
- * (wipe it); NULL with *why_r set when it cannot be made. */
-static char *bk_login_text(const struct backend *b, size_t *len_r, const char **why_r)
-{
-	bool lp = caps_has(b->caps, strlen(b->caps), "LITERAL+");
-	size_t sep = strlen(b->cfg->master_separator);
-	size_t name_len = b->user_len + (b->authz != NULL ? b->authz_len + sep : 0);
-	char *name = b->user, *text;
-	size_t n, k;
-
-	*why_r = "out of memory";
-	if (b->authz != NULL) {
-		/* Dovecot's master login: "user<separator>master". */
-		name = malloc(name_len);
-		if (name == NULL)
-			return NULL;
-		memcpy(name, b->authz, b->authz_len);
-		memcpy(name + b->authz_len, b->cfg->master_separator, sep);
-		memcpy(name + b->authz_len + sep, b->user, b->user_len);
-	}
-	text = malloc(6 + string_room(name_len) + 1 + string_room(b->pass_len));
-	if (text != NULL) {
-		memcpy(text, "LOGIN ", 6);
-		n = 6;
-		k = put_string(text + n, name, name_len, lp);
-		n += k;
-		if (k > 0) {
-			text[n++] = ' ';
-			k = put_string(text + n, b->pass, b->pass_len, lp);
-			n += k;
-		}
-		if (k == 0) {
-			explicit_bzero(text, n);
-			free(text);
-			text = NULL;
-			*why_r = "credentials cannot be sent with LOGIN to this backend";
-		}
-		*len_r = n;
-	}
-	if (name != b->user)
-		wipe_free(&name, name_len);
-	return text;
-}
-
 static void bk_send_login(struct backend *b)
 {
 	bool plain = caps_has(b->caps, strlen(b->caps), "AUTH=PLAIN");
 	bool sasl_ir = caps_has(b->caps, strlen(b->caps), "SASL-IR");
+	bool lp = caps_has(b->caps, strlen(b->caps), "LITERAL+");
+	struct imap_creds cr = {b->authz, b->authz_len, b->user, b->user_len, b->pass, b->pass_len};
 	const char *why = "out of memory";
 	char *text = NULL;
 	size_t len = 0;
@@ -830,7 +514,7 @@ static void bk_send_login(struct backend *b)
 		return;
 	}
 	if (plain) {
-		char *enc = bk_plain_response(b);
+		char *enc = imap_login_plain(&cr);
 
 		if (enc == NULL) {
 			bk_fail(b, why);
@@ -847,14 +531,16 @@ static void bk_send_login(struct backend *b)
 			wipe_free(&enc, elen);
 		} else {
 			b->plain_b64 = enc;
-			r = bk_cmd_queue(b, "AUTHENTICATE PLAIN", 18, 0, bk_login_cb, b);
+			r = bk_cmd_queue(b, "AUTHENTICATE PLAIN", 0, bk_login_cb);
 			why = "command too long";
 		}
 	} else {
-		text = bk_login_text(b, &len, &why);
+		text = imap_login_cmd(&cr, b->cfg->master_separator, lp, &len, &why);
 	}
 	if (text != NULL) {
-		r = bk_cmd_queue(b, text, len, BK_CMD_SECRET, bk_login_cb, b);
+		r = cmdq_push(&b->cmds, text, len, BK_CMD_SECRET, bk_login_cb, b);
+		if (r == 0)
+			bk_cmd_write(b);
 		why = "command too long";
 		explicit_bzero(text, len);
 		free(text);
@@ -911,33 +597,29 @@ int backend_login_as(struct backend *b, const char *authz, size_t authz_len, con
 static void bk_response(struct backend *b, const uint8_t *p, size_t len, bool partial)
 {
 	struct imap_head h;
+	int r = cmdq_answer(&b->cmds, b, p, len, partial, &h);
 
-	while (len > 0 && (p[len - 1] == '\n' || p[len - 1] == '\r'))
-		len--;
-	if (imap_head_parse(p, len, &h) < 0) {
+	if (r < 0) {
 		bk_fail(b, "bad response line");
 		return;
 	}
-	bool cont = h.tag_len == 1 && h.tag[0] == '+';
-	bool untagged = h.tag_len == 1 && h.tag[0] == '*';
-
-	if (untagged && b->state == BK_GREETING) {
-		bk_greeting(b, &h);
-		return;
-	}
-	if (bk_dispatch(b, &h, p, len, partial))
-		return;
 	if (b->state == BK_FAILED)
 		return;
-	if (cont) {
+	if (r > 0) {
+		bk_cmd_write(b); /* the next one, if that one ended */
+		return;
+	}
+	if (h.tag_len == 1 && h.tag[0] == '+') {
 		bk_fail(b, "unexpected continuation request");
 		return;
 	}
-	if (!untagged) {
+	if (h.tag_len != 1 || h.tag[0] != '*') {
 		bk_fail(b, "unexpected tagged response");
 		return;
 	}
-	if (imap_word_eq(h.w1, h.w1_len, "BYE"))
+	if (b->state == BK_GREETING)
+		bk_greeting(b, &h);
+	else if (imap_word_eq(h.w1, h.w1_len, "BYE"))
 		bk_fail(b, "backend said BYE");
 	/* Other untagged data has nobody to go to here. */
 }
@@ -1003,7 +685,7 @@ static void bk_io(struct conn *c, void *arg)
 			return;
 		}
 		progress |= rr | wr;
-		bk_wipe_out(b, false);
+		cmdq_wipe(&b->cmds, &b->conn.out, false);
 		if (b->state == BK_TLS && conn_handshake_done(&b->conn)) {
 			if (b->after_starttls)
 				bk_ask_caps(b, BK_CAPS);
@@ -1019,15 +701,15 @@ static void bk_io(struct conn *c, void *arg)
 			return;
 		}
 		/* A command that waited for room in conn.out. */
-		if (b->cmd_head != NULL && !b->cmd_head->sent) {
+		if (cmdq_pending(&b->cmds) && !cmdq_in_flight(&b->cmds)) {
 			bk_cmd_write(b);
-			progress |= b->cmd_head != NULL && b->cmd_head->sent;
+			progress |= cmdq_in_flight(&b->cmds);
 		}
 	} while (progress);
 	conn_update(&b->conn);
 	/* An idle connection keeps no buffer memory. */
 	if ((b->state == BK_READY || b->state == BK_HELD) && buf_is_empty(&b->conn.in) &&
-	    buf_is_empty(&b->conn.out) && !b->secret_out)
+	    buf_is_empty(&b->conn.out) && !b->cmds.secret_out)
 		conn_release_buffers(&b->conn);
 }
 
@@ -1079,8 +761,8 @@ int backend_unauthenticate(struct backend *b, bool unselect, backend_done_cb *do
 {
 	if (b->state != BK_ATTACHED || b->conn.eof || b->conn.error || backend_cmd_pending(b))
 		return -1;
-	if ((unselect && bk_cmd_queue(b, "UNSELECT", 8, BK_CMD_SWALLOW, bk_unselect_cb, b) < 0) ||
-	    bk_cmd_queue(b, "UNAUTHENTICATE", 14, BK_CMD_SWALLOW, bk_unauth_cb, b) < 0) {
+	if ((unselect && bk_cmd_queue(b, "UNSELECT", BK_CMD_SWALLOW, bk_unselect_cb) < 0) ||
+	    bk_cmd_queue(b, "UNAUTHENTICATE", BK_CMD_SWALLOW, bk_unauth_cb) < 0) {
 		/* A queued UNSELECT ends (GONE) when the caller closes b. */
 		return -1;
 	}
@@ -1127,6 +809,19 @@ void backend_attach(struct backend *b, conn_cb *cb, void *owner)
 
 /* ---- the end ------------------------------------------------------------ */
 
+/* Stop everything and close the conn; the struct stays (for the free). */
+static void bk_close(struct backend *b)
+{
+	ev_timer_stop(b->conn.loop, &b->timer);
+	bk_forget_credentials(b);
+	bk_enter(b, BK_FAILED);
+	b->done = NULL;
+	/* At once, not at the free: the handlers' owners may go first. */
+	cmdq_gone(&b->cmds, b, "connection closed");
+	cmdq_wipe(&b->cmds, &b->conn.out, true);
+	conn_close(&b->conn);
+}
+
 void backend_destroy(struct backend **bp)
 {
 	struct backend *b = *bp;
@@ -1134,13 +829,7 @@ void backend_destroy(struct backend **bp)
 	if (b == NULL)
 		return;
 	*bp = NULL;
-	ev_timer_stop(b->conn.loop, &b->timer);
-	bk_forget_credentials(b);
-	bk_enter(b, BK_FAILED);
-	b->done = NULL;
-	bk_cmds_gone(b, "connection closed");
-	bk_wipe_out(b, true);
-	conn_close(&b->conn);
+	bk_close(b);
 	if (b->hooks != NULL && b->hooks->gone != NULL)
 		b->hooks->gone(b->hooks_ctx, b);
 	free(b);
@@ -1160,13 +849,7 @@ void backend_destroy_later(struct reaper *r, struct backend **bp)
 	if (b == NULL)
 		return;
 	*bp = NULL;
-	ev_timer_stop(b->conn.loop, &b->timer);
-	bk_forget_credentials(b);
-	bk_enter(b, BK_FAILED);
-	b->done = NULL;
-	bk_cmds_gone(b, "connection closed");
-	bk_wipe_out(b, true);
-	conn_close(&b->conn);
+	bk_close(b);
 	b->defer.fn = backend_defer_free;
 	reaper_defer(r, &b->defer);
 }
@@ -1174,16 +857,11 @@ void backend_destroy_later(struct reaper *r, struct backend **bp)
 void backend_logout_and_destroy_later(struct reaper *r, struct backend **bp)
 {
 	struct backend *b = *bp;
-	char line[BK_TAG_MAX + 16];
-	int n;
 
 	if (b == NULL)
 		return;
-	if (bk_can_write(b) && b->state != BK_STARTTLS && !b->conn.eof) {
-		n = snprintf(line, sizeof(line), "%s%lu LOGOUT\r\n", BK_TAG_PREFIX, ++b->cmd_seq);
-		if (n > 0 && (size_t)n < sizeof(line) &&
-		    buf_append(&b->conn.out, line, (size_t)n) == 0)
-			(void)conn_flush(&b->conn);
-	}
+	if (bk_can_write(b) && b->state != BK_STARTTLS && !b->conn.eof &&
+	    cmdq_logout(&b->cmds, &b->conn.out) == 0)
+		(void)conn_flush(&b->conn);
 	backend_destroy_later(r, bp);
 }

@@ -21,9 +21,10 @@
  *
  * The command channel. backend_cmd() queues a command with an internal tag
  * (BK_TAG_PREFIX and a number counted per connection, never reused on it)
- * and a handler for its answers. Commands go out one at a time, in the
- * order queued: the next is written once the previous one's tagged answer
- * (or its end, see BK_EV_GONE) has been handed to its handler. No client
+ * and a handler for its answers (the queue itself: cmdq.h). Commands go out
+ * one at a time, in the order queued: the next is written once the previous
+ * one's tagged answer (or its end, see BK_EV_GONE) has been handed to its
+ * handler. No client
  * can send a tag of that form through a session that refuses the tags
  * backend_tag_reserved() names, so an answer with such a tag is always
  * the proxy's own. STARTTLS, CAPABILITY, the logins, UNSELECT and
@@ -46,6 +47,7 @@
 
 #include "caps.h"
 #include "cfg.h"
+#include "cmdq.h"
 #include "conn.h"
 #include "imap_args.h"
 #include "imap_tok.h"
@@ -73,7 +75,6 @@ enum bk_result {
 };
 
 struct backend;
-struct bk_cmd; /* a queued internal command (backend.c) */
 struct pool;
 
 /* Called once per login attempt (or readiness, or hold); `why` is a static
@@ -109,11 +110,7 @@ struct backend {
 	char caps[CAPS_MAX + 1]; /* the server's capabilities (raw list), "" until known */
 	bool caps_known;
 
-	/* the command channel */
-	struct bk_cmd *cmd_head; /* queue, oldest first; in flight once written */
-	struct bk_cmd *cmd_tail;
-	unsigned long cmd_seq; /* number in the last tag made */
-	bool secret_out;       /* conn.out held credentials: wiped once it is empty */
+	struct cmdq cmds; /* the command channel: internal commands, oldest first */
 
 	/* the pending login */
 	bool login_wanted;
@@ -202,62 +199,15 @@ void backend_attach(struct backend *b, conn_cb *cb, void *owner);
 
 /* ---- the command channel ---- */
 
-#define BK_TAG_PREFIX "imapmux."
-#define BK_TAG_MAX    (sizeof(BK_TAG_PREFIX) - 1 + 20) /* prefix and a 64-bit number */
-
 /* Whether a tag has the internal form (BK_TAG_PREFIX, compared ASCII
  * case-insensitively). A session must refuse a client command with such a
  * tag: that makes a collision with an internal command impossible. */
-bool backend_tag_reserved(const uint8_t *tag, size_t len);
+static inline bool backend_tag_reserved(const uint8_t *tag, size_t len)
+{
+	return cmdq_tag_reserved(tag, len);
+}
 
-enum bk_cmd_flags {
-	/* Untagged responses while the command is in flight are its handler's
-	 * (BK_EV_UNTAGGED) and, when ATTACHED, not the session's: claimed.
-	 * Without it they are the owner's (dropped when nobody reads for one). */
-	BK_CMD_SWALLOW = 1u << 0,
-	/* The text holds credentials: the copy is wiped once written, and so is
-	 * conn.out once it has been sent. */
-	BK_CMD_SECRET = 1u << 1,
-};
-
-enum bk_event {
-	BK_EV_CONTINUE, /* "+ ...": the server wants more; the handler may backend_cmd_reply() */
-	BK_EV_UNTAGGED, /* "* ..." while in flight, with BK_CMD_SWALLOW */
-	BK_EV_DONE,     /* the tagged answer: the command is over */
-	BK_EV_GONE,     /* the connection failed, timed out or was destroyed first */
-};
-
-enum bk_status {
-	BK_ST_OK,
-	BK_ST_NO,
-	BK_ST_BAD, /* BAD, or any other word in a tagged answer */
-};
-
-/* One answer, valid during the handler's call only. */
-struct bk_reply {
-	enum bk_event ev;
-	enum bk_status status;        /* BK_EV_DONE */
-	const struct imap_head *head; /* the response's first unit, parsed; NULL for GONE */
-	const uint8_t *line;          /* ... its bytes, line end removed */
-	size_t len;
-	bool partial;    /* more of the response follows (a literal, or the rest of a line cut
-	                  * into fragments): it is skipped, the handler sees this part only */
-	const char *why; /* BK_EV_GONE: static text for logs */
-};
-
-/*
- * A command's handler. Called for each answer: BK_EV_CONTINUE and
- * BK_EV_UNTAGGED any number of times, then exactly once either BK_EV_DONE or
- * BK_EV_GONE, after which the command is freed. BK_EV_GONE comes also when
- * the command was never written (queued behind one that failed), and from
- * inside backend_destroy[_later] when the owner destroys b with commands
- * outstanding: a handler must then not destroy b itself. Otherwise the
- * handler may queue commands, destroy b later (backend_destroy_later), or
- * change the owner's state; never backend_destroy.
- */
-typedef void bk_cmd_cb(void *arg, struct backend *b, const struct bk_reply *r);
-
-#define BK_CMD_MAX (30 * 1024) /* a whole command line, tag and CRLF included */
+/* The flags, answers and handlers of internal commands: see cmdq.h. */
 
 /*
  * Queue "TAG text\r\n" with a new internal tag. text[0..len) is the command
@@ -276,11 +226,17 @@ __attribute__((warn_unused_result)) int backend_cmd(struct backend *b, const voi
 /* From a BK_EV_CONTINUE handler only: send text[0..len) and CRLF, the
  * continuation of the command in flight (flags: BK_CMD_SECRET). Returns 0,
  * or -1 when conn.out has no room for it. */
-__attribute__((warn_unused_result)) int backend_cmd_reply(struct backend *b, const void *text,
-                                                          size_t len, unsigned flags);
+__attribute__((warn_unused_result)) static inline int
+backend_cmd_reply(struct backend *b, const void *text, size_t len, unsigned flags)
+{
+	return cmdq_reply(&b->cmds, &b->conn.out, text, len, flags);
+}
 
 /* Internal commands queued or in flight. */
-bool backend_cmd_pending(const struct backend *b);
+static inline bool backend_cmd_pending(const struct backend *b)
+{
+	return cmdq_pending(&b->cmds);
+}
 
 /* Write the next queued command if its turn has come and conn.out has room
  * (cheap when nothing waits). The session calls it after flushing conn.out

@@ -1,6 +1,6 @@
 /*
  * test_backend_cmd — unit tests for the backend command channel
- * (proxy/backend.c: backend_cmd, backend_cmd_claims, backend_tag_reserved,
+ * (proxy/backend.c and cmdq.c: backend_cmd, backend_cmd_claims, backend_tag_reserved,
  * the one reader, the login through it, hooks, hold, the LOGOUT courtesy).
  *
  * The fake connection: a loopback listener stands for the backend server.
@@ -12,7 +12,7 @@
  * get (struct rec), and the tests compare records: a response split at any
  * offset must give the same record as the response in one piece.
  *
- * Links proxy/backend.o, proxy/conn.o, proxy/reaper.o and common/ only:
+ * Links proxy/backend.o, cmdq.o, conn.o, reaper.o and common/ only:
  * the backend reports to its counter through hooks, and frees through a
  * reaper, so no pool or worker is needed.
  */
@@ -510,7 +510,7 @@ static void test_continuation(void **state)
 	assert_int_equal(rc.n, 2);
 	assert_int_equal(rc.evs[1].ev, BK_EV_DONE);
 	/* The secret reply is wiped from conn.out once sent. */
-	assert_false(fx->b->secret_out);
+	assert_false(fx->b->cmds.secret_out);
 	assert_no_secret(fx->b, "dGVzdA==");
 	fx_free(&fx);
 }
@@ -696,7 +696,7 @@ static void test_login_continuation_and_hooks(void **state)
 	assert_string_equal(fx->learned_caps, "IMAP4rev1 IDLE MOVE");
 	assert_int_equal(fx->queried, 0);
 	assert_null(fx->b->plain_b64);
-	assert_false(fx->b->secret_out);
+	assert_false(fx->b->cmds.secret_out);
 	assert_no_secret(fx->b, "AGFsaWNlAHNlY3JldA==");
 	fx_free(&fx);
 
@@ -913,7 +913,7 @@ static void test_claims_split_every_offset(void **state)
 	backend_attach(b, attached_cb, fx);
 	/* Tags of one width from here on (imapmux.100000 ...): a fragment
 	 * holds as much of the rest of a line every time. */
-	b->cmd_seq = 99999;
+	b->cmds.seq = 99999;
 	for (int k = -1; k < 0 || (size_t)k < maxlen; k++) {
 		struct rec rc = {0};
 		struct pump pm = {0};
@@ -1036,7 +1036,7 @@ static void test_split_every_offset(void **state)
 
 	/* k = -2: whole; -1: one byte at a time; else split at k (the tags
 	 * grow a digit now and then: k covers the longest stream). */
-	fx->b->cmd_seq = 99999;
+	fx->b->cmds.seq = 99999;
 	for (int k = -2; k < 0 || (size_t)k < maxlen; k++) {
 		struct rec rc = {.reply = "more"};
 		char line[REC_LINE], tag[BK_TAG_MAX + 1];
