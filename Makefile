@@ -48,14 +48,23 @@ common/libcommon.a: $(COMMON_OBJ)
 proxy/imapmux: $(PROXY_OBJ) common/libcommon.a
 	$(CC) $(ALL_CFLAGS) -o $@ $(PROXY_OBJ) common/libcommon.a $(LDLIBS_PROXY)
 
-# A unit test of proxy/ code links only the objects it names in
-# UNIT_OBJS_<name> (and the libraries in UNIT_LIBS_<name>), never the daemon.
+# A unit test needing more than common/ names the objects it links and the
+# libraries those need, for tests/unit/test_<name>.c:
+#   UNIT_OBJS_<name> = proxy/x.o ...   (built by the %.o rule above; the
+#                                       test then sees proxy/'s headers)
+#   UNIT_LIBS_<name> = -lssl ...
+# Only what it names: a test that links too little fails to link.
 .SECONDEXPANSION:
-tests/unit/test_%: tests/unit/test_%.c common/libcommon.a $(BUILD_STAMP) $$(UNIT_OBJS_$$*)
-	$(CC) $(CPPFLAGS) -Iproxy $(ALL_CFLAGS) -Wno-missing-prototypes -o $@ $< $(UNIT_OBJS_$*) \
-	    common/libcommon.a $(UNIT_LIBS_$*) -lcmocka -lcrypt -lm -lev -lpthread
+tests/unit/test_%: tests/unit/test_%.c $$(UNIT_OBJS_$$*) common/libcommon.a $(BUILD_STAMP)
+	$(CC) $(CPPFLAGS) $(if $(UNIT_OBJS_$*),-Iproxy) $(ALL_CFLAGS) -Wno-missing-prototypes \
+	    -o $@ $< $(UNIT_OBJS_$*) common/libcommon.a $(UNIT_LIBS_$*) \
+	    -lcmocka -lcrypt -lm -lev -lpthread
 
+# The session's state tables (pure).
 UNIT_OBJS_sess_state := proxy/sess_state.o
+# The backend command channel, over a real socket and loop (no pool, no worker).
+UNIT_OBJS_backend_cmd := proxy/backend.o proxy/cmdq.o proxy/conn.o proxy/reaper.o
+UNIT_LIBS_backend_cmd := -lssl -lcrypto
 # test_cryptpool includes proxy/cryptpool.c itself (it reaches the statics).
 tests/unit/test_cryptpool: proxy/cryptpool.c proxy/cryptpool.h
 

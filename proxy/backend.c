@@ -1,16 +1,37 @@
 /*
- * backend — a backend IMAP connection up to login (see backend.h).
+ * backend — a backend IMAP connection up to login, and the channel for the
+ * proxy's own commands on it (see backend.h).
  *
- * The proxy speaks first only after the greeting, one command at a time,
- * with fixed tags ("S" STARTTLS, "C" CAPABILITY, "L" login, "R" UNSELECT
- * and "U" UNAUTHENTICATE on the way back to the pool), so a tagged line
- * with another tag is a protocol error.
+ * One reader. While no session reads the conn (every state but ATTACHED),
+ * bk_io reads it and bk_read cuts it into units with b->tok; the first
+ * unit of each response (always a whole LINE here: no fragments, lines
+ * bounded by BK_MAX_LINE) goes to bk_response, the rest of the response
+ * (literal bodies, further line parts) is skipped by count. While
+ * ATTACHED the session's pump hands first units to backend_cmd_claims,
+ * which dispatches through the same bk_dispatch.
+ *
+ *   conn.in --bk_read--> bk_response --greeting--> bk_greeting
+ *                                    --"+", tagged, swallowed "*"--> cmdq --> handler
+ *                                    --"* BYE"--> bk_fail
+ *   session pump --backend_cmd_claims--> cmdq --> handler
+ *
+ * The queue (cmdq.c) knows tags, order and handlers; this file decides
+ * when a command may be written (bk_can_write: past the greeting, no
+ * handshake) and writes the next one after each answer. Any tagged answer
+ * that is not the command in flight's is a protocol error while this module
+ * reads: it sends nothing else. The setup, login and way back to the pool
+ * are handlers of their own commands (bk_starttls_cb, bk_caps_cb,
+ * bk_login_cb, bk_unauth_cb).
  *
  * Post-login capabilities: a login's tagged OK usually carries them; they
- * are handed to the pool (pool_learn_login_caps), which keeps the backend's
- * latest list, so a login whose OK lacks them costs no CAPABILITY round
- * trip once any login of this backend has reported them. Credentials live in this
- * struct only until the login command is queued, and are wiped then.
+ * are reported through the learn_login_caps hook (the pool keeps the
+ * backend's latest list), so a login whose OK lacks them costs no
+ * CAPABILITY round trip once any login of this backend has reported them.
+ *
+ * Secrets: credentials live in this struct until the login is queued (then
+ * wiped), in the queued command until it is written, and in conn.out until
+ * sent (then the buffer is wiped: cmdq_wipe), and are wiped at the end in
+ * any case.
  *
  * Login preference: AUTHENTICATE PLAIN with SASL-IR (one round trip, any
  * bytes), AUTHENTICATE PLAIN with a continuation, then LOGIN with quoted
@@ -18,22 +39,72 @@
  */
 #include "backend.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "base64.h"
 #include "caps.h"
 #include "imap_args.h"
+#include "imap_login.h"
 #include "log.h"
-#include "pool.h"
 
 #define BK_BUF_SIZE (32 * 1024)
 #define BK_MAX_LINE (16 * 1024)
 
 static void bk_io(struct conn *c, void *arg);
+static void bk_fail(struct backend *b, const char *why);
+
+/* ---- states ------------------------------------------------------------ */
+
+#define TO(st) (1u << (st))
+
+/* The moves of backend.h's diagram: moves[from] has bit `to` set (any
+ * state may fail, FAILED is final). */
+static const unsigned bk_moves[] = {
+    [BK_CONNECTING] = TO(BK_TLS) | TO(BK_GREETING),
+    [BK_TLS] = TO(BK_GREETING) | TO(BK_CAPS),
+    [BK_GREETING] = TO(BK_STARTTLS) | TO(BK_CAPS) | TO(BK_READY),
+    [BK_STARTTLS] = TO(BK_TLS),
+    [BK_CAPS] = TO(BK_READY),
+    [BK_READY] = TO(BK_LOGIN),
+    [BK_LOGIN] = TO(BK_LOGIN_CAPS) | TO(BK_ATTACHED),
+    [BK_LOGIN_CAPS] = TO(BK_ATTACHED),
+    [BK_ATTACHED] = TO(BK_ATTACHED) | TO(BK_HELD) | TO(BK_UNAUTH),
+    [BK_HELD] = TO(BK_ATTACHED),
+    [BK_UNAUTH] = TO(BK_CAPS) | TO(BK_READY),
+    [BK_FAILED] = 0,
+};
+
+/* Every state change goes through here. */
+static void bk_enter(struct backend *b, enum bk_state to)
+{
+	if (to != BK_FAILED && !(bk_moves[b->state] & TO(to))) {
+		log_error("S-%lu backend %s: internal error: state %d -> %d", b->sid, b->cfg->name,
+		          (int)b->state, (int)to);
+		assert(!"illegal backend state move");
+	}
+	b->state = to;
+}
+
+/* This module reads the stream (see backend.h). */
+static bool bk_reading(const struct backend *b)
+{
+	return b->state != BK_FAILED && b->state != BK_ATTACHED && b->state != BK_TLS &&
+	       b->state != BK_CONNECTING;
+}
+
+/* Commands can be written now: past the greeting, no handshake running. */
+static bool bk_can_write(const struct backend *b)
+{
+	return b->state != BK_FAILED && b->state != BK_CONNECTING && b->state != BK_TLS &&
+	       b->state != BK_GREETING && !b->conn.error && b->conn.fd >= 0 &&
+	       conn_handshake_done(&b->conn);
+}
+
+/* ---- secrets ------------------------------------------------------------ */
 
 static void wipe_free(char **p, size_t len)
 {
@@ -54,13 +125,77 @@ static void bk_forget_credentials(struct backend *b)
 	b->user_len = b->pass_len = b->authz_len = 0;
 }
 
+/* ---- the command channel (the queue: cmdq.c) ---------------------------- */
+
+/* Write the head of the queue when it waits and may go now. */
+static void bk_cmd_write(struct backend *b)
+{
+	if (bk_can_write(b) && cmdq_write(&b->cmds, &b->conn.out) < 0)
+		bk_fail(b, "out of memory");
+}
+
+/* Queue one of this module's own commands, whatever the state. */
+static int bk_cmd_queue(struct backend *b, const char *text, unsigned flags, bk_cmd_cb *cb)
+{
+	if (b->state == BK_FAILED || cmdq_push(&b->cmds, text, strlen(text), flags, cb, b) < 0)
+		return -1;
+	bk_cmd_write(b);
+	return 0;
+}
+
+int backend_cmd(struct backend *b, const void *text, size_t len, unsigned flags, bk_cmd_cb *cb,
+                void *arg)
+{
+	switch (b->state) {
+	case BK_CONNECTING:
+	case BK_TLS:
+	case BK_GREETING:
+	case BK_STARTTLS:
+	case BK_CAPS:
+	case BK_FAILED:
+		return -1;
+	default:
+		break;
+	}
+	if (cmdq_push(&b->cmds, text, len, flags, cb, arg) < 0)
+		return -1;
+	bk_cmd_write(b);
+	if (b->state != BK_ATTACHED)
+		conn_update(&b->conn);
+	return 0;
+}
+
+void backend_cmd_kick(struct backend *b)
+{
+	cmdq_wipe(&b->cmds, &b->conn.out, false);
+	bk_cmd_write(b);
+}
+
+bool backend_cmd_claims(struct backend *b, const uint8_t *p, const struct imap_tok_unit *u)
+{
+	struct imap_head h;
+	int r;
+
+	cmdq_wipe(&b->cmds, &b->conn.out, false);
+	if (b->state != BK_ATTACHED || !cmdq_in_flight(&b->cmds) || !u->first ||
+	    u->type == IMAP_TOK_LITERAL)
+		return false;
+	r = cmdq_answer(&b->cmds, b, p, u->len, !(u->type == IMAP_TOK_LINE && u->last), &h);
+	/* The next command goes out once one ended. */
+	bk_cmd_write(b);
+	return r > 0;
+}
+
+/* ---- the end of a connection, or of a login ---------------------------- */
+
 static void bk_finish(struct backend *b, enum bk_result r, const char *why)
 {
 	ev_timer_stop(b->conn.loop, &b->timer);
 	bk_forget_credentials(b);
 	if (r != BK_RES_OK) {
-		b->state = BK_FAILED;
+		bk_enter(b, BK_FAILED);
 		conn_stop(&b->conn);
+		cmdq_gone(&b->cmds, b, why);
 	}
 	if (b->done != NULL) {
 		backend_done_cb *done = b->done;
@@ -71,17 +206,21 @@ static void bk_finish(struct backend *b, enum bk_result r, const char *why)
 
 static void bk_fail(struct backend *b, const char *why)
 {
+	bool tell;
+
 	if (b->state == BK_FAILED)
 		return;
 	/* Health probes (no login, sid 0) report through their own owner. */
 	log_msg(b->notify_ready ? LOG_LVL_DEBUG : LOG_LVL_WARN, "S-%lu backend %s (%s): %s", b->sid,
 	        b->cfg->name, b->cfg->addr.text, why);
-	if (b->login_wanted || b->notify_ready || b->state == BK_LOGIN || b->state == BK_LOGIN_CAPS)
+	tell = b->login_wanted || b->notify_ready || b->state == BK_LOGIN ||
+	       b->state == BK_LOGIN_CAPS || b->state == BK_HELD;
+	bk_enter(b, BK_FAILED);
+	conn_stop(&b->conn);
+	/* The commands end first, the owner hears last. */
+	cmdq_gone(&b->cmds, b, why);
+	if (tell)
 		bk_finish(b, BK_RES_UNAVAILABLE, why);
-	else {
-		b->state = BK_FAILED;
-		conn_stop(&b->conn);
-	}
 }
 
 static void bk_timeout(struct ev_loop *loop, ev_timer *w, int revents)
@@ -101,6 +240,8 @@ static void bk_arm_timer(struct backend *b, double secs)
 	ev_timer_set(&b->timer, secs, 0.);
 	ev_timer_start(b->conn.loop, &b->timer);
 }
+
+/* ---- setup --------------------------------------------------------------- */
 
 struct backend *backend_new(struct ev_loop *loop, const struct cfg_backend *cfg, SSL_CTX *ctx,
                             unsigned long sid, backend_done_cb *done, void *owner)
@@ -138,131 +279,278 @@ struct backend *backend_new(struct ev_loop *loop, const struct cfg_backend *cfg,
 	return b;
 }
 
-/* Queue a command line; returns 0 or -1 when the buffer cannot take it. */
-static int bk_send(struct backend *b, const char *line)
+void backend_set_hooks(struct backend *b, const struct backend_hooks *hooks, void *ctx)
 {
-	if (buf_append(&b->conn.out, line, strlen(line)) < 0) {
-		bk_fail(b, "command too long");
+	b->hooks = hooks;
+	b->hooks_ctx = ctx;
+}
+
+/* Take a capability list from a "[CAPABILITY ...]" code or a "* CAPABILITY" line. */
+/* A list over CAPS_MAX fails the connection: cut, it could not be filtered
+ * (nor forwarded whole). Callers check for BK_FAILED after. */
+static void bk_store_caps(struct backend *b, const uint8_t *p, size_t len)
+{
+	if (len > CAPS_MAX) {
+		log_warn("S-%lu backend %s: capability list of %zu bytes, over the maximum of %d",
+		         b->sid, b->cfg->name, len, CAPS_MAX);
+		bk_fail(b, "capability list too long");
+		return;
+	}
+	memcpy(b->caps, p, len);
+	b->caps[len] = '\0';
+	b->caps_known = true;
+}
+
+/* Find "[CAPABILITY ...]" in resp-text rest[0..len) and store it. */
+static void bk_caps_from_code(struct backend *b, const uint8_t *rest, size_t len)
+{
+	static const char key[] = "[CAPABILITY ";
+	size_t klen = sizeof(key) - 1;
+
+	if (len > klen && imap_word_eq(rest, klen, key)) {
+		const uint8_t *end = memchr(rest + klen, ']', len - klen);
+		if (end != NULL)
+			bk_store_caps(b, rest + klen, (size_t)(end - (rest + klen)));
+	}
+}
+
+static void bk_forget_caps(struct backend *b)
+{
+	b->caps_known = false;
+	b->caps[0] = '\0';
+}
+
+static void bk_send_login(struct backend *b);
+static void bk_ask_caps(struct backend *b, enum bk_state st);
+
+static void bk_ready(struct backend *b)
+{
+	bk_enter(b, BK_READY);
+	ev_timer_stop(b->conn.loop, &b->timer);
+	log_debug("S-%lu backend %s ready", b->sid, b->cfg->name);
+	if (b->login_wanted)
+		bk_send_login(b);
+	else if (b->notify_ready)
+		bk_finish(b, BK_RES_OK, "ready");
+}
+
+void backend_notify_ready(struct backend *b)
+{
+	b->notify_ready = true;
+}
+
+/* A continuation request no internal command of this module asked for. */
+static void bk_no_continuation(struct backend *b, const struct bk_reply *r)
+{
+	if (r->ev == BK_EV_CONTINUE)
+		bk_fail(b, "unexpected continuation request");
+}
+
+/* CAPABILITY (before login, after UNAUTHENTICATE, or after a login whose OK
+ * had none): the untagged answer holds the list. */
+static void bk_caps_cb(void *arg, struct backend *b, const struct bk_reply *r)
+{
+	(void)arg;
+	bk_no_continuation(b, r);
+	if (r->ev == BK_EV_UNTAGGED) {
+		if (!imap_word_eq(r->head->w1, r->head->w1_len, "CAPABILITY"))
+			return;
+		if (r->partial) {
+			bk_fail(b, "literal in a capability list");
+			return;
+		}
+		bk_store_caps(b, r->head->rest, r->head->rest_len);
+		return;
+	}
+	if (r->ev != BK_EV_DONE)
+		return;
+	if (r->status != BK_ST_OK || !b->caps_known) {
+		bk_fail(b, "CAPABILITY failed");
+		return;
+	}
+	if (b->state == BK_LOGIN_CAPS) {
+		if (b->hooks != NULL && b->hooks->learn_login_caps != NULL)
+			b->hooks->learn_login_caps(b->hooks_ctx, b->caps);
+		bk_enter(b, BK_ATTACHED);
+		bk_finish(b, BK_RES_OK, "logged in");
+	} else {
+		bk_ready(b);
+	}
+}
+
+static void bk_ask_caps(struct backend *b, enum bk_state st)
+{
+	bk_enter(b, st);
+	if (bk_cmd_queue(b, "CAPABILITY", BK_CMD_SWALLOW, bk_caps_cb) < 0)
+		bk_fail(b, "out of memory");
+}
+
+static int bk_start_tls(struct backend *b)
+{
+	const char *sni = b->cfg->tls_name;
+
+	if (b->ssl_ctx == NULL || conn_start_tls(&b->conn, b->ssl_ctx, false, sni) < 0) {
+		bk_fail(b, "cannot start TLS");
 		return -1;
 	}
+	bk_enter(b, BK_TLS);
 	return 0;
 }
 
-static bool plain_safe(const char *s, size_t len)
+static void bk_starttls_cb(void *arg, struct backend *b, const struct bk_reply *r)
 {
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c < 0x20 || c >= 0x7f)
-			return false;
+	(void)arg;
+	bk_no_continuation(b, r);
+	if (r->ev != BK_EV_DONE)
+		return;
+	if (r->status != BK_ST_OK) {
+		bk_fail(b, "STARTTLS refused");
+		return;
 	}
-	return true;
+	/* Bytes after the OK would be plaintext injected before TLS. */
+	if (!buf_is_empty(&b->conn.in)) {
+		bk_fail(b, "data after STARTTLS response");
+		return;
+	}
+	b->after_starttls = true;
+	bk_forget_caps(b);
+	(void)bk_start_tls(b);
 }
 
-/* Append s as an IMAP quoted string or a LITERAL+ literal. */
-static int bk_put_string(struct backend *b, const char *s, size_t len, bool literal_plus)
+/* The greeting: "* OK [CAPABILITY ...] ...", then STARTTLS or CAPABILITY
+ * as needed. */
+static void bk_greeting(struct backend *b, const struct imap_head *h)
 {
-	char head[32];
-
-	if (plain_safe(s, len)) {
-		if (buf_append(&b->conn.out, "\"", 1) < 0)
-			return -1;
-		for (size_t i = 0; i < len; i++) {
-			if ((s[i] == '"' || s[i] == '\\') && buf_append(&b->conn.out, "\\", 1) < 0)
-				return -1;
-			if (buf_append(&b->conn.out, &s[i], 1) < 0)
-				return -1;
-		}
-		return buf_append(&b->conn.out, "\"", 1);
+	if (imap_word_eq(h->w1, h->w1_len, "BYE")) {
+		bk_fail(b, "backend said BYE");
+		return;
 	}
-	if (!literal_plus)
-		return -1;
-	snprintf(head, sizeof(head), "{%zu+}\r\n", len);
-	if (buf_append(&b->conn.out, head, strlen(head)) < 0)
-		return -1;
-	return buf_append(&b->conn.out, s, len);
+	if (!imap_word_eq(h->w1, h->w1_len, "OK")) {
+		bk_fail(b, "unexpected greeting");
+		return;
+	}
+	bk_caps_from_code(b, h->rest, h->rest_len);
+	if (b->state == BK_FAILED)
+		return;
+	if (b->cfg->tls == CFG_TLS_STARTTLS) {
+		bk_enter(b, BK_STARTTLS);
+		if (bk_cmd_queue(b, "STARTTLS", 0, bk_starttls_cb) < 0)
+			bk_fail(b, "out of memory");
+	} else if (b->caps_known) {
+		bk_ready(b);
+	} else {
+		bk_ask_caps(b, BK_CAPS);
+	}
+}
+
+/* ---- login --------------------------------------------------------------- */
+
+static void bk_login_cb(void *arg, struct backend *b, const struct bk_reply *r)
+{
+	(void)arg;
+	if (r->ev == BK_EV_CONTINUE) {
+		/* AUTHENTICATE PLAIN without SASL-IR: the response, once. */
+		if (b->plain_b64 == NULL) {
+			bk_fail(b, "unexpected continuation request");
+			return;
+		}
+		if (backend_cmd_reply(b, b->plain_b64, strlen(b->plain_b64), BK_CMD_SECRET) < 0) {
+			bk_fail(b, "command too long");
+			return;
+		}
+		wipe_free(&b->plain_b64, strlen(b->plain_b64));
+		return;
+	}
+	if (r->ev != BK_EV_DONE)
+		return; /* GONE: bk_fail reports to the owner */
+	if (b->plain_b64 != NULL)
+		wipe_free(&b->plain_b64, strlen(b->plain_b64));
+	if (r->status != BK_ST_OK) {
+		bool no = r->status == BK_ST_NO;
+		bool busy = no && imap_login_no_unavailable(r->head->rest, r->head->rest_len);
+		bk_finish(b, busy || !no ? BK_RES_UNAVAILABLE : BK_RES_AUTH_FAILED,
+		          no ? "credentials refused" : "login command rejected");
+		return;
+	}
+	const char *known = b->hooks != NULL && b->hooks->login_caps != NULL
+	                        ? b->hooks->login_caps(b->hooks_ctx)
+	                        : NULL;
+
+	b->caps_known = false;
+	bk_caps_from_code(b, r->head->rest, r->head->rest_len);
+	if (b->state == BK_FAILED)
+		return;
+	if (b->caps_known && b->hooks != NULL && b->hooks->learn_login_caps != NULL)
+		b->hooks->learn_login_caps(b->hooks_ctx, b->caps);
+	if (!b->caps_known && known != NULL)
+		bk_store_caps(b, (const uint8_t *)known, strlen(known));
+	if (b->state == BK_FAILED)
+		return;
+	if (b->caps_known) {
+		bk_enter(b, BK_ATTACHED);
+		bk_finish(b, BK_RES_OK, "logged in");
+		return;
+	}
+	if (b->hooks != NULL && b->hooks->caps_queried != NULL)
+		b->hooks->caps_queried(b->hooks_ctx);
+	bk_ask_caps(b, BK_LOGIN_CAPS);
 }
 
 static void bk_send_login(struct backend *b)
 {
 	bool plain = caps_has(b->caps, strlen(b->caps), "AUTH=PLAIN");
 	bool sasl_ir = caps_has(b->caps, strlen(b->caps), "SASL-IR");
-	size_t rawlen = b->authz_len + 1 + b->user_len + 1 + b->pass_len;
+	bool lp = caps_has(b->caps, strlen(b->caps), "LITERAL+");
+	struct imap_creds cr = {b->authz, b->authz_len, b->user, b->user_len, b->pass, b->pass_len};
+	const char *why = "out of memory";
+	char *text = NULL;
+	size_t len = 0;
+	int r = -1;
 
-	b->state = BK_LOGIN;
+	bk_enter(b, BK_LOGIN);
 	bk_arm_timer(b, b->cfg->command_timeout);
 	if (caps_has(b->caps, strlen(b->caps), "LOGINDISABLED") && !plain) {
 		bk_fail(b, "backend refuses plaintext login (LOGINDISABLED): use tls = starttls");
 		return;
 	}
 	if (plain) {
-		uint8_t *raw = malloc(rawlen);
-		size_t enclen = B64_ENCODED_LEN(rawlen) + 1;
-		char *enc = malloc(enclen);
+		char *enc = imap_login_plain(&cr);
 
-		if (raw == NULL || enc == NULL) {
-			free(raw);
-			free(enc);
-			bk_fail(b, "out of memory");
+		if (enc == NULL) {
+			bk_fail(b, why);
 			return;
 		}
-		size_t off = 0;
-		if (b->authz_len > 0)
-			memcpy(raw, b->authz, b->authz_len);
-		off = b->authz_len;
-		raw[off++] = '\0';
-		memcpy(raw + off, b->user, b->user_len);
-		off += b->user_len;
-		raw[off++] = '\0';
-		memcpy(raw + off, b->pass, b->pass_len);
-		long n = b64_encode(raw, rawlen, enc, enclen);
-		explicit_bzero(raw, rawlen);
-		free(raw);
-		if (n < 0) {
-			free(enc);
-			bk_fail(b, "encoding failed");
-			return;
-		}
-		b->plain_b64 = enc;
 		if (sasl_ir) {
-			if (bk_send(b, "L AUTHENTICATE PLAIN ") < 0 || bk_send(b, enc) < 0 ||
-			    bk_send(b, "\r\n") < 0)
-				return;
+			size_t elen = strlen(enc);
+			text = malloc(19 + elen);
+			if (text != NULL) {
+				memcpy(text, "AUTHENTICATE PLAIN ", 19);
+				memcpy(text + 19, enc, elen);
+				len = 19 + elen;
+			}
+			wipe_free(&enc, elen);
 		} else {
-			if (bk_send(b, "L AUTHENTICATE PLAIN\r\n") < 0)
-				return;
-			b->plain_continuation = true;
+			b->plain_b64 = enc;
+			r = bk_cmd_queue(b, "AUTHENTICATE PLAIN", 0, bk_login_cb);
+			why = "command too long";
 		}
 	} else {
-		bool lp = caps_has(b->caps, strlen(b->caps), "LITERAL+");
-		char *name = b->user;
-		size_t name_len = b->user_len;
-		if (b->authz != NULL) {
-			/* Dovecot's master login: "user<separator>master". */
-			size_t sep = strlen(b->cfg->master_separator);
-			name_len = b->authz_len + sep + b->user_len;
-			name = malloc(name_len + 1);
-			if (name == NULL) {
-				bk_fail(b, "out of memory");
-				return;
-			}
-			memcpy(name, b->authz, b->authz_len);
-			memcpy(name + b->authz_len, b->cfg->master_separator, sep);
-			memcpy(name + b->authz_len + sep, b->user, b->user_len);
-			name[name_len] = '\0';
-		}
-		int r = bk_send(b, "L LOGIN ") < 0 ? -1 : bk_put_string(b, name, name_len, lp);
-		if (name != b->user)
-			wipe_free(&name, name_len);
-		if (r < 0 || buf_append(&b->conn.out, " ", 1) < 0 ||
-		    bk_put_string(b, b->pass, b->pass_len, lp) < 0 || bk_send(b, "\r\n") < 0) {
-			bk_fail(b, "credentials cannot be sent with LOGIN to this backend");
-			return;
-		}
+		text = imap_login_cmd(&cr, b->cfg->master_separator, lp, &len, &why);
 	}
-	/* What remains is in the output buffer only; it is freed once sent. */
+	if (text != NULL) {
+		r = cmdq_push(&b->cmds, text, len, BK_CMD_SECRET, bk_login_cb, b);
+		if (r == 0)
+			bk_cmd_write(b);
+		why = "command too long";
+		explicit_bzero(text, len);
+		free(text);
+	}
+	/* What remains is in the queue or conn.out only, wiped once sent. */
 	wipe_free(&b->authz, b->authz_len);
 	wipe_free(&b->user, b->user_len);
 	wipe_free(&b->pass, b->pass_len);
+	if (r < 0)
+		bk_fail(b, why);
 }
 
 int backend_login(struct backend *b, const char *user, size_t user_len, const char *pass,
@@ -302,231 +590,44 @@ int backend_login_as(struct backend *b, const char *authz, size_t authz_len, con
 	return 0;
 }
 
-/* Take a capability list from a "[CAPABILITY ...]" code or a "* CAPABILITY" line. */
-/* A list over CAPS_MAX fails the connection: cut, it could not be filtered
- * (nor forwarded whole). Callers check for BK_FAILED after. */
-static void bk_store_caps(struct backend *b, const uint8_t *p, size_t len)
-{
-	if (len > CAPS_MAX) {
-		log_warn("S-%lu backend %s: capability list of %zu bytes, over the maximum of %d",
-		         b->sid, b->cfg->name, len, CAPS_MAX);
-		bk_fail(b, "capability list too long");
-		return;
-	}
-	memcpy(b->caps, p, len);
-	b->caps[len] = '\0';
-	b->caps_known = true;
-}
+/* ---- the reader ---------------------------------------------------------- */
 
-/* Find "[CAPABILITY ...]" in resp-text rest[0..len) and store it. */
-static void bk_caps_from_code(struct backend *b, const uint8_t *rest, size_t len)
-{
-	static const char key[] = "[CAPABILITY ";
-	size_t klen = sizeof(key) - 1;
-
-	if (len > klen && imap_word_eq(rest, klen, key)) {
-		const uint8_t *end = memchr(rest + klen, ']', len - klen);
-		if (end != NULL)
-			bk_store_caps(b, rest + klen, (size_t)(end - (rest + klen)));
-	}
-}
-
-static void bk_ready(struct backend *b)
-{
-	b->state = BK_READY;
-	ev_timer_stop(b->conn.loop, &b->timer);
-	log_debug("S-%lu backend %s ready", b->sid, b->cfg->name);
-	if (b->login_wanted)
-		bk_send_login(b);
-	else if (b->notify_ready)
-		bk_finish(b, BK_RES_OK, "ready");
-}
-
-void backend_notify_ready(struct backend *b)
-{
-	b->notify_ready = true;
-}
-
-static void bk_after_caps(struct backend *b)
-{
-	if (b->state == BK_LOGIN_CAPS) {
-		if (b->pool != NULL)
-			pool_learn_login_caps(b->pool, b->caps);
-		b->state = BK_ATTACHED;
-		bk_finish(b, BK_RES_OK, "logged in");
-	} else {
-		bk_ready(b);
-	}
-}
-
-static int bk_start_tls(struct backend *b)
-{
-	const char *sni = b->cfg->tls_name;
-
-	if (b->ssl_ctx == NULL || conn_start_tls(&b->conn, b->ssl_ctx, false, sni) < 0) {
-		bk_fail(b, "cannot start TLS");
-		return -1;
-	}
-	b->state = BK_TLS;
-	return 0;
-}
-
-/* Map a login NO to the answer the client gets. */
-static enum bk_result bk_login_no(const uint8_t *rest, size_t len)
-{
-	static const char unavail[] = "[UNAVAILABLE]";
-	static const char limit[] = "[LIMIT]";
-
-	if (len >= sizeof(unavail) - 1 && imap_word_eq(rest, sizeof(unavail) - 1, unavail))
-		return BK_RES_UNAVAILABLE;
-	if (len >= sizeof(limit) - 1 && imap_word_eq(rest, sizeof(limit) - 1, limit))
-		return BK_RES_UNAVAILABLE;
-	return BK_RES_AUTH_FAILED;
-}
-
-/* Handle one complete response line (CRLF included). */
-static void bk_line(struct backend *b, const uint8_t *p, size_t len)
+/* The first unit of one response, p[0..len) with its line end; partial when
+ * more of the response follows. */
+static void bk_response(struct backend *b, const uint8_t *p, size_t len, bool partial)
 {
 	struct imap_head h;
-	bool tagged, ok, no;
+	int r = cmdq_answer(&b->cmds, b, p, len, partial, &h);
 
-	while (len > 0 && (p[len - 1] == '\n' || p[len - 1] == '\r'))
-		len--;
-	if (imap_head_parse(p, len, &h) < 0) {
+	if (r < 0) {
 		bk_fail(b, "bad response line");
 		return;
 	}
-	tagged = !(h.tag_len == 1 && (h.tag[0] == '*' || h.tag[0] == '+'));
-	ok = imap_word_eq(h.w1, h.w1_len, "OK");
-	no = imap_word_eq(h.w1, h.w1_len, "NO");
-
+	if (b->state == BK_FAILED)
+		return;
+	if (r > 0) {
+		bk_cmd_write(b); /* the next one, if that one ended */
+		return;
+	}
 	if (h.tag_len == 1 && h.tag[0] == '+') {
-		if (b->state == BK_LOGIN && b->plain_continuation && b->plain_b64 != NULL) {
-			b->plain_continuation = false;
-			if (bk_send(b, b->plain_b64) == 0)
-				(void)bk_send(b, "\r\n");
-			wipe_free(&b->plain_b64, strlen(b->plain_b64));
-			return;
-		}
 		bk_fail(b, "unexpected continuation request");
 		return;
 	}
-	if (!tagged) {
-		if (imap_word_eq(h.w1, h.w1_len, "CAPABILITY")) {
-			bk_store_caps(b, h.rest, h.rest_len);
-			return;
-		}
-		if (imap_word_eq(h.w1, h.w1_len, "BYE")) {
-			bk_fail(b, "backend said BYE");
-			return;
-		}
-		if (b->state == BK_GREETING) {
-			if (!ok) {
-				bk_fail(b, "unexpected greeting");
-				return;
-			}
-			bk_caps_from_code(b, h.rest, h.rest_len);
-			if (b->state == BK_FAILED)
-				return;
-			if (b->cfg->tls == CFG_TLS_STARTTLS) {
-				b->state = BK_STARTTLS;
-				(void)bk_send(b, "S STARTTLS\r\n");
-			} else if (b->caps_known) {
-				bk_ready(b);
-			} else {
-				b->state = BK_CAPS;
-				(void)bk_send(b, "C CAPABILITY\r\n");
-			}
-		}
-		/* Other untagged data before login is of no interest. */
-		return;
-	}
-
-	switch (b->state) {
-	case BK_STARTTLS:
-		if (!imap_word_eq(h.tag, h.tag_len, "S") || !ok) {
-			bk_fail(b, "STARTTLS refused");
-			return;
-		}
-		/* Bytes after the OK would be plaintext injected before TLS. */
-		if (!buf_is_empty(&b->conn.in)) {
-			bk_fail(b, "data after STARTTLS response");
-			return;
-		}
-		b->after_starttls = true;
-		b->caps_known = false;
-		b->caps[0] = '\0';
-		(void)bk_start_tls(b);
-		return;
-	case BK_CAPS:
-	case BK_LOGIN_CAPS:
-		if (!imap_word_eq(h.tag, h.tag_len, "C") || !ok || !b->caps_known) {
-			bk_fail(b, "CAPABILITY failed");
-			return;
-		}
-		bk_after_caps(b);
-		return;
-	case BK_LOGIN:
-		if (!imap_word_eq(h.tag, h.tag_len, "L")) {
-			bk_fail(b, "unexpected tagged response");
-			return;
-		}
-		if (ok) {
-			const char *known = b->pool != NULL ? pool_login_caps(b->pool) : NULL;
-
-			b->caps_known = false;
-			bk_caps_from_code(b, h.rest, h.rest_len);
-			if (b->state == BK_FAILED)
-				return;
-			if (b->caps_known && b->pool != NULL)
-				pool_learn_login_caps(b->pool, b->caps);
-			if (!b->caps_known && known != NULL)
-				bk_store_caps(b, (const uint8_t *)known, strlen(known));
-			if (b->caps_known) {
-				b->state = BK_ATTACHED;
-				bk_finish(b, BK_RES_OK, "logged in");
-			} else {
-				b->state = BK_LOGIN_CAPS;
-				if (b->pool != NULL)
-					pool_count_caps_query(b->pool);
-				(void)bk_send(b, "C CAPABILITY\r\n");
-			}
-			return;
-		}
-		bk_finish(b, no ? bk_login_no(h.rest, h.rest_len) : BK_RES_UNAVAILABLE,
-		          no ? "credentials refused" : "login command rejected");
-		return;
-	case BK_UNAUTH:
-		if (imap_word_eq(h.tag, h.tag_len, "R"))
-			return; /* UNSELECT: whatever it says, UNAUTHENTICATE decides */
-		if (!imap_word_eq(h.tag, h.tag_len, "U") || !ok) {
-			bk_fail(b, "UNAUTHENTICATE refused");
-			return;
-		}
-		/* The capabilities are the pre-login ones again. */
-		b->caps_known = false;
-		b->caps[0] = '\0';
-		bk_caps_from_code(b, h.rest, h.rest_len);
-		if (b->state == BK_FAILED)
-			return;
-		if (b->caps_known) {
-			bk_ready(b);
-		} else {
-			b->state = BK_CAPS;
-			(void)bk_send(b, "C CAPABILITY\r\n");
-		}
-		return;
-	default:
+	if (h.tag_len != 1 || h.tag[0] != '*') {
 		bk_fail(b, "unexpected tagged response");
 		return;
 	}
+	if (b->state == BK_GREETING)
+		bk_greeting(b, &h);
+	else if (imap_word_eq(h.w1, h.w1_len, "BYE"))
+		bk_fail(b, "backend said BYE");
+	/* Other untagged data has nobody to go to here. */
 }
 
-/* Consume complete lines from conn.in while in a line-reading state. */
-static void bk_read_lines(struct backend *b)
+/* Consume what has come in while this module reads the stream. */
+static void bk_read(struct backend *b)
 {
-	while (b->state != BK_FAILED && b->state != BK_ATTACHED && b->state != BK_TLS &&
-	       b->state != BK_CONNECTING) {
+	while (bk_reading(b)) {
 		struct imap_tok_unit u;
 		int r = imap_tok_next(&b->tok, buf_head(&b->conn.in), buf_len(&b->conn.in), &u);
 
@@ -536,24 +637,20 @@ static void bk_read_lines(struct backend *b)
 			bk_fail(b, imap_tok_error(&b->tok));
 			return;
 		}
-		if (u.type != IMAP_TOK_LINE || !u.last || !u.first) {
-			if (b->state == BK_UNAUTH) {
-				/* Untagged data of the old session (a FETCH with a
-				 * literal): not ours to read. */
-				imap_tok_consume(&b->tok, &u, u.len);
-				buf_consume(&b->conn.in, u.len);
-				continue;
-			}
-			bk_fail(b, "unexpected literal before login");
-			return;
+		if (!u.first) {
+			/* The rest of a response whose first unit went its way. */
+			imap_tok_consume(&b->tok, &u, u.len);
+			buf_consume(&b->conn.in, u.len);
+			continue;
 		}
-		/* Copy the line out: bk_line may start TLS, which must find the
-		 * buffer empty after the STARTTLS answer. */
+		/* Copy the line out: a handler may start TLS, which must find
+		 * the buffer empty after the STARTTLS answer. */
 		uint8_t line[BK_MAX_LINE];
+		bool partial = !(u.type == IMAP_TOK_LINE && u.last);
 		memcpy(line, buf_head(&b->conn.in), u.len);
 		imap_tok_consume(&b->tok, &u, u.len);
 		buf_consume(&b->conn.in, u.len);
-		bk_line(b, line, u.len);
+		bk_response(b, line, u.len, partial);
 	}
 }
 
@@ -577,7 +674,7 @@ static void bk_io(struct conn *c, void *arg)
 				if (bk_start_tls(b) < 0)
 					return;
 			} else {
-				b->state = BK_GREETING;
+				bk_enter(b, BK_GREETING);
 			}
 			progress = 1;
 		}
@@ -588,48 +685,92 @@ static void bk_io(struct conn *c, void *arg)
 			return;
 		}
 		progress |= rr | wr;
+		cmdq_wipe(&b->cmds, &b->conn.out, false);
 		if (b->state == BK_TLS && conn_handshake_done(&b->conn)) {
-			if (b->after_starttls) {
-				b->state = BK_CAPS;
-				(void)bk_send(b, "C CAPABILITY\r\n");
-			} else {
-				b->state = BK_GREETING;
-			}
+			if (b->after_starttls)
+				bk_ask_caps(b, BK_CAPS);
+			else
+				bk_enter(b, BK_GREETING);
 			progress = 1;
 		}
-		bk_read_lines(b);
+		bk_read(b);
 		if (b->state == BK_FAILED || b->state == BK_ATTACHED)
 			return;
 		if (b->conn.eof) {
 			bk_fail(b, "connection closed by backend");
 			return;
 		}
+		/* A command that waited for room in conn.out. */
+		if (cmdq_pending(&b->cmds) && !cmdq_in_flight(&b->cmds)) {
+			bk_cmd_write(b);
+			progress |= cmdq_in_flight(&b->cmds);
+		}
 	} while (progress);
 	conn_update(&b->conn);
+	/* An idle connection keeps no buffer memory. */
+	if ((b->state == BK_READY || b->state == BK_HELD) && buf_is_empty(&b->conn.in) &&
+	    buf_is_empty(&b->conn.out) && !b->cmds.secret_out)
+		conn_release_buffers(&b->conn);
 }
 
-int backend_unauthenticate(struct backend *b, bool unselect, backend_done_cb *done, void *owner)
+/* ---- after login ---------------------------------------------------------- */
+
+/* Take the conn back from its session, at a response boundary. */
+static void bk_take_back(struct backend *b, backend_done_cb *done, void *owner)
 {
-	static const char unsel[] = "R UNSELECT\r\n", unauth[] = "U UNAUTHENTICATE\r\n";
 	struct imap_tok_limits lim = {.max_line = BK_MAX_LINE};
 
-	if (b->state != BK_ATTACHED || b->conn.eof || b->conn.error)
-		return -1;
-	if ((unselect && buf_append(&b->conn.out, unsel, sizeof(unsel) - 1) < 0) ||
-	    buf_append(&b->conn.out, unauth, sizeof(unauth) - 1) < 0)
-		return -1;
 	b->conn.cb = bk_io;
 	b->conn.owner = b;
 	b->conn.want_input = true;
 	b->done = done;
 	b->owner = owner;
+	/* The session's tokenizer followed the stream until now. */
+	imap_tok_init(&b->tok, IMAP_TOK_RESPONSES, &lim);
+}
+
+/* UNSELECT on the way back: whatever it says, UNAUTHENTICATE decides. */
+static void bk_unselect_cb(void *arg, struct backend *b, const struct bk_reply *r)
+{
+	(void)arg;
+	bk_no_continuation(b, r);
+}
+
+static void bk_unauth_cb(void *arg, struct backend *b, const struct bk_reply *r)
+{
+	(void)arg;
+	bk_no_continuation(b, r);
+	if (r->ev != BK_EV_DONE)
+		return;
+	if (r->status != BK_ST_OK) {
+		bk_fail(b, "UNAUTHENTICATE refused");
+		return;
+	}
+	/* The capabilities are the pre-login ones again. */
+	bk_forget_caps(b);
+	bk_caps_from_code(b, r->head->rest, r->head->rest_len);
+	if (b->state == BK_FAILED)
+		return;
+	if (b->caps_known)
+		bk_ready(b);
+	else
+		bk_ask_caps(b, BK_CAPS);
+}
+
+int backend_unauthenticate(struct backend *b, bool unselect, backend_done_cb *done, void *owner)
+{
+	if (b->state != BK_ATTACHED || b->conn.eof || b->conn.error || backend_cmd_pending(b))
+		return -1;
+	if ((unselect && bk_cmd_queue(b, "UNSELECT", BK_CMD_SWALLOW, bk_unselect_cb) < 0) ||
+	    bk_cmd_queue(b, "UNAUTHENTICATE", BK_CMD_SWALLOW, bk_unauth_cb) < 0) {
+		/* A queued UNSELECT ends (GONE) when the caller closes b. */
+		return -1;
+	}
+	bk_take_back(b, done, owner);
 	b->login_wanted = false;
-	b->plain_continuation = false;
 	b->notify_ready = true;
 	b->returning = true;
-	b->state = BK_UNAUTH;
-	/* The session left the stream at a response boundary. */
-	imap_tok_init(&b->tok, IMAP_TOK_RESPONSES, &lim);
+	bk_enter(b, BK_UNAUTH);
 	bk_arm_timer(b, b->cfg->command_timeout);
 	/* Bytes may be waiting already: look at them from a fresh callback. */
 	ev_feed_event(b->conn.loop, &b->conn.wio, EV_WRITE);
@@ -637,12 +778,48 @@ int backend_unauthenticate(struct backend *b, bool unselect, backend_done_cb *do
 	return 0;
 }
 
+int backend_hold(struct backend *b, backend_done_cb *done, void *owner)
+{
+	if (b->state != BK_ATTACHED || b->conn.eof || b->conn.error)
+		return -1;
+	bk_take_back(b, done, owner);
+	bk_enter(b, BK_HELD);
+	ev_timer_stop(b->conn.loop, &b->timer);
+	/* Bytes may be waiting already: look at them from a fresh callback. */
+	ev_feed_event(b->conn.loop, &b->conn.wio, EV_WRITE);
+	conn_update(&b->conn);
+	return 0;
+}
+
+bool backend_quiet(const struct backend *b)
+{
+	return (b->state == BK_READY || b->state == BK_HELD) && !b->conn.error && !b->conn.eof &&
+	       buf_is_empty(&b->conn.in) && imap_tok_at_boundary(&b->tok) &&
+	       !backend_cmd_pending(b);
+}
+
 void backend_attach(struct backend *b, conn_cb *cb, void *owner)
 {
+	bk_enter(b, BK_ATTACHED);
 	b->conn.cb = cb;
 	b->conn.owner = owner;
 	b->done = NULL;
 	ev_timer_stop(b->conn.loop, &b->timer);
+}
+
+/* ---- the end ------------------------------------------------------------ */
+
+/* Stop everything and close the conn; the struct stays (for the free). */
+static void bk_close(struct backend *b)
+{
+	ev_timer_stop(b->conn.loop, &b->timer);
+	bk_forget_credentials(b);
+	bk_enter(b, BK_FAILED);
+	b->done = NULL;
+	/* At once, not at the free: the handlers' owners may go first. */
+	cmdq_gone(&b->cmds, b, "connection closed");
+	cmdq_wipe(&b->cmds, &b->conn.out, true);
+	conn_close(&b->conn);
 }
 
 void backend_destroy(struct backend **bp)
@@ -652,11 +829,9 @@ void backend_destroy(struct backend **bp)
 	if (b == NULL)
 		return;
 	*bp = NULL;
-	ev_timer_stop(b->conn.loop, &b->timer);
-	bk_forget_credentials(b);
-	conn_close(&b->conn);
-	if (b->pool != NULL)
-		pool_backend_gone(b->pool, b);
+	bk_close(b);
+	if (b->hooks != NULL && b->hooks->gone != NULL)
+		b->hooks->gone(b->hooks_ctx, b);
 	free(b);
 }
 
@@ -667,18 +842,26 @@ static void backend_defer_free(struct defer *d)
 	backend_destroy(&b);
 }
 
-void backend_destroy_later(struct worker *w, struct backend **bp)
+void backend_destroy_later(struct reaper *r, struct backend **bp)
 {
 	struct backend *b = *bp;
 
 	if (b == NULL)
 		return;
 	*bp = NULL;
-	ev_timer_stop(b->conn.loop, &b->timer);
-	bk_forget_credentials(b);
-	conn_close(&b->conn);
-	b->state = BK_FAILED;
-	b->done = NULL;
+	bk_close(b);
 	b->defer.fn = backend_defer_free;
-	worker_defer(w, &b->defer);
+	reaper_defer(r, &b->defer);
+}
+
+void backend_logout_and_destroy_later(struct reaper *r, struct backend **bp)
+{
+	struct backend *b = *bp;
+
+	if (b == NULL)
+		return;
+	if (bk_can_write(b) && b->state != BK_STARTTLS && !b->conn.eof &&
+	    cmdq_logout(&b->cmds, &b->conn.out) == 0)
+		(void)conn_flush(&b->conn);
+	backend_destroy_later(r, bp);
 }

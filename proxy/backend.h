@@ -1,37 +1,71 @@
 /*
  * backend — one connection from imapmux to a backend IMAP server, from TCP
- * connect to logged in. Once logged in the owning session takes over the
- * conn and forwards streams through it; this module is then only storage.
+ * connect to logged in, and the channel for the commands imapmux sends on
+ * it by itself (backend_cmd). Once logged in, a session may take over the
+ * conn and forward streams through it (ATTACHED); a kept session (reuse.c)
+ * gives it back to this module's reader while nobody uses it (HELD).
  *
  *   CONNECTING -> [TLS] -> GREETING -> [STARTTLS -> TLS] -> [CAPS] -> READY
  *   READY -> LOGIN -> [LOGIN_CAPS] -> ATTACHED
+ *   ATTACHED -> HELD -> ATTACHED            (kept after LOGOUT: backend_hold)
  *   ATTACHED -> UNAUTH -> [CAPS] -> READY   (RFC 8437: back to the pool)
  *   any -> FAILED (the owner is told once, then destroys it)
+ *
+ * Every move goes through one function (bk_enter in backend.c), which
+ * asserts that the move is on this diagram.
+ *
+ * Who reads the stream: this module, in every state but ATTACHED (one
+ * reader: the greeting, the answers to its own commands, and whatever a
+ * held or idle connection receives); the session, while ATTACHED, which
+ * hands each response it sees to backend_cmd_claims() first.
+ *
+ * The command channel. backend_cmd() queues a command with an internal tag
+ * (BK_TAG_PREFIX and a number counted per connection, never reused on it)
+ * and a handler for its answers (the queue itself: cmdq.h). Commands go out
+ * one at a time, in the order queued: the next is written once the previous
+ * one's tagged answer (or its end, see BK_EV_GONE) has been handed to its
+ * handler. No client
+ * can send a tag of that form through a session that refuses the tags
+ * backend_tag_reserved() names, so an answer with such a tag is always
+ * the proxy's own. STARTTLS, CAPABILITY, the logins, UNSELECT and
+ * UNAUTHENTICATE on the way back to the pool, reuse.c's reset and every
+ * LOGOUT courtesy use it.
+ *
+ * Timeouts: the backend's own deadline covers its own commands
+ * (connect_timeout from connect to READY, command_timeout for a login and
+ * for the way back to the pool). An owner that sends commands on a held or
+ * attached backend keeps its own deadline and destroys the backend when it
+ * passes; the handlers then get BK_EV_GONE.
  */
 #ifndef IMAPMUX_BACKEND_H
 #define IMAPMUX_BACKEND_H
 
 #include <ev.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "caps.h"
 #include "cfg.h"
+#include "cmdq.h"
 #include "conn.h"
+#include "imap_args.h"
 #include "imap_tok.h"
 #include "list.h"
-#include "worker_state.h"
+#include "reaper.h"
 
 enum bk_state {
 	BK_CONNECTING, /* TCP connect in flight; connect_timeout running */
 	BK_TLS,        /* TLS handshake (implicit, or after STARTTLS) */
 	BK_GREETING,   /* waiting for "* OK"; nothing sent yet */
-	BK_STARTTLS,   /* "S STARTTLS" sent, waiting for its tagged OK */
-	BK_CAPS,       /* "C CAPABILITY" sent, waiting for its tagged OK */
+	BK_STARTTLS,   /* STARTTLS in flight */
+	BK_CAPS,       /* CAPABILITY in flight (before login, or after UNAUTHENTICATE) */
 	BK_READY,      /* greeted, capabilities known, not logged in */
-	BK_LOGIN,      /* login command sent; command_timeout running */
-	BK_LOGIN_CAPS, /* logged in, but the OK lacked capabilities: asking */
-	BK_ATTACHED,   /* logged in; the session owns the conn */
-	BK_UNAUTH,     /* ["R UNSELECT" and] "U UNAUTHENTICATE" sent, waiting for U */
+	BK_LOGIN,      /* login command in flight; command_timeout running */
+	BK_LOGIN_CAPS, /* logged in, but the OK lacked capabilities: CAPABILITY in flight */
+	BK_ATTACHED,   /* logged in; a session owns the conn and reads it */
+	BK_HELD,       /* logged in, kept for later (reuse.c): this module reads it */
+	BK_UNAUTH,     /* [UNSELECT and] UNAUTHENTICATE queued, going back to READY */
 	BK_FAILED,     /* dead; the owner was told */
 };
 
@@ -42,10 +76,28 @@ enum bk_result {
 };
 
 struct backend;
+struct pool;
 
-/* Called once per login attempt; `why` is a static text for logs. After it
- * returns with a failure the owner must destroy the backend. */
+/* Called once per login attempt (or readiness, or hold); `why` is a static
+ * text for logs. After it returns with a failure the owner must destroy the
+ * backend. */
 typedef void backend_done_cb(void *owner, struct backend *b, enum bk_result r, const char *why);
+
+/*
+ * What the backend reports to whoever counts it (the pool), instead of
+ * calling into that module. Set with backend_set_hooks(); any member may be
+ * NULL.
+ */
+struct backend_hooks {
+	/* backend_destroy is freeing b: whatever slot it held is free. */
+	void (*gone)(void *ctx, struct backend *b);
+	/* The post-login capabilities last learned for this backend, or NULL. */
+	const char *(*login_caps)(void *ctx);
+	/* A login's OK (or its CAPABILITY answer) reported caps. */
+	void (*learn_login_caps)(void *ctx, const char *caps);
+	/* A login had to ask CAPABILITY (for /metrics). */
+	void (*caps_queried)(void *ctx);
+};
 
 struct backend {
 	struct defer defer; /* for backend_destroy_later */
@@ -53,25 +105,29 @@ struct backend {
 	const struct cfg_backend *cfg;
 	SSL_CTX *ssl_ctx; /* NULL for tls = none */
 	struct conn conn;
-	struct imap_tok tok; /* response lines before ATTACHED */
+	struct imap_tok tok; /* the stream, while this module reads it */
 	ev_timer timer;
 	bool after_starttls;
 	char caps[CAPS_MAX + 1]; /* the server's capabilities (raw list), "" until known */
 	bool caps_known;
 
+	struct cmdq cmds; /* the command channel: internal commands, oldest first */
+
 	/* the pending login */
 	bool login_wanted;
 	char *authz; /* authorization identity (master login), NULL if none */
 	size_t authz_len;
-	char *user; /* owned copies; wiped and freed when sent */
+	char *user; /* owned copies; wiped and freed once the login is queued */
 	size_t user_len;
 	char *pass;
 	size_t pass_len;
-	bool plain_continuation; /* AUTHENTICATE PLAIN without SASL-IR: send on "+" */
-	char *plain_b64;
+	char *plain_b64; /* AUTHENTICATE PLAIN without SASL-IR: the response, sent on "+" */
 
 	bool notify_ready; /* call done(BK_RES_OK) on READY when no login is pending */
 	bool returning;    /* going back to the pool through UNAUTHENTICATE */
+
+	const struct backend_hooks *hooks;
+	void *hooks_ctx;
 
 	/* pool.c bookkeeping: the pool counting this connection, and its idle list */
 	struct pool *pool;
@@ -86,6 +142,9 @@ struct backend {
  * callback then). */
 struct backend *backend_new(struct ev_loop *loop, const struct cfg_backend *cfg, SSL_CTX *ctx,
                             unsigned long sid, backend_done_cb *done, void *owner);
+
+/* Report gone/caps through hooks (ctx passed back); NULL: report nothing. */
+void backend_set_hooks(struct backend *b, const struct backend_hooks *hooks, void *ctx);
 
 /* Log in with the given credentials as soon as the connection is ready.
  * The backend keeps its own copy (wiped after use). Returns 0 or -1. */
@@ -118,12 +177,104 @@ void backend_notify_ready(struct backend *b);
 __attribute__((warn_unused_result)) int backend_unauthenticate(struct backend *b, bool unselect,
                                                                backend_done_cb *done, void *owner);
 
-/* Hand the logged-in conn to a new owner: its callbacks go to cb(owner). */
+/*
+ * Keep a logged-in backend at a response boundary that its session let go
+ * (ATTACHED -> HELD): this module reads it again, drops untagged data (the
+ * answers to the owner's own commands go to their handlers), and reports
+ * its end (BYE, EOF, error, a tagged answer nobody asked for) once through
+ * done(owner, b, BK_RES_UNAVAILABLE, why). backend_attach() gives it to a
+ * session again. Returns -1 (no change) when b is not ATTACHED or its conn
+ * is dead.
+ */
+__attribute__((warn_unused_result)) int backend_hold(struct backend *b, backend_done_cb *done,
+                                                     void *owner);
+
+/* Whether a READY or HELD backend can be handed on right now: its conn is
+ * alive, nothing unread or half-read, no internal command queued. */
+bool backend_quiet(const struct backend *b);
+
+/* Hand the logged-in conn to a new owner: its callbacks go to cb(owner),
+ * which reads the stream from now on (ATTACHED); done is forgotten. */
 void backend_attach(struct backend *b, conn_cb *cb, void *owner);
+
+/* ---- the command channel ---- */
+
+/* Whether a tag has the internal form (BK_TAG_PREFIX, compared ASCII
+ * case-insensitively). A session must refuse a client command with such a
+ * tag: that makes a collision with an internal command impossible. */
+static inline bool backend_tag_reserved(const uint8_t *tag, size_t len)
+{
+	return cmdq_tag_reserved(tag, len);
+}
+
+/* The flags, answers and handlers of internal commands: see cmdq.h. */
+
+/*
+ * Queue "TAG text\r\n" with a new internal tag. text[0..len) is the command
+ * without tag and final CRLF; it may hold LITERAL+ literals ({n+}\r\n and
+ * their bytes), never synchronizing ones (use BK_EV_CONTINUE for those).
+ * flags: BK_CMD_SWALLOW, BK_CMD_SECRET. The text is copied. Allowed from
+ * READY on (before that the backend's own setup owns the stream), never
+ * once FAILED. While ATTACHED the session must write nothing of its own
+ * to conn.out while backend_cmd_pending(b), and call backend_cmd_kick()
+ * after it flushed conn.out. Returns 0 (cb will be called), or -1 (no
+ * callback): not allowed now, over BK_CMD_MAX, or out of memory.
+ */
+__attribute__((warn_unused_result)) int backend_cmd(struct backend *b, const void *text, size_t len,
+                                                    unsigned flags, bk_cmd_cb *cb, void *arg);
+
+/* From a BK_EV_CONTINUE handler only: send text[0..len) and CRLF, the
+ * continuation of the command in flight (flags: BK_CMD_SECRET). Returns 0,
+ * or -1 when conn.out has no room for it. */
+__attribute__((warn_unused_result)) static inline int
+backend_cmd_reply(struct backend *b, const void *text, size_t len, unsigned flags)
+{
+	return cmdq_reply(&b->cmds, &b->conn.out, text, len, flags);
+}
+
+/* Internal commands queued or in flight. */
+static inline bool backend_cmd_pending(const struct backend *b)
+{
+	return cmdq_pending(&b->cmds);
+}
+
+/* Write the next queued command if its turn has come and conn.out has room
+ * (cheap when nothing waits). The session calls it after flushing conn.out
+ * while ATTACHED; this module does so itself otherwise. */
+void backend_cmd_kick(struct backend *b);
+
+/*
+ * For the session's pump while ATTACHED: u is the first unit of a response
+ * (u->first; p[0..u->len) its bytes, still unconsumed). Returns true when
+ * the response belongs to an internal command, which has been handed it:
+ *   - its tagged answer (the internal tag of the command in flight);
+ *   - a "+" while an internal command is in flight (the session has sent
+ *     nothing of its own that waits for one: see backend_cmd);
+ *   - untagged data while an internal command with BK_CMD_SWALLOW is in
+ *     flight, but never an untagged BYE (handed to the handler too, and
+ *     left to the session so that it sees the backend closing).
+ * On true the session forwards nothing of the response: it consumes u and
+ * drops every further unit of the same response, literal bodies included,
+ * up to and including the LINE unit with last set (none when u is that
+ * LINE). On false the response is the session's as usual.
+ */
+bool backend_cmd_claims(struct backend *b, const uint8_t *p, const struct imap_tok_unit *u);
+
+/* ---- the end ---- */
 
 void backend_destroy(struct backend **bp);
 
-/* Stop it now, free it once the current callbacks are done; *bp = NULL. */
-void backend_destroy_later(struct worker *w, struct backend **bp);
+/* Stop it now, free it through reaper r once the current callbacks are
+ * done; *bp = NULL. */
+void backend_destroy_later(struct reaper *r, struct backend **bp);
+
+/*
+ * A courtesy before closing: when the connection can take a command (past
+ * the greeting, no TLS handshake or STARTTLS under way, alive), write an
+ * internal-tagged LOGOUT at once (ahead of anything queued) and flush once,
+ * without waiting for the answer; then backend_destroy_later(r, bp). The
+ * caller knows the command stream is at a boundary (nothing half-sent).
+ */
+void backend_logout_and_destroy_later(struct reaper *r, struct backend **bp);
 
 #endif

@@ -6,9 +6,9 @@
  *     health_start: loop, targets,         per target, every check_interval:
  *       pthread_create  ------------->       tick -> backend_new + notify_ready
  *                                                    + deadline (check_timeout)
- *                                            done(OK)  -> success
- *                                            done(err) -> failure
- *                                            reaper: "Z LOGOUT" if OK, flush, free
+ *                                            done(OK)  -> LOGOUT, free later -> success
+ *                                            done(err) -> free later -> failure
+ *                                            reaper (ev_prepare): the frees
  *                                            deadline  -> destroy probe -> failure
  *                                            success/failure -> rise/fall -> backend_up[i]
  *     health_reload: copy states,
@@ -25,13 +25,13 @@
  *  - rt->backend_up[i] of the checked runtime is written here only, with
  *    relaxed stores: each flag stands alone, nothing else is published
  *    through it. t->up mirrors it.
- *  - A target has at most one probe: in flight (t->probe, its deadline
- *    running) or finished inside its own callbacks and waiting to be freed
- *    (t->done). A probe is never freed inside its own callback chain: the
- *    done callback parks it in t->done and the ev_prepare reaper frees it
- *    before the loop next sleeps. Any other callback (tick, deadline, wake)
- *    is outside that chain and may free it at once; backend_destroy stops
- *    its watchers and drops their pending events.
+ *  - A target has at most one probe in flight (t->probe, its deadline
+ *    running). A probe is never freed inside its own callback chain: the
+ *    done callback closes it (after a LOGOUT courtesy when it was greeted)
+ *    and hands it to the thread's reaper (reaper.h), which frees it before
+ *    the loop next sleeps. Any other callback (tick, deadline, wake) is
+ *    outside that chain and may free it at once; backend_destroy stops its
+ *    watchers and drops their pending events.
  *  - A target with check_interval = 0 has no timer running and is always up.
  *  - The thread installs no signal handler and blocks every signal, so that
  *    the main thread's sigwait sees them all.
@@ -48,11 +48,10 @@
 
 #include "backend.h"
 #include "log.h"
+#include "reaper.h"
 
 /* Session id in backend.c's log lines about probes ("S-0"): sessions start at 1. */
 #define HC_SID 0
-
-static const char hc_logout[] = "Z LOGOUT\r\n";
 
 struct hc_target {
 	size_t index; /* in hc.rt->cfg->backends */
@@ -61,8 +60,6 @@ struct hc_target {
 	ev_timer tick;         /* every check_interval: start a probe; never started if 0 */
 	ev_timer deadline;     /* check_timeout of the probe in flight */
 	struct backend *probe; /* in flight, or NULL */
-	struct backend *done;  /* finished in its own callbacks; the reaper frees it */
-	bool done_ok;          /* done was greeted: say LOGOUT before closing */
 	unsigned ok_run;       /* successes in a row (saturating) */
 	unsigned fail_run;     /* failures in a row (saturating) */
 	bool up;               /* the verdict, as stored in hc.rt->backend_up[index] */
@@ -73,7 +70,8 @@ static struct {
 	pthread_t thread;
 	struct ev_loop *loop;
 	ev_async wake;
-	ev_prepare reaper;
+	ev_prepare reap_prepare; /* runs the reaper before the loop sleeps */
+	struct reaper reaper;    /* finished probes, freed outside their callbacks */
 
 	pthread_mutex_t lock;   /* protects the mailbox below */
 	struct runtime *latest; /* the newest runtime handed over (a reference) */
@@ -83,7 +81,6 @@ static struct {
 	struct runtime *rt;        /* whose backends are checked (a reference) */
 	struct hc_target *targets; /* one per rt->cfg->backends */
 	size_t ntargets;
-	size_t ndone; /* targets whose t->done waits for the reaper */
 } hc;
 
 static void hc_set_up(struct hc_target *t, bool up)
@@ -118,28 +115,11 @@ static void hc_result(struct hc_target *t, bool ok, const char *why)
 }
 
 /*
- * Free t's finished probe, outside its callbacks. After a success, LOGOUT
- * is a courtesy to the backend (a clean end in its logs): one flush, and
- * the answer is not waited for. It is sent here rather than in the done
- * callback because backend.c goes on reading after that callback returns,
- * and would take the answer's "* BYE" for a failure and log it.
- */
-static void hc_free_done(struct hc_target *t)
-{
-	struct backend *b = t->done;
-
-	if (b == NULL)
-		return;
-	if (t->done_ok && buf_append(&b->conn.out, hc_logout, sizeof(hc_logout) - 1) == 0)
-		(void)conn_flush(&b->conn);
-	backend_destroy(&t->done);
-	t->done_ok = false;
-	hc.ndone--;
-}
-
-/*
  * backend_done_cb of a probe: called from inside the backend's own
- * callbacks, so the probe is only parked for the reaper.
+ * callbacks, so the probe is closed now and freed by the reaper. After a
+ * success, LOGOUT is a courtesy to the backend (a clean end in its logs):
+ * one flush, and the answer is not waited for (the closed backend reads
+ * nothing more, so its "* BYE" is never taken for a failure).
  */
 static void hc_probe_done(void *owner, struct backend *b, enum bk_result r, const char *why)
 {
@@ -147,9 +127,10 @@ static void hc_probe_done(void *owner, struct backend *b, enum bk_result r, cons
 
 	ev_timer_stop(hc.loop, &t->deadline);
 	t->probe = NULL;
-	t->done = b;
-	t->done_ok = r == BK_RES_OK;
-	hc.ndone++;
+	if (r == BK_RES_OK)
+		backend_logout_and_destroy_later(&hc.reaper, &b);
+	else
+		backend_destroy_later(&hc.reaper, &b);
 	hc_result(t, r == BK_RES_OK, why);
 }
 
@@ -174,7 +155,6 @@ static void hc_tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	/* A probe slower than check_interval ends by its own deadline. */
 	if (t->probe != NULL)
 		return;
-	hc_free_done(t);
 	t->probe = backend_new(loop, t->cfg, t->ctx, HC_SID, hc_probe_done, t);
 	if (t->probe == NULL) {
 		/* backend_new logged why (and calls no callback). */
@@ -192,8 +172,7 @@ static void hc_reaper_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 	(void)loop;
 	(void)w;
 	(void)revents;
-	for (size_t i = 0; i < hc.ntargets && hc.ndone > 0; i++)
-		hc_free_done(&hc.targets[i]);
+	(void)reaper_run(&hc.reaper);
 }
 
 /* Stop and free targets[0..n), and any probe they hold. */
@@ -209,7 +188,6 @@ static void hc_targets_free(struct hc_target **targetsp, size_t n)
 		ev_timer_stop(hc.loop, &t->tick);
 		ev_timer_stop(hc.loop, &t->deadline);
 		backend_destroy(&t->probe);
-		hc_free_done(t);
 	}
 	free(targets);
 	*targetsp = NULL;
@@ -318,8 +296,9 @@ static void *hc_main(void *arg)
 	/* Everything on the loop goes here, on the loop's own thread. */
 	hc_targets_free(&hc.targets, hc.ntargets);
 	hc.ntargets = 0;
+	(void)reaper_run(&hc.reaper);
 	ev_async_stop(hc.loop, &hc.wake);
-	ev_prepare_stop(hc.loop, &hc.reaper);
+	ev_prepare_stop(hc.loop, &hc.reap_prepare);
 	return NULL;
 }
 
@@ -327,6 +306,7 @@ static void *hc_main(void *arg)
 static void hc_cleanup(void)
 {
 	hc_targets_free(&hc.targets, hc.ntargets);
+	(void)reaper_run(&hc.reaper);
 	if (hc.loop != NULL)
 		ev_loop_destroy(hc.loop);
 	runtime_unref(&hc.rt);
@@ -363,8 +343,9 @@ int health_start(struct runtime *rt)
 	hc.ntargets = rt->cfg->nbackends;
 	ev_async_init(&hc.wake, hc_wake_cb);
 	ev_async_start(hc.loop, &hc.wake);
-	ev_prepare_init(&hc.reaper, hc_reaper_cb);
-	ev_prepare_start(hc.loop, &hc.reaper);
+	reaper_init(&hc.reaper);
+	ev_prepare_init(&hc.reap_prepare, hc_reaper_cb);
+	ev_prepare_start(hc.loop, &hc.reap_prepare);
 	hc_targets_start();
 	for (size_t i = 0; i < hc.ntargets; i++)
 		checked += hc.targets[i].cfg->check_interval > 0;
@@ -377,7 +358,7 @@ int health_start(struct runtime *rt)
 	if (r != 0) {
 		log_error("health checks: cannot start a thread: %s", strerror(r));
 		ev_async_stop(hc.loop, &hc.wake);
-		ev_prepare_stop(hc.loop, &hc.reaper);
+		ev_prepare_stop(hc.loop, &hc.reap_prepare);
 		goto fail;
 	}
 	hc.running = true;

@@ -400,7 +400,7 @@ static void login_send(struct session *s, struct backend *b)
 		r = backend_login(s->bk, (const char *)l->sent, l->ulen, (const char *)l->pass,
 		                  l->plen);
 	if (r < 0) {
-		backend_destroy_later(s->w, &s->bk);
+		backend_destroy_later(&s->w->reaper, &s->bk);
 		login_fail(s, LOGIN_UNAVAILABLE, false, "out of memory");
 		return;
 	}
@@ -637,7 +637,7 @@ static void login_backend_done(void *owner, struct backend *b, enum bk_result r,
 		         master && r == BK_RES_AUTH_FAILED ? " (master login refused: check "
 		                                             "master_user/master_password)"
 		                                           : "");
-		backend_destroy_later(s->w, &s->bk);
+		backend_destroy_later(&s->w->reaper, &s->bk);
 		/* With auth = redis the password was already right: a refused
 		 * master login is the operator's problem, not the user's. */
 		if (r == BK_RES_AUTH_FAILED && !master)

@@ -160,8 +160,39 @@ static void pool_conn_done(void *owner, struct backend *b, enum bk_result r, con
 		log_debug("pool %s: connection failed: %s", p->cfg->name, why);
 		pool_back_off(p);
 	}
-	backend_destroy_later(p->w, &b);
+	backend_destroy_later(&p->w->reaper, &b);
 }
+
+/* What a counted backend reports (backend.h's hooks). A backend whose
+ * b->pool was cleared (pool_destroy_all) is no longer counted. */
+static void pool_hook_gone(void *ctx, struct backend *b)
+{
+	(void)ctx;
+	if (b->pool != NULL)
+		pool_backend_gone(b->pool, b);
+}
+
+static const char *pool_hook_login_caps(void *ctx)
+{
+	return pool_login_caps(ctx);
+}
+
+static void pool_hook_learn_login_caps(void *ctx, const char *caps)
+{
+	pool_learn_login_caps(ctx, caps);
+}
+
+static void pool_hook_caps_queried(void *ctx)
+{
+	pool_count_caps_query(ctx);
+}
+
+static const struct backend_hooks pool_hooks = {
+    .gone = pool_hook_gone,
+    .login_caps = pool_hook_login_caps,
+    .learn_login_caps = pool_hook_learn_login_caps,
+    .caps_queried = pool_hook_caps_queried,
+};
 
 /* Open one connection counted in the pool. NULL if it cannot even start. */
 static struct backend *pool_open(struct pool *p, unsigned long sid, backend_done_cb *done,
@@ -172,6 +203,7 @@ static struct backend *pool_open(struct pool *p, unsigned long sid, backend_done
 	if (b == NULL)
 		return NULL;
 	b->pool = p;
+	backend_set_hooks(b, &pool_hooks, p);
 	p->total++;
 	STAT_INC(&p->w->stats, backend_connects);
 	return b;
@@ -218,9 +250,7 @@ static void refill_cb(struct ev_loop *loop, ev_timer *t, int revents)
 		struct backend *b = list_entry(n, struct backend, pool_node);
 		if (now - b->pool_since >= ttl) {
 			idle_unlink(p, b);
-			if (buf_append(&b->conn.out, "Z LOGOUT\r\n", 10) == 0)
-				(void)conn_flush(&b->conn);
-			backend_destroy_later(p->w, &b);
+			backend_logout_and_destroy_later(&p->w->reaper, &b);
 		}
 	}
 	pool_refill(p);
@@ -260,7 +290,7 @@ struct pool *pool_of(struct worker *w, struct runtime *rt, const struct cfg_back
 		struct backend *b;
 		while (moved && (b = idle_first(p)) != NULL) {
 			idle_unlink(p, b);
-			backend_destroy_later(w, &b);
+			backend_destroy_later(&w->reaper, &b);
 		}
 		if (p->rt != NULL)
 			runtime_unref(&p->rt);
@@ -469,9 +499,7 @@ void pool_put_back(struct pool *p, struct backend *b, bool unselect)
 	 * close it instead. */
 	if (p->closing || p->w->draining || b->cfg != p->cfg ||
 	    backend_unauthenticate(b, unselect, pool_conn_done, p) < 0) {
-		if (buf_append(&b->conn.out, "Z LOGOUT\r\n", 10) == 0)
-			(void)conn_flush(&b->conn);
-		backend_destroy_later(p->w, &b);
+		backend_logout_and_destroy_later(&p->w->reaper, &b);
 		return;
 	}
 	p->nconnecting++;
@@ -493,7 +521,7 @@ void pool_close_all(struct worker *w)
 		struct backend *b;
 		while ((b = idle_first(p)) != NULL) {
 			idle_unlink(p, b);
-			backend_destroy_later(w, &b);
+			backend_destroy_later(&w->reaper, &b);
 		}
 	}
 }

@@ -342,7 +342,9 @@ bool pump_c2b(struct session *s)
 	struct conn *b = &s->bk->conn;
 	bool progress = false;
 
-	if (px_logging_out(s))
+	/* While an internal command (backend_cmd) runs, the backend's input
+	 * is the proxy's. */
+	if (px_logging_out(s) || backend_cmd_pending(s->bk))
 		return false;
 
 	while (!buf_is_empty(&s->client.in) && !px_gated(s)) {
@@ -406,6 +408,10 @@ bool pump_c2b(struct session *s)
 				refuse =
 				    h.tag_len > TAG_MAX ? "BAD Tag too long." : "BAD Invalid tag.";
 				untagged = true;
+			} else if (backend_tag_reserved(h.tag, h.tag_len)) {
+				/* imapmux's own tags: an answer carrying one is
+				 * always imapmux's (backend.h). */
+				refuse = "BAD Tag reserved by the proxy.";
 			} else if (!name_ok(h.w1, h.w1_len) ||
 			           (u.type == IMAP_TOK_FRAGMENT && h.w1 + h.w1_len == p + u.len)) {
 				refuse = "BAD Invalid command name.";
@@ -615,7 +621,13 @@ bool pump_b2c(struct session *s)
 		}
 		size_t n = u.len;
 		bool as_is = true; /* the client gets the unit as it came */
-		if (u.type == IMAP_TOK_LITERAL) {
+		if (u.first && backend_cmd_claims(s->bk, p, &u)) {
+			/* An internal command's answer: none of it for the client. */
+			as_is = false;
+			s->bskip = !(u.type == IMAP_TOK_LINE && u.last);
+		} else if (u.type == IMAP_TOK_LITERAL && s->bskip) {
+			as_is = false; /* a literal of a response not for the client */
+		} else if (u.type == IMAP_TOK_LITERAL) {
 			if (n > buf_room(&c->out))
 				n = buf_room(&c->out);
 			if (n == 0)
@@ -662,17 +674,6 @@ bool pump_b2c(struct session *s)
 			if (u.first) {
 				struct imap_head h;
 				const uint8_t *cs, *ce;
-				if (s->px == PX_LOGOUT_RESET && u.type == IMAP_TOK_LINE && u.last &&
-				    imap_head_parse(p, u.len, &h) == 0 &&
-				    imap_word_eq(h.tag, h.tag_len, "R")) {
-					/* The proxy's own UNSELECT: not for the client. */
-					sess_px_to(s, PX_LOGOUT_WAIT);
-					s->reset_failed = !imap_word_eq(h.w1, h.w1_len, "OK");
-					imap_tok_consume(&s->btok, &u, n);
-					buf_consume(&b->in, n);
-					progress = true;
-					continue;
-				}
 				if (imap_head_parse(p, u.len, &h) == 0) {
 					if (pump_track_response(s, &h)) {
 						/* The "+" for a literal the proxy made synchronizing. */
@@ -716,6 +717,20 @@ bool pump_b2c(struct session *s)
 	return progress;
 }
 
+/* The answer to the proxy's UNSELECT before the session is kept. Its
+ * untagged data (flags 0) still goes to the client, which is logging out. */
+static void pump_reset_done(void *arg, struct backend *b, const struct bk_reply *r)
+{
+	struct session *s = arg;
+
+	(void)b;
+	if (r->ev == BK_EV_UNTAGGED || r->ev == BK_EV_CONTINUE)
+		return;
+	s->reset_failed = !(r->ev == BK_EV_DONE && r->status == BK_ST_OK);
+	if (s->px == PX_LOGOUT_RESET)
+		sess_px_to(s, PX_LOGOUT_WAIT);
+}
+
 /* The LOGOUT the proxy took: every earlier command is answered. Answer it,
  * hand the backend connection back to the pool (UNAUTHENTICATE) or the
  * session to the reuse cache, close the client. */
@@ -728,7 +743,7 @@ void pump_finish_logout(struct session *s)
 		/* Reset first, answer after: the client's next login must find
 		 * the session ready to take. */
 		s->reset_sent = true;
-		if (buf_append(&b->conn.out, "R UNSELECT\r\n", 12) == 0) {
+		if (backend_cmd(b, "UNSELECT", 8, 0, pump_reset_done, s) == 0) {
 			sess_px_to(s, PX_LOGOUT_RESET);
 			return;
 		}

@@ -1,11 +1,17 @@
 /*
  * reuse — kept backend sessions (see reuse.h).
  *
+ * A kept backend is HELD (backend.h): backend.c reads its stream, drops
+ * what nobody asked for, and reports its end to the entry (entry_gone);
+ * the reset is an internal command (backend_cmd) whose answer comes to
+ * entry_reset_done. This file parses nothing.
+ *
  * Invariants:
- *   - an entry owns its backend and is the only user of its conn callbacks
- *     while in the cache; reuse_take hands both back and forgets the entry;
+ *   - an entry owns its backend while in the cache; reuse_take hands it
+ *     back and forgets the entry;
  *   - an entry is on the worker's list from park to close; it is freed
- *     through the worker's reaper, never inside its own callbacks;
+ *     through the worker's reaper, never inside its own callbacks, and its
+ *     backend likewise (backend_logout_and_destroy_later);
  *   - only a KEPT entry (the reset answered OK) can be taken.
  */
 #include "reuse.h"
@@ -18,11 +24,10 @@
 #include <string.h>
 #include <sys/random.h>
 
-#include "imap_args.h"
 #include "log.h"
 
 enum entry_state {
-	ENTRY_RESETTING, /* "R UNSELECT" sent, waiting for its tagged answer */
+	ENTRY_RESETTING, /* UNSELECT queued, waiting for its tagged answer */
 	ENTRY_KEPT,      /* authenticated, nothing selected: can be taken */
 	ENTRY_DEAD,      /* closed; waiting for the reaper */
 };
@@ -37,7 +42,6 @@ struct reuse_entry {
 	uint8_t key[REUSE_KEY_LEN];
 	uint8_t user[256];
 	size_t ulen;
-	struct imap_tok tok;
 	ev_timer timer;
 };
 
@@ -100,16 +104,14 @@ static void entry_close(struct reuse_entry *e, const char *why)
 	if (e->state == ENTRY_DEAD)
 		return;
 	log_debug("reuse: dropping a kept session of backend %s: %s", e->b->cfg->name, why);
-	/* Be polite when the connection still works: one best-effort write. */
-	if (!e->b->conn.error && !e->b->conn.eof &&
-	    buf_append(&e->b->conn.out, "Z LOGOUT\r\n", 10) == 0)
-		(void)conn_flush(&e->b->conn);
+	/* Dead first: closing the backend ends its reset (entry_reset_done). */
 	e->state = ENTRY_DEAD;
 	ev_timer_stop(e->w->loop, &e->timer);
-	conn_stop(&e->b->conn);
 	entry_unlink(e);
+	/* Be polite when the connection still works: one best-effort write. */
+	backend_logout_and_destroy_later(&e->w->reaper, &e->b);
 	e->defer.fn = entry_reap;
-	worker_defer(e->w, &e->defer);
+	reaper_defer(&e->w->reaper, &e->defer);
 }
 
 static void entry_timeout(struct ev_loop *loop, ev_timer *t, int revents)
@@ -121,72 +123,44 @@ static void entry_timeout(struct ev_loop *loop, ev_timer *t, int revents)
 	entry_close(e, e->state == ENTRY_RESETTING ? "reset timed out" : "reuse_ttl passed");
 }
 
-/* One complete line from the kept backend. */
-static void entry_line(struct reuse_entry *e, const uint8_t *p, size_t len)
+/* The kept backend ended (BYE, EOF, error, an answer nobody asked for). */
+static void entry_gone(void *owner, struct backend *b, enum bk_result r, const char *why)
 {
-	struct imap_head h;
+	struct reuse_entry *e = owner;
 
-	if (imap_head_parse(p, len, &h) < 0) {
-		entry_close(e, "bad response");
-		return;
-	}
-	if (h.tag_len == 1 && h.tag[0] == '*') {
-		if (imap_word_eq(h.w1, h.w1_len, "BYE"))
-			entry_close(e, "backend said BYE");
-		return; /* other untagged data has nobody to go to */
-	}
-	if (e->state == ENTRY_RESETTING && imap_word_eq(h.tag, h.tag_len, "R")) {
-		if (!imap_word_eq(h.w1, h.w1_len, "OK")) {
-			entry_close(e, "UNSELECT refused");
-			return;
-		}
-		e->state = ENTRY_KEPT;
-		ev_timer_stop(e->w->loop, &e->timer);
-		ev_timer_set(&e->timer, e->b->cfg->reuse_ttl, 0.);
-		ev_timer_start(e->w->loop, &e->timer);
-		return;
-	}
-	entry_close(e, "unexpected response");
+	(void)b;
+	(void)r;
+	entry_close(e, why);
 }
 
-static void entry_io(struct conn *c, void *arg)
+/* The reset's answer: the session can be taken once it is OK. */
+static void entry_reset_done(void *arg, struct backend *b, const struct bk_reply *r)
 {
 	struct reuse_entry *e = arg;
-	int progress;
 
-	do {
-		progress = 0;
-		int rr = conn_read(c);
-		int wr = conn_flush(c);
-		if (rr < 0 || wr < 0) {
-			entry_close(e, c->errmsg ? c->errmsg : "I/O error");
-			return;
-		}
-		progress = rr | wr;
-		while (e->state != ENTRY_DEAD && !buf_is_empty(&c->in)) {
-			struct imap_tok_unit u;
-			int r = imap_tok_next(&e->tok, buf_head(&c->in), buf_len(&c->in), &u);
-			if (r == -2)
-				break;
-			if (r < 0 || u.type != IMAP_TOK_LINE || !u.first || !u.last) {
-				/* Literals (a late FETCH?) have no reader: give up. */
-				entry_close(e, "unexpected data");
-				return;
-			}
-			entry_line(e, buf_head(&c->in), u.len);
-			imap_tok_consume(&e->tok, &u, u.len);
-			buf_consume(&c->in, u.len);
-		}
-		if (e->state == ENTRY_DEAD)
-			return;
-		if (c->eof) {
-			entry_close(e, "closed by backend");
-			return;
-		}
-	} while (progress);
-	conn_update(c);
-	if (buf_is_empty(&c->in) && buf_is_empty(&c->out))
-		conn_release_buffers(c);
+	(void)b;
+	if (e->state != ENTRY_RESETTING)
+		return; /* closing: the backend's end ends the command too */
+	switch (r->ev) {
+	case BK_EV_UNTAGGED:
+		return; /* the old mailbox's last news: nobody to tell */
+	case BK_EV_CONTINUE:
+		entry_close(e, "unexpected continuation request");
+		return;
+	case BK_EV_GONE:
+		entry_close(e, r->why);
+		return;
+	case BK_EV_DONE:
+		break;
+	}
+	if (r->status != BK_ST_OK) {
+		entry_close(e, "UNSELECT refused");
+		return;
+	}
+	e->state = ENTRY_KEPT;
+	ev_timer_stop(e->w->loop, &e->timer);
+	ev_timer_set(&e->timer, e->b->cfg->reuse_ttl, 0.);
+	ev_timer_start(e->w->loop, &e->timer);
 }
 
 void reuse_park(struct worker *w, struct runtime *rt, struct backend *b,
@@ -194,11 +168,10 @@ void reuse_park(struct worker *w, struct runtime *rt, struct backend *b,
                 bool need_unselect)
 {
 	struct reuse_entry *e = calloc(1, sizeof(*e));
-	struct imap_tok_limits lim = {.max_line = 16 * 1024};
 
 	if (e == NULL || ulen > sizeof(e->user)) {
 		free(e);
-		backend_destroy_later(w, &b);
+		backend_destroy_later(&w->reaper, &b);
 		return;
 	}
 	e->w = w;
@@ -207,30 +180,27 @@ void reuse_park(struct worker *w, struct runtime *rt, struct backend *b,
 	memcpy(e->key, key, REUSE_KEY_LEN);
 	memcpy(e->user, user, ulen);
 	e->ulen = ulen;
-	imap_tok_init(&e->tok, IMAP_TOK_RESPONSES, &lim);
 	ev_init(&e->timer, entry_timeout);
 	e->timer.data = e;
 	e->next = w->reuse;
 	if (w->reuse != NULL)
 		w->reuse->prev = e;
 	w->reuse = e;
-	backend_attach(b, entry_io, e);
-	b->conn.want_input = true;
+	e->state = need_unselect ? ENTRY_RESETTING : ENTRY_KEPT;
+	if (backend_hold(b, entry_gone, e) < 0) {
+		entry_close(e, "connection not usable");
+		return;
+	}
 	if (need_unselect) {
-		e->state = ENTRY_RESETTING;
-		if (buf_append(&b->conn.out, "R UNSELECT\r\n", 12) < 0) {
+		if (backend_cmd(b, "UNSELECT", 8, BK_CMD_SWALLOW, entry_reset_done, e) < 0) {
 			entry_close(e, "output full");
 			return;
 		}
 		ev_timer_set(&e->timer, b->cfg->command_timeout, 0.);
 	} else {
-		e->state = ENTRY_KEPT;
 		ev_timer_set(&e->timer, b->cfg->reuse_ttl, 0.);
 	}
 	ev_timer_start(w->loop, &e->timer);
-	/* Bytes may already wait in the buffers: run from a fresh callback. */
-	ev_feed_event(w->loop, &b->conn.wio, EV_WRITE);
-	conn_update(&b->conn);
 }
 
 struct backend *reuse_take(struct worker *w, const struct cfg_backend *b_cfg,
@@ -244,8 +214,8 @@ struct backend *reuse_take(struct worker *w, const struct cfg_backend *b_cfg,
 		    memcmp(&b->cfg->addr.ss, &b_cfg->addr.ss, b_cfg->addr.len) != 0 ||
 		    CRYPTO_memcmp(e->key, key, REUSE_KEY_LEN) != 0)
 			continue;
-		if (b->conn.error || b->conn.eof || !buf_is_empty(&b->conn.in))
-			continue; /* the next callback closes it */
+		if (!backend_quiet(b))
+			continue; /* its next callback reads what came, or closes it */
 		ev_timer_stop(w->loop, &e->timer);
 		conn_stop(&b->conn);
 		ev_clear_pending(w->loop, &b->conn.rio);
@@ -254,7 +224,7 @@ struct backend *reuse_take(struct worker *w, const struct cfg_backend *b_cfg,
 		e->state = ENTRY_DEAD;
 		entry_unlink(e);
 		e->defer.fn = entry_reap;
-		worker_defer(w, &e->defer);
+		reaper_defer(&w->reaper, &e->defer);
 		b->cfg = b_cfg; /* the entry's runtime may go with the entry */
 		return b;
 	}

@@ -2,8 +2,9 @@
  * reuse — a worker's logged-in backend sessions kept after their client's
  * LOGOUT, for the same user's next login (webmail logs in on every click).
  *
- *   session LOGOUT --reuse_park--> [RESETTING: "R UNSELECT" sent]
- *                                   --tagged R--> [KEPT, reuse_ttl timer]
+ *   session LOGOUT --reuse_park--> backend HELD (backend.c reads it)
+ *                                   [RESETTING: UNSELECT through backend_cmd]
+ *                                   --its OK--> [KEPT, reuse_ttl timer]
  *   next login, same backend+key --reuse_take--> session attaches it
  *   ttl, BYE, EOF, error, kick --> closed (LOGOUT sent when possible)
  *

@@ -103,10 +103,10 @@ static void sess_free_later(struct session *s)
 	conn_stop(&s->client);
 	ev_clear_pending(s->w->loop, &s->client.rio);
 	ev_clear_pending(s->w->loop, &s->client.wio);
-	backend_destroy_later(s->w, &s->bk);
+	backend_destroy_later(&s->w->reaper, &s->bk);
 	sess_unlink(s);
 	s->defer.fn = sess_reap;
-	worker_defer(s->w, &s->defer);
+	reaper_defer(&s->w->reaper, &s->defer);
 }
 
 /* ---- output helpers ---------------------------------------------------- */
@@ -315,7 +315,7 @@ void sess_close(struct session *s, const char *reason, const char *bye)
 		         s->user[0] ? s->user : "-", s->peer, reason, s->client.bytes_in,
 		         s->client.bytes_out);
 	login_abort(s);
-	backend_destroy_later(s->w, &s->bk);
+	backend_destroy_later(&s->w->reaper, &s->bk);
 	s->client.want_input = false;
 	/* EOF only ends the client's input: a half-closed socket still takes
 	 * the last words (bounded by CLOSE_FLUSH_TIMEOUT). */
@@ -395,6 +395,8 @@ static void sess_run(struct session *s)
 			r = conn_flush(&s->bk->conn);
 			if (r < 0)
 				s->backend_gone = true;
+			else
+				backend_cmd_kick(s->bk); /* a queued internal command may fit now */
 			progress |= r > 0;
 		}
 		r = conn_flush(&s->client);

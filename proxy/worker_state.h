@@ -67,10 +67,4 @@ struct worker {
 	bool cmd_stop;
 };
 
-/* Free d->fn(d) after the current callbacks (from the worker's own thread). */
-static inline void worker_defer(struct worker *w, struct defer *d)
-{
-	reaper_defer(&w->reaper, d);
-}
-
 #endif
