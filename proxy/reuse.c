@@ -33,8 +33,8 @@ enum entry_state {
 };
 
 struct reuse_entry {
-	struct defer defer; /* first: the reaper frees through it */
-	struct reuse_entry *prev, *next;
+	struct defer defer;    /* first: the reaper frees through it */
+	struct list_node node; /* on w->reuse, newest first */
 	struct worker *w;
 	struct runtime *rt;
 	struct backend *b;
@@ -88,15 +88,7 @@ static void entry_reap(struct defer *d)
 
 static void entry_unlink(struct reuse_entry *e)
 {
-	struct worker *w = e->w;
-
-	if (e->prev != NULL)
-		e->prev->next = e->next;
-	else
-		w->reuse = e->next;
-	if (e->next != NULL)
-		e->next->prev = e->prev;
-	e->prev = e->next = NULL;
+	list_remove(&e->node);
 }
 
 static void entry_close(struct reuse_entry *e, const char *why)
@@ -182,10 +174,7 @@ void reuse_park(struct worker *w, struct runtime *rt, struct backend *b,
 	e->ulen = ulen;
 	ev_init(&e->timer, entry_timeout);
 	e->timer.data = e;
-	e->next = w->reuse;
-	if (w->reuse != NULL)
-		w->reuse->prev = e;
-	w->reuse = e;
+	list_push_front(&w->reuse, &e->node);
 	e->state = need_unselect ? ENTRY_RESETTING : ENTRY_KEPT;
 	if (backend_hold(b, entry_gone, e) < 0) {
 		entry_close(e, "connection not usable");
@@ -206,7 +195,10 @@ void reuse_park(struct worker *w, struct runtime *rt, struct backend *b,
 struct backend *reuse_take(struct worker *w, const struct cfg_backend *b_cfg,
                            const uint8_t key[REUSE_KEY_LEN])
 {
-	for (struct reuse_entry *e = w->reuse; e != NULL; e = e->next) {
+	struct list_node *n;
+
+	list_for_each (n, &w->reuse) {
+		struct reuse_entry *e = list_entry(n, struct reuse_entry, node);
 		struct backend *b = e->b;
 
 		if (e->state != ENTRY_KEPT || strcmp(b->cfg->name, b_cfg->name) != 0 ||
@@ -233,10 +225,10 @@ struct backend *reuse_take(struct worker *w, const struct cfg_backend *b_cfg,
 
 void reuse_drop_user(struct worker *w, const char *user, size_t ulen)
 {
-	struct reuse_entry *e, *next;
+	struct list_node *n, *tmp;
 
-	for (e = w->reuse; e != NULL; e = next) {
-		next = e->next;
+	list_for_each_safe (n, tmp, &w->reuse) {
+		struct reuse_entry *e = list_entry(n, struct reuse_entry, node);
 		if (e->ulen == ulen && memcmp(e->user, user, ulen) == 0)
 			entry_close(e, "user kicked");
 	}
@@ -244,16 +236,20 @@ void reuse_drop_user(struct worker *w, const char *user, size_t ulen)
 
 void reuse_drop_all(struct worker *w)
 {
-	while (w->reuse != NULL)
-		entry_close(w->reuse, "shutting down");
+	struct reuse_entry *e;
+
+	while ((e = list_first_entry(&w->reuse, struct reuse_entry, node)) != NULL)
+		entry_close(e, "shutting down");
 }
 
 bool reuse_evict_one(struct worker *w, const char *backend)
 {
-	struct reuse_entry *e, *oldest = NULL;
+	struct reuse_entry *oldest = NULL;
+	struct list_node *n;
 
-	/* New entries go to the head: the last match is the oldest. */
-	for (e = w->reuse; e != NULL; e = e->next) {
+	/* New entries go to the front: the last match is the oldest. */
+	list_for_each (n, &w->reuse) {
+		struct reuse_entry *e = list_entry(n, struct reuse_entry, node);
 		if (e->state == ENTRY_KEPT && strcmp(e->b->cfg->name, backend) == 0)
 			oldest = e;
 	}

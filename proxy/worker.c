@@ -186,6 +186,7 @@ int worker_init(struct worker *w, int id, struct runtime *rt, const int *fds, si
 	ev_async_start(w->loop, &w->wake);
 	reaper_init(&w->reaper);
 	list_init(&w->sessions);
+	list_init(&w->reuse);
 	ev_prepare_init(&w->reap_prepare, reaper_cb);
 	w->reap_prepare.data = w;
 	ev_prepare_start(w->loop, &w->reap_prepare);

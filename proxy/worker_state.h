@@ -53,13 +53,13 @@ struct worker {
 	struct list_node sessions; /* all live sessions (session.c) */
 	size_t nsessions;
 	bool draining;
-	struct stats stats;        /* written by this worker only */
-	struct rds *rds;           /* Redis, when [redis] is configured */
-	struct ttlmap *routes;     /* cached user routes (lookup = redis) */
-	struct crypt_port *crypt;  /* password checks come back here (auth = redis) */
-	struct reuse_entry *reuse; /* kept backend sessions (reuse.c) */
-	struct pool *pools;        /* backend connection pools (pool.c) */
-	unsigned nworkers;         /* how many workers share the pool bounds */
+	struct stats stats;       /* written by this worker only */
+	struct rds *rds;          /* Redis, when [redis] is configured */
+	struct ttlmap *routes;    /* cached user routes (lookup = redis) */
+	struct crypt_port *crypt; /* password checks come back here (auth = redis) */
+	struct list_node reuse;   /* kept backend sessions (reuse.c) */
+	struct pool *pools;       /* backend connection pools (pool.c) */
+	unsigned nworkers;        /* how many workers share the pool bounds */
 
 	pthread_mutex_t lock;   /* protects the mailbox below */
 	struct runtime *new_rt; /* reload: swap in */
