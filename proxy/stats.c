@@ -5,7 +5,7 @@
  *   stats_start (caller's thread)        stats thread (its own ev_loop)
  *     socket, bind, listen                 accept -> conn
  *     ev_loop_new, pthread_create  --->      READING -> WRITING -> LINGERING -> closed
- *                                            GET /metrics: sum *counters[i]
+ *                                            GET /metrics: metrics_render (metrics.c)
  *   stats_stop: ev_async --------------->  ev_break
  *     join, then close and free what is left
  *
@@ -38,12 +38,10 @@
  */
 #include "stats.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <ev.h>
 #include <netinet/in.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,6 +53,7 @@
 
 #include "list.h"
 #include "log.h"
+#include "metrics.h"
 
 #define STATS_MAX_CONNS         64
 #define STATS_HEAD_MAX          4096
@@ -103,277 +102,6 @@ static struct {
 	double start_time;      /* wall clock at stats_start, seconds since the epoch */
 	double last_full_warn;  /* ev_now of the last "all slots in use" warning */
 } srv = {.fd = -1};
-
-/* ------------------------------------------------------------------------
- * text: a growing string for the response, with a sticky failure flag so
- * that the writers need not check each append.
- */
-
-struct text {
-	char *p;
-	size_t len, cap;
-	bool failed; /* out of memory: the text is incomplete, do not send it */
-};
-
-static void text_init(struct text *t, size_t cap)
-{
-	t->len = 0;
-	t->cap = cap;
-	t->p = malloc(cap);
-	t->failed = t->p == NULL;
-	if (t->failed)
-		t->cap = 0;
-}
-
-/* Make room for n more bytes plus a NUL. */
-static int text_reserve(struct text *t, size_t n)
-{
-	size_t cap = t->cap;
-	char *p;
-
-	if (t->failed)
-		return -1;
-	if (t->cap - t->len > n)
-		return 0;
-	while (cap - t->len <= n)
-		cap *= 2;
-	p = realloc(t->p, cap);
-	if (p == NULL) {
-		t->failed = true;
-		return -1;
-	}
-	t->p = p;
-	t->cap = cap;
-	return 0;
-}
-
-static void text_append(struct text *t, const void *p, size_t n)
-{
-	if (text_reserve(t, n) < 0)
-		return;
-	memcpy(t->p + t->len, p, n);
-	t->len += n;
-	t->p[t->len] = '\0';
-}
-
-static void text_printf(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void text_printf(struct text *t, const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	if (t->failed)
-		return;
-	va_start(ap, fmt);
-	n = vsnprintf(t->p + t->len, t->cap - t->len, fmt, ap);
-	va_end(ap);
-	if (n < 0) {
-		t->failed = true;
-		return;
-	}
-	if ((size_t)n < t->cap - t->len) {
-		t->len += (size_t)n;
-		return;
-	}
-	/* It did not fit: grow, then format again from the start. */
-	if (text_reserve(t, (size_t)n) < 0)
-		return;
-	va_start(ap, fmt);
-	n = vsnprintf(t->p + t->len, t->cap - t->len, fmt, ap);
-	va_end(ap);
-	if (n < 0 || (size_t)n >= t->cap - t->len) {
-		t->failed = true;
-		return;
-	}
-	t->len += (size_t)n;
-}
-
-/* ------------------------------------------------------------------------
- * metrics
- */
-
-struct stats_sum {
-	unsigned long conns_total;
-	long sessions_active;
-	long sessions_proxying;
-	unsigned long logins_ok;
-	unsigned long logins_auth_failed;
-	unsigned long logins_unavailable;
-	unsigned long backend_connects;
-	unsigned long backend_lost;
-	unsigned long backend_logins;
-	unsigned long sessions_reused;
-	unsigned long backend_unauths;
-	unsigned long caps_queries;
-	unsigned long caps_changes;
-	unsigned long client_bytes_in;
-	unsigned long client_bytes_out;
-	unsigned long preauth_bad;
-	unsigned long tls_handshake_failed;
-	unsigned long refused_total;
-	unsigned long refused_ip;
-	unsigned long line_too_long;
-};
-
-#define LOAD(st, field) atomic_load_explicit(&(st)->field, memory_order_relaxed)
-
-static void stats_collect(struct stats_sum *s)
-{
-	memset(s, 0, sizeof(*s));
-	for (unsigned i = 0; i < srv.ncounters; i++) {
-		const struct stats *st = srv.counters[i];
-
-		s->conns_total += LOAD(st, conns_total);
-		s->sessions_active += LOAD(st, sessions_active);
-		s->sessions_proxying += LOAD(st, sessions_proxying);
-		s->logins_ok += LOAD(st, logins_ok);
-		s->logins_auth_failed += LOAD(st, logins_auth_failed);
-		s->logins_unavailable += LOAD(st, logins_unavailable);
-		s->backend_connects += LOAD(st, backend_connects);
-		s->backend_lost += LOAD(st, backend_lost);
-		s->backend_logins += LOAD(st, backend_logins);
-		s->sessions_reused += LOAD(st, sessions_reused);
-		s->backend_unauths += LOAD(st, backend_unauths);
-		s->caps_queries += LOAD(st, caps_queries);
-		s->caps_changes += LOAD(st, caps_changes);
-		s->client_bytes_in += LOAD(st, client_bytes_in);
-		s->client_bytes_out += LOAD(st, client_bytes_out);
-		s->preauth_bad += LOAD(st, preauth_bad);
-		s->tls_handshake_failed += LOAD(st, tls_handshake_failed);
-		s->refused_total += LOAD(st, refused_total);
-		s->refused_ip += LOAD(st, refused_ip);
-		s->line_too_long += LOAD(st, line_too_long);
-	}
-}
-
-/* Entries of /proc/self/fd, less the one opendir itself holds. */
-static int proc_open_fds(unsigned long *n_r)
-{
-	DIR *d = opendir("/proc/self/fd");
-	struct dirent *e;
-	unsigned long n = 0;
-
-	if (d == NULL)
-		return -1;
-	while ((e = readdir(d)) != NULL) {
-		if (e->d_name[0] != '.')
-			n++;
-	}
-	closedir(d);
-	*n_r = n > 0 ? n - 1 : 0;
-	return 0;
-}
-
-/* Resident set size: the second field of /proc/self/statm, in pages. */
-static int proc_rss_bytes(unsigned long long *bytes_r)
-{
-	FILE *f = fopen("/proc/self/statm", "re");
-	long page = sysconf(_SC_PAGESIZE);
-	unsigned long size, resident;
-	int n;
-
-	if (f == NULL)
-		return -1;
-	n = fscanf(f, "%lu %lu", &size, &resident);
-	fclose(f);
-	if (n != 2 || page <= 0)
-		return -1;
-	*bytes_r = (unsigned long long)resident * (unsigned long long)page;
-	return 0;
-}
-
-static void metric_head(struct text *t, const char *name, const char *type, const char *help)
-{
-	text_printf(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
-static void counter(struct text *t, const char *name, const char *help, unsigned long v)
-{
-	metric_head(t, name, "counter", help);
-	text_printf(t, "%s %lu\n", name, v);
-}
-
-static void gauge(struct text *t, const char *name, const char *help, long v)
-{
-	metric_head(t, name, "gauge", help);
-	text_printf(t, "%s %ld\n", name, v);
-}
-
-/*
- * The exposition (text format 0.0.4). Process metrics that cannot be read
- * are left out rather than shown with a made-up value.
- */
-static void metrics_render(struct text *t)
-{
-	struct stats_sum s;
-	unsigned long fds;
-	unsigned long long rss;
-	const char *name;
-
-	stats_collect(&s);
-	gauge(t, "imapmux_up", "1 while imapmux serves metrics.", 1);
-	gauge(t, "imapmux_workers", "Worker threads.", (long)srv.ncounters);
-	counter(t, "imapmux_connections_total", "Client connections accepted.", s.conns_total);
-	gauge(t, "imapmux_sessions", "Client sessions open now.", s.sessions_active);
-	gauge(t, "imapmux_sessions_proxying", "Client sessions logged in and proxying now.",
-	      s.sessions_proxying);
-
-	name = "imapmux_logins_total";
-	metric_head(t, name, "counter", "Client logins, by result.");
-	text_printf(t, "%s{result=\"ok\"} %lu\n", name, s.logins_ok);
-	text_printf(t, "%s{result=\"auth_failed\"} %lu\n", name, s.logins_auth_failed);
-	text_printf(t, "%s{result=\"unavailable\"} %lu\n", name, s.logins_unavailable);
-
-	counter(t, "imapmux_backend_connects_total", "Backend connections opened.",
-	        s.backend_connects);
-	counter(t, "imapmux_backend_lost_total", "Sessions ended by a lost backend connection.",
-	        s.backend_lost);
-	counter(t, "imapmux_backend_logins_total", "Logins sent to backends.", s.backend_logins);
-	counter(t, "imapmux_sessions_reused_total",
-	        "Logins served by a backend session kept after an earlier LOGOUT.",
-	        s.sessions_reused);
-	counter(t, "imapmux_backend_unauthenticated_total",
-	        "Backend connections returned to the pool with UNAUTHENTICATE after a LOGOUT.",
-	        s.backend_unauths);
-	counter(t, "imapmux_backend_capability_queries_total",
-	        "CAPABILITY commands sent after a backend login because neither its OK nor the "
-	        "cache had the capabilities.",
-	        s.caps_queries);
-	counter(t, "imapmux_backend_capability_changes_total",
-	        "Times a backend's post-login capabilities differed from the cached ones.",
-	        s.caps_changes);
-	counter(t, "imapmux_client_bytes_received_total",
-	        "Bytes read from clients (after TLS decryption).", s.client_bytes_in);
-	counter(t, "imapmux_client_bytes_sent_total",
-	        "Bytes written to clients (before TLS encryption).", s.client_bytes_out);
-	counter(t, "imapmux_preauth_bad_commands_total", "BAD answers to clients before login.",
-	        s.preauth_bad);
-	counter(t, "imapmux_tls_handshake_failures_total", "Client TLS handshakes that failed.",
-	        s.tls_handshake_failed);
-	metric_head(t, "imapmux_connections_refused_total", "counter",
-	            "Client connections refused by a connection limit.");
-	text_printf(t, "imapmux_connections_refused_total{limit=\"max_connections\"} %lu\n",
-	            s.refused_total);
-	text_printf(t, "imapmux_connections_refused_total{limit=\"max_connections_per_ip\"} %lu\n",
-	            s.refused_ip);
-	counter(t, "imapmux_lines_too_long_total",
-	        "Sessions closed because a command line after login exceeded max_line_length.",
-	        s.line_too_long);
-
-	if (proc_open_fds(&fds) == 0) {
-		metric_head(t, "process_open_fds", "gauge", "Number of open file descriptors.");
-		text_printf(t, "process_open_fds %lu\n", fds);
-	}
-	if (proc_rss_bytes(&rss) == 0) {
-		metric_head(t, "process_resident_memory_bytes", "gauge",
-		            "Resident memory size in bytes.");
-		text_printf(t, "process_resident_memory_bytes %llu\n", rss);
-	}
-	metric_head(t, "process_start_time_seconds", "gauge",
-	            "Start time of the process since unix epoch in seconds.");
-	text_printf(t, "process_start_time_seconds %.3f\n", srv.start_time);
-}
 
 /* ------------------------------------------------------------------------
  * HTTP request head
@@ -620,7 +348,7 @@ static void conn_respond(struct stats_conn *c, int status)
 	text_init(&body, status == 200 ? 4096 : 64);
 	if (status == 200) {
 		ctype = "text/plain; version=0.0.4";
-		metrics_render(&body);
+		metrics_render(&body, srv.counters, srv.ncounters, srv.start_time);
 		if (body.failed) {
 			log_error("stats: out of memory rendering /metrics");
 			status = 500;
