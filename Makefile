@@ -65,6 +65,10 @@ UNIT_OBJS_sess_state := proxy/sess_state.o
 # The backend command channel, over a real socket and loop (no pool, no worker).
 UNIT_OBJS_backend_cmd := proxy/backend.o proxy/cmdq.o proxy/conn.o proxy/reaper.o
 UNIT_LIBS_backend_cmd := -lssl -lcrypto
+# A worker's pool, counted, against a fake backend (no session, no worker thread).
+UNIT_OBJS_pool_acct := proxy/pool.o proxy/backend.o proxy/cmdq.o proxy/conn.o proxy/reaper.o \
+                       proxy/runtime.o
+UNIT_LIBS_pool_acct := -lssl -lcrypto
 # test_cryptpool includes proxy/cryptpool.c itself (it reaches the statics).
 tests/unit/test_cryptpool: proxy/cryptpool.c proxy/cryptpool.h
 

@@ -394,6 +394,21 @@ static void wait_arm(struct pool_wait *wt)
 	ev_timer_start(wt->p->w->loop, &wt->timer);
 }
 
+void pool_counts(const struct pool *p, unsigned *idle_r, unsigned *total_r, unsigned *waiting_r)
+{
+	unsigned n = 0;
+	struct list_node *node;
+
+	list_for_each (node, &p->waiters)
+		n++;
+	if (idle_r != NULL)
+		*idle_r = p->nidle;
+	if (total_r != NULL)
+		*total_r = p->total;
+	if (waiting_r != NULL)
+		*waiting_r = n;
+}
+
 void pool_wait_cancel(struct pool_wait *wt)
 {
 	if (wt == NULL)

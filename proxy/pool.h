@@ -50,6 +50,11 @@ void pool_prefill(struct worker *w, struct runtime *rt);
 int pool_acquire(struct pool *p, unsigned long sid, backend_done_cb *done, void *owner,
                  struct backend **b_r, pool_got_cb *got, void *arg, struct pool_wait **wait_r);
 
+/* What the pool counts now (for tests and logs): idle connections, every
+ * connection it counts (idle, connecting, attached, kept), logins waiting
+ * for a slot. Any pointer may be NULL. */
+void pool_counts(const struct pool *p, unsigned *idle_r, unsigned *total_r, unsigned *waiting_r);
+
 /* The waiting login went away: got will not be called. */
 void pool_wait_cancel(struct pool_wait *wt);
 
