@@ -63,10 +63,10 @@ tests/unit/test_%: tests/unit/test_%.c $$(UNIT_OBJS_$$*) common/libcommon.a $(BU
 # The session's state tables (pure).
 UNIT_OBJS_sess_state := proxy/sess_state.o
 # The backend command channel, over a real socket and loop (no pool, no worker).
-UNIT_OBJS_backend_cmd := proxy/backend.o proxy/cmdq.o proxy/conn.o proxy/reaper.o
+UNIT_OBJS_backend_cmd := proxy/backend.o proxy/backend_login.o proxy/cmdq.o proxy/conn.o proxy/reaper.o
 UNIT_LIBS_backend_cmd := -lssl -lcrypto
 # A worker's pool, counted, against a fake backend (no session, no worker thread).
-UNIT_OBJS_pool_acct := proxy/pool.o proxy/backend.o proxy/cmdq.o proxy/conn.o proxy/reaper.o \
+UNIT_OBJS_pool_acct := proxy/pool.o proxy/backend.o proxy/backend_login.o proxy/cmdq.o proxy/conn.o proxy/reaper.o \
                        proxy/runtime.o
 UNIT_LIBS_pool_acct := -lssl -lcrypto
 # test_cryptpool includes proxy/cryptpool.c itself (it reaches the statics).

@@ -55,7 +55,6 @@
 #define BK_MAX_LINE (16 * 1024)
 
 static void bk_io(struct conn *c, void *arg);
-static void bk_fail(struct backend *b, const char *why);
 
 /* ---- states ------------------------------------------------------------ */
 
@@ -79,7 +78,7 @@ static const unsigned bk_moves[] = {
 };
 
 /* Every state change goes through here. */
-static void bk_enter(struct backend *b, enum bk_state to)
+void bk_enter(struct backend *b, enum bk_state to)
 {
 	if (to != BK_FAILED && !(bk_moves[b->state] & TO(to))) {
 		log_error("S-%lu backend %s: internal error: state %d -> %d", b->sid, b->cfg->name,
@@ -106,7 +105,7 @@ static bool bk_can_write(const struct backend *b)
 
 /* ---- secrets ------------------------------------------------------------ */
 
-static void wipe_free(char **p, size_t len)
+void bk_wipe_free(char **p, size_t len)
 {
 	if (*p != NULL) {
 		explicit_bzero(*p, len);
@@ -115,27 +114,27 @@ static void wipe_free(char **p, size_t len)
 	}
 }
 
-static void bk_forget_credentials(struct backend *b)
+void bk_forget_credentials(struct backend *b)
 {
-	wipe_free(&b->authz, b->authz_len);
-	wipe_free(&b->user, b->user_len);
-	wipe_free(&b->pass, b->pass_len);
+	bk_wipe_free(&b->authz, b->authz_len);
+	bk_wipe_free(&b->user, b->user_len);
+	bk_wipe_free(&b->pass, b->pass_len);
 	if (b->plain_b64 != NULL)
-		wipe_free(&b->plain_b64, strlen(b->plain_b64));
+		bk_wipe_free(&b->plain_b64, strlen(b->plain_b64));
 	b->user_len = b->pass_len = b->authz_len = 0;
 }
 
 /* ---- the command channel (the queue: cmdq.c) ---------------------------- */
 
 /* Write the head of the queue when it waits and may go now. */
-static void bk_cmd_write(struct backend *b)
+void bk_cmd_write(struct backend *b)
 {
 	if (bk_can_write(b) && cmdq_write(&b->cmds, &b->conn.out) < 0)
 		bk_fail(b, "out of memory");
 }
 
 /* Queue one of this module's own commands, whatever the state. */
-static int bk_cmd_queue(struct backend *b, const char *text, unsigned flags, bk_cmd_cb *cb)
+int bk_cmd_queue(struct backend *b, const char *text, unsigned flags, bk_cmd_cb *cb)
 {
 	if (b->state == BK_FAILED || cmdq_push(&b->cmds, text, strlen(text), flags, cb, b) < 0)
 		return -1;
@@ -188,7 +187,7 @@ bool backend_cmd_claims(struct backend *b, const uint8_t *p, const struct imap_t
 
 /* ---- the end of a connection, or of a login ---------------------------- */
 
-static void bk_finish(struct backend *b, enum bk_result r, const char *why)
+void bk_finish(struct backend *b, enum bk_result r, const char *why)
 {
 	ev_timer_stop(b->conn.loop, &b->timer);
 	bk_forget_credentials(b);
@@ -204,7 +203,7 @@ static void bk_finish(struct backend *b, enum bk_result r, const char *why)
 	}
 }
 
-static void bk_fail(struct backend *b, const char *why)
+void bk_fail(struct backend *b, const char *why)
 {
 	bool tell;
 
@@ -234,7 +233,7 @@ static void bk_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 	                                                               : "connect timed out");
 }
 
-static void bk_arm_timer(struct backend *b, double secs)
+void bk_arm_timer(struct backend *b, double secs)
 {
 	ev_timer_stop(b->conn.loop, &b->timer);
 	ev_timer_set(&b->timer, secs, 0.);
@@ -288,7 +287,7 @@ void backend_set_hooks(struct backend *b, const struct backend_hooks *hooks, voi
 /* Take a capability list from a "[CAPABILITY ...]" code or a "* CAPABILITY" line. */
 /* A list over CAPS_MAX fails the connection: cut, it could not be filtered
  * (nor forwarded whole). Callers check for BK_FAILED after. */
-static void bk_store_caps(struct backend *b, const uint8_t *p, size_t len)
+void bk_store_caps(struct backend *b, const uint8_t *p, size_t len)
 {
 	if (len > CAPS_MAX) {
 		log_warn("S-%lu backend %s: capability list of %zu bytes, over the maximum of %d",
@@ -302,7 +301,7 @@ static void bk_store_caps(struct backend *b, const uint8_t *p, size_t len)
 }
 
 /* Find "[CAPABILITY ...]" in resp-text rest[0..len) and store it. */
-static void bk_caps_from_code(struct backend *b, const uint8_t *rest, size_t len)
+void bk_caps_from_code(struct backend *b, const uint8_t *rest, size_t len)
 {
 	static const char key[] = "[CAPABILITY ";
 	size_t klen = sizeof(key) - 1;
@@ -319,9 +318,6 @@ static void bk_forget_caps(struct backend *b)
 	b->caps_known = false;
 	b->caps[0] = '\0';
 }
-
-static void bk_send_login(struct backend *b);
-static void bk_ask_caps(struct backend *b, enum bk_state st);
 
 static void bk_ready(struct backend *b)
 {
@@ -378,7 +374,7 @@ static void bk_caps_cb(void *arg, struct backend *b, const struct bk_reply *r)
 	}
 }
 
-static void bk_ask_caps(struct backend *b, enum bk_state st)
+void bk_ask_caps(struct backend *b, enum bk_state st)
 {
 	bk_enter(b, st);
 	if (bk_cmd_queue(b, "CAPABILITY", BK_CMD_SWALLOW, bk_caps_cb) < 0)
@@ -441,153 +437,6 @@ static void bk_greeting(struct backend *b, const struct imap_head *h)
 	} else {
 		bk_ask_caps(b, BK_CAPS);
 	}
-}
-
-/* ---- login --------------------------------------------------------------- */
-
-static void bk_login_cb(void *arg, struct backend *b, const struct bk_reply *r)
-{
-	(void)arg;
-	if (r->ev == BK_EV_CONTINUE) {
-		/* AUTHENTICATE PLAIN without SASL-IR: the response, once. */
-		if (b->plain_b64 == NULL) {
-			bk_fail(b, "unexpected continuation request");
-			return;
-		}
-		if (backend_cmd_reply(b, b->plain_b64, strlen(b->plain_b64), BK_CMD_SECRET) < 0) {
-			bk_fail(b, "command too long");
-			return;
-		}
-		wipe_free(&b->plain_b64, strlen(b->plain_b64));
-		return;
-	}
-	if (r->ev != BK_EV_DONE)
-		return; /* GONE: bk_fail reports to the owner */
-	if (b->plain_b64 != NULL)
-		wipe_free(&b->plain_b64, strlen(b->plain_b64));
-	if (r->status != BK_ST_OK) {
-		bool no = r->status == BK_ST_NO;
-		bool busy = no && imap_login_no_unavailable(r->head->rest, r->head->rest_len);
-		bk_finish(b, busy || !no ? BK_RES_UNAVAILABLE : BK_RES_AUTH_FAILED,
-		          no ? "credentials refused" : "login command rejected");
-		return;
-	}
-	const char *known = b->hooks != NULL && b->hooks->login_caps != NULL
-	                        ? b->hooks->login_caps(b->hooks_ctx)
-	                        : NULL;
-
-	b->caps_known = false;
-	bk_caps_from_code(b, r->head->rest, r->head->rest_len);
-	if (b->state == BK_FAILED)
-		return;
-	if (b->caps_known && b->hooks != NULL && b->hooks->learn_login_caps != NULL)
-		b->hooks->learn_login_caps(b->hooks_ctx, b->caps);
-	if (!b->caps_known && known != NULL)
-		bk_store_caps(b, (const uint8_t *)known, strlen(known));
-	if (b->state == BK_FAILED)
-		return;
-	if (b->caps_known) {
-		bk_enter(b, BK_ATTACHED);
-		bk_finish(b, BK_RES_OK, "logged in");
-		return;
-	}
-	if (b->hooks != NULL && b->hooks->caps_queried != NULL)
-		b->hooks->caps_queried(b->hooks_ctx);
-	bk_ask_caps(b, BK_LOGIN_CAPS);
-}
-
-static void bk_send_login(struct backend *b)
-{
-	bool plain = caps_has(b->caps, strlen(b->caps), "AUTH=PLAIN");
-	bool sasl_ir = caps_has(b->caps, strlen(b->caps), "SASL-IR");
-	bool lp = caps_has(b->caps, strlen(b->caps), "LITERAL+");
-	struct imap_creds cr = {b->authz, b->authz_len, b->user, b->user_len, b->pass, b->pass_len};
-	const char *why = "out of memory";
-	char *text = NULL;
-	size_t len = 0;
-	int r = -1;
-
-	bk_enter(b, BK_LOGIN);
-	bk_arm_timer(b, b->cfg->command_timeout);
-	if (caps_has(b->caps, strlen(b->caps), "LOGINDISABLED") && !plain) {
-		bk_fail(b, "backend refuses plaintext login (LOGINDISABLED): use tls = starttls");
-		return;
-	}
-	if (plain) {
-		char *enc = imap_login_plain(&cr);
-
-		if (enc == NULL) {
-			bk_fail(b, why);
-			return;
-		}
-		if (sasl_ir) {
-			size_t elen = strlen(enc);
-			text = malloc(19 + elen);
-			if (text != NULL) {
-				memcpy(text, "AUTHENTICATE PLAIN ", 19);
-				memcpy(text + 19, enc, elen);
-				len = 19 + elen;
-			}
-			wipe_free(&enc, elen);
-		} else {
-			b->plain_b64 = enc;
-			r = bk_cmd_queue(b, "AUTHENTICATE PLAIN", 0, bk_login_cb);
-			why = "command too long";
-		}
-	} else {
-		text = imap_login_cmd(&cr, b->cfg->master_separator, lp, &len, &why);
-	}
-	if (text != NULL) {
-		r = cmdq_push(&b->cmds, text, len, BK_CMD_SECRET, bk_login_cb, b);
-		if (r == 0)
-			bk_cmd_write(b);
-		why = "command too long";
-		explicit_bzero(text, len);
-		free(text);
-	}
-	/* What remains is in the queue or conn.out only, wiped once sent. */
-	wipe_free(&b->authz, b->authz_len);
-	wipe_free(&b->user, b->user_len);
-	wipe_free(&b->pass, b->pass_len);
-	if (r < 0)
-		bk_fail(b, why);
-}
-
-int backend_login(struct backend *b, const char *user, size_t user_len, const char *pass,
-                  size_t pass_len)
-{
-	return backend_login_as(b, NULL, 0, user, user_len, pass, pass_len);
-}
-
-int backend_login_as(struct backend *b, const char *authz, size_t authz_len, const char *user,
-                     size_t user_len, const char *pass, size_t pass_len)
-{
-	if (authz != NULL) {
-		b->authz = malloc(authz_len + 1);
-		if (b->authz == NULL)
-			return -1;
-		memcpy(b->authz, authz, authz_len);
-		b->authz[authz_len] = '\0';
-		b->authz_len = authz_len;
-	}
-	b->user = malloc(user_len + 1);
-	b->pass = malloc(pass_len + 1);
-	if (b->user == NULL || b->pass == NULL) {
-		bk_forget_credentials(b);
-		return -1;
-	}
-	memcpy(b->user, user, user_len);
-	b->user[user_len] = '\0';
-	memcpy(b->pass, pass, pass_len);
-	b->pass[pass_len] = '\0';
-	b->user_len = user_len;
-	b->pass_len = pass_len;
-	b->login_wanted = true;
-	if (b->state == BK_READY) {
-		bk_send_login(b);
-		conn_update(&b->conn);
-	}
-	return 0;
 }
 
 /* ---- the reader ---------------------------------------------------------- */

@@ -277,4 +277,20 @@ void backend_destroy_later(struct reaper *r, struct backend **bp);
  */
 void backend_logout_and_destroy_later(struct reaper *r, struct backend **bp);
 
+/* ---- inside the backend module: backend.c and backend_login.c --------------
+ * Not for other modules. */
+void bk_enter(struct backend *b, enum bk_state to);
+void bk_fail(struct backend *b, const char *why);
+void bk_finish(struct backend *b, enum bk_result r, const char *why);
+void bk_arm_timer(struct backend *b, double secs);
+void bk_store_caps(struct backend *b, const uint8_t *p, size_t len);
+void bk_caps_from_code(struct backend *b, const uint8_t *rest, size_t len);
+void bk_ask_caps(struct backend *b, enum bk_state st);
+int bk_cmd_queue(struct backend *b, const char *text, unsigned flags, bk_cmd_cb *cb);
+void bk_cmd_write(struct backend *b);
+void bk_wipe_free(char **p, size_t len);
+void bk_forget_credentials(struct backend *b);
+/* READY with a login wanted: send it (backend_login.c). */
+void bk_send_login(struct backend *b);
+
 #endif
