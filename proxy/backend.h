@@ -131,7 +131,8 @@ struct backend {
 
 	/* pool.c bookkeeping: the pool counting this connection, and its idle list */
 	struct pool *pool;
-	struct list_node pool_node; /* on the pool's idle list exactly while idle */
+	struct list_node pool_node; /* on the pool's idle or opening list while it owns b */
+	bool pool_idle;             /* on the idle one */
 	double pool_since;
 	backend_done_cb *done;
 	void *owner;

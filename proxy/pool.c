@@ -5,16 +5,21 @@
  *   - total counts every live backend struct with b->pool == p: connecting
  *     or idle here, attached to a session, or kept by the reuse cache; it is
  *     incremented where the pool creates one and decremented only by
- *     pool_backend_gone (from backend_destroy);
- *   - a backend is idle exactly while its pool_node is on p->idle (newest
- *     first); an idle one is READY, with done/owner pointing here, so that
- *     its death (BYE, EOF, timeout) comes back here;
+ *     the gone hook (from backend_destroy);
+ *   - the pool owns a backend while it is connecting for the pool (a
+ *     refill, or a connection coming back through UNAUTHENTICATE) or idle:
+ *     its pool_node is then on p->opening or on p->idle (newest first),
+ *     with done/owner pointing here, so that its death (BYE, EOF, timeout)
+ *     comes back here; pool_close_all closes both lists, so nothing the
+ *     pool owns outlives the worker's loop;
+ *   - an idle one is READY and b->pool_idle is set; nidle and nopening
+ *     are the lengths of the two lists;
  *   - logins waiting for a slot are on p->waiters, oldest first, each with
  *     its pool_wait timer running;
  *   - a failed refill backs off (1 s, doubling to 30 s) instead of looping;
  *     a backend that health checks mark down is not refilled;
- *   - a connection coming back through UNAUTHENTICATE counts as connecting
- *     until it is READY again (its failure is no reason to back off).
+ *   - a connection coming back through UNAUTHENTICATE is opening until it
+ *     is READY again (its failure is no reason to back off).
  *
  * The pool also keeps the backend's post-login capabilities, learned from
  * the logins made on its connections (see backend.c).
@@ -44,7 +49,7 @@ struct pool_wait {
 };
 
 struct pool {
-	struct pool *next; /* worker's list */
+	struct list_node node; /* on w->pools */
 	struct worker *w;
 	struct runtime *rt; /* the runtime cfg and ctx come from (referenced) */
 	const struct cfg_backend *cfg;
@@ -52,7 +57,8 @@ struct pool {
 	SSL_CTX *ctx;
 	struct list_node idle; /* idle backends (pool_node), newest first */
 	unsigned nidle;
-	unsigned nconnecting; /* opened by the refill, not ready yet */
+	struct list_node opening; /* connecting for the pool, not ready yet (pool_node) */
+	unsigned nopening;
 	unsigned total;
 	struct list_node waiters; /* logins waiting for a slot (pool_wait.node), oldest first */
 	ev_timer refill;          /* backoff and idle-age sweeps */
@@ -82,25 +88,43 @@ static unsigned pool_max(const struct pool *p)
 	return m ? m : 1;
 }
 
-/* backend_new zero-fills b: its pool_node starts unlinked, i.e. not idle. */
-static bool is_idle(const struct backend *b)
+/* backend_new zero-fills b: its pool_node starts unlinked, i.e. not owned. */
+static bool is_owned(const struct backend *b)
 {
 	return list_linked(&b->pool_node);
 }
 
-static void idle_unlink(struct pool *p, struct backend *b)
+static bool is_idle(const struct backend *b)
 {
-	if (!is_idle(b))
+	return is_owned(b) && b->pool_idle;
+}
+
+/* The pool lets go of b (idle or opening); a no-op for one it does not own. */
+static void disown(struct pool *p, struct backend *b)
+{
+	if (!is_owned(b))
 		return;
 	list_remove(&b->pool_node);
-	p->nidle--;
+	if (b->pool_idle)
+		p->nidle--;
+	else
+		p->nopening--;
+	b->pool_idle = false;
 }
 
 static void idle_push(struct pool *p, struct backend *b)
 {
 	list_push_front(&p->idle, &b->pool_node);
+	b->pool_idle = true;
 	b->pool_since = ev_now(p->w->loop);
 	p->nidle++;
+}
+
+static void opening_push(struct pool *p, struct backend *b)
+{
+	list_push_front(&p->opening, &b->pool_node);
+	b->pool_idle = false;
+	p->nopening++;
 }
 
 static struct backend *idle_first(const struct pool *p)
@@ -133,7 +157,7 @@ static void pool_conn_done(void *owner, struct backend *b, enum bk_result r, con
 	struct pool *p = owner;
 
 	if (r == BK_RES_OK && !is_idle(b)) {
-		p->nconnecting--;
+		disown(p, b);
 		if (b->returning) {
 			b->returning = false;
 			STAT_INC(&p->w->stats, backend_unauths);
@@ -149,43 +173,23 @@ static void pool_conn_done(void *owner, struct backend *b, enum bk_result r, con
 		return;
 	}
 	if (is_idle(b)) {
-		idle_unlink(p, b);
 		log_debug("pool %s: idle connection lost: %s", p->cfg->name, why);
 	} else if (b->returning) {
-		p->nconnecting--;
 		log_msg(LOG_LVL_INFO, "pool %s: connection not returned to the pool: %s",
 		        p->cfg->name, why);
 	} else {
-		p->nconnecting--;
 		log_debug("pool %s: connection failed: %s", p->cfg->name, why);
 		pool_back_off(p);
 	}
+	disown(p, b);
 	backend_destroy_later(&p->w->reaper, &b);
 }
 
-/* What a counted backend reports (backend.h's hooks). A backend whose
- * b->pool was cleared (pool_destroy_all) is no longer counted. */
-static void pool_hook_gone(void *ctx, struct backend *b)
-{
-	(void)ctx;
-	if (b->pool != NULL)
-		pool_backend_gone(b->pool, b);
-}
-
-static const char *pool_hook_login_caps(void *ctx)
-{
-	return pool_login_caps(ctx);
-}
-
-static void pool_hook_learn_login_caps(void *ctx, const char *caps)
-{
-	pool_learn_login_caps(ctx, caps);
-}
-
-static void pool_hook_caps_queried(void *ctx)
-{
-	pool_count_caps_query(ctx);
-}
+/* What a counted backend reports (backend.h's hooks), defined below. */
+static void pool_hook_gone(void *ctx, struct backend *b);
+static const char *pool_hook_login_caps(void *ctx);
+static void pool_hook_learn_login_caps(void *ctx, const char *caps);
+static void pool_hook_caps_queried(void *ctx);
 
 static const struct backend_hooks pool_hooks = {
     .gone = pool_hook_gone,
@@ -213,7 +217,7 @@ static void pool_refill(struct pool *p)
 {
 	if (p->closing || p->w->draining || ev_now(p->w->loop) < p->backoff_until)
 		return;
-	while (p->nidle + p->nconnecting < pool_min(p) && p->total < pool_max(p) &&
+	while (p->nidle + p->nopening < pool_min(p) && p->total < pool_max(p) &&
 	       runtime_backend_up(p->rt, p->index)) {
 		struct backend *b = pool_open(p, 0, pool_conn_done, p);
 		if (b == NULL) {
@@ -221,7 +225,7 @@ static void pool_refill(struct pool *p)
 			return;
 		}
 		backend_notify_ready(b);
-		p->nconnecting++;
+		opening_push(p, b);
 	}
 }
 
@@ -249,7 +253,7 @@ static void refill_cb(struct ev_loop *loop, ev_timer *t, int revents)
 	list_for_each_safe (n, tmp, &p->idle) {
 		struct backend *b = list_entry(n, struct backend, pool_node);
 		if (now - b->pool_since >= ttl) {
-			idle_unlink(p, b);
+			disown(p, b);
 			backend_logout_and_destroy_later(&p->w->reaper, &b);
 		}
 	}
@@ -258,27 +262,35 @@ static void refill_cb(struct ev_loop *loop, ev_timer *t, int revents)
 		pool_arm(p, pool_period(p, now));
 }
 
+static struct pool *pool_find(const struct worker *w, const char *name)
+{
+	struct list_node *n;
+
+	list_for_each (n, &w->pools) {
+		struct pool *p = list_entry(n, struct pool, node);
+		if (strcmp(p->cfg->name, name) == 0)
+			return p;
+	}
+	return NULL;
+}
+
 struct pool *pool_of(struct worker *w, struct runtime *rt, const struct cfg_backend *bc)
 {
-	struct pool *p;
+	struct pool *p = pool_find(w, bc->name);
 	size_t i = runtime_backend_index(rt, bc);
 
-	for (p = w->pools; p != NULL; p = p->next) {
-		if (strcmp(p->cfg->name, bc->name) == 0)
-			break;
-	}
 	if (p == NULL) {
 		p = calloc(1, sizeof(*p));
 		if (p == NULL)
 			return NULL;
 		p->w = w;
 		list_init(&p->idle);
+		list_init(&p->opening);
 		list_init(&p->waiters);
 		p->backoff = BACKOFF_MIN;
 		ev_init(&p->refill, refill_cb);
 		p->refill.data = p;
-		p->next = w->pools;
-		w->pools = p;
+		list_push_front(&w->pools, &p->node);
 	}
 	if (p->rt != rt) {
 		/* New or reloaded settings: idle connections made with the
@@ -289,7 +301,7 @@ struct pool *pool_of(struct worker *w, struct runtime *rt, const struct cfg_back
 		                       p->cfg->tls != bc->tls);
 		struct backend *b;
 		while (moved && (b = idle_first(p)) != NULL) {
-			idle_unlink(p, b);
+			disown(p, b);
 			backend_destroy_later(&w->reaper, &b);
 		}
 		if (p->rt != NULL)
@@ -321,7 +333,7 @@ static struct backend *pool_take_idle(struct pool *p, unsigned long sid, backend
 
 	if (b == NULL)
 		return NULL;
-	idle_unlink(p, b);
+	disown(p, b);
 	b->done = done;
 	b->owner = owner;
 	b->sid = sid;
@@ -474,13 +486,34 @@ static void caps_diff(const char *old, const char *new, char *out, size_t outlen
 	}
 }
 
-const char *pool_login_caps(const struct pool *p)
+void pool_put_back(struct pool *p, struct backend *b, bool unselect)
 {
+	/* Settings reloaded since it was opened, or the worker is ending:
+	 * close it instead. */
+	if (p->closing || p->w->draining || b->cfg != p->cfg ||
+	    backend_unauthenticate(b, unselect, pool_conn_done, p) < 0) {
+		backend_logout_and_destroy_later(&p->w->reaper, &b);
+		return;
+	}
+	opening_push(p, b);
+}
+
+/* ---- what the backends report (hooks) ---------------------------------- */
+
+/* The backend's post-login capabilities as last reported by a login on one
+ * of this pool's connections; NULL until one did. */
+static const char *pool_hook_login_caps(void *ctx)
+{
+	const struct pool *p = ctx;
+
 	return p->login_caps[0] != '\0' ? p->login_caps : NULL;
 }
 
-void pool_learn_login_caps(struct pool *p, const char *caps)
+/* A login's OK (or its CAPABILITY answer) reported caps: keep them, and
+ * count and log a change. */
+static void pool_hook_learn_login_caps(void *ctx, const char *caps)
 {
+	struct pool *p = ctx;
 	size_t len = strlen(caps);
 	double now = ev_now(p->w->loop);
 
@@ -503,61 +536,76 @@ void pool_learn_login_caps(struct pool *p, const char *caps)
 	memcpy(p->login_caps, caps, len + 1);
 }
 
-void pool_count_caps_query(struct pool *p)
+/* A login had to ask CAPABILITY (for /metrics). */
+static void pool_hook_caps_queried(void *ctx)
 {
+	struct pool *p = ctx;
+
 	STAT_INC(&p->w->stats, caps_queries);
 }
 
-void pool_put_back(struct pool *p, struct backend *b, bool unselect)
+/* A backend counted here is being freed (backend_destroy): its slot is
+ * free. One whose b->pool was cleared (pool_destroy_all) is not counted. */
+static void pool_hook_gone(void *ctx, struct backend *b)
 {
-	/* Settings reloaded since it was opened, or the worker is ending:
-	 * close it instead. */
-	if (p->closing || p->w->draining || b->cfg != p->cfg ||
-	    backend_unauthenticate(b, unselect, pool_conn_done, p) < 0) {
-		backend_logout_and_destroy_later(&p->w->reaper, &b);
-		return;
-	}
-	p->nconnecting++;
-}
+	struct pool *p = ctx;
 
-void pool_backend_gone(struct pool *p, struct backend *b)
-{
-	idle_unlink(p, b);
+	if (b->pool == NULL)
+		return;
+	disown(p, b);
 	p->total--;
 	pool_serve_waiters(p);
 	pool_refill(p);
 }
 
+/* ---- the worker's end ---------------------------------------------------- */
+
+/* Let go of what the pool owns: idle connections and those still opening
+ * (a refill, or one coming back through UNAUTHENTICATE). Closed for the
+ * reaper, or freed now and no longer counted (now: the pool goes too). */
+static void pool_close_owned(struct pool *p, bool now)
+{
+	struct list_node *heads[2] = {&p->idle, &p->opening};
+
+	for (int i = 0; i < 2; i++) {
+		while (!list_empty(heads[i])) {
+			struct backend *b = list_first_entry(heads[i], struct backend, pool_node);
+			disown(p, b);
+			if (now) {
+				b->pool = NULL;
+				backend_destroy(&b);
+			} else {
+				backend_destroy_later(&p->w->reaper, &b);
+			}
+		}
+	}
+}
+
 void pool_close_all(struct worker *w)
 {
-	for (struct pool *p = w->pools; p != NULL; p = p->next) {
+	struct list_node *n;
+
+	list_for_each (n, &w->pools) {
+		struct pool *p = list_entry(n, struct pool, node);
 		p->closing = true;
 		ev_timer_stop(w->loop, &p->refill);
-		struct backend *b;
-		while ((b = idle_first(p)) != NULL) {
-			idle_unlink(p, b);
-			backend_destroy_later(&w->reaper, &b);
-		}
+		pool_close_owned(p, false);
 	}
 }
 
 void pool_destroy_all(struct worker *w)
 {
-	while (w->pools != NULL) {
-		struct pool *p = w->pools;
-		w->pools = p->next;
+	while (!list_empty(&w->pools)) {
+		struct pool *p = list_first_entry(&w->pools, struct pool, node);
+		list_remove(&p->node);
 		ev_timer_stop(w->loop, &p->refill);
 		struct pool_wait *wt;
 		while ((wt = wait_first(p)) != NULL) {
 			wait_unlink(wt);
 			free(wt);
 		}
-		struct backend *b;
-		while ((b = idle_first(p)) != NULL) {
-			idle_unlink(p, b);
-			b->pool = NULL;
-			backend_destroy(&b);
-		}
+		p->closing = true;
+		pool_close_owned(p, true); /* nothing, after pool_close_all */
 		runtime_unref(&p->rt);
 		free(p);
 	}

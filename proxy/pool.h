@@ -10,12 +10,15 @@
  *   any backend of the pool destroyed --> slot free: serve a waiter, refill
  *   IDLE older than pool_idle_ttl, or BYE/EOF --> closed and replaced
  *   session LOGOUT on a backend with UNAUTHENTICATE --pool_put_back-->
- *          "U UNAUTHENTICATE" --> IDLE again (RFC 8437)
+ *          UNAUTHENTICATE (backend_cmd) --> IDLE again (RFC 8437)
+ *   worker ending --pool_close_all--> IDLE and CONNECTING ones closed
  *
  * Bounds are per worker: pool_min_idle and pool_max of the backend divided
  * by the number of workers (rounded up), so an instance stays within them.
  * Every backend connection a session, the reuse cache or the pool holds is
- * counted while it exists (b->pool), whoever owns it.
+ * counted while it exists (b->pool), whoever owns it; what the pool learns
+ * from them (post-login capabilities, their end) comes through backend.h's
+ * hooks.
  */
 #ifndef IMAPMUX_POOL_H
 #define IMAPMUX_POOL_H
@@ -58,26 +61,13 @@ void pool_counts(const struct pool *p, unsigned *idle_r, unsigned *total_r, unsi
 /* The waiting login went away: got will not be called. */
 void pool_wait_cancel(struct pool_wait *wt);
 
-/* The backend's post-login capabilities as last reported by a login on one
- * of this pool's connections; NULL until one did. */
-const char *pool_login_caps(const struct pool *p);
-
-/* A login's OK (or its CAPABILITY answer) reported caps: keep them, and
- * count and log a change. */
-void pool_learn_login_caps(struct pool *p, const char *caps);
-
-/* A login had to ask CAPABILITY (for /metrics). */
-void pool_count_caps_query(struct pool *p);
-
 /* Take back b, logged in and at a response boundary, whose client logged
  * out: UNAUTHENTICATE (after UNSELECT when unselect), then idle again. If
  * that cannot be started, b is closed. */
 void pool_put_back(struct pool *p, struct backend *b, bool unselect);
 
-/* Called by backend_destroy for a backend with b->pool set. */
-void pool_backend_gone(struct pool *p, struct backend *b);
-
-/* Worker ending: close idle connections, open no more. */
+/* Worker ending: close the connections the pools own (idle, or opening:
+ * a refill, or one coming back through UNAUTHENTICATE) and open no more. */
 void pool_close_all(struct worker *w);
 
 /* Free every pool of w, after every counted backend is gone (worker exit). */

@@ -187,6 +187,7 @@ int worker_init(struct worker *w, int id, struct runtime *rt, const int *fds, si
 	reaper_init(&w->reaper);
 	list_init(&w->sessions);
 	list_init(&w->reuse);
+	list_init(&w->pools);
 	ev_prepare_init(&w->reap_prepare, reaper_cb);
 	w->reap_prepare.data = w;
 	ev_prepare_start(w->loop, &w->reap_prepare);

@@ -58,7 +58,7 @@ struct worker {
 	struct ttlmap *routes;    /* cached user routes (lookup = redis) */
 	struct crypt_port *crypt; /* password checks come back here (auth = redis) */
 	struct list_node reuse;   /* kept backend sessions (reuse.c) */
-	struct pool *pools;       /* backend connection pools (pool.c) */
+	struct list_node pools;   /* backend connection pools (pool.c's node) */
 	unsigned nworkers;        /* how many workers share the pool bounds */
 
 	pthread_mutex_t lock;   /* protects the mailbox below */

@@ -1,8 +1,10 @@
 /*
  * test_pool_acct — a worker's pool of backend connections, counted: the
  * pool_min_idle fill, the pool_max bound, waiting logins served oldest
- * first when a slot frees, a cancelled wait, a wait that times out, and an
- * idle connection the server closes.
+ * first when a slot frees, a cancelled wait, a wait that times out, an
+ * idle connection the server closes, and the worker's end closing what the
+ * pool owns while it is still opening (a refill not greeted yet, or a
+ * connection coming back through UNAUTHENTICATE).
  *
  * The fake backend is a loopback listener: the pool connects to it for
  * real (proxy/backend.c), the test accepts and greets each connection by
@@ -75,12 +77,22 @@ static void got_cb(void *arg, struct backend *b)
 	got_seq++;
 }
 
+static int done_calls;
+static enum bk_result done_last;
+
 static void done_cb(void *owner, struct backend *b, enum bk_result r, const char *why)
 {
 	(void)owner;
 	(void)b;
-	(void)r;
 	(void)why;
+	done_calls++;
+	done_last = r;
+}
+
+static void attached_cb(struct conn *c, void *owner)
+{
+	(void)c;
+	(void)owner;
 }
 
 static void step(struct fixture *f)
@@ -102,6 +114,38 @@ static void serve(struct fixture *f)
 		                 (ssize_t)(sizeof(greeting) - 1));
 		f->srv[f->nsrv++] = fd;
 	}
+}
+
+/* Read from server connection i until a line containing what arrived
+ * (fail after STEPS); its tag goes to tag (NUL-terminated). */
+static void srv_expect(struct fixture *f, size_t i, const char *what, char *tag, size_t taglen)
+{
+	char line[512];
+	size_t len = 0;
+
+	for (int k = 0; k < STEPS; k++) {
+		ssize_t n = recv(f->srv[i], line + len, sizeof(line) - 1 - len, MSG_DONTWAIT);
+		if (n > 0) {
+			len += (size_t)n;
+			line[len] = '\0';
+			char *eol = strstr(line, "\r\n");
+			if (eol != NULL && strstr(line, what) != NULL) {
+				size_t t = strcspn(line, " ");
+				assert_true(t < taglen);
+				memcpy(tag, line, t);
+				tag[t] = '\0';
+				return;
+			}
+			assert_true(len < sizeof(line) - 1);
+		}
+		step(f);
+	}
+	fail_msg("the fake backend never received %s", what);
+}
+
+static void srv_send(struct fixture *f, size_t i, const char *text)
+{
+	assert_int_equal(write(f->srv[i], text, strlen(text)), (ssize_t)strlen(text));
 }
 
 static void counts(struct fixture *f, unsigned *idle, unsigned *total, unsigned *waiting)
@@ -177,6 +221,7 @@ static struct fixture *setup(unsigned min_idle, unsigned max, const char *wait)
 	reaper_init(&f->w.reaper);
 	list_init(&f->w.sessions);
 	list_init(&f->w.reuse);
+	list_init(&f->w.pools);
 	f->p = pool_of(&f->w, f->rt, &f->rt->cfg->backends[0]);
 	assert_non_null(f->p);
 	memset(&got_rec, 0, sizeof(got_rec));
@@ -341,6 +386,114 @@ static void test_idle_closed_by_server_is_replaced(void **state)
 	teardown(f);
 }
 
+/* The worker ends while the pool's refill is connecting (greeting not
+ * sent yet): the connection is closed and uncounted, not left behind. */
+static void test_close_all_ends_opening_refill(void **state)
+{
+	struct fixture *f = setup(1, 2, "1s");
+	unsigned idle, total;
+
+	(void)state;
+	pool_prefill(&f->w, f->rt);
+	counts(f, &idle, &total, NULL);
+	assert_int_equal(total, 1);
+	assert_int_equal(idle, 0);
+	pool_close_all(&f->w);
+	for (int i = 0; i < 50; i++)
+		step(f);
+	counts(f, &idle, &total, NULL);
+	assert_int_equal(total, 0);
+	/* Nothing more is opened after it. */
+	run_for(f, 50);
+	counts(f, NULL, &total, NULL);
+	assert_int_equal(total, 0);
+	teardown(f);
+}
+
+/* A session's connection goes back through UNAUTHENTICATE, and the worker
+ * ends before the server answers: pool_close_all closes it too. */
+static void test_close_all_ends_returning(void **state)
+{
+	struct fixture *f = setup(0, 2, "1s");
+	struct backend *b = NULL;
+	struct pool_wait *wt = NULL;
+	unsigned idle, total;
+	char tag[64], reply[128];
+
+	(void)state;
+	done_calls = 0;
+	assert_int_equal(pool_acquire(f->p, 1, done_cb, NULL, &b, got_cb, NULL, &wt), 0);
+	assert_non_null(b);
+	for (int i = 0; i < STEPS && f->nsrv == 0; i++) {
+		serve(f);
+		step(f);
+	}
+	assert_int_equal(f->nsrv, 1);
+	assert_int_equal(backend_login(b, "u", 1, "p", 1), 0);
+	srv_expect(f, 0, "LOGIN", tag, sizeof(tag));
+	snprintf(reply, sizeof(reply), "%s OK [CAPABILITY IMAP4rev1 UNAUTHENTICATE] in\r\n", tag);
+	srv_send(f, 0, reply);
+	for (int i = 0; i < STEPS && done_calls == 0; i++)
+		step(f);
+	assert_int_equal(done_calls, 1);
+	assert_int_equal(done_last, BK_RES_OK);
+	backend_attach(b, attached_cb, NULL);
+
+	pool_put_back(f->p, b, false);
+	srv_expect(f, 0, "UNAUTHENTICATE", tag, sizeof(tag));
+	counts(f, &idle, &total, NULL);
+	assert_int_equal(total, 1);
+	assert_int_equal(idle, 0);
+	pool_close_all(&f->w); /* no answer came */
+	for (int i = 0; i < 50; i++)
+		step(f);
+	counts(f, &idle, &total, NULL);
+	assert_int_equal(total, 0);
+	assert_int_equal(idle, 0);
+	teardown(f);
+}
+
+/* The same connection, answered: idle in the pool again, then closed by
+ * the worker's end like any idle one. */
+static void test_returning_becomes_idle(void **state)
+{
+	struct fixture *f = setup(0, 2, "1s");
+	struct backend *b = NULL;
+	struct pool_wait *wt = NULL;
+	unsigned idle, total;
+	char tag[64], reply[128];
+
+	(void)state;
+	done_calls = 0;
+	assert_int_equal(pool_acquire(f->p, 1, done_cb, NULL, &b, got_cb, NULL, &wt), 0);
+	for (int i = 0; i < STEPS && f->nsrv == 0; i++) {
+		serve(f);
+		step(f);
+	}
+	assert_int_equal(backend_login(b, "u", 1, "p", 1), 0);
+	srv_expect(f, 0, "LOGIN", tag, sizeof(tag));
+	snprintf(reply, sizeof(reply), "%s OK [CAPABILITY IMAP4rev1 UNAUTHENTICATE] in\r\n", tag);
+	srv_send(f, 0, reply);
+	for (int i = 0; i < STEPS && done_calls == 0; i++)
+		step(f);
+	assert_int_equal(done_last, BK_RES_OK);
+	backend_attach(b, attached_cb, NULL);
+	pool_put_back(f->p, b, false);
+	srv_expect(f, 0, "UNAUTHENTICATE", tag, sizeof(tag));
+	snprintf(reply, sizeof(reply), "%s OK [CAPABILITY IMAP4rev1 LITERAL+] out\r\n", tag);
+	srv_send(f, 0, reply);
+	until_idle(f, 1);
+	counts(f, &idle, &total, NULL);
+	assert_int_equal(total, 1);
+	pool_close_all(&f->w);
+	for (int i = 0; i < 50; i++)
+		step(f);
+	counts(f, &idle, &total, NULL);
+	assert_int_equal(idle, 0);
+	assert_int_equal(total, 0);
+	teardown(f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -349,6 +502,9 @@ int main(void)
 	    cmocka_unit_test(test_cancelled_wait_gets_nothing),
 	    cmocka_unit_test(test_wait_times_out),
 	    cmocka_unit_test(test_idle_closed_by_server_is_replaced),
+	    cmocka_unit_test(test_close_all_ends_opening_refill),
+	    cmocka_unit_test(test_close_all_ends_returning),
+	    cmocka_unit_test(test_returning_becomes_idle),
 	};
 
 	log_set_level(LOG_LVL_ERROR);
