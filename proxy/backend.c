@@ -129,7 +129,7 @@ void bk_forget_credentials(struct backend *b)
 /* Write the head of the queue when it waits and may go now. */
 void bk_cmd_write(struct backend *b)
 {
-	if (bk_can_write(b) && cmdq_write(&b->cmds, &b->conn.out) < 0)
+	if (bk_can_write(b) && cmdq_write(&b->cmds, &b->conn.out) == -1)
 		bk_fail(b, "out of memory");
 }
 
@@ -529,11 +529,11 @@ static void bk_io(struct conn *c, void *arg)
 		}
 		int rr = conn_read(&b->conn);
 		int wr = conn_flush(&b->conn);
-		if (rr < 0 || wr < 0) {
+		if (rr == -1 || wr == -1) {
 			bk_fail(b, b->conn.errmsg);
 			return;
 		}
-		progress |= rr | wr;
+		progress |= rr == 0 || wr == 0;
 		cmdq_wipe(&b->cmds, &b->conn.out, false);
 		if (b->state == BK_TLS && conn_handshake_done(&b->conn)) {
 			if (b->after_starttls)
@@ -710,7 +710,8 @@ void backend_logout_and_destroy_later(struct reaper *r, struct backend **bp)
 	if (b == NULL)
 		return;
 	if (bk_can_write(b) && b->state != BK_STARTTLS && !b->conn.eof &&
-	    cmdq_logout(&b->cmds, &b->conn.out) == 0)
-		(void)conn_flush(&b->conn);
+	    cmdq_logout(&b->cmds, &b->conn.out) == 0 && conn_flush(&b->conn) == -1)
+		log_debug("backend %s: LOGOUT not sent: %s", b->cfg->name,
+		          b->conn.errmsg ? b->conn.errmsg : "write error");
 	backend_destroy_later(r, bp);
 }

@@ -103,7 +103,7 @@ int cmdq_write(struct cmdq *q, struct buf *out)
 	struct cmdq_cmd *c = q->head;
 
 	if (c == NULL || c->sent || buf_room(out) < c->len)
-		return 0;
+		return -2;
 	if (buf_append(out, c->wire, c->len) < 0)
 		return -1;
 	c->sent = true;
@@ -112,7 +112,7 @@ int cmdq_write(struct cmdq *q, struct buf *out)
 		explicit_bzero(c->wire + c->tag_len, c->len - c->tag_len);
 		q->secret_out = true;
 	}
-	return 1;
+	return 0;
 }
 
 bool cmdq_pending(const struct cmdq *q)

@@ -102,7 +102,7 @@ __attribute__((warn_unused_result)) int cmdq_push(struct cmdq *q, const void *te
                                                   unsigned flags, bk_cmd_cb *cb, void *arg);
 
 /* Write the head into out if it is not written yet and out has room for
- * it. Returns 1 when written, 0 when there is nothing to write now, -1 out
+ * it. Returns 0 when written, -2 when there is nothing to write now, -1 out
  * of memory. */
 __attribute__((warn_unused_result)) int cmdq_write(struct cmdq *q, struct buf *out);
 

@@ -105,7 +105,8 @@ fail:
 	return -1;
 }
 
-/* Advance the handshake: 1 progress/done, 0 blocked, -1 failed. */
+/* Advance the handshake: 0 done, -2 blocked (wants read or write), -1
+ * failed. */
 static int conn_handshake(struct conn *c)
 {
 	int r, e;
@@ -115,13 +116,13 @@ static int conn_handshake(struct conn *c)
 	if (r == 1) {
 		c->handshaking = false;
 		c->hs_wants_read = c->hs_wants_write = false;
-		return 1;
+		return 0;
 	}
 	e = SSL_get_error(c->ssl, r);
 	c->hs_wants_read = e == SSL_ERROR_WANT_READ;
 	c->hs_wants_write = e == SSL_ERROR_WANT_WRITE;
 	if (c->hs_wants_read || c->hs_wants_write)
-		return 0;
+		return -2;
 	/*
 	 * With SSL_OP_IGNORE_UNEXPECTED_EOF, a peer that hangs up in the middle
 	 * of the handshake reads as a clean close, with nothing in the error
@@ -171,15 +172,15 @@ static int conn_read_tls(struct conn *c, uint8_t *p, size_t room)
 
 int conn_read(struct conn *c)
 {
-	int progress = 0;
+	bool progress = false;
 
 	if (c->error)
 		return -1;
 	if (c->ssl != NULL && c->handshaking) {
 		int r = conn_handshake(c);
-		if (r < 0 || c->handshaking)
+		if (r == -1 || c->handshaking)
 			return r;
-		progress = 1;
+		progress = true;
 	}
 	while (c->want_input && !c->eof) {
 		size_t room;
@@ -215,30 +216,30 @@ int conn_read(struct conn *c)
 		}
 		if (n == 0) {
 			c->eof = true;
-			progress = 1;
+			progress = true;
 			break;
 		}
 		buf_produced(&c->in, (size_t)n);
 		c->bytes_in += (unsigned long long)n;
-		progress = 1;
+		progress = true;
 	}
-	return progress;
+	return progress ? 0 : -2;
 }
 
 int conn_flush(struct conn *c)
 {
-	int progress = 0;
+	bool progress = false;
 
 	if (c->error)
 		return -1;
 	if (c->ssl != NULL && c->handshaking) {
 		int r = conn_handshake(c);
-		if (r < 0 || c->handshaking)
+		if (r == -1 || c->handshaking)
 			return r;
-		progress = 1;
+		progress = true;
 	}
 	if (c->connecting)
-		return 0;
+		return progress ? 0 : -2;
 	while (!buf_is_empty(&c->out)) {
 		size_t len = buf_len(&c->out);
 		ssize_t n;
@@ -276,9 +277,9 @@ int conn_flush(struct conn *c)
 		}
 		buf_consume(&c->out, (size_t)n);
 		c->bytes_out += (unsigned long long)n;
-		progress = 1;
+		progress = true;
 	}
-	return progress;
+	return progress ? 0 : -2;
 }
 
 int conn_connect_check(struct conn *c)

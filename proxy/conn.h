@@ -66,13 +66,13 @@ __attribute__((warn_unused_result)) int conn_start_tls(struct conn *c, SSL_CTX *
 
 /*
  * Drive I/O. conn_read fills `in` as far as there is room (and the TLS
- * handshake, if one runs); conn_flush writes `out`. Both return 1 when they
- * moved bytes (or advanced the handshake), 0 when nothing could be done now,
- * -1 when the conn is dead (c->error set) — eof alone is not an error:
- * conn_read returns 0 and sets c->eof.
+ * handshake, if one runs); conn_flush writes `out`. Both return 0 when they
+ * moved bytes (or finished the handshake), -2 when nothing could be done
+ * now (again later), -1 when the conn is dead (c->error set). Eof alone is
+ * not an error: conn_read returns 0 once and sets c->eof.
  */
-int conn_read(struct conn *c);
-int conn_flush(struct conn *c);
+__attribute__((warn_unused_result)) int conn_read(struct conn *c);
+__attribute__((warn_unused_result)) int conn_flush(struct conn *c);
 
 /* Finish a non-blocking connect(): 0 done, -2 still in progress, -1 failed. */
 int conn_connect_check(struct conn *c);

@@ -355,14 +355,14 @@ static void login_backend(struct session *s, const struct cfg_backend *bc)
 	int pr = pool == NULL ? -1
 	                      : pool_acquire(pool, s->id, login_backend_done, s, &b, login_pool_got,
 	                                     s, &l->wait);
-	if (pr == 1) {
+	if (pr == -2) {
 		/* At pool_max: a kept session of this backend is a connection
 		 * nobody uses; its slot goes to the oldest waiting login (this
 		 * one, or an earlier one) once it is freed. */
 		(void)reuse_evict_one(s->w, bc->name);
 		return; /* login_pool_got goes on */
 	}
-	if (pr < 0) {
+	if (pr == -1) {
 		login_fail(s, LOGIN_UNAVAILABLE, false, "cannot connect to the backend");
 		return;
 	}

@@ -366,7 +366,7 @@ int pool_acquire(struct pool *p, unsigned long sid, backend_done_cb *done, void 
 	list_push_back(&p->waiters, &wt->node);
 	*wait_r = wt;
 	wait_arm(wt);
-	return 1;
+	return -2;
 }
 
 static void wait_unlink(struct pool_wait *wt)

@@ -43,15 +43,17 @@ void pool_prefill(struct worker *w, struct runtime *rt);
 /*
  * A backend connection for a login, owned by (done, owner) from now on:
  *   0: *b_r is ready (greeted) or connecting; call backend_login on it;
- *   1: the pool is at its bound: *wait_r is queued, got(arg, b) comes later
+ *  -2: the pool is at its bound: *wait_r is queued, got(arg, b) comes later
  *      (b with done/owner set, or NULL after pool_wait). The pool frees no
  *      slot by itself: the caller may close a connection it knows nobody
  *      uses (a kept session of this backend: reuse_evict_one), whose slot
  *      then goes to the oldest waiting login once that backend is freed;
  *  -1: cannot connect.
  */
-int pool_acquire(struct pool *p, unsigned long sid, backend_done_cb *done, void *owner,
-                 struct backend **b_r, pool_got_cb *got, void *arg, struct pool_wait **wait_r);
+__attribute__((warn_unused_result)) int pool_acquire(struct pool *p, unsigned long sid,
+                                                     backend_done_cb *done, void *owner,
+                                                     struct backend **b_r, pool_got_cb *got,
+                                                     void *arg, struct pool_wait **wait_r);
 
 /* What the pool counts now (for tests and logs): idle connections, every
  * connection it counts (idle, connecting, attached, kept), logins waiting

@@ -364,14 +364,14 @@ static void sess_run(struct session *s)
 		}
 
 		int r = conn_read(&s->client);
-		if (r < 0) {
+		if (r == -1) {
 			if (s->state == SESS_HANDSHAKE)
 				STAT_INC(&s->w->stats, tls_handshake_failed);
 			sess_close(s, s->client.errmsg ? s->client.errmsg : "client error", NULL);
 			if (s->state == SESS_DEAD)
 				return;
 		}
-		progress |= r > 0;
+		progress |= r == 0;
 		if (s->state == SESS_HANDSHAKE && conn_handshake_done(&s->client) &&
 		    !s->client.error) {
 			preauth_tls_up(s);
@@ -379,9 +379,9 @@ static void sess_run(struct session *s)
 		}
 		if (s->state == SESS_PROXYING && !s->backend_gone) {
 			r = conn_read(&s->bk->conn);
-			if (r < 0 || s->bk->conn.eof)
+			if (r == -1 || s->bk->conn.eof)
 				s->backend_gone = true;
-			progress |= r > 0;
+			progress |= r == 0;
 		}
 
 		if (s->state == SESS_PREAUTH)
@@ -393,19 +393,19 @@ static void sess_run(struct session *s)
 
 		if (s->state == SESS_PROXYING && !s->backend_gone) {
 			r = conn_flush(&s->bk->conn);
-			if (r < 0)
+			if (r == -1)
 				s->backend_gone = true;
 			else
 				backend_cmd_kick(s->bk); /* a queued internal command may fit now */
-			progress |= r > 0;
+			progress |= r == 0;
 		}
 		r = conn_flush(&s->client);
-		if (r < 0) {
+		if (r == -1) {
 			sess_close(s, s->client.errmsg ? s->client.errmsg : "client error", NULL);
 			if (s->state == SESS_DEAD)
 				return;
 		}
-		progress |= r > 0;
+		progress |= r == 0;
 
 		if (s->state == SESS_STARTTLS && buf_is_empty(&s->client.out)) {
 			SSL_CTX *ctx = s->rt->listen_ctx[s->lidx];

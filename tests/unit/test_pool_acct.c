@@ -278,8 +278,8 @@ static void test_bound_and_waiters_oldest_first(void **state)
 	counts(f, &idle, &total, &waiting);
 	assert_int_equal(total, 2);
 	/* At the bound: queued, nothing handed out. */
-	assert_int_equal(pool_acquire(f->p, 2, done_cb, NULL, &x, got_cb, (void *)1, &w1), 1);
-	assert_int_equal(pool_acquire(f->p, 3, done_cb, NULL, &x, got_cb, (void *)2, &w2), 1);
+	assert_int_equal(pool_acquire(f->p, 2, done_cb, NULL, &x, got_cb, (void *)1, &w1), -2);
+	assert_int_equal(pool_acquire(f->p, 3, done_cb, NULL, &x, got_cb, (void *)2, &w2), -2);
 	run_for(f, 50);
 	counts(f, &idle, &total, &waiting);
 	assert_int_equal(total, 2);
@@ -325,7 +325,7 @@ static void test_cancelled_wait_gets_nothing(void **state)
 
 	(void)state;
 	assert_int_equal(pool_acquire(f->p, 1, done_cb, NULL, &b, got_cb, NULL, &wt), 0);
-	assert_int_equal(pool_acquire(f->p, 2, done_cb, NULL, &x, got_cb, (void *)1, &wt), 1);
+	assert_int_equal(pool_acquire(f->p, 2, done_cb, NULL, &x, got_cb, (void *)1, &wt), -2);
 	counts(f, NULL, NULL, &waiting);
 	assert_int_equal(waiting, 1);
 	pool_wait_cancel(wt);
@@ -347,7 +347,7 @@ static void test_wait_times_out(void **state)
 
 	(void)state;
 	assert_int_equal(pool_acquire(f->p, 1, done_cb, NULL, &b, got_cb, NULL, &wt), 0);
-	assert_int_equal(pool_acquire(f->p, 2, done_cb, NULL, &x, got_cb, (void *)1, &wt), 1);
+	assert_int_equal(pool_acquire(f->p, 2, done_cb, NULL, &x, got_cb, (void *)1, &wt), -2);
 	for (int i = 0; i < STEPS && got_rec.nulls == 0; i++) {
 		serve(f);
 		step(f);
