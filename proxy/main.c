@@ -101,18 +101,18 @@ fail:
 }
 
 /* A reload may change anything but the listening addresses. */
-static int same_listeners(const struct cfg *a, const struct cfg *b)
+static bool same_listeners(const struct cfg *a, const struct cfg *b)
 {
 	if (a->nlistens != b->nlistens)
-		return 0;
+		return false;
 	for (size_t i = 0; i < a->nlistens; i++) {
 		if (strcmp(a->listens[i].name, b->listens[i].name) != 0 ||
 		    a->listens[i].addr.len != b->listens[i].addr.len ||
 		    memcmp(&a->listens[i].addr.ss, &b->listens[i].addr.ss,
 		           a->listens[i].addr.len) != 0)
-			return 0;
+			return false;
 	}
-	return 1;
+	return true;
 }
 
 static unsigned worker_count(const struct cfg *cfg)
