@@ -62,6 +62,8 @@ tests/unit/test_%: tests/unit/test_%.c $$(UNIT_OBJS_$$*) common/libcommon.a $(BU
 
 # The session's state tables (pure).
 UNIT_OBJS_sess_state := proxy/sess_state.o
+# Deferred frees (pure).
+UNIT_OBJS_reaper := proxy/reaper.o
 # The backend command channel, over a real socket and loop (no pool, no worker).
 UNIT_OBJS_backend_cmd := proxy/backend.o proxy/backend_login.o proxy/cmdq.o proxy/conn.o proxy/reaper.o
 UNIT_LIBS_backend_cmd := -lssl -lcrypto

@@ -266,6 +266,7 @@ struct backend *backend_new(struct ev_loop *loop, const struct cfg_backend *cfg,
 	b->done = done;
 	b->owner = owner;
 	b->state = BK_CONNECTING;
+	cmdq_init(&b->cmds);
 	conn_init(&b->conn, loop, fd, BK_BUF_SIZE, BK_BUF_SIZE, bk_io, b);
 	b->conn.connecting = true;
 	b->conn.want_input = true;

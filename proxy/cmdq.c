@@ -14,7 +14,7 @@
 #include <string.h>
 
 struct cmdq_cmd {
-	struct cmdq_cmd *next;
+	struct list_node node; /* on q->cmds */
 	bk_cmd_cb *cb;
 	void *arg;
 	unsigned flags;
@@ -23,6 +23,19 @@ struct cmdq_cmd {
 	size_t len;     /* wire[0..len) = "tag text\r\n" */
 	uint8_t wire[];
 };
+
+void cmdq_init(struct cmdq *q)
+{
+	list_init(&q->cmds);
+	q->seq = 0;
+	q->secret_out = false;
+}
+
+/* The head: the command in flight, or the oldest queued; NULL if none. */
+static struct cmdq_cmd *cmdq_head(const struct cmdq *q)
+{
+	return list_first_entry(&q->cmds, struct cmdq_cmd, node);
+}
 
 bool cmdq_tag_reserved(const uint8_t *tag, size_t len)
 {
@@ -52,7 +65,6 @@ int cmdq_push(struct cmdq *q, const void *text, size_t len, unsigned flags, bk_c
 	if (c == NULL)
 		return -1;
 	tlen = cmdq_next_tag(q, tag);
-	c->next = NULL;
 	c->cb = cb;
 	c->arg = arg;
 	c->flags = flags;
@@ -64,11 +76,7 @@ int cmdq_push(struct cmdq *q, const void *text, size_t len, unsigned flags, bk_c
 		memcpy(c->wire + tlen + 1, text, len);
 	memcpy(c->wire + tlen + 1 + len, "\r\n", 2);
 	c->len = tlen + 1 + len + 2;
-	if (q->tail != NULL)
-		q->tail->next = c;
-	else
-		q->head = c;
-	q->tail = c;
+	list_push_back(&q->cmds, &c->node);
 	return 0;
 }
 
@@ -87,20 +95,16 @@ static void cmdq_free(struct cmdq_cmd **cp)
 /* Unlink the head (the command in flight, or the oldest queued). */
 static struct cmdq_cmd *cmdq_pop(struct cmdq *q)
 {
-	struct cmdq_cmd *c = q->head;
+	struct cmdq_cmd *c = cmdq_head(q);
 
-	if (c != NULL) {
-		q->head = c->next;
-		if (q->head == NULL)
-			q->tail = NULL;
-		c->next = NULL;
-	}
+	if (c != NULL)
+		list_remove(&c->node);
 	return c;
 }
 
 int cmdq_write(struct cmdq *q, struct buf *out)
 {
-	struct cmdq_cmd *c = q->head;
+	struct cmdq_cmd *c = cmdq_head(q);
 
 	if (c == NULL || c->sent || buf_room(out) < c->len)
 		return -2;
@@ -117,12 +121,14 @@ int cmdq_write(struct cmdq *q, struct buf *out)
 
 bool cmdq_pending(const struct cmdq *q)
 {
-	return q->head != NULL;
+	return !list_empty(&q->cmds);
 }
 
 bool cmdq_in_flight(const struct cmdq *q)
 {
-	return q->head != NULL && q->head->sent;
+	const struct cmdq_cmd *c = cmdq_head(q);
+
+	return c != NULL && c->sent;
 }
 
 static enum bk_status cmdq_status(const struct imap_head *h)
@@ -137,7 +143,7 @@ static enum bk_status cmdq_status(const struct imap_head *h)
 bool cmdq_dispatch(struct cmdq *q, struct backend *b, const struct imap_head *h,
                    const uint8_t *line, size_t len, bool partial)
 {
-	struct cmdq_cmd *c = q->head;
+	struct cmdq_cmd *c = cmdq_head(q);
 	struct bk_reply r = {.head = h, .line = line, .len = len, .partial = partial};
 	bool cont = h->tag_len == 1 && h->tag[0] == '+';
 	bool untagged = h->tag_len == 1 && h->tag[0] == '*';

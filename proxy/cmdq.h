@@ -28,6 +28,7 @@
 
 #include "buf.h"
 #include "imap_args.h"
+#include "list.h"
 
 #define BK_TAG_PREFIX "imapmux."
 #define BK_TAG_MAX    (sizeof(BK_TAG_PREFIX) - 1 + 20) /* prefix and a 64-bit number */
@@ -84,13 +85,14 @@ typedef void bk_cmd_cb(void *arg, struct backend *b, const struct bk_reply *r);
 
 struct cmdq_cmd; /* cmdq.c */
 
-/* All zero is an empty queue. */
+/* cmdq_init makes an empty queue. */
 struct cmdq {
-	struct cmdq_cmd *head; /* oldest first; in flight once written */
-	struct cmdq_cmd *tail;
-	unsigned long seq; /* number in the last tag made */
-	bool secret_out;   /* the output buffer held secret bytes: wipe it once empty */
+	struct list_node cmds; /* oldest first; the head is in flight once written */
+	unsigned long seq;     /* number in the last tag made */
+	bool secret_out;       /* the output buffer held secret bytes: wipe it once empty */
 };
+
+void cmdq_init(struct cmdq *q);
 
 /* Whether a tag has the internal form (BK_TAG_PREFIX, ASCII case-insensitively). */
 bool cmdq_tag_reserved(const uint8_t *tag, size_t len);

@@ -9,24 +9,22 @@
 
 void reaper_init(struct reaper *r)
 {
-	r->dead = NULL;
+	list_init(&r->dead);
 }
 
 void reaper_defer(struct reaper *r, struct defer *d)
 {
-	d->next = r->dead;
-	r->dead = d;
+	list_push_front(&r->dead, &d->node);
 }
 
 size_t reaper_run(struct reaper *r)
 {
 	size_t n = 0;
 
-	while (r->dead != NULL) {
-		struct defer *d = r->dead;
+	while (!list_empty(&r->dead)) {
+		struct defer *d = list_first_entry(&r->dead, struct defer, node);
 
-		r->dead = d->next;
-		d->next = NULL;
+		list_remove(&d->node);
 		d->fn(d);
 		n++;
 	}

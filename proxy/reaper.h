@@ -16,17 +16,19 @@
 
 #include <stddef.h>
 
+#include "list.h"
+
 /* An object whose free must wait until no callback of it is on the stack. */
 struct defer {
-	struct defer *next;
+	struct list_node node;       /* on the reaper's dead list */
 	void (*fn)(struct defer *d); /* frees the object holding d */
 };
 
 struct reaper {
-	struct defer *dead; /* deferred, not yet freed (newest first) */
+	struct list_node dead; /* deferred, not yet freed (newest first) */
 };
 
-/* An empty reaper (a zeroed struct is one too). */
+/* An empty reaper. */
 void reaper_init(struct reaper *r);
 
 /* Free d->fn(d) at the next reaper_run. d must not be deferred already. */
