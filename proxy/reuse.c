@@ -9,7 +9,10 @@
  * Invariants:
  *   - an entry owns its backend while in the cache; reuse_take hands it
  *     back and forgets the entry;
- *   - an entry is on the worker's list from park to close; it is freed
+ *   - an entry is on the worker's list (newest first: eviction takes the
+ *     oldest) and in its index (w->reuse_idx, hashed by the key, which is
+ *     a keyed hash already: logins find their session in O(1)) from park
+ *     to close; it is freed
  *     through the worker's reaper, never inside its own callbacks, and its
  *     backend likewise (backend_logout_and_destroy_later);
  *   - only a KEPT entry (the reset answered OK) can be taken.
@@ -33,8 +36,9 @@ enum entry_state {
 };
 
 struct reuse_entry {
-	struct defer defer;    /* first: the reaper frees through it */
-	struct list_node node; /* on w->reuse, newest first */
+	struct defer defer;     /* first: the reaper frees through it */
+	struct list_node node;  /* on w->reuse, newest first */
+	struct hmap_node hnode; /* in w->reuse_idx, by key */
 	struct worker *w;
 	struct runtime *rt;
 	struct backend *b;
@@ -86,9 +90,19 @@ static void entry_reap(struct defer *d)
 	free(e);
 }
 
+/* The index's hash of a key: its first 8 bytes (an HMAC output). */
+static uint64_t key_hash(const uint8_t key[REUSE_KEY_LEN])
+{
+	uint64_t h;
+
+	memcpy(&h, key, sizeof(h));
+	return h;
+}
+
 static void entry_unlink(struct reuse_entry *e)
 {
 	list_remove(&e->node);
+	hmap_remove(&e->w->reuse_idx, &e->hnode);
 }
 
 static void entry_close(struct reuse_entry *e, const char *why)
@@ -175,6 +189,7 @@ void reuse_park(struct worker *w, struct runtime *rt, struct backend *b,
 	ev_init(&e->timer, entry_timeout);
 	e->timer.data = e;
 	list_push_front(&w->reuse, &e->node);
+	hmap_insert(&w->reuse_idx, &e->hnode, key_hash(key));
 	e->state = need_unselect ? ENTRY_RESETTING : ENTRY_KEPT;
 	if (backend_hold(b, entry_gone, e) < 0) {
 		entry_close(e, "connection not usable");
@@ -195,10 +210,11 @@ void reuse_park(struct worker *w, struct runtime *rt, struct backend *b,
 struct backend *reuse_take(struct worker *w, const struct cfg_backend *b_cfg,
                            const uint8_t key[REUSE_KEY_LEN])
 {
-	struct list_node *n;
+	struct hmap_node *n;
 
-	list_for_each (n, &w->reuse) {
-		struct reuse_entry *e = list_entry(n, struct reuse_entry, node);
+	hmap_for_each_hash(n, &w->reuse_idx, key_hash(key))
+	{
+		struct reuse_entry *e = hmap_entry(n, struct reuse_entry, hnode);
 		struct backend *b = e->b;
 
 		if (e->state != ENTRY_KEPT || strcmp(b->cfg->name, b_cfg->name) != 0 ||
@@ -240,21 +256,18 @@ void reuse_drop_all(struct worker *w)
 
 	while ((e = list_first_entry(&w->reuse, struct reuse_entry, node)) != NULL)
 		entry_close(e, "shutting down");
+	hmap_destroy(&w->reuse_idx); /* empty now: its buckets go too */
 }
 
 bool reuse_evict_one(struct worker *w, const char *backend)
 {
-	struct reuse_entry *oldest = NULL;
-	struct list_node *n;
-
-	/* New entries go to the front: the last match is the oldest. */
-	list_for_each (n, &w->reuse) {
+	/* New entries go to the front: walk from the back, oldest first. */
+	for (struct list_node *n = w->reuse.prev; n != &w->reuse; n = n->prev) {
 		struct reuse_entry *e = list_entry(n, struct reuse_entry, node);
-		if (e->state == ENTRY_KEPT && strcmp(e->b->cfg->name, backend) == 0)
-			oldest = e;
+		if (e->state == ENTRY_KEPT && strcmp(e->b->cfg->name, backend) == 0) {
+			entry_close(e, "connection needed for another login (pool_max)");
+			return true;
+		}
 	}
-	if (oldest == NULL)
-		return false;
-	entry_close(oldest, "connection needed for another login (pool_max)");
-	return true;
+	return false;
 }

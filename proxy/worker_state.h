@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "hmap.h"
 #include "list.h"
 #include "reaper.h"
 #include "runtime.h"
@@ -57,7 +58,8 @@ struct worker {
 	struct rds *rds;          /* Redis, when [redis] is configured */
 	struct ttlmap *routes;    /* cached user routes (lookup = redis) */
 	struct crypt_port *crypt; /* password checks come back here (auth = redis) */
-	struct list_node reuse;   /* kept backend sessions (reuse.c) */
+	struct list_node reuse;   /* kept backend sessions (reuse.c), newest first */
+	struct hmap reuse_idx;    /* ... the same, by key (reuse.c) */
 	struct list_node pools;   /* backend connection pools (pool.c's node) */
 	unsigned nworkers;        /* how many workers share the pool bounds */
 
