@@ -1159,6 +1159,50 @@ unsigned mbox_feed_enabled(const struct mbox_feed *f)
 	return f->enabled;
 }
 
+/* The units of one line: pieces as FRAGMENTs, then its line end. */
+static int feed_pieces(struct mbox_feed *f, struct mbox_view *v, const uint8_t *const *p,
+                       const size_t *n, size_t npieces)
+{
+	static const uint8_t crlf[] = "\r\n";
+	bool first = true;
+	int r = 0;
+
+	for (size_t i = 0; i < npieces; i++) {
+		if (n[i] == 0)
+			continue;
+		struct imap_tok_unit u = {.type = IMAP_TOK_FRAGMENT, .len = n[i], .first = first};
+		first = false;
+		if (mbox_feed_unit(f, v, &u, p[i], n[i]) < 0)
+			r = -1;
+	}
+	struct imap_tok_unit end = {.type = IMAP_TOK_LINE, .len = 2, .first = first, .last = true};
+	if (mbox_feed_unit(f, v, &end, crlf, 2) < 0)
+		r = -1;
+	return r < 0 || f->broken ? -1 : 0;
+}
+
+int mbox_feed_line(struct mbox_feed *f, struct mbox_view *v, const uint8_t *line, size_t len)
+{
+	const uint8_t *p[1] = {line};
+	size_t n[1] = {len};
+
+	return feed_pieces(f, v, p, n, 1);
+}
+
+int mbox_feed_tagged(struct mbox_feed *f, struct mbox_view *v, const char *tag, const uint8_t *line,
+                     size_t len)
+{
+	const uint8_t *sp = memchr(line, ' ', len);
+	const uint8_t *p[2] = {(const uint8_t *)tag, sp};
+	size_t n[2] = {strlen(tag), sp != NULL ? len - (size_t)(sp - line) : 0};
+
+	if (sp == NULL || n[0] == 0) {
+		fail(f, "a tagged completion without a tag");
+		return -1;
+	}
+	return feed_pieces(f, v, p, n, 2);
+}
+
 int mbox_feed_set_selected(struct mbox_feed *f)
 {
 	if (f->npend > 0)

@@ -141,6 +141,21 @@ __attribute__((warn_unused_result)) int mbox_feed_unit(struct mbox_feed *f, stru
                                                        const struct imap_tok_unit *u,
                                                        const uint8_t *p, size_t n);
 
+/*
+ * For responses the caller holds as whole lines, not as the tokenizer's
+ * units (the backend's answers to the proxy's own commands, as backend.c
+ * hands them: line[0..len) without its line end, no literal in it):
+ * mbox_feed_unit on the units of that one line. mbox_feed_tagged takes a
+ * tagged completion and reads it as if it carried tag instead of its own
+ * (the caller announced the command to the feed under tag before the
+ * server's tag was known). Return as mbox_feed_unit.
+ */
+__attribute__((warn_unused_result)) int mbox_feed_line(struct mbox_feed *f, struct mbox_view *v,
+                                                       const uint8_t *line, size_t len);
+__attribute__((warn_unused_result)) int mbox_feed_tagged(struct mbox_feed *f, struct mbox_view *v,
+                                                         const char *tag, const uint8_t *line,
+                                                         size_t len);
+
 /* The client sent a CONDSTORE enabling command other than ENABLE (RFC 7162
  * 3.1: SELECT/EXAMINE with CONDSTORE, FETCH with MODSEQ or CHANGEDSINCE,
  * STORE with UNCHANGEDSINCE, SEARCH MODSEQ...): bits (MBOX_EN_*) are ORed

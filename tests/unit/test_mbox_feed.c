@@ -264,6 +264,45 @@ static void test_select(void **state)
 	mbox_view_destroy(&v);
 }
 
+/* The same responses as whole lines (backend.c's way): the same view,
+ * with the SELECT announced under a tag of the caller's own and its
+ * completion read as that tag's. */
+static void test_lines(void **state)
+{
+	const struct cmd_at cmds[] = {{0, "A1", MBOX_CMD_SELECT, "INBOX"}};
+	struct mbox_feed *f;
+	struct mbox_view *v;
+	char *ref, *fp;
+	const char *p = dovecot_select;
+
+	(void)state;
+	ref = check_stream(S(dovecot_select), cmds, 1, NULL, NULL);
+	assert_int_equal(mbox_feed_init(&f), 0);
+	assert_int_equal(mbox_view_init(&v), 0);
+	assert_int_equal(mbox_feed_command(f, v, (const uint8_t *)"w1", 2, MBOX_CMD_SELECT,
+	                                   (const uint8_t *)"INBOX", 5),
+	                 0);
+	while (*p != '\0') {
+		const char *eol = strstr(p, "\r\n");
+		size_t n = (size_t)(eol - p);
+		assert_non_null(eol);
+		if (strncmp(p, "A1 ", 3) == 0)
+			assert_int_equal(mbox_feed_tagged(f, v, "w1", (const uint8_t *)p, n), 0);
+		else
+			assert_int_equal(mbox_feed_line(f, v, (const uint8_t *)p, n), 0);
+		p = eol + 2;
+	}
+	fp = fingerprint(f, v, 0);
+	assert_string_equal(fp, ref);
+	/* A completion without a tag breaks the view; an empty line too. */
+	assert_int_equal(mbox_feed_tagged(f, v, "w1", (const uint8_t *)"OK", 2), -1);
+	assert_false(mbox_feed_reliable(f));
+	free(fp);
+	free(ref);
+	mbox_feed_destroy(&f);
+	mbox_view_destroy(&v);
+}
+
 /* FETCH items of every shape around UID, FLAGS and MODSEQ. */
 static const char fetch_items[] =
     "* 4 EXISTS\r\n"
@@ -1049,13 +1088,21 @@ static void test_diff_read_back(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_select),           cmocka_unit_test(test_fetch_items),
-	    cmocka_unit_test(test_qresync),          cmocka_unit_test(test_reselect),
-	    cmocka_unit_test(test_closed_boundary),  cmocka_unit_test(test_pipelined),
-	    cmocka_unit_test(test_completions),      cmocka_unit_test(test_out_of_order),
-	    cmocka_unit_test(test_text_and_others),  cmocka_unit_test(test_unreliable),
-	    cmocka_unit_test(test_nothing_selected), cmocka_unit_test(test_units_out_of_order),
-	    cmocka_unit_test(test_long_lines),       cmocka_unit_test(test_long_name),
+	    cmocka_unit_test(test_select),
+	    cmocka_unit_test(test_lines),
+	    cmocka_unit_test(test_fetch_items),
+	    cmocka_unit_test(test_qresync),
+	    cmocka_unit_test(test_reselect),
+	    cmocka_unit_test(test_closed_boundary),
+	    cmocka_unit_test(test_pipelined),
+	    cmocka_unit_test(test_completions),
+	    cmocka_unit_test(test_out_of_order),
+	    cmocka_unit_test(test_text_and_others),
+	    cmocka_unit_test(test_unreliable),
+	    cmocka_unit_test(test_nothing_selected),
+	    cmocka_unit_test(test_units_out_of_order),
+	    cmocka_unit_test(test_long_lines),
+	    cmocka_unit_test(test_long_name),
 	    cmocka_unit_test(test_diff_read_back),
 	};
 
