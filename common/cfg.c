@@ -60,7 +60,7 @@
 #define MAX_CONNECTIONS_MAX 10000000u
 #define MAX_LINE_MIN        1024u
 #define MAX_LINE_MAX        (16u * 1024 * 1024)
-#define KEYS_MAX            24
+#define KEYS_MAX            25
 
 enum val_type {
 	V_DURATION,  /* double, seconds */
@@ -77,6 +77,7 @@ enum val_type {
 	V_FALLBACK,  /* enum cfg_fallback, plus cfg->fallback_backend */
 	V_SEPARATOR, /* char[CFG_SEPARATOR_MAX], printable ASCII without space */
 	V_UCASE,     /* enum cfg_ucase: fold | keep */
+	V_WATCH,     /* enum cfg_watch: auto | notify | idle | events */
 };
 
 #define KF_REQUIRED 0x1u /* the section is incomplete without it */
@@ -107,6 +108,7 @@ static const struct key_def imapmux_keys[] = {
     {"stats_listen", V_ADDR, CF(stats_listen), 0, 0, 0},
     {"auth", V_AUTH, CF(auth), 0, 0, 0},
     {"park_idle_after", V_DURATION, CF(park_idle_after), 0, 0, 0},
+    {"park_keepalive", V_DURATION, CF(park_keepalive), KF_POSITIVE, 0, 0},
     {"preauth_timeout", V_DURATION, CF(preauth_timeout), KF_POSITIVE, 0, 0},
     {"idle_timeout", V_DURATION, CF(idle_timeout), KF_POSITIVE, 0, 0},
     {"shutdown_timeout", V_DURATION, CF(shutdown_timeout), 0, 0, 0},
@@ -173,6 +175,7 @@ static const struct key_def backend_keys[] = {
     {"check_rise", V_UINT, BF(check_rise), 0, 1, CHECK_RISE_FALL_MAX},
     {"check_fall", V_UINT, BF(check_fall), 0, 1, CHECK_RISE_FALL_MAX},
     {"username_case", V_UCASE, BF(username_case), 0, 0, 0},
+    {"watch", V_WATCH, BF(watch), 0, 0, 0},
     {"ciphers", V_STRING, BF(tls_policy.ciphers), 0, 0, 0},
     {"ciphersuites", V_STRING, BF(tls_policy.ciphersuites), 0, 0, 0},
     {"curves", V_STRING, BF(tls_policy.curves), 0, 0, 0},
@@ -216,6 +219,13 @@ static const char *const tls_names[] = {
     [CFG_TLS_STARTTLS] = "starttls",
     [CFG_TLS_IMPLICIT] = "implicit",
 };
+static const char *const watch_names[] = {
+    [CFG_WATCH_AUTO] = "auto",
+    [CFG_WATCH_NOTIFY] = "notify",
+    [CFG_WATCH_IDLE] = "idle",
+    [CFG_WATCH_EVENTS] = "events",
+};
+
 static const char *const ucase_names[] = {
     [CFG_UCASE_INHERIT] = "",
     [CFG_UCASE_FOLD] = "fold",
@@ -644,6 +654,7 @@ static int cfg_new(struct parser *p)
 	c->log_level = LOG_LVL_INFO;
 	c->auth = CFG_AUTH_BACKEND;
 	c->park_idle_after = 30;
+	c->park_keepalive = 120;
 	c->preauth_timeout = 60;
 	c->idle_timeout = 1800;
 	c->shutdown_timeout = 30;
@@ -872,6 +883,15 @@ static int set_value(struct parser *p, const struct key_def *k, const char *v)
 			return -1;
 		}
 		*(enum cfg_ucase *)f = (enum cfg_ucase)i;
+		break;
+	case V_WATCH:
+		i = parse_keyword(v, watch_names, ARRAY_SIZE(watch_names));
+		if (i < 0) {
+			set_err(p, p->line, "bad value '%s' for %s (auto, notify, idle, events)", v,
+			        k->name);
+			return -1;
+		}
+		*(enum cfg_watch *)f = (enum cfg_watch)i;
 		break;
 	}
 	return 0;
@@ -1305,6 +1325,12 @@ static int check_whole(struct parser *p)
 			    p, b->line,
 			    "auth = redis needs master_user and master_password in [backend %s]",
 			    b->name);
+			return -1;
+		}
+		/* The events come through Redis: without it nothing would wake. */
+		if (b->watch == CFG_WATCH_EVENTS && !c->has_redis) {
+			set_err(p, b->line, "watch = events needs a [redis] section ([backend %s])",
+			        b->name);
 			return -1;
 		}
 		if (b->username_case == CFG_UCASE_INHERIT)

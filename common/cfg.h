@@ -58,6 +58,14 @@ enum cfg_fallback {
 	CFG_FALLBACK_BACKEND, /* fallback_backend names it */
 };
 
+/* [backend] watch: how parked sessions learn that their mailbox changed. */
+enum cfg_watch {
+	CFG_WATCH_AUTO,   /* notify where the backend offers NOTIFY, else idle */
+	CFG_WATCH_NOTIFY, /* one NOTIFY connection per user (RFC 5465) */
+	CFG_WATCH_IDLE,   /* one IDLE connection per user and mailbox */
+	CFG_WATCH_EVENTS, /* no watcher: `mbox USER MAILBOX` from the Redis events channel */
+};
+
 struct cfg_addr {
 	struct sockaddr_storage ss; /* AF_INET, AF_INET6 or AF_UNIX */
 	socklen_t len;
@@ -128,6 +136,7 @@ struct cfg_backend {
 	enum cfg_ucase username_case;     /* username_case = [imapmux]'s: fold sends the user name
 	                                   * ASCII-lowercased and keys kept sessions by it; keep
 	                                   * sends it as typed (never CFG_UCASE_INHERIT once loaded) */
+	enum cfg_watch watch;             /* watch = auto | notify | idle | events */
 	int line;
 };
 
@@ -141,6 +150,7 @@ struct cfg {
 	struct cfg_addr stats_listen;
 	enum cfg_auth auth;       /* auth = backend */
 	double park_idle_after;   /* park_idle_after = 30; 0 = never */
+	double park_keepalive;    /* park_keepalive = 2m: "* OK Still here" to parked IDLE */
 	double preauth_timeout;   /* preauth_timeout = 60 */
 	double idle_timeout;      /* idle_timeout = 1800 */
 	double shutdown_timeout;  /* shutdown_timeout = 30 */

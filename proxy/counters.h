@@ -32,6 +32,13 @@ struct stats {
 	atomic_ulong refused_total;        /* connections refused: max_connections */
 	atomic_ulong refused_ip;           /* connections refused: max_connections_per_ip */
 	atomic_ulong line_too_long;        /* sessions closed: command line over max_line_length */
+	atomic_long sessions_parked;       /* parked now, no backend held (gauge) */
+	atomic_ulong parks;                /* times a session parked */
+	atomic_ulong wakes_client;         /* wakes for a client command */
+	atomic_ulong wakes_change;         /* wakes for a change (mbox event, watcher, resync) */
+	atomic_ulong wakes_failed;         /* wakes that ended the session (backend, mailbox) */
+	atomic_ulong park_answers;    /* commands answered while parked (DONE, IDLE, NOOP...) */
+	atomic_ulong park_keepalives; /* "* OK Still here" sent to parked sessions */
 };
 
 #define STAT_ADD(st, field, n) atomic_fetch_add_explicit(&(st)->field, (n), memory_order_relaxed)

@@ -35,6 +35,7 @@ static void login_send(struct session *s, struct backend *b);
 static void login_release(struct session *s);
 static void login_check(struct session *s);
 static void login_route(struct session *s);
+static void login_backend(struct session *s, const struct cfg_backend *bc);
 
 struct login {
 	uint8_t user[USER_MAX + 1]; /* as imapmux identifies the user (username_case) */
@@ -51,6 +52,7 @@ struct login {
 	struct pool_wait *wait; /* waiting for a backend connection (pool_max) */
 	ev_timer delay;
 	enum login_result result;
+	bool keep_key; /* see login_req */
 	login_done_cb *done;
 };
 
@@ -335,7 +337,7 @@ static void login_backend(struct session *s, const struct cfg_backend *bc)
 	}
 	s->bcfg = bc;
 	ident_user_norm(l->typed, l->ulen, bc->username_case == CFG_UCASE_FOLD, l->sent);
-	if (bc->reuse_ttl > 0) {
+	if (bc->reuse_ttl > 0 && !l->keep_key) {
 		/* With auth = redis the proxy proved the password: any later
 		 * proven login of the user may have the session. */
 		static const uint8_t proven[] = "\001verified-by-imapmux";
@@ -669,12 +671,15 @@ int login_start(struct session *s, const struct login_req *rq)
 		memcpy(l->pass, rq->pass, rq->plen);
 	l->plen = rq->plen;
 	l->done = rq->done;
+	l->keep_key = rq->keep_key;
 	ev_init(&l->delay, login_delay_cb);
 	l->delay.data = s;
 	ev_init(&l->retry, login_retry_cb);
 	l->retry.data = s;
 	s->login = l;
-	if (rq->verified)
+	if (rq->verified && rq->backend != NULL)
+		login_backend(s, rq->backend);
+	else if (rq->verified)
 		login_route(s);
 	else
 		login_check(s);

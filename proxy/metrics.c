@@ -119,6 +119,9 @@ struct stats_sum {
 	unsigned long refused_total;
 	unsigned long refused_ip;
 	unsigned long line_too_long;
+	long sessions_parked;
+	unsigned long parks, wakes_client, wakes_change, wakes_failed, park_answers,
+	    park_keepalives;
 };
 
 #define LOAD(st, field) atomic_load_explicit(&(st)->field, memory_order_relaxed)
@@ -148,6 +151,13 @@ static void stats_collect(struct stats_sum *s, const struct stats *const *counte
 		s->tls_handshake_failed += LOAD(st, tls_handshake_failed);
 		s->refused_total += LOAD(st, refused_total);
 		s->refused_ip += LOAD(st, refused_ip);
+		s->sessions_parked += LOAD(st, sessions_parked);
+		s->parks += LOAD(st, parks);
+		s->wakes_client += LOAD(st, wakes_client);
+		s->wakes_change += LOAD(st, wakes_change);
+		s->wakes_failed += LOAD(st, wakes_failed);
+		s->park_answers += LOAD(st, park_answers);
+		s->park_keepalives += LOAD(st, park_keepalives);
 		s->line_too_long += LOAD(st, line_too_long);
 	}
 }
@@ -224,6 +234,24 @@ void metrics_render(struct text *t, const struct stats *const *counters, unsigne
 	gauge(t, "imapmux_sessions", "Client sessions open now.", s.sessions_active);
 	gauge(t, "imapmux_sessions_proxying", "Client sessions logged in and proxying now.",
 	      s.sessions_proxying);
+	gauge(t, "imapmux_sessions_parked",
+	      "Client sessions parked now: logged in, holding no backend connection.",
+	      s.sessions_parked);
+	counter(t, "imapmux_parks_total", "Times a quiet session gave its backend connection up.",
+	        s.parks);
+	name = "imapmux_wakes_total";
+	metric_head(t, name, "counter", "Parked sessions woken, by cause.");
+	text_printf(t, "%s{cause=\"client\"} %lu\n", name, s.wakes_client);
+	text_printf(t, "%s{cause=\"change\"} %lu\n", name, s.wakes_change);
+	counter(t, "imapmux_wake_failures_total",
+	        "Wakes that ended their session (backend unavailable, mailbox gone or changed).",
+	        s.wakes_failed);
+	counter(t, "imapmux_park_answers_total",
+	        "Commands a parked session had answered by imapmux (DONE, IDLE, NOOP, CHECK).",
+	        s.park_answers);
+	counter(t, "imapmux_park_keepalives_total",
+	        "Keep-alives (* OK Still here) sent to parked sessions in IDLE.",
+	        s.park_keepalives);
 
 	name = "imapmux_logins_total";
 	metric_head(t, name, "counter", "Client logins, by result.");

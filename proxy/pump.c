@@ -54,7 +54,7 @@ void pump_attach(struct session *s, struct backend *b, bool reused)
 	s->client.want_input = true;
 	b->conn.want_input = true;
 	s->last_activity = ev_now(s->w->loop);
-	sess_arm(s, sess_idle_limit(s));
+	sess_arm(s, sess_proxy_wait(s));
 	snprintf(what, sizeof(what), "login ok on backend %s%s", s->bcfg->name,
 	         reused ? " (kept session reused)" : "");
 	sess_log(s, LOG_LVL_INFO, what);
@@ -169,6 +169,26 @@ static bool has_taint_word(const uint8_t *p, size_t len)
 	 * the connection: never hand it on. */
 	return line_has_word(p, len, "CONDSTORE") || line_has_word(p, len, "MODSEQ") ||
 	       line_has_word(p, len, "CHANGEDSINCE");
+}
+
+/* ENABLE's arguments name only what a wake enables again (park.c). */
+static bool enable_rebuildable(const uint8_t *p, size_t len)
+{
+	static const char *const known[] = {"CONDSTORE", "QRESYNC", "UTF8=ACCEPT"};
+	size_t i = 0;
+
+	while (i < len) {
+		size_t j = i;
+		bool ok = false;
+		while (j < len && p[j] != ' ' && p[j] != '\r' && p[j] != '\n')
+			j++;
+		for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++)
+			ok |= j - i == strlen(known[k]) && imap_word_eq(p + i, j - i, known[k]);
+		if (j > i && !ok)
+			return false;
+		i = j + 1;
+	}
+	return true;
 }
 
 /* ---- the client's mailbox view ------------------------------------------ */
@@ -344,7 +364,7 @@ bool pump_c2b(struct session *s)
 
 	/* While an internal command (backend_cmd) runs, the backend's input
 	 * is the proxy's. */
-	if (px_logging_out(s) || backend_cmd_pending(s->bk))
+	if (px_logging_out(s) || backend_cmd_pending(s->bk) || s->park != NULL)
 		return false;
 
 	while (!buf_is_empty(&s->client.in) && !px_gated(s)) {
@@ -464,8 +484,13 @@ bool pump_c2b(struct session *s)
 			pump_view_command(s, &h);
 			if (imap_word_eq(h.w1, h.w1_len, "ENABLE") ||
 			    imap_word_eq(h.w1, h.w1_len, "NOTIFY") ||
-			    imap_word_eq(h.w1, h.w1_len, "LANGUAGE"))
+			    imap_word_eq(h.w1, h.w1_len, "LANGUAGE")) {
 				s->tainted = true;
+				/* A wake rebuilds only the ENABLEs it knows. */
+				if (!imap_word_eq(h.w1, h.w1_len, "ENABLE") || !u.last ||
+				    !enable_rebuildable(h.rest, h.rest_len))
+					s->park_never = true;
+			}
 			if (idle) {
 				memcpy(s->idle_tag, h.tag, h.tag_len);
 				s->idle_tag[h.tag_len] = '\0';
@@ -568,6 +593,9 @@ static bool pump_track_response(struct session *s, const struct imap_head *h)
 	}
 	if (s->inflight > 0)
 		s->inflight--;
+	if (s->px == PX_PARK_DONE && strlen(s->idle_tag) == h->tag_len &&
+	    memcmp(s->idle_tag, h->tag, h->tag_len) == 0)
+		return park_done_answer(s, imap_word_eq(h->w1, h->w1_len, "OK"));
 	/* A tagged answer while waiting for "+": the command was refused (it
 	 * is the only one in flight), and its literal never goes to the
 	 * backend. A {n} the client held back: its next bytes are a new
@@ -600,6 +628,14 @@ bool pump_b2c(struct session *s)
 	bool progress = false;
 
 	for (;;) {
+		/* A wake's lines go first (park.c). */
+		if (park_holds_output(s) && imap_tok_at_boundary(&s->btok)) {
+			size_t before = buf_len(&c->out);
+			bool all = park_output(s);
+			progress |= buf_len(&c->out) != before;
+			if (!all)
+				break;
+		}
 		if (!buf_is_empty(&s->local) && imap_tok_at_boundary(&s->btok)) {
 			if (buf_room(&c->out) < buf_len(&s->local))
 				break;
@@ -786,6 +822,8 @@ bool pump_quiet(const struct session *s)
  */
 bool pump_client_finished(const struct session *s, bool progress)
 {
+	if (s->park != NULL)
+		return false; /* parking or waking: bounded by its own deadline */
 	if (!buf_is_empty(&s->client.in) && (progress || !buf_is_empty(&s->bk->conn.out)))
 		return false;
 	if (px_gated(s))

@@ -207,6 +207,22 @@ void reuse_park(struct worker *w, struct runtime *rt, struct backend *b,
 	ev_timer_start(w->loop, &e->timer);
 }
 
+bool reuse_has(struct worker *w, const struct cfg_backend *b_cfg, const uint8_t key[REUSE_KEY_LEN])
+{
+	struct hmap_node *n;
+
+	hmap_for_each_hash(n, &w->reuse_idx, key_hash(key))
+	{
+		struct reuse_entry *e = hmap_entry(n, struct reuse_entry, hnode);
+
+		if (e->state != ENTRY_DEAD && e->b != NULL &&
+		    strcmp(e->b->cfg->name, b_cfg->name) == 0 &&
+		    CRYPTO_memcmp(e->key, key, REUSE_KEY_LEN) == 0)
+			return true;
+	}
+	return false;
+}
+
 struct backend *reuse_take(struct worker *w, const struct cfg_backend *b_cfg,
                            const uint8_t key[REUSE_KEY_LEN])
 {

@@ -45,6 +45,11 @@ void reuse_park(struct worker *w, struct runtime *rt, struct backend *b,
 struct backend *reuse_take(struct worker *w, const struct cfg_backend *b_cfg,
                            const uint8_t key[REUSE_KEY_LEN]);
 
+/* Whether a kept session (or one being reset) of backend b_cfg under key
+ * is in the cache: a parked session keeps its backend only when none is,
+ * so a user's parked sessions hold one connection at most. */
+bool reuse_has(struct worker *w, const struct cfg_backend *b_cfg, const uint8_t key[REUSE_KEY_LEN]);
+
 /* Close every kept session of user (kick), or all of them (shutdown). */
 void reuse_drop_user(struct worker *w, const char *user, size_t ulen);
 void reuse_drop_all(struct worker *w);

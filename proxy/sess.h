@@ -11,6 +11,8 @@
  *               reports through a callback (no client command needed)
  *   pump.c      logged in: both streams parsed and forwarded, the proxy's
  *               own answers, LOGOUT and the backend's reuse
+ *   park.c      parked IDLE: giving the backend up when quiet, answering
+ *               while parked, waking and resynchronizing the client
  *   sess_state.c  which state changes are legal (pure, unit-tested)
  *
  * A stage calls into another only through the functions declared here.
@@ -132,6 +134,12 @@ struct session {
 	 * its first SELECT, EXAMINE or ENABLE on; NULL before */
 	struct mbox_feed *feed;
 	struct mbox_view *view;
+
+	/* parked IDLE (park.c): set from the decision to park until a wake's
+	 * lines are all out; NULL otherwise */
+	struct park *park;
+	bool park_never; /* per-connection state a wake cannot rebuild (NOTIFY, LANGUAGE,
+	                  * ENABLE of anything but CONDSTORE, QRESYNC, UTF8=ACCEPT) */
 };
 
 /* ---- session.c ---------------------------------------------------------- */
@@ -157,6 +165,9 @@ void sess_put(struct buf *b, const void *p, size_t n);
 void sess_arm(struct session *s, double secs);
 /* How long a logged-in session may stay silent (longer in IDLE). */
 double sess_idle_limit(const struct session *s);
+/* When a proxying session's timer should look at it next: the idle limit,
+ * or park_idle_after when that comes first. */
+double sess_proxy_wait(const struct session *s);
 /* End the session: bye (a whole line without CRLF) if the client can take
  * it at a clean point, drop the backend, flush, then free. */
 void sess_close(struct session *s, const char *reason, const char *bye);
@@ -199,6 +210,12 @@ struct login_req {
 	const uint8_t *pass;
 	size_t plen;
 	bool verified;
+	/* With verified: log in on this backend, no routing (a wake: the
+	 * mailbox's UIDs belong to it); NULL: route as usual. */
+	const struct cfg_backend *backend;
+	/* Leave s->reuse_key as it is and look for no kept session (a wake
+	 * has looked under its own key already). */
+	bool keep_key;
 	login_done_cb *done;
 };
 
@@ -226,5 +243,31 @@ bool pump_client_finished(const struct session *s, bool progress);
 void pump_finish_logout(struct session *s);
 /* Log the client's mailbox view (debug level), e.g. when the session ends. */
 void pump_log_view(struct session *s);
+
+/* ---- park.c ------------------------------------------------------------- */
+
+/* May this proxying session park now (quiet, a mailbox selected and
+ * followed, a backend a wake can log in to and a way to hear of changes)? */
+bool park_possible(const struct session *s);
+/* Start parking (park_possible said yes): ends the backend's IDLE if any.
+ * s->park is set from here on. */
+void park_begin(struct session *s);
+/* PX_PARK_DONE: the tagged answer to the client's IDLE came (ok: OK).
+ * True when the pump must drop it (the client is still in IDLE). */
+bool park_done_answer(struct session *s, bool ok);
+/* PROXYING with s->park: move parking or the wake on. True on progress. */
+bool park_step(struct session *s);
+/* SESS_PARKED: the run loop's stage. True on progress. */
+bool park_run(struct session *s);
+/* The session's timer, while s->park is set. */
+void park_timeout(struct session *s);
+/* The client is in an IDLE the proxy answers. */
+bool park_idling(const struct session *s);
+/* Lines of a wake still to go to the client, ahead of the backend's:
+ * park_output moves what fits; true when none is left. */
+bool park_holds_output(const struct session *s);
+bool park_output(struct session *s);
+/* The session ends: what it owed the client goes out, parking is undone. */
+void park_end(struct session *s);
 
 #endif

@@ -16,19 +16,24 @@ static const unsigned state_moves[SESS_NSTATES] = {
     [SESS_PREAUTH] = BIT(SESS_STARTTLS) | BIT(SESS_LOGIN) | BIT(SESS_CLOSING),
     [SESS_STARTTLS] = BIT(SESS_HANDSHAKE) | BIT(SESS_CLOSING),
     [SESS_LOGIN] = BIT(SESS_PREAUTH) | BIT(SESS_PROXYING) | BIT(SESS_CLOSING),
-    [SESS_PROXYING] = BIT(SESS_CLOSING),
+    [SESS_PROXYING] = BIT(SESS_PARKED) | BIT(SESS_CLOSING),
+    [SESS_PARKED] = BIT(SESS_WAKING) | BIT(SESS_CLOSING),
+    [SESS_WAKING] = BIT(SESS_PROXYING) | BIT(SESS_CLOSING),
     [SESS_CLOSING] = BIT(SESS_DEAD),
     [SESS_DEAD] = 0,
 };
 
 static const unsigned px_moves[SESS_NPX] = {
-    [PX_NORMAL] = BIT(PX_LIT_WAIT) | BIT(PX_LIT_OWN_WAIT) | BIT(PX_IDLE_WAIT) | BIT(PX_LOGOUT_WAIT),
+    [PX_NORMAL] = BIT(PX_LIT_WAIT) | BIT(PX_LIT_OWN_WAIT) | BIT(PX_IDLE_WAIT) |
+                  BIT(PX_LOGOUT_WAIT) | BIT(PX_WAKE_SYNC),
     [PX_LIT_WAIT] = BIT(PX_NORMAL),
     [PX_LIT_OWN_WAIT] = BIT(PX_NORMAL),
     [PX_IDLE_WAIT] = BIT(PX_IDLING) | BIT(PX_NORMAL),
-    [PX_IDLING] = BIT(PX_NORMAL),
+    [PX_IDLING] = BIT(PX_NORMAL) | BIT(PX_PARK_DONE),
     [PX_LOGOUT_WAIT] = BIT(PX_LOGOUT_RESET),
     [PX_LOGOUT_RESET] = BIT(PX_LOGOUT_WAIT),
+    [PX_PARK_DONE] = BIT(PX_NORMAL),
+    [PX_WAKE_SYNC] = BIT(PX_NORMAL),
 };
 
 bool sess_move_ok(enum sess_state from, enum sess_state to)
@@ -55,6 +60,8 @@ const char *sess_state_name(enum sess_state st)
 	    [SESS_STARTTLS] = "STARTTLS",
 	    [SESS_LOGIN] = "LOGIN",
 	    [SESS_PROXYING] = "PROXYING",
+	    [SESS_PARKED] = "PARKED",
+	    [SESS_WAKING] = "WAKING",
 	    [SESS_CLOSING] = "CLOSING",
 	    [SESS_DEAD] = "DEAD",
 	};
@@ -72,6 +79,8 @@ const char *sess_px_name(enum sess_px px)
 	    [PX_IDLING] = "IDLING",
 	    [PX_LOGOUT_WAIT] = "LOGOUT_WAIT",
 	    [PX_LOGOUT_RESET] = "LOGOUT_RESET",
+	    [PX_PARK_DONE] = "PARK_DONE",
+	    [PX_WAKE_SYNC] = "WAKE_SYNC",
 	};
 
 	return (unsigned)px < SESS_NPX ? names[px] : "?";

@@ -14,9 +14,14 @@
  *             IDLE_WAIT -> NORMAL                   IDLE refused
  *   NORMAL -> LOGOUT_WAIT <-> LOGOUT_RESET          LOGOUT taken by the proxy
  *
- * Room for parked IDLE (issue #11): PROXYING -> PARKED (no backend
- * attached) -> WAKING (login without a client command) -> PROXYING; they
- * join this table when they exist.
+ *   IDLING -> PARK_DONE -> NORMAL                   the proxy's DONE, before parking
+ *   NORMAL -> WAKE_SYNC -> NORMAL                   a woken session resynchronizing
+ *
+ * Parked IDLE (park.c): a quiet session gives its backend up and the proxy
+ * answers for it; a wake takes a backend again (kept session or login with
+ * master credentials, no client command) and resynchronizes the client:
+ *
+ *   PROXYING -> PARKED -> WAKING -> PROXYING (WAKE_SYNC, then NORMAL or PARKED)
  */
 #ifndef IMAPMUX_SESS_STATE_H
 #define IMAPMUX_SESS_STATE_H
@@ -33,6 +38,8 @@ enum sess_state {
 	SESS_STARTTLS,  /* "OK Begin TLS" flushing; client input ignored */
 	SESS_LOGIN,     /* credentials with the login pipeline; client input paused */
 	SESS_PROXYING,  /* logged in; streams parsed and forwarded (sub-state: px) */
+	SESS_PARKED,    /* logged in, no backend: the proxy answers (park.c) */
+	SESS_WAKING,    /* parked, taking a backend again (kept session or login) */
 	SESS_CLOSING,   /* last words flushing, then freed */
 	SESS_DEAD,      /* on the reaper's list */
 };
@@ -48,8 +55,12 @@ enum sess_px {
 	PX_LOGOUT_WAIT,  /* LOGOUT taken by the proxy: earlier commands finishing */
 	PX_LOGOUT_RESET, /* ... and the proxy's UNSELECT is out: its answer is not
 	                  * for the client */
+	PX_PARK_DONE,    /* parking: the proxy ended the client's IDLE at the backend;
+	                  * its tagged OK is not for the client (still in IDLE) */
+	PX_WAKE_SYNC,    /* woken: the proxy's ENABLE/SELECT/FETCH are running; client
+	                  * input held */
 };
-#define SESS_NPX (PX_LOGOUT_RESET + 1)
+#define SESS_NPX (PX_WAKE_SYNC + 1)
 
 bool sess_move_ok(enum sess_state from, enum sess_state to);
 bool sess_px_move_ok(enum sess_px from, enum sess_px to);

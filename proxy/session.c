@@ -100,6 +100,7 @@ static void sess_free_later(struct session *s)
 	STAT_ADD(&s->w->stats, client_bytes_out, s->client.bytes_out);
 	ev_timer_stop(s->w->loop, &s->timer);
 	login_abort(s);
+	park_end(s);
 	conn_stop(&s->client);
 	ev_clear_pending(s->w->loop, &s->client.rio);
 	ev_clear_pending(s->w->loop, &s->client.wio);
@@ -230,9 +231,16 @@ double sess_idle_limit(const struct session *s)
 {
 	double t = s->rt->cfg->idle_timeout;
 
-	if ((s->px == PX_IDLING || s->px == PX_IDLE_WAIT) && t < IDLE_MIN_TIMEOUT)
+	if ((s->px == PX_IDLING || s->px == PX_IDLE_WAIT || park_idling(s)) && t < IDLE_MIN_TIMEOUT)
 		t = IDLE_MIN_TIMEOUT;
 	return t;
+}
+
+double sess_proxy_wait(const struct session *s)
+{
+	double t = sess_idle_limit(s), pa = s->rt->cfg->park_idle_after;
+
+	return pa > 0 && pa < t ? pa : t;
 }
 
 static void sess_timeout(struct ev_loop *loop, ev_timer *t, int revents)
@@ -262,18 +270,40 @@ static void sess_timeout(struct ev_loop *loop, ev_timer *t, int revents)
 			sess_close(s, "logout: backend did not finish", "* BYE Logging out");
 			break;
 		}
+		if (s->park != NULL) {
+			park_timeout(s);
+			break;
+		}
 		if (s->client.eof) {
 			sess_close(s, "client closed; answers stalled", NULL);
 			break;
 		}
 		double left = s->last_activity + sess_idle_limit(s) - ev_now(loop);
 		if (left > 0.5) {
+			double pa = s->rt->cfg->park_idle_after;
+			if (pa > 0) {
+				/* Quiet long enough: park; not possible now: look
+				 * again after another park_idle_after. */
+				double pl = s->last_activity + pa - ev_now(loop);
+				if (pl <= 0.01 && park_possible(s)) {
+					park_begin(s);
+					break;
+				}
+				if (pl <= 0.01)
+					pl = pa;
+				if (pl < left)
+					left = pl;
+			}
 			sess_arm(s, left);
 			return;
 		}
 		sess_close(s, "idle timeout", "* BYE Autologout; idle for too long.");
 		break;
 	}
+	case SESS_PARKED:
+	case SESS_WAKING:
+		park_timeout(s);
+		break;
 	case SESS_CLOSING:
 		sess_free_later(s);
 		return;
@@ -301,6 +331,7 @@ void sess_close(struct session *s, const char *reason, const char *bye)
 	if (s->state == SESS_CLOSING || s->state == SESS_DEAD)
 		return;
 	s->reason = reason;
+	park_end(s); /* a wake's lines go out first, whole */
 	bool proxying = s->state == SESS_PROXYING;
 	bool say_bye =
 	    bye != NULL && sess_client_usable(s) && (!proxying || imap_tok_at_boundary(&s->btok));
@@ -335,6 +366,8 @@ static void sess_update(struct session *s)
 	if (s->state == SESS_PROXYING)
 		s->client.want_input = s->px != PX_LOGOUT_WAIT && s->px != PX_LOGOUT_RESET &&
 		                       buf_room(&s->local) >= REPLY_ROOM / 2;
+	else if (s->state == SESS_PARKED)
+		s->client.want_input = buf_room(&s->client.out) >= REPLY_ROOM;
 	conn_update(&s->client);
 	if (s->bk != NULL && s->state == SESS_PROXYING)
 		conn_update(&s->bk->conn);
@@ -386,10 +419,14 @@ static void sess_run(struct session *s)
 
 		if (s->state == SESS_PREAUTH)
 			progress |= preauth_input(s);
+		if (s->state == SESS_PARKED)
+			progress |= park_run(s);
 		if (s->state == SESS_PROXYING)
 			progress |= pump_c2b(s);
 		if (s->state == SESS_PROXYING)
 			progress |= pump_b2c(s);
+		if (s->state == SESS_PROXYING && s->park != NULL)
+			progress |= park_step(s);
 
 		if (s->state == SESS_PROXYING && !s->backend_gone) {
 			r = conn_flush(&s->bk->conn);
@@ -453,7 +490,9 @@ static void sess_run(struct session *s)
 				continue;
 			}
 		} else if (s->client.eof && s->state != SESS_CLOSING && s->state != SESS_LOGIN &&
-		           (s->state != SESS_PREAUTH || buf_is_empty(&s->client.in) || !progress)) {
+		           s->state != SESS_WAKING &&
+		           ((s->state != SESS_PREAUTH && s->state != SESS_PARKED) ||
+		            buf_is_empty(&s->client.in) || !progress)) {
 			/* Commands completed before the EOF are answered first, and
 			 * a login under way ends with its answer (SESS_LOGIN). */
 			sess_close(s, "client closed", NULL);

@@ -5,6 +5,8 @@
 #define IMAPMUX_SESSION_H
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 struct worker;
@@ -20,6 +22,14 @@ void session_drain_all(struct worker *w, bool force);
 
 /* Close every session of user[0..len) with "* BYE [UNAVAILABLE]" (kick event). */
 void session_kick(struct worker *w, const char *user, size_t len);
+
+/* MAILBOX of user changed (an `mbox` event): wake the sessions parked on
+ * it (park.c). */
+void session_mbox_changed(struct worker *w, const uint8_t *user, size_t ulen, const uint8_t *mbox,
+                          size_t mlen);
+/* Events may have been missed (Redis came back): every parked session
+ * reads its mailbox again. */
+void session_wake_parked(struct worker *w);
 
 /* Drop every pending Redis request and password check (worker shutdown). */
 void session_cancel_all(struct worker *w);

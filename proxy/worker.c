@@ -207,12 +207,12 @@ static void on_event(void *arg, const char *kind, const char *a1, size_t l1, con
 
 	uint8_t user[IDENT_USER_MAX];
 
-	(void)a2;
-	(void)l2;
 	/* Sessions, kept sessions and cached routes are keyed by the user name
 	 * as imapmux identifies users (username_case): name it the same way.
 	 * A name longer than any login can have matches nothing. */
-	if ((strcmp(kind, "kick") == 0 || strcmp(kind, "route") == 0) && l1 > IDENT_USER_MAX)
+	if ((strcmp(kind, "kick") == 0 || strcmp(kind, "route") == 0 ||
+	     strcmp(kind, "mbox") == 0) &&
+	    l1 > IDENT_USER_MAX)
 		return;
 	ident_user_norm((const uint8_t *)a1, l1, w->rt->cfg->username_case == CFG_UCASE_FOLD, user);
 	if (strcmp(kind, "kick") == 0) {
@@ -225,8 +225,10 @@ static void on_event(void *arg, const char *kind, const char *a1, size_t l1, con
 		/* Events may have been missed while unsubscribed. */
 		if (w->routes != NULL)
 			ttlmap_clear(w->routes);
+		session_wake_parked(w);
+	} else if (strcmp(kind, "mbox") == 0) {
+		session_mbox_changed(w, user, l1, (const uint8_t *)a2, l2);
 	}
-	/* "mbox" is for parked sessions, which this build does not make. */
 }
 
 static uint64_t random_seed(void)
@@ -259,6 +261,7 @@ static void *worker_main(void *arg)
 	session_cancel_all(w);
 	pool_close_all(w);
 	reuse_drop_all(w);
+	hmap_destroy(&w->parked);
 	reaper_cb(w->loop, &w->reap_prepare, 0);
 	pool_destroy_all(w);
 	rds_destroy(&w->rds);

@@ -58,7 +58,8 @@ _PLAIN_USERS = [
     "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
     "big", "idler", "piper", "curly", "crypt", "tlsstart", "tlsimpl", "killed", "killed2",
     "draining", "limits", "preauth", "pipe2", "idler2", "authz", "sasl", "viewer",
-    "viewer2",
+    "viewer2", "park1", "park2", "park3", "park4", "park5", "park6", "park7", "park8",
+    "park9", "park10", "park11", "park12",
 ]
 
 

@@ -21,13 +21,16 @@ static const char *const legal_states[] = {
     "PROXYHDR>HANDSHAKE", "PROXYHDR>PREAUTH", "PROXYHDR>CLOSING", "HANDSHAKE>PREAUTH",
     "HANDSHAKE>CLOSING",  "PREAUTH>STARTTLS", "PREAUTH>LOGIN",    "PREAUTH>CLOSING",
     "STARTTLS>HANDSHAKE", "STARTTLS>CLOSING", "LOGIN>PREAUTH",    "LOGIN>PROXYING",
-    "LOGIN>CLOSING",      "PROXYING>CLOSING", "CLOSING>DEAD",
+    "LOGIN>CLOSING",      "PROXYING>CLOSING", "CLOSING>DEAD",     "PROXYING>PARKED",
+    "PARKED>WAKING",      "PARKED>CLOSING",   "WAKING>PROXYING",  "WAKING>CLOSING",
 };
 
 static const char *const legal_px[] = {
-    "NORMAL>LIT_WAIT", "NORMAL>LIT_OWN_WAIT",      "NORMAL>IDLE_WAIT",         "NORMAL>LOGOUT_WAIT",
-    "LIT_WAIT>NORMAL", "LIT_OWN_WAIT>NORMAL",      "IDLE_WAIT>IDLING",         "IDLE_WAIT>NORMAL",
-    "IDLING>NORMAL",   "LOGOUT_WAIT>LOGOUT_RESET", "LOGOUT_RESET>LOGOUT_WAIT",
+    "NORMAL>LIT_WAIT",          "NORMAL>LIT_OWN_WAIT",      "NORMAL>IDLE_WAIT",
+    "NORMAL>LOGOUT_WAIT",       "LIT_WAIT>NORMAL",          "LIT_OWN_WAIT>NORMAL",
+    "IDLE_WAIT>IDLING",         "IDLE_WAIT>NORMAL",         "IDLING>NORMAL",
+    "LOGOUT_WAIT>LOGOUT_RESET", "LOGOUT_RESET>LOGOUT_WAIT", "IDLING>PARK_DONE",
+    "PARK_DONE>NORMAL",         "NORMAL>WAKE_SYNC",         "WAKE_SYNC>NORMAL",
 };
 
 static bool listed(const char *const *list, size_t n, const char *from, const char *to)
@@ -125,9 +128,15 @@ static void test_state_properties(void **state)
 		/* Nothing comes back from DEAD. */
 		assert_false(sess_move_ok(SESS_DEAD, f));
 	}
-	/* Logged in, a session never goes back before login. */
-	assert_int_equal(reach(SESS_PROXYING, SESS_NSTATES, state_ok),
-	                 (1u << SESS_PROXYING) | (1u << SESS_CLOSING) | (1u << SESS_DEAD));
+	/* Logged in, a session never goes back before login; parked or not. */
+	unsigned after = (1u << SESS_PROXYING) | (1u << SESS_PARKED) | (1u << SESS_WAKING) |
+	                 (1u << SESS_CLOSING) | (1u << SESS_DEAD);
+	assert_int_equal(reach(SESS_PROXYING, SESS_NSTATES, state_ok), after);
+	assert_int_equal(reach(SESS_PARKED, SESS_NSTATES, state_ok), after);
+	/* A parked session gets a backend only through WAKING. */
+	for (int f = 0; f < SESS_NSTATES; f++)
+		assert_int_equal(sess_move_ok(SESS_PARKED, f),
+		                 f == SESS_WAKING || f == SESS_CLOSING);
 }
 
 static void test_px_properties(void **state)
