@@ -640,8 +640,10 @@ static void park_sync_failed(struct session *s, const char *why)
 		s->park->fail = why;
 }
 
+enum sync_cmd { SYNC_ENABLE, SYNC_SELECT, SYNC_FETCH };
+
 /* The answers to the wake's ENABLE, SELECT and FETCH. */
-static void park_sync_reply(struct session *s, const struct bk_reply *r, bool last)
+static void park_sync_reply(struct session *s, const struct bk_reply *r, enum sync_cmd cmd)
 {
 	struct park *p = s->park;
 
@@ -662,17 +664,28 @@ static void park_sync_reply(struct session *s, const struct bk_reply *r, bool la
 			park_sync_failed(s, "wake: response too long to read");
 			return;
 		}
-		if (mbox_feed_line(p->feed, p->now, r->line, r->len) < 0)
+		if (mbox_feed_line(p->feed, p->now, r->line, r->len) < 0) {
+			if (log_enabled(LOG_LVL_DEBUG)) {
+				char what[200];
+				snprintf(what, sizeof(what), "wake: %s in \"%.*s\"",
+				         mbox_feed_error(p->feed), (int)(r->len > 100 ? 100 : r->len),
+				         (const char *)r->line);
+				sess_log(s, LOG_LVL_DEBUG, what);
+			}
 			park_sync_failed(s, "wake: unreadable response");
+		}
 		return;
 	case BK_EV_DONE:
 		if (r->status != BK_ST_OK) {
 			park_sync_failed(s, "wake: the mailbox cannot be selected again");
 			return;
 		}
-		if (mbox_feed_tagged(p->feed, p->now, WAKE_TAG, r->line, r->len) < 0)
-			park_sync_failed(s, "wake: unreadable response");
-		if (last && p->fail == NULL)
+		/* The SELECT's completion is the feed's (it makes the view
+		 * current); the others are not mailbox commands to it. */
+		if (cmd == SYNC_SELECT &&
+		    mbox_feed_tagged(p->feed, p->now, WAKE_TAG, r->line, r->len) < 0)
+			park_sync_failed(s, "wake: unreadable SELECT answer");
+		if (cmd == SYNC_FETCH && p->fail == NULL)
 			p->phase = PARK_SYNCED;
 		return;
 	case BK_EV_GONE:
@@ -684,19 +697,19 @@ static void park_sync_reply(struct session *s, const struct bk_reply *r, bool la
 static void park_enable_cb(void *arg, struct backend *b, const struct bk_reply *r)
 {
 	(void)b;
-	park_sync_reply(arg, r, false);
+	park_sync_reply(arg, r, SYNC_ENABLE);
 }
 
 static void park_select_cb(void *arg, struct backend *b, const struct bk_reply *r)
 {
 	(void)b;
-	park_sync_reply(arg, r, false);
+	park_sync_reply(arg, r, SYNC_SELECT);
 }
 
 static void park_fetch_cb(void *arg, struct backend *b, const struct bk_reply *r)
 {
 	(void)b;
-	park_sync_reply(arg, r, true);
+	park_sync_reply(arg, r, SYNC_FETCH);
 }
 
 /* Queue the wake's commands. False when the session is closing. */

@@ -6,6 +6,7 @@ imapc (tests/integration/imapc.py), whose every byte read is checked.
 """
 
 import re
+import signal
 import time
 
 import pytest
@@ -110,3 +111,340 @@ def test_idle_session_parks_and_wakes_on_change(make_mux, dovecot, redis, prefix
     assert b"* %d FETCH" % (n + 1) in fetched
     assert _metric(m, "imapmux_wakes_total{cause=\"client\"}") == 1
     _ok(c, "z", "LOGOUT")
+
+
+def _park_idle(m, ca_ctx, user, enable=None, fetch=True, mailbox="INBOX"):
+    """A client through imapmux with mailbox selected (UIDs learned when
+    fetch), in IDLE; the SELECT's EXISTS count."""
+    c = _login(m, ca_ctx, user)
+    if enable:
+        _ok(c, "e", "ENABLE " + enable)
+    sel = b"".join(_ok(c, "s", "SELECT " + mailbox))
+    n = int(re.search(rb"\* (\d+) EXISTS", sel).group(1))
+    if fetch and n:
+        _ok(c, "f", "UID FETCH 1:* (FLAGS)")
+    c.send(b"i IDLE\r\n")
+    assert c.readline().startswith(b"+")
+    return c, n
+
+
+def _reset_inbox(dovecot, user, subjects):
+    """The user's INBOX holds exactly these messages (new ones, UIDs ascending)."""
+    d = _direct(dovecot, user)
+    sel = b"".join(_ok(d, "s", "SELECT INBOX"))
+    if int(re.search(rb"\* (\d+) EXISTS", sel).group(1)):
+        _ok(d, "d", "STORE 1:* +FLAGS.SILENT (\\Deleted)")
+        _ok(d, "x", "EXPUNGE")
+    for i, subj in enumerate(subjects):
+        _append(d, "a%d" % i, subj)
+    return d
+
+
+def _lines_until(c, pred, timeout=TIMEOUT):
+    got = []
+    deadline = time.monotonic() + timeout
+    while not pred(got):
+        left = deadline - time.monotonic()
+        assert left > 0, "waited for more lines; got %r" % got
+        got.append(c.readline(timeout=left))
+    return got
+
+
+def test_wake_tells_expunges_highest_first_exists_and_flags(make_mux, dovecot, redis, prefix,
+                                                           ca_ctx):
+    user = "park2"
+    d = _reset_inbox(dovecot, user, ["m1", "m2", "m3", "m4", "m5"])
+    m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0")
+    c, n = _park_idle(m, ca_ctx, user)
+    assert n == 5
+    _wait_parked(m, 1)
+    # Messages 2 and 4 go, 5 gets \Flagged, one arrives.
+    _ok(d, "st", "STORE 2,4 +FLAGS.SILENT (\\Deleted)")
+    _ok(d, "ex", "EXPUNGE")
+    _ok(d, "fl", "STORE 3 +FLAGS.SILENT (\\Flagged)")   # old 5 is 3 now
+    _append(d, "ap", "m6")
+    publish(redis, prefix, "mbox %s INBOX" % user)
+    got = _lines_until(c, lambda g: len(g) >= 4)
+    assert got == [b"* 4 EXPUNGE\r\n", b"* 2 EXPUNGE\r\n", b"* 4 EXISTS\r\n",
+                   b"* 3 FETCH (FLAGS (\\Flagged))\r\n"], got
+    _wait_parked(m, 1)
+    c.send(b"DONE\r\n")
+    assert c.readline() == b"i OK Idle completed.\r\n"
+    # The client's numbering is the store's: message 4 is the new one.
+    untagged = _ok(c, "u", "FETCH 4 (UID FLAGS)")
+    assert len(untagged) == 1 and untagged[0].startswith(b"* 4 FETCH"), untagged
+
+
+def test_condstore_and_qresync_clients_get_modseq_and_vanished(make_mux, dovecot, redis, prefix,
+                                                              ca_ctx):
+    user = "park3"
+    d = _reset_inbox(dovecot, user, ["m1", "m2", "m3"])
+    m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0")
+    cs, _ = _park_idle(m, ca_ctx, user, enable="CONDSTORE")
+    qr, _ = _park_idle(m, ca_ctx, user, enable="QRESYNC")
+    _wait_parked(m, 2)
+    uids = [int(x) for x in re.findall(rb"\* \d+ FETCH \(UID (\d+)", b"".join(
+        _ok(d, "u", "UID FETCH 1:* (UID)")))]
+    _ok(d, "st", "STORE 1 +FLAGS.SILENT (\\Deleted)")
+    _ok(d, "ex", "EXPUNGE")
+    _ok(d, "fl", "STORE 1 +FLAGS.SILENT (\\Seen)")
+    mod = b"".join(_ok(d, "ms", "FETCH 1 (MODSEQ)"))
+    modseq = int(re.search(rb"MODSEQ \((\d+)\)", mod).group(1))
+    publish(redis, prefix, "mbox %s INBOX" % user)
+    # What each client gets before its IDLE ends: exactly these lines
+    # (the \\Seen change is the highest MODSEQ: no HIGHESTMODSEQ line).
+    want = {cs: [b"* 1 EXPUNGE\r\n", b"* 1 FETCH (MODSEQ (%d) FLAGS (\\Seen))\r\n" % modseq],
+            qr: [b"* VANISHED %d\r\n" % uids[0],
+                 b"* 1 FETCH (UID %d MODSEQ (%d) FLAGS (\\Seen))\r\n" % (uids[1], modseq)]}
+    for c, lines in want.items():
+        assert _lines_until(c, lambda g: len(g) >= 2) == lines
+    _wait_parked(m, 2)
+    for c in want:
+        c.send(b"DONE\r\n")
+        untagged, t = c.read_until_tagged("i")
+        assert (untagged, t) == ([], b"i OK Idle completed.\r\n")
+
+
+def test_answered_while_parked_without_a_backend(make_mux, dovecot, redis, prefix, ca_ctx):
+    user = "park4"
+    _reset_inbox(dovecot, user, ["m1"])
+    m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0",
+             imapmux={"park_keepalive": "1s"})
+    c, _ = _park_idle(m, ca_ctx, user)
+    _wait_parked(m, 1)
+    wait_until(lambda: _backend_socks(m, dovecot) == 0, 5, "the backend connection closed")
+    logins = _metric(m, "imapmux_backend_logins_total")
+    # Keep-alives in IDLE.
+    assert c.readline(timeout=3) == b"* OK Still here\r\n"
+    c.send(b"DONE\r\n")
+    assert c.readline() == b"i OK Idle completed.\r\n"
+    # Clients re-issue IDLE: answered here, no login.
+    for k in range(3):
+        c.send(b"j%d IDLE\r\n" % k)
+        assert c.readline() == b"+ idling\r\n"
+        c.send(b"DONE\r\n")
+        assert c.readline() == b"j%d OK Idle completed.\r\n" % k
+    _ok(c, "n", "NOOP")
+    _ok(c, "k", "CHECK")
+    # Anything but DONE ends the IDLE with BAD, as Dovecot does.
+    c.send(b"x IDLE\r\nnonsense\r\n")
+    assert c.readline() == b"+ idling\r\n"
+    assert c.readline() == b"x BAD Expected DONE.\r\n"
+    assert _metric(m, "imapmux_backend_logins_total") == logins
+    assert _backend_socks(m, dovecot) == 0
+    assert _metric(m, "imapmux_wakes_total{cause=\"client\"}") == 0
+    assert _metric(m, "imapmux_park_answers_total") >= 10
+    assert _metric(m, "imapmux_park_keepalives_total") >= 1
+    c.send(b"z LOGOUT\r\n")
+    assert c.readline() == b"* BYE Logging out\r\n"
+    assert c.readline() == b"z OK Logout completed.\r\n"
+    c.expect_closed(5)
+    assert _metric(m, "imapmux_backend_logins_total") == logins
+
+
+def test_kept_session_serves_the_wake_one_per_user(make_mux, dovecot, redis, prefix, ca_ctx):
+    user = "park13"
+    d = _reset_inbox(dovecot, user, ["m1", "m2"])
+    m = _mux(make_mux, dovecot, redis, prefix)   # reuse_ttl default: kept
+    clients = [_park_idle(m, ca_ctx, user)[0] for _ in range(3)]
+    _wait_parked(m, 3)
+    # Three parked sessions of one user hold one backend connection.
+    wait_until(lambda: _backend_socks(m, dovecot) == 1, 5, "one kept backend connection")
+    logins = _metric(m, "imapmux_backend_logins_total")
+    _append(d, "ap", "m3")
+    publish(redis, prefix, "mbox %s INBOX" % user)
+    for c in clients:
+        assert c.readline(timeout=TIMEOUT) == b"* 3 EXISTS\r\n"
+    _wait_parked(m, 3)
+    # One of the wakes took the kept session; the others logged in.
+    assert _metric(m, "imapmux_backend_logins_total") <= logins + 2
+    assert _metric(m, "imapmux_sessions_reused_total") >= 1
+    wait_until(lambda: _backend_socks(m, dovecot) <= 1, 5, "one kept backend connection again")
+
+
+def test_change_outside_idle_waits_for_the_next_command(make_mux, dovecot, redis, prefix, ca_ctx):
+    user = "park14"
+    d = _reset_inbox(dovecot, user, ["m1", "m2", "m3"])
+    m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0")
+    c = _login(m, ca_ctx, user)
+    _ok(c, "s", "SELECT INBOX")
+    _ok(c, "f", "UID FETCH 1:* (FLAGS)")
+    _wait_parked(m, 1)   # parked without IDLE
+    _ok(d, "st", "STORE 2 +FLAGS.SILENT (\\Deleted)")
+    _ok(d, "ex", "EXPUNGE")
+    publish(redis, prefix, "mbox %s INBOX" % user)
+    # No command in progress: nothing may be sent (RFC 3501 7.4.1).
+    with pytest.raises(imapc.Timeout):
+        c.readline(timeout=1.0)
+    assert _metric(m, "imapmux_wakes_total{cause=\"change\"}") == 0
+    untagged, t = c.cmd("n", "NOOP")
+    assert t.startswith(b"n OK"), t
+    assert [u.rstrip(b"\r\n") for u in untagged] == [b"* 2 EXPUNGE"], untagged
+
+
+def test_commands_that_wake_go_on_in_order_with_literals(make_mux, dovecot, redis, prefix, ca_ctx):
+    user = "park15"
+    _reset_inbox(dovecot, user, ["m1"])
+    m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0")
+    c, _ = _park_idle(m, ca_ctx, user)
+    _wait_parked(m, 1)
+    msg = b"Subject: woke\r\n\r\nhello\r\n"
+    # DONE and three commands in one write: DONE answered here, the rest in
+    # order once the wake is done, the literal's "+" from Dovecot.
+    c.send(b"DONE\r\na NOOP\r\nb APPEND INBOX {%d}\r\n" % len(msg))
+    assert c.readline() == b"i OK Idle completed.\r\n"
+    _, t = c.read_until_tagged("a")
+    assert t.startswith(b"a OK"), t
+    assert c.readline().startswith(b"+ ")
+    c.send(msg + b"\r\nc UID FETCH 1:* (UID)\r\n")
+    _, t = c.read_until_tagged("b")
+    assert t.startswith(b"b OK"), t
+    untagged, t = c.read_until_tagged("c")
+    assert t.startswith(b"c OK"), t
+    assert len([u for u in untagged if b"FETCH" in u]) == 2, untagged
+    assert _metric(m, "imapmux_wakes_total{cause=\"client\"}") == 1
+
+
+def test_uids_never_fetched_are_learned_before_parking(make_mux, dovecot, redis, prefix, ca_ctx):
+    user = "park16"
+    d = _reset_inbox(dovecot, user, ["m1", "m2", "m3"])
+    m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0")
+    # SELECT and IDLE: the client knows three messages by number only.
+    c, n = _park_idle(m, ca_ctx, user, fetch=False)
+    assert n == 3
+    _wait_parked(m, 1)
+    _ok(d, "st", "STORE 1 +FLAGS.SILENT (\\Deleted)")
+    _ok(d, "ex", "EXPUNGE")
+    publish(redis, prefix, "mbox %s INBOX" % user)
+    assert c.readline(timeout=TIMEOUT) == b"* 1 EXPUNGE\r\n"
+    _wait_parked(m, 1)
+
+
+def test_mail_arriving_while_idle_then_parking(make_mux, dovecot, redis, prefix, ca_ctx):
+    """EXISTS told during IDLE and never fetched: still parks, and the next
+    change is told against that count."""
+    user = "park17"
+    d = _reset_inbox(dovecot, user, ["m1"])
+    m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0", imapmux={"park_idle_after": "2s"})
+    c, _ = _park_idle(m, ca_ctx, user)
+    _append(d, "ap", "m2")
+    assert c.readline(timeout=TIMEOUT) == b"* 2 EXISTS\r\n"   # from Dovecot's own IDLE
+    _wait_parked(m, 1)
+    _append(d, "aq", "m3")
+    publish(redis, prefix, "mbox %s INBOX" % user)
+    assert c.readline(timeout=TIMEOUT) == b"* 3 EXISTS\r\n"
+
+
+def test_events_for_other_mailboxes_and_users_wake_nothing(make_mux, dovecot, redis, prefix,
+                                                           ca_ctx):
+    user, other = "park18", "park19"
+    d = _reset_inbox(dovecot, user, ["m1"])
+    _ok(d, "c", "CREATE Work")
+    m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0")
+    inbox, _ = _park_idle(m, ca_ctx, user)
+    work, _ = _park_idle(m, ca_ctx, user, mailbox="Work")
+    _reset_inbox(dovecot, other, [])
+    third, _ = _park_idle(m, ca_ctx, other)
+    _wait_parked(m, 3)
+    _append(d, "ap", "w1", mailbox="Work")
+    publish(redis, prefix, "mbox %s Work" % user)
+    assert work.readline(timeout=TIMEOUT).endswith(b" EXISTS\r\n")
+    for c in (inbox, third):
+        with pytest.raises(imapc.Timeout):
+            c.readline(timeout=0.5)
+    assert _metric(m, "imapmux_wakes_total{cause=\"change\"}") == 1
+
+
+def test_kick_and_shutdown_reach_parked_sessions_at_once(make_mux, dovecot, redis, prefix, ca_ctx):
+    user, other = "park20", "park19"
+    _reset_inbox(dovecot, user, ["m1"])
+    m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0")
+    kicked, _ = _park_idle(m, ca_ctx, user)
+    stays, _ = _park_idle(m, ca_ctx, other)
+    idle_out = _login(m, ca_ctx, other)
+    _ok(idle_out, "s", "SELECT INBOX")
+    _wait_parked(m, 3)
+    publish(redis, prefix, "kick %s" % user)
+    got = kicked.expect_closed(5)
+    assert got.endswith(b"* BYE [UNAVAILABLE] Session terminated by the administrator.\r\n"), got
+    # SIGTERM: parked sessions are quiet by definition: BYE at once, in
+    # IDLE or not, long before shutdown_timeout.
+    t0 = time.monotonic()
+    m.signal(signal.SIGTERM)
+    for c in (stays, idle_out):
+        got = c.expect_closed(4)
+        assert got.endswith(b"* BYE Server shutting down.\r\n"), got
+    assert time.monotonic() - t0 < 3
+    m.expect_exit = True
+
+
+def test_mailbox_recreated_while_parked_ends_the_session(make_mux, dovecot, redis, prefix, ca_ctx):
+    user = "park12"
+    d = _reset_inbox(dovecot, user, [])
+    _ok(d, "c", "CREATE Gone")
+    _append(d, "ap", "g1", mailbox="Gone")
+    m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0")
+    c, _ = _park_idle(m, ca_ctx, user, mailbox="Gone")
+    _wait_parked(m, 1)
+    _ok(d, "dl", "DELETE Gone")
+    _ok(d, "cr", "CREATE Gone")   # a new UIDVALIDITY
+    publish(redis, prefix, "mbox %s Gone" % user)
+    got = c.expect_closed(TIMEOUT)
+    assert got.endswith(b"\r\n") and got.rsplit(b"\r\n", 2)[-2].startswith(b"* BYE [UNAVAILABLE]"), got
+    assert _metric(m, "imapmux_wake_failures_total") == 1
+
+
+@pytest.mark.parametrize("why", ["no master_user", "watch = auto", "NOTIFY used", "ENABLE other"])
+def test_sessions_stay_attached_where_no_wake_is_possible(make_mux, dovecot, redis, prefix, ca_ctx,
+                                                          why):
+    user = "park11"
+    _reset_inbox(dovecot, user, ["m1"])
+    bk = {"reuse_ttl": "0"}
+    if why == "no master_user":
+        bk.update(master_user=None, master_password=None)
+    if why == "watch = auto":
+        bk["watch"] = "auto"
+    kv = backend_section(dovecot, watch="events")
+    kv.update(bk)
+    kv = {k: v for k, v in kv.items() if v is not None}
+    port = lab.free_port()
+    m = make_mux(backends=[("a", kv)], redis=redis_section(redis, prefix),
+                 imapmux={"workers": 1, "park_idle_after": "1s",
+                          "stats_listen": "127.0.0.1:%d" % port})
+    m.stats_port = port
+    c = _login(m, ca_ctx, user)
+    if why == "NOTIFY used":
+        c.cmd("no", "NOTIFY NONE")
+    if why == "ENABLE other":
+        c.cmd("en", "ENABLE IMAP4rev2")
+    _ok(c, "s", "SELECT INBOX")
+    _ok(c, "f", "UID FETCH 1:* (FLAGS)")
+    c.send(b"i IDLE\r\n")
+    assert c.readline().startswith(b"+")
+    time.sleep(2.5)
+    assert _metric(m, "imapmux_sessions_parked") == 0
+    assert _metric(m, "imapmux_parks_total") == 0
+    assert _backend_socks(m, dovecot) >= 1
+    c.send(b"DONE\r\n")
+    _, t = c.read_until_tagged("i")
+    assert t.startswith(b"i OK"), t
+
+
+def test_redis_lost_and_back_every_parked_session_resynchronizes(make_mux, dovecot, fresh_redis,
+                                                                 prefix, ca_ctx):
+    from conftest_redis import restart_redis
+    user = "park10"
+    r = fresh_redis
+    d = _reset_inbox(dovecot, user, ["m1"])
+    m = _mux(make_mux, dovecot, r, prefix, reuse_ttl="0")
+    c, _ = _park_idle(m, ca_ctx, user)
+    _wait_parked(m, 1)
+    r.proc.kill_hard()
+    # Mail arrives while nobody can announce it.
+    _append(d, "ap", "m2")
+    time.sleep(0.5)
+    restart_redis(r)
+    # Back on the channel: events may have been missed, so the session
+    # reads the store again and tells what it missed.
+    assert c.readline(timeout=15) == b"* 2 EXISTS\r\n"
+    _wait_parked(m, 1)
