@@ -668,8 +668,8 @@ static void park_sync_reply(struct session *s, const struct bk_reply *r, enum sy
 			if (log_enabled(LOG_LVL_DEBUG)) {
 				char what[200];
 				snprintf(what, sizeof(what), "wake: %s in \"%.*s\"",
-				         mbox_feed_error(p->feed), (int)(r->len > 100 ? 100 : r->len),
-				         (const char *)r->line);
+				         mbox_feed_error(p->feed),
+				         (int)(r->len > 100 ? 100 : r->len), (const char *)r->line);
 				sess_log(s, LOG_LVL_DEBUG, what);
 			}
 			park_sync_failed(s, "wake: unreadable response");
