@@ -91,6 +91,17 @@ struct hmap_node *hmap_next(const struct hmap *m, const struct hmap_node *n)
 	return hmap_scan(m, n->link.next, n->hash);
 }
 
+struct hmap_node *hmap_any(const struct hmap *m)
+{
+	if (m->count == 0)
+		return NULL;
+	for (size_t i = 0; i <= m->mask; i++) {
+		if (!list_empty(&m->buckets[i]))
+			return list_first_entry(&m->buckets[i], struct hmap_node, link);
+	}
+	return NULL;
+}
+
 void hmap_destroy(struct hmap *m)
 {
 	if (m->buckets != NULL) {

@@ -54,6 +54,9 @@ void hmap_remove(struct hmap *m, struct hmap_node *n);
 struct hmap_node *hmap_first(const struct hmap *m, uint64_t hash);
 struct hmap_node *hmap_next(const struct hmap *m, const struct hmap_node *n);
 /* Free the buckets; the nodes are the caller's (m is empty and reusable). */
+/* Some node of the table, NULL when it is empty (to empty it node by node). */
+struct hmap_node *hmap_any(const struct hmap *m);
+
 void hmap_destroy(struct hmap *m);
 
 static inline size_t hmap_count(const struct hmap *m)

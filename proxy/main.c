@@ -128,6 +128,28 @@ static unsigned worker_count(const struct cfg *cfg)
 	return (unsigned)n;
 }
 
+/* -t: say once per backend why its sessions will not park (they stay
+ * attached and work as before; parking needs a way to wake them). */
+static void park_warnings(const struct cfg *cfg, const char *path)
+{
+	if (cfg->park_idle_after <= 0)
+		return;
+	for (size_t i = 0; i < cfg->nbackends; i++) {
+		const struct cfg_backend *b = &cfg->backends[i];
+		const char *why = NULL;
+
+		if (b->master_user == NULL)
+			why = "no master_user/master_password to log in again on wake-up";
+		else if (b->watch == CFG_WATCH_NOTIFY)
+			why =
+			    "watch = notify is not available in this build (use auto, idle or events)";
+		if (why != NULL)
+			fprintf(stderr,
+			        "%s:%d: warning: sessions on backend %s will not park: %s\n", path,
+			        b->line, b->name, why);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	const char *path = NULL;
@@ -170,6 +192,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (test_only) {
+		park_warnings(rt->cfg, path);
 		fprintf(stderr, "%s: configuration ok\n", path);
 		runtime_unref(&rt);
 		return 0;

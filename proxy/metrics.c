@@ -120,6 +120,8 @@ struct stats_sum {
 	unsigned long refused_ip;
 	unsigned long line_too_long;
 	long sessions_parked;
+	long watchers, watchers_up;
+	unsigned long watchers_lost;
 	unsigned long parks, wakes_client, wakes_change, wakes_failed, park_answers,
 	    park_keepalives;
 };
@@ -158,6 +160,9 @@ static void stats_collect(struct stats_sum *s, const struct stats *const *counte
 		s->wakes_failed += LOAD(st, wakes_failed);
 		s->park_answers += LOAD(st, park_answers);
 		s->park_keepalives += LOAD(st, park_keepalives);
+		s->watchers += LOAD(st, watchers);
+		s->watchers_up += LOAD(st, watchers_up);
+		s->watchers_lost += LOAD(st, watchers_lost);
 		s->line_too_long += LOAD(st, line_too_long);
 	}
 }
@@ -252,6 +257,11 @@ void metrics_render(struct text *t, const struct stats *const *counters, unsigne
 	counter(t, "imapmux_park_keepalives_total",
 	        "Keep-alives (* OK Still here) sent to parked sessions in IDLE.",
 	        s.park_keepalives);
+	gauge(t, "imapmux_watchers",
+	      "Watcher connections (IDLE per user and mailbox) for parked sessions.", s.watchers);
+	gauge(t, "imapmux_watchers_up", "Watcher connections in IDLE now.", s.watchers_up);
+	counter(t, "imapmux_watchers_lost_total", "Watcher connections lost or refused.",
+	        s.watchers_lost);
 
 	name = "imapmux_logins_total";
 	metric_head(t, name, "counter", "Client logins, by result.");

@@ -39,6 +39,7 @@
 #include "route.h"
 #include "sess.h"
 #include "session.h"
+#include "watch.h"
 
 /* The tag the wake's feed knows the proxy's SELECT by. */
 #define WAKE_TAG "imapmux.wake"
@@ -64,13 +65,16 @@ struct park {
 	bool by_client;             /* this wake is for a client command */
 	bool skipping;              /* dropping the rest of a command (BAD Expected DONE) */
 	bool counted;               /* included in stats.sessions_parked */
-	bool learning;              /* the proxy's FETCH (UID) is out */
+	bool asking;                /* the proxy's FETCH (UID) or NOOP is out */
+	bool synced;                /* ... and its NOOP answered: the view is the store's,
+	                             * or dirty says it is not */
 	ev_tstamp keepalive_at;
 	ev_tstamp deadline; /* settling or waking must be done by then */
 	const char *fail;   /* the wake failed: why (static) */
 	struct mbox_feed *feed;
 	struct mbox_view *now;
-	struct buf out; /* lines for the client ahead of everything else */
+	struct buf out;      /* lines for the client ahead of everything else */
+	struct watch *watch; /* the watcher held (watch = idle), or NULL (events) */
 };
 
 static bool park_sync_start(struct session *s);
@@ -170,9 +174,18 @@ static size_t park_quote(const struct session *s, char *out, size_t cap)
 /* Is there a way to hear of changes for this session's backend? */
 static bool park_watch_ready(const struct session *s)
 {
-	/* watch = events is the one watcher this build has; auto, notify
-	 * and idle keep sessions attached until their watchers exist. */
-	return s->bcfg->watch == CFG_WATCH_EVENTS && s->w->rds != NULL;
+	const char *caps = s->bk->caps;
+
+	switch (s->bcfg->watch) {
+	case CFG_WATCH_EVENTS:
+		return s->w->rds != NULL;
+	case CFG_WATCH_AUTO: /* NOTIFY watchers are not built yet: IDLE ones */
+	case CFG_WATCH_IDLE:
+		return caps_has(caps, strlen(caps), "IDLE");
+	case CFG_WATCH_NOTIFY:
+		break;
+	}
+	return false;
 }
 
 bool park_possible(const struct session *s)
@@ -224,6 +237,7 @@ static void park_free(struct session *s)
 	mbox_feed_destroy(&p->feed);
 	mbox_view_destroy(&p->now);
 	buf_free(&p->out);
+	watch_release(&p->watch);
 	free(p);
 	s->park = NULL;
 }
@@ -264,6 +278,24 @@ void park_begin(struct session *s)
 		p->key[REUSE_KEY_LEN - 1] ^= (uint8_t)(0x80u | enabled);
 	p->keep = s->reuse_ok && s->bcfg->reuse_ttl > 0;
 	p->deadline = ev_now(s->w->loop) + s->bcfg->command_timeout;
+	if (s->bcfg->watch != CFG_WATCH_EVENTS) {
+		/* The watcher of the user's mailbox, shared with the user's
+		 * other sessions parked on it. */
+		char sel[2 * MBOX_NAME_MAX + 16] = "EXAMINE ";
+		size_t nlen = 0;
+		const uint8_t *name = mbox_view_name(s->view, &nlen);
+		bool utf8 = false;
+		for (size_t i = 0; i < nlen; i++)
+			utf8 |= name[i] >= 0x80;
+		if (park_quote(s, sel + 8, sizeof(sel) - 8) > 0)
+			p->watch =
+			    watch_hold(s->w, s->rt, s->bcfg, s->uname, s->uname_len, name, nlen,
+			               sel, utf8 ? "UTF8=ACCEPT" : NULL, session_mbox_changed);
+		if (p->watch == NULL) {
+			park_free(s);
+			return;
+		}
+	}
 	park_link(s);
 	if (s->px == PX_IDLING) {
 		/* End the backend's IDLE; the client stays in its own. */
@@ -315,10 +347,10 @@ static bool parse_fetch_uid(const uint8_t *p, size_t len, uint32_t *seq_r, uint3
 	return true;
 }
 
-/* The answers to the proxy's "FETCH n:* (UID)": the UIDs of messages the
- * client was told of (EXISTS) but never saw a UID for. Nothing else of it
- * reaches the client or its view: what the store says beyond that is a
- * change the wake will tell. */
+/* The answers to the proxy's "FETCH n:* (UID)" and "NOOP" before parking:
+ * the UIDs of messages the client was told of (EXISTS) but never saw a
+ * UID for. Nothing else of them reaches the client or its view: what the
+ * store says beyond that is a change the wake will tell (dirty). */
 static void park_learn_cb(void *arg, struct backend *b, const struct bk_reply *r)
 {
 	struct session *s = arg;
@@ -338,15 +370,16 @@ static void park_learn_cb(void *arg, struct backend *b, const struct bk_reply *r
 				p->fail = "UIDs out of order";
 			return;
 		}
-		p->dirty = true;
+		if (r->len < 5 || memcmp(r->line, "* OK ", 5) != 0)
+			p->dirty = true;
 		return;
 	case BK_EV_DONE:
-		p->learning = false;
+		p->asking = false;
 		if (r->status != BK_ST_OK)
 			p->fail = "FETCH (UID) refused";
 		return;
 	case BK_EV_GONE:
-		p->learning = false;
+		p->asking = false;
 		p->fail = r->why;
 		return;
 	}
@@ -359,7 +392,7 @@ static bool park_settle(struct session *s)
 	struct park *p = s->park;
 	struct backend *b = s->bk;
 
-	if (!p->idling && !buf_is_empty(&s->client.in) && !p->learning && !p->dirty) {
+	if (!p->idling && !buf_is_empty(&s->client.in) && !p->asking && !p->dirty) {
 		/* A command came before the session parked: it goes on. */
 		park_free(s);
 		sess_arm(s, sess_proxy_wait(s));
@@ -369,7 +402,7 @@ static bool park_settle(struct session *s)
 		park_fail(s, p->fail, "* BYE [UNAVAILABLE] Internal error, please reconnect.");
 		return true;
 	}
-	if (p->learning || s->inflight > 0 || !buf_is_empty(&s->local) ||
+	if (p->asking || s->inflight > 0 || !buf_is_empty(&s->local) ||
 	    !imap_tok_at_boundary(&s->btok) || !buf_is_empty(&b->conn.in) ||
 	    !buf_is_empty(&b->conn.out) || backend_cmd_pending(b) || s->bskip || s->capline_on)
 		return false;
@@ -398,7 +431,19 @@ static bool park_settle(struct session *s)
 			          "* BYE [UNAVAILABLE] Internal error, please reconnect.");
 			return true;
 		}
-		p->learning = true;
+		p->asking = true;
+		return true;
+	}
+	if (!p->synced) {
+		/* Whatever the store holds that the backend has not said yet
+		 * (a change just committed, or outside IDLE), NOOP brings out
+		 * now: from here on the watcher or the events say what changes. */
+		if (backend_cmd(b, "NOOP", 4, BK_CMD_SWALLOW, park_learn_cb, s) < 0) {
+			park_fail(s, "parking: cannot send NOOP",
+			          "* BYE [UNAVAILABLE] Internal error, please reconnect.");
+			return true;
+		}
+		p->asking = p->synced = true;
 		return true;
 	}
 	/* One kept session per key is enough for all the user's parked

@@ -26,6 +26,7 @@
 #include "reuse.h"
 #include "session.h"
 #include "ttlmap.h"
+#include "watch.h"
 
 #define TRIM_AFTER_FREES 64 /* frees since the last malloc_trim worth another */
 
@@ -259,6 +260,7 @@ static void *worker_main(void *arg)
 	pool_prefill(w, w->rt);
 	ev_run(w->loop, 0);
 	session_cancel_all(w);
+	watch_close_all(w);
 	pool_close_all(w);
 	reuse_drop_all(w);
 	hmap_destroy(&w->parked);

@@ -61,6 +61,7 @@ struct worker {
 	struct list_node reuse;   /* kept backend sessions (reuse.c), newest first */
 	struct hmap reuse_idx;    /* ... the same, by key (reuse.c) */
 	struct hmap parked;       /* parked sessions, by user (park.c) */
+	struct hmap watches;      /* watcher connections, by user and mailbox (watch.c) */
 	struct list_node pools;   /* backend connection pools (pool.c's node) */
 	unsigned nworkers;        /* how many workers share the pool bounds */
 

@@ -1,8 +1,11 @@
 """Parked IDLE (issue #11): a quiet session gives its backend connection up,
 imapmux answers for it, and a wake tells the client exactly what changed.
 
-Real Dovecot, real Redis (the events channel), real TLS; the clients are
-imapc (tests/integration/imapc.py), whose every byte read is checked.
+Every test runs twice: watch = events (changes announced on the Redis events
+channel, as Dovecot's push script does; the test publishes them) and
+watch = idle (one watcher connection in IDLE per user and mailbox; nothing
+is published). Real Dovecot, real Redis, real TLS; the clients are imapc
+(tests/integration/imapc.py), whose every byte read is checked.
 """
 
 import re
@@ -21,10 +24,25 @@ from conftest_redis import publish, redis_section, wait_subscribed  # noqa: E402
 pytest_plugins = ["conftest_redis"]
 
 TIMEOUT = 10.0
+WATCH = "events"
+
+
+@pytest.fixture(params=["events", "idle"], autouse=True)
+def watch_mode(request):
+    global WATCH
+    WATCH = request.param
+    yield request.param
+
+
+def _announce(redis, prefix, user, mailbox="INBOX"):
+    """What Dovecot's push script does after a change (events mode only: a
+    watcher must find the change by itself)."""
+    if WATCH == "events":
+        assert publish(redis, prefix, "mbox %s %s" % (user, mailbox)) >= 1
 
 
 def _mux(make_mux, dovecot, redis, prefix, imapmux=None, **bk):
-    kv = backend_section(dovecot, watch="events")
+    kv = backend_section(dovecot, watch=WATCH)
     kv.update(bk)
     port = lab.free_port()
     base = {"workers": 1, "park_idle_after": "1s", "log_level": "debug",
@@ -50,12 +68,26 @@ def _direct(dovecot, user):
 
 
 def _wait_parked(m, n, timeout=8.0):
-    wait_until(lambda: _metric(m, "imapmux_sessions_parked") >= n, timeout,
+    """n sessions parked; with watchers, each watcher up and the one
+    catch-up wake it causes (sessions parked before it was up) over."""
+    def parked():
+        return _metric(m, "imapmux_sessions_parked") >= n
+    wait_until(parked, timeout,
                lambda: "%d parked session(s) (have %s)" % (n, _metric(m, "imapmux_sessions_parked")))
+    if WATCH == "idle":
+        wait_until(lambda: _metric(m, "imapmux_watchers_up") >= _metric(m, "imapmux_watchers") > 0,
+                   timeout, "every watcher up")
+        time.sleep(0.3)
+        wait_until(parked, timeout, "parked again after the watchers' catch-up")
+
+
+def _wakes(m, cause):
+    return _metric(m, "imapmux_wakes_total{cause=\"%s\"}" % cause)
 
 
 def _backend_socks(m, dovecot):
-    return len(socks_to(m.proc.pid, dovecot.port))
+    """Backend connections imapmux holds for sessions (not its watchers)."""
+    return len(socks_to(m.proc.pid, dovecot.port)) - int(_metric(m, "imapmux_watchers"))
 
 
 def _login(m, ca_ctx, user):
@@ -95,21 +127,22 @@ def test_idle_session_parks_and_wakes_on_change(make_mux, dovecot, redis, prefix
     c.send(b"i IDLE\r\n")
     assert c.readline().startswith(b"+")
     _wait_parked(m, 1)
+    w0, c0 = _wakes(m, "change"), _wakes(m, "client")
     wait_until(lambda: _backend_socks(m, dovecot) == 0, 5, "the backend connection closed")
     # A change, announced on the events channel: told in IDLE, exactly.
     _append(d, "a2", "two")
-    assert publish(redis, prefix, "mbox %s INBOX" % user) >= 1
-    line = c.readline(timeout=TIMEOUT)
+    _announce(redis, prefix, user)
+    line = _data(c)
     assert line == b"* %d EXISTS\r\n" % (n + 1), line
     _wait_parked(m, 1)
     c.send(b"DONE\r\n")
     assert c.readline() == b"i OK Idle completed.\r\n"
     _ok(c, "n", "NOOP")
-    assert _metric(m, "imapmux_wakes_total{cause=\"change\"}") == 1
+    assert (_wakes(m, "change") - w0) == 1
     # A command wakes it: the answer comes from Dovecot.
     fetched = b"".join(_ok(c, "g", "FETCH %d (FLAGS)" % (n + 1)))
     assert b"* %d FETCH" % (n + 1) in fetched
-    assert _metric(m, "imapmux_wakes_total{cause=\"client\"}") == 1
+    assert (_wakes(m, "client") - c0) == 1
     _ok(c, "z", "LOGOUT")
 
 
@@ -140,13 +173,23 @@ def _reset_inbox(dovecot, user, subjects):
     return d
 
 
+def _data(c, timeout=TIMEOUT):
+    """The next line but Dovecot's IDLE keep-alives ("* OK Still here",
+    which Dovecot times per user and address, so one may come at any
+    moment while a session is attached in IDLE)."""
+    while True:
+        line = c.readline(timeout=timeout)
+        if line != b"* OK Still here\r\n":
+            return line
+
+
 def _lines_until(c, pred, timeout=TIMEOUT):
     got = []
     deadline = time.monotonic() + timeout
     while not pred(got):
         left = deadline - time.monotonic()
         assert left > 0, "waited for more lines; got %r" % got
-        got.append(c.readline(timeout=left))
+        got.append(_data(c, timeout=left))
     return got
 
 
@@ -163,7 +206,7 @@ def test_wake_tells_expunges_highest_first_exists_and_flags(make_mux, dovecot, r
     _ok(d, "ex", "EXPUNGE")
     _ok(d, "fl", "STORE 3 +FLAGS.SILENT (\\Flagged)")   # old 5 is 3 now
     _append(d, "ap", "m6")
-    publish(redis, prefix, "mbox %s INBOX" % user)
+    _announce(redis, prefix, user, "INBOX")
     got = _lines_until(c, lambda g: len(g) >= 4)
     assert got == [b"* 4 EXPUNGE\r\n", b"* 2 EXPUNGE\r\n", b"* 4 EXISTS\r\n",
                    b"* 3 FETCH (FLAGS (\\Flagged))\r\n"], got
@@ -190,7 +233,7 @@ def test_condstore_and_qresync_clients_get_modseq_and_vanished(make_mux, dovecot
     _ok(d, "fl", "STORE 1 +FLAGS.SILENT (\\Seen)")
     mod = b"".join(_ok(d, "ms", "FETCH 1 (MODSEQ)"))
     modseq = int(re.search(rb"MODSEQ \((\d+)\)", mod).group(1))
-    publish(redis, prefix, "mbox %s INBOX" % user)
+    _announce(redis, prefix, user, "INBOX")
     # What each client gets before its IDLE ends: exactly these lines
     # (the \\Seen change is the highest MODSEQ: no HIGHESTMODSEQ line).
     want = {cs: [b"* 1 EXPUNGE\r\n", b"* 1 FETCH (MODSEQ (%d) FLAGS (\\Seen))\r\n" % modseq],
@@ -212,6 +255,7 @@ def test_answered_while_parked_without_a_backend(make_mux, dovecot, redis, prefi
              imapmux={"park_keepalive": "1s"})
     c, _ = _park_idle(m, ca_ctx, user)
     _wait_parked(m, 1)
+    w0, c0 = _wakes(m, "change"), _wakes(m, "client")
     wait_until(lambda: _backend_socks(m, dovecot) == 0, 5, "the backend connection closed")
     logins = _metric(m, "imapmux_backend_logins_total")
     # Keep-alives in IDLE.
@@ -232,7 +276,7 @@ def test_answered_while_parked_without_a_backend(make_mux, dovecot, redis, prefi
     assert c.readline() == b"x BAD Expected DONE.\r\n"
     assert _metric(m, "imapmux_backend_logins_total") == logins
     assert _backend_socks(m, dovecot) == 0
-    assert _metric(m, "imapmux_wakes_total{cause=\"client\"}") == 0
+    assert (_wakes(m, "client") - c0) == 0
     assert _metric(m, "imapmux_park_answers_total") >= 10
     assert _metric(m, "imapmux_park_keepalives_total") >= 1
     c.send(b"z LOGOUT\r\n")
@@ -252,9 +296,10 @@ def test_kept_session_serves_the_wake_one_per_user(make_mux, dovecot, redis, pre
     wait_until(lambda: _backend_socks(m, dovecot) == 1, 5, "one kept backend connection")
     logins = _metric(m, "imapmux_backend_logins_total")
     _append(d, "ap", "m3")
-    publish(redis, prefix, "mbox %s INBOX" % user)
+    _announce(redis, prefix, user, "INBOX")
     for c in clients:
-        assert c.readline(timeout=TIMEOUT) == b"* 3 EXISTS\r\n"
+        line = _data(c)
+        assert line == b"* 3 EXISTS\r\n", c.transcript[-6:]
     _wait_parked(m, 3)
     # One of the wakes took the kept session; the others logged in.
     assert _metric(m, "imapmux_backend_logins_total") <= logins + 2
@@ -270,13 +315,14 @@ def test_change_outside_idle_waits_for_the_next_command(make_mux, dovecot, redis
     _ok(c, "s", "SELECT INBOX")
     _ok(c, "f", "UID FETCH 1:* (FLAGS)")
     _wait_parked(m, 1)   # parked without IDLE
+    w0, c0 = _wakes(m, "change"), _wakes(m, "client")
     _ok(d, "st", "STORE 2 +FLAGS.SILENT (\\Deleted)")
     _ok(d, "ex", "EXPUNGE")
-    publish(redis, prefix, "mbox %s INBOX" % user)
+    _announce(redis, prefix, user, "INBOX")
     # No command in progress: nothing may be sent (RFC 3501 7.4.1).
     with pytest.raises(imapc.Timeout):
         c.readline(timeout=1.0)
-    assert _metric(m, "imapmux_wakes_total{cause=\"change\"}") == 0
+    assert (_wakes(m, "change") - w0) == 0
     untagged, t = c.cmd("n", "NOOP")
     assert t.startswith(b"n OK"), t
     assert [u.rstrip(b"\r\n") for u in untagged] == [b"* 2 EXPUNGE"], untagged
@@ -288,6 +334,7 @@ def test_commands_that_wake_go_on_in_order_with_literals(make_mux, dovecot, redi
     m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0")
     c, _ = _park_idle(m, ca_ctx, user)
     _wait_parked(m, 1)
+    w0, c0 = _wakes(m, "change"), _wakes(m, "client")
     msg = b"Subject: woke\r\n\r\nhello\r\n"
     # DONE and three commands in one write: DONE answered here, the rest in
     # order once the wake is done, the literal's "+" from Dovecot.
@@ -302,7 +349,7 @@ def test_commands_that_wake_go_on_in_order_with_literals(make_mux, dovecot, redi
     untagged, t = c.read_until_tagged("c")
     assert t.startswith(b"c OK"), t
     assert len([u for u in untagged if b"FETCH" in u]) == 2, untagged
-    assert _metric(m, "imapmux_wakes_total{cause=\"client\"}") == 1
+    assert (_wakes(m, "client") - c0) == 1
 
 
 def test_uids_never_fetched_are_learned_before_parking(make_mux, dovecot, redis, prefix, ca_ctx):
@@ -315,8 +362,8 @@ def test_uids_never_fetched_are_learned_before_parking(make_mux, dovecot, redis,
     _wait_parked(m, 1)
     _ok(d, "st", "STORE 1 +FLAGS.SILENT (\\Deleted)")
     _ok(d, "ex", "EXPUNGE")
-    publish(redis, prefix, "mbox %s INBOX" % user)
-    assert c.readline(timeout=TIMEOUT) == b"* 1 EXPUNGE\r\n"
+    _announce(redis, prefix, user, "INBOX")
+    assert _data(c) == b"* 1 EXPUNGE\r\n"
     _wait_parked(m, 1)
 
 
@@ -328,31 +375,33 @@ def test_mail_arriving_while_idle_then_parking(make_mux, dovecot, redis, prefix,
     m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0", imapmux={"park_idle_after": "2s"})
     c, _ = _park_idle(m, ca_ctx, user)
     _append(d, "ap", "m2")
-    assert c.readline(timeout=TIMEOUT) == b"* 2 EXISTS\r\n"   # from Dovecot's own IDLE
+    assert _data(c) == b"* 2 EXISTS\r\n"   # from Dovecot's own IDLE
     _wait_parked(m, 1)
     _append(d, "aq", "m3")
-    publish(redis, prefix, "mbox %s INBOX" % user)
-    assert c.readline(timeout=TIMEOUT) == b"* 3 EXISTS\r\n"
+    _announce(redis, prefix, user, "INBOX")
+    assert _data(c) == b"* 3 EXISTS\r\n"
 
 
 def test_events_for_other_mailboxes_and_users_wake_nothing(make_mux, dovecot, redis, prefix,
                                                            ca_ctx):
     user, other = "park18", "park19"
     d = _reset_inbox(dovecot, user, ["m1"])
-    _ok(d, "c", "CREATE Work")
+    work_box = "Work-" + WATCH   # the module's Dovecot serves both modes
+    _ok(d, "c", "CREATE " + work_box)
     m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0")
     inbox, _ = _park_idle(m, ca_ctx, user)
-    work, _ = _park_idle(m, ca_ctx, user, mailbox="Work")
+    work, _ = _park_idle(m, ca_ctx, user, mailbox=work_box)
     _reset_inbox(dovecot, other, [])
     third, _ = _park_idle(m, ca_ctx, other)
     _wait_parked(m, 3)
-    _append(d, "ap", "w1", mailbox="Work")
-    publish(redis, prefix, "mbox %s Work" % user)
-    assert work.readline(timeout=TIMEOUT).endswith(b" EXISTS\r\n")
+    w0, c0 = _wakes(m, "change"), _wakes(m, "client")
+    _append(d, "ap", "w1", mailbox=work_box)
+    _announce(redis, prefix, user, work_box)
+    assert _data(work).endswith(b" EXISTS\r\n")
     for c in (inbox, third):
         with pytest.raises(imapc.Timeout):
             c.readline(timeout=0.5)
-    assert _metric(m, "imapmux_wakes_total{cause=\"change\"}") == 1
+    assert (_wakes(m, "change") - w0) == 1
 
 
 def test_kick_and_shutdown_reach_parked_sessions_at_once(make_mux, dovecot, redis, prefix, ca_ctx):
@@ -381,30 +430,33 @@ def test_kick_and_shutdown_reach_parked_sessions_at_once(make_mux, dovecot, redi
 def test_mailbox_recreated_while_parked_ends_the_session(make_mux, dovecot, redis, prefix, ca_ctx):
     user = "park12"
     d = _reset_inbox(dovecot, user, [])
-    _ok(d, "c", "CREATE Gone")
-    _append(d, "ap", "g1", mailbox="Gone")
+    box = "Gone-" + WATCH
+    _ok(d, "c", "CREATE " + box)
+    _append(d, "ap", "g1", mailbox=box)
     m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0")
-    c, _ = _park_idle(m, ca_ctx, user, mailbox="Gone")
+    c, _ = _park_idle(m, ca_ctx, user, mailbox=box)
     _wait_parked(m, 1)
-    _ok(d, "dl", "DELETE Gone")
-    _ok(d, "cr", "CREATE Gone")   # a new UIDVALIDITY
-    publish(redis, prefix, "mbox %s Gone" % user)
+    _ok(d, "dl", "DELETE " + box)
+    _ok(d, "cr", "CREATE " + box)   # a new UIDVALIDITY
+    _announce(redis, prefix, user, box)
     got = c.expect_closed(TIMEOUT)
     assert got.endswith(b"\r\n") and got.rsplit(b"\r\n", 2)[-2].startswith(b"* BYE [UNAVAILABLE]"), got
     assert _metric(m, "imapmux_wake_failures_total") == 1
 
 
-@pytest.mark.parametrize("why", ["no master_user", "watch = auto", "NOTIFY used", "ENABLE other"])
+@pytest.mark.parametrize("why", ["no master_user", "watch = notify", "NOTIFY used", "ENABLE other"])
 def test_sessions_stay_attached_where_no_wake_is_possible(make_mux, dovecot, redis, prefix, ca_ctx,
                                                           why):
+    if WATCH != "events" and why != "watch = notify":
+        pytest.skip("the same with either watcher")
     user = "park11"
     _reset_inbox(dovecot, user, ["m1"])
     bk = {"reuse_ttl": "0"}
     if why == "no master_user":
         bk.update(master_user=None, master_password=None)
-    if why == "watch = auto":
-        bk["watch"] = "auto"
-    kv = backend_section(dovecot, watch="events")
+    if why == "watch = notify":
+        bk["watch"] = "notify"   # no NOTIFY watcher in this build
+    kv = backend_section(dovecot, watch=WATCH)
     kv.update(bk)
     kv = {k: v for k, v in kv.items() if v is not None}
     port = lab.free_port()
@@ -433,6 +485,8 @@ def test_sessions_stay_attached_where_no_wake_is_possible(make_mux, dovecot, red
 def test_redis_lost_and_back_every_parked_session_resynchronizes(make_mux, dovecot, fresh_redis,
                                                                  prefix, ca_ctx):
     from conftest_redis import restart_redis
+    if WATCH != "events":
+        pytest.skip("events only (a watcher's loss: test_watcher_lost...)")
     user = "park10"
     r = fresh_redis
     d = _reset_inbox(dovecot, user, ["m1"])
@@ -446,5 +500,35 @@ def test_redis_lost_and_back_every_parked_session_resynchronizes(make_mux, dovec
     restart_redis(r)
     # Back on the channel: events may have been missed, so the session
     # reads the store again and tells what it missed.
-    assert c.readline(timeout=15) == b"* 2 EXISTS\r\n"
+    assert _data(c, timeout=15) == b"* 2 EXISTS\r\n"
     _wait_parked(m, 1)
+
+
+def test_watcher_lost_sessions_resynchronize_and_park_again(make_mux, dovecot, redis, prefix,
+                                                            ca_ctx):
+    import subprocess
+    if WATCH != "idle":
+        pytest.skip("watchers only (Redis lost: test_redis_lost...)")
+    user = "park9"
+    d = _reset_inbox(dovecot, user, ["m1"])
+    m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0")
+    clients = [_park_idle(m, ca_ctx, user)[0] for _ in range(2)]
+    _wait_parked(m, 2)
+    assert _metric(m, "imapmux_watchers") == 1     # one per user and mailbox
+    lost = _metric(m, "imapmux_watchers_lost_total")
+    # Dovecot drops every connection of the user: the watcher's is the only one.
+    subprocess.run(["doveadm", "-c", dovecot.conf_path, "kick", user], check=True,
+                   capture_output=True, timeout=10)
+    wait_until(lambda: _metric(m, "imapmux_watchers_lost_total") > lost, 5, "the watcher lost")
+    d = _direct(dovecot, user)   # the kick closed this one too
+    # While it is down, mail comes; the sessions learn it (resync on the
+    # loss, or the new watcher's catch-up), and park again.
+    _append(d, "ap", "m2")
+    for c in clients:
+        assert _data(c) == b"* 2 EXISTS\r\n"
+    _wait_parked(m, 2)
+    wait_until(lambda: _metric(m, "imapmux_watchers_up") == 1, 10, "a new watcher up")
+    _append(d, "aq", "m3")
+    for c in clients:
+        line = _data(c)
+        assert line == b"* 3 EXISTS\r\n", c.transcript[-6:]

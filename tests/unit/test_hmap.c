@@ -139,13 +139,39 @@ static void test_random_against_array(void **state)
 	hmap_destroy(&m);
 }
 
+/* hmap_any empties a table node by node, whatever its size, each node once. */
+static void test_any_drains(void **state)
+{
+	enum { N = 3000 };
+	static struct item items[N];
+	struct hmap m = {0};
+	struct hmap_node *n;
+	size_t seen = 0;
+
+	(void)state;
+	assert_null(hmap_any(&m));
+	for (uint32_t i = 0; i < N; i++) {
+		items[i] = (struct item){.key = i, .in = true};
+		hmap_insert(&m, &items[i].hnode, key_hash(i));
+	}
+	while ((n = hmap_any(&m)) != NULL) {
+		struct item *it = hmap_entry(n, struct item, hnode);
+		assert_true(it->in);
+		it->in = false;
+		hmap_remove(&m, n);
+		seen++;
+	}
+	assert_int_equal(seen, N);
+	assert_int_equal(hmap_count(&m), 0);
+	hmap_destroy(&m);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_empty_and_zeroed),
-	    cmocka_unit_test(test_grow_find_remove),
-	    cmocka_unit_test(test_equal_hashes),
-	    cmocka_unit_test(test_random_against_array),
+	    cmocka_unit_test(test_empty_and_zeroed), cmocka_unit_test(test_grow_find_remove),
+	    cmocka_unit_test(test_equal_hashes),     cmocka_unit_test(test_random_against_array),
+	    cmocka_unit_test(test_any_drains),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

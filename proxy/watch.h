@@ -1,0 +1,57 @@
+/*
+ * watch — the watchers of parked sessions (watch = idle): one backend
+ * connection per (backend, user, mailbox), logged in as the user with the
+ * backend's master credentials, the mailbox EXAMINEd, in IDLE; shared by
+ * every session of that user parked on that mailbox. Whatever the server
+ * says there is a change for them.
+ *
+ *   watch_hold --> connect, log in, EXAMINE, IDLE --"+"--> UP
+ *   UP: untagged data --> changed(user, mailbox) (coalesced: once a moment)
+ *       every WATCH_REFRESH: DONE, IDLE again (RFC 2177: before 30 minutes)
+ *   lost (BYE, EOF, error, timeout) --> changed() (the sessions read the
+ *       store again: what happened meanwhile is unknown), again after a
+ *       backoff while held
+ *   watch_release of the last holder --> closed after WATCH_LINGER (a
+ *       session that wakes and parks again finds it still up)
+ *
+ * changed() also comes once when a watcher is first UP: a session parked
+ * before it could not be told of a change made between its own last look
+ * and the watcher's EXAMINE.
+ */
+#ifndef IMAPMUX_WATCH_H
+#define IMAPMUX_WATCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cfg.h"
+#include "runtime.h"
+#include "worker_state.h"
+
+#define WATCH_REFRESH (25.0 * 60) /* IDLE is re-issued this often */
+#define WATCH_LINGER  30.0        /* an unheld watcher stays this long */
+
+struct watch;
+
+/* MAILBOX of user may have changed. */
+typedef void watch_changed_cb(struct worker *w, const uint8_t *user, size_t ulen,
+                              const uint8_t *mbox, size_t mlen);
+
+/*
+ * The watcher of (bc, user, mbox), made or found, held once more. select
+ * is the EXAMINE argument (the mailbox as an IMAP string); enable, when not
+ * NULL, an ENABLE command's arguments sent first (UTF8=ACCEPT for a UTF-8
+ * mailbox name). Returns NULL on no memory (the caller does not park).
+ */
+struct watch *watch_hold(struct worker *w, struct runtime *rt, const struct cfg_backend *bc,
+                         const uint8_t *user, size_t ulen, const uint8_t *mbox, size_t mlen,
+                         const char *select, const char *enable, watch_changed_cb *changed);
+
+/* Let go of *wp (NULL is fine); *wp = NULL. */
+void watch_release(struct watch **wp);
+
+/* Close every watcher of w (the worker ends). */
+void watch_close_all(struct worker *w);
+
+#endif
