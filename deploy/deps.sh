@@ -14,9 +14,11 @@ set -eu
 # (clang only recommends it, and recommends are not installed here).
 # clang-format-14: `make lint` is pinned to this version (formatting differs
 # between versions).
+# lua-socket: deploy/dovecot/imapmux-push.lua talks to Redis with it (built
+# for Lua 5.4, Dovecot's; dovecot-core ships the Lua plugins themselves).
 PKGS="gcc clang make pkg-config libssl-dev libev-dev libcmocka-dev libhiredis-dev
 libcrypt-dev dovecot-imapd redis-server python3 python3-pytest curl openssl valgrind
-cyrus-common sasl2-bin libclang-rt-14-dev clang-format-14"
+cyrus-common sasl2-bin libclang-rt-14-dev clang-format-14 lua-socket"
 CYRUS_DIR=/usr/local/lib/imapmux-cyrus
 
 installed() {

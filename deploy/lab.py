@@ -480,7 +480,7 @@ last_valid_uid = {uid}
 first_valid_gid = {gid}
 last_valid_gid = {gid}
 mail_location = maildir:~/Maildir
-mail_plugins = zlib
+mail_plugins = zlib{push_plugins}
 mailbox_idle_check_interval = 1 secs
 
 passdb {{
@@ -528,6 +528,21 @@ protocol imap {{
 }}
 """
 
+# The push_notification Lua driver: the notify framework, push_notification
+# on it, mail_lua (the Lua storage API) and the driver itself.
+PUSH_PLUGINS = " notify push_notification mail_lua push_notification_lua"
+PUSH_LUA = os.path.join(REPO, "deploy", "dovecot", "imapmux-push.lua")
+
+
+def push_lua_conf(settings):
+    """The plugin { } block that loads imapmux-push.lua with settings."""
+    lines = ["plugin {", "  push_notification_driver = lua:file=%s" % PUSH_LUA]
+    for k, v in sorted(settings.items()):
+        if "\n" in str(k) + str(v):
+            raise LabError("bad push_lua setting %r" % k)
+        lines.append("  %s = %s" % (k, v))
+    return "\n# push_lua\n" + "\n".join(lines) + "\n}\n"
+
 
 class Dovecot:
     """A real Dovecot on loopback.
@@ -537,13 +552,18 @@ class Dovecot:
     implicit TLS on imaps_port with cert/key (made here when not given).
     extra_conf: text appended to the generated dovecot.conf (e.g.
     "imap_capability = +XFOOBAR").
+    push_lua: None (the default: no push notifications), or a dict of
+    plugin settings ({"imapmux_redis": "127.0.0.1:PORT", "imapmux_prefix":
+    ...}) for deploy/dovecot/imapmux-push.lua, which is then loaded as the
+    push_notification Lua driver.
     """
 
     def __init__(self, users, port=None, tls=False, cert=None, key=None, imaps_port=None,
                  master_user=MASTER_USER, master_password="lab-master-secret",
-                 directory=None, name="dovecot", extra_conf=""):
+                 directory=None, name="dovecot", extra_conf="", push_lua=None):
         self.users = dict(users)
         self.extra_conf = extra_conf
+        self.push_lua = push_lua
         self.port = port or free_port()
         self.tls = tls
         self.imaps_port = (imaps_port or free_port()) if tls else None
@@ -607,7 +627,10 @@ class Dovecot:
             dir=self.dir, instance="imapmux-lab-%d" % self.port, port=self.port,
             imaps_port=self.imaps_port if self.tls else 0, ssl="yes" if self.tls else "no",
             ssl_settings=ssl_settings, uid=uid, gid=gid, login_user=login_user,
-            internal_user=internal_user)
+            internal_user=internal_user,
+            push_plugins=PUSH_PLUGINS if self.push_lua is not None else "")
+        if self.push_lua is not None:
+            conf += push_lua_conf(self.push_lua)
         if self.extra_conf:
             conf += "\n# extra_conf\n" + self.extra_conf.rstrip("\n") + "\n"
         self._write(self.conf_path, conf)
