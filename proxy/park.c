@@ -36,48 +36,10 @@
 #include <string.h>
 
 #include "mbox_feed.h"
+#include "park.h"
 #include "route.h"
-#include "sess.h"
 #include "session.h"
 #include "watch.h"
-
-/* The tag the wake's feed knows the proxy's SELECT by. */
-#define WAKE_TAG "imapmux.wake"
-
-enum park_phase {
-	PARK_SETTLING, /* PROXYING: waiting for the backend to be quiet, then parking */
-	PARK_PARKED,   /* SESS_PARKED: no backend */
-	PARK_WAKING,   /* SESS_WAKING: getting a backend */
-	PARK_SYNCING,  /* PROXYING/WAKE_SYNC: the proxy's commands running */
-	PARK_SYNCED,   /* ... all answered: the diff is due */
-	PARK_DRAINING, /* the wake is over; its lines are still going to the client */
-};
-
-struct park {
-	struct session *s;
-	enum park_phase phase;
-	struct hmap_node hnode; /* in w->parked, by user */
-	bool linked;
-	uint8_t key[REUSE_KEY_LEN]; /* the kept session's key (see park_begin) */
-	bool keep;                  /* the reuse cache may hold a session under key */
-	bool idling;                /* the client is in IDLE, answered by the proxy */
-	bool dirty;                 /* the store may differ from what the client holds */
-	bool by_client;             /* this wake is for a client command */
-	bool skipping;              /* dropping the rest of a command (BAD Expected DONE) */
-	bool counted;               /* included in stats.sessions_parked */
-	bool asking;                /* the proxy's FETCH (UID) or NOOP is out */
-	bool synced;                /* ... and its NOOP answered: the view is the store's,
-	                             * or dirty says it is not */
-	ev_tstamp keepalive_at;
-	ev_tstamp deadline; /* settling or waking must be done by then */
-	const char *fail;   /* the wake failed: why (static) */
-	struct mbox_feed *feed;
-	struct mbox_view *now;
-	struct buf out;      /* lines for the client ahead of everything else */
-	struct watch *watch; /* the watcher held (watch = idle), or NULL (events) */
-};
-
-static bool park_sync_start(struct session *s);
 
 /* ---- small helpers ------------------------------------------------------- */
 
@@ -96,7 +58,7 @@ static void park_link(struct session *s)
 	p->linked = true;
 }
 
-static void park_count(struct session *s, bool on)
+void park_count(struct session *s, bool on)
 {
 	struct park *p = s->park;
 
@@ -108,7 +70,7 @@ static void park_count(struct session *s, bool on)
 }
 
 /* Queue lines for the client ahead of anything else (grows as needed). */
-static int park_emit(struct park *p, const void *data, size_t n)
+int park_emit(struct park *p, const void *data, size_t n)
 {
 	if (buf_room(&p->out) < n) {
 		struct buf nb;
@@ -123,7 +85,7 @@ static int park_emit(struct park *p, const void *data, size_t n)
 
 /* Move whole lines of p->out to client.out as far as it has room. True
  * when nothing is left. */
-static bool park_drain(struct session *s)
+bool park_drain(struct session *s)
 {
 	struct park *p = s->park;
 
@@ -149,7 +111,7 @@ static bool park_drain(struct session *s)
  * proxy's own command. Returns the length, or 0 when the name cannot be
  * written so (CR, LF, NUL; 8-bit without UTF8=ACCEPT): such a session
  * does not park. */
-static size_t park_quote(const struct session *s, char *out, size_t cap)
+size_t park_quote(const struct session *s, char *out, size_t cap)
 {
 	size_t nlen = 0, k = 0;
 	const uint8_t *name = mbox_view_name(s->view, &nlen);
@@ -171,18 +133,31 @@ static size_t park_quote(const struct session *s, char *out, size_t cap)
 	return k;
 }
 
+/* The watcher this session's backend gets: auto is NOTIFY where the
+ * backend offers it (one watcher per user), else IDLE (one per mailbox). */
+static enum cfg_watch park_watch_kind(const struct session *s)
+{
+	const char *caps = s->bk != NULL ? s->bk->caps : "";
+
+	if (s->bcfg->watch != CFG_WATCH_AUTO)
+		return s->bcfg->watch;
+	return caps_has(caps, strlen(caps), "NOTIFY") ? CFG_WATCH_NOTIFY : CFG_WATCH_IDLE;
+}
+
 /* Is there a way to hear of changes for this session's backend? */
 static bool park_watch_ready(const struct session *s)
 {
 	const char *caps = s->bk->caps;
 
-	switch (s->bcfg->watch) {
+	switch (park_watch_kind(s)) {
 	case CFG_WATCH_EVENTS:
 		return s->w->rds != NULL;
-	case CFG_WATCH_AUTO: /* NOTIFY watchers are not built yet: IDLE ones */
 	case CFG_WATCH_IDLE:
 		return caps_has(caps, strlen(caps), "IDLE");
 	case CFG_WATCH_NOTIFY:
+		return caps_has(caps, strlen(caps), "NOTIFY") &&
+		       caps_has(caps, strlen(caps), "IDLE");
+	case CFG_WATCH_AUTO:
 		break;
 	}
 	return false;
@@ -225,7 +200,7 @@ bool park_idling(const struct session *s)
 
 /* ---- the end of parking ----------------------------------------------------- */
 
-static void park_free(struct session *s)
+void park_free(struct session *s)
 {
 	struct park *p = s->park;
 
@@ -251,7 +226,7 @@ void park_end(struct session *s)
 	park_free(s);
 }
 
-static void park_fail(struct session *s, const char *why, const char *bye)
+void park_fail(struct session *s, const char *why, const char *bye)
 {
 	STAT_INC(&s->w->stats, wakes_failed);
 	sess_close(s, why, bye);
@@ -278,7 +253,15 @@ void park_begin(struct session *s)
 		p->key[REUSE_KEY_LEN - 1] ^= (uint8_t)(0x80u | enabled);
 	p->keep = s->reuse_ok && s->bcfg->reuse_ttl > 0;
 	p->deadline = ev_now(s->w->loop) + s->bcfg->command_timeout;
-	if (s->bcfg->watch != CFG_WATCH_EVENTS) {
+	if (park_watch_kind(s) == CFG_WATCH_NOTIFY) {
+		/* The user's NOTIFY watcher, shared by all their parked sessions. */
+		p->watch = watch_hold(s->w, s->rt, s->bcfg, s->uname, s->uname_len, NULL, 0, NULL,
+		                      NULL, session_mbox_changed);
+		if (p->watch == NULL) {
+			park_free(s);
+			return;
+		}
+	} else if (park_watch_kind(s) == CFG_WATCH_IDLE) {
 		/* The watcher of the user's mailbox, shared with the user's
 		 * other sessions parked on it. */
 		char sel[2 * MBOX_NAME_MAX + 16] = "EXAMINE ";
@@ -495,8 +478,6 @@ static size_t line_body(const uint8_t *p, size_t n)
 	return n;
 }
 
-static void park_wake(struct session *s, bool by_client);
-
 /* SESS_PARKED: take what can be answered without a backend. True on
  * progress. Anything else wakes the session and stays in client.in. */
 static bool park_input(struct session *s)
@@ -599,253 +580,6 @@ bool park_run(struct session *s)
 		progress = true;
 	}
 	return progress;
-}
-
-/* ---- waking ---------------------------------------------------------------- */
-
-static void park_attach(struct session *s, struct backend *b);
-
-static void park_login_done(struct session *s, enum login_result r, struct backend *b, bool reused)
-{
-	(void)reused;
-	if (s->state != SESS_WAKING || s->park == NULL) {
-		if (b != NULL)
-			backend_destroy_later(&s->w->reaper, &b);
-		return;
-	}
-	if (r != LOGIN_OK) {
-		park_fail(s, "wake: no backend session",
-		          "* BYE [UNAVAILABLE] Backend not available, please reconnect.");
-		return;
-	}
-	park_attach(s, b);
-}
-
-static void park_wake(struct session *s, bool by_client)
-{
-	struct park *p = s->park;
-	struct backend *b = NULL;
-
-	p->phase = PARK_WAKING;
-	p->by_client = by_client;
-	p->dirty = false;
-	park_count(s, false);
-	STAT_INC(&s->w->stats, wakes_client);
-	if (!by_client) {
-		STAT_DEC(&s->w->stats, wakes_client);
-		STAT_INC(&s->w->stats, wakes_change);
-	}
-	sess_to(s, SESS_WAKING);
-	p->deadline = ev_now(s->w->loop) + s->bcfg->connect_timeout + s->bcfg->command_timeout;
-	sess_arm(s, p->deadline - ev_now(s->w->loop));
-	if (log_enabled(LOG_LVL_DEBUG))
-		sess_log(s, LOG_LVL_DEBUG,
-		         by_client ? "waking (client command)" : "waking (change)");
-	if (p->keep)
-		b = reuse_take(s->w, s->bcfg, p->key);
-	if (b != NULL) {
-		STAT_INC(&s->w->stats, sessions_reused);
-		park_attach(s, b);
-		return;
-	}
-	/* The user proved the credentials at login: log in again as them
-	 * with the backend's master credentials, on the same backend (the
-	 * mailbox's UIDs belong to it). */
-	struct login_req rq = {.user = s->uname,
-	                       .ulen = s->uname_len,
-	                       .verified = true,
-	                       .backend = s->bcfg,
-	                       .keep_key = true,
-	                       .done = park_login_done};
-	if (login_start(s, &rq) < 0)
-		park_fail(s, "wake: out of memory", "* BYE [UNAVAILABLE] Out of memory.");
-}
-
-static void park_attach(struct session *s, struct backend *b)
-{
-	struct imap_tok_limits lim = {.frag_size = STREAM_FRAG};
-
-	s->bk = b;
-	backend_attach(b, sess_backend_io, s);
-	imap_tok_init(&s->btok, IMAP_TOK_RESPONSES, &lim);
-	s->backend_gone = s->backend_bye = s->bskip = false;
-	b->conn.want_input = true;
-	sess_to(s, SESS_PROXYING);
-	STAT_INC(&s->w->stats, sessions_proxying);
-	s->counted_proxying = true;
-	sess_px_to(s, PX_WAKE_SYNC);
-	if (!park_sync_start(s))
-		return;
-	sess_run_soon(s);
-}
-
-static void park_sync_failed(struct session *s, const char *why)
-{
-	if (s->park != NULL && s->park->fail == NULL)
-		s->park->fail = why;
-}
-
-enum sync_cmd { SYNC_ENABLE, SYNC_SELECT, SYNC_FETCH };
-
-/* The answers to the wake's ENABLE, SELECT and FETCH. */
-static void park_sync_reply(struct session *s, const struct bk_reply *r, enum sync_cmd cmd)
-{
-	struct park *p = s->park;
-
-	if (p == NULL || p->phase != PARK_SYNCING)
-		return;
-	switch (r->ev) {
-	case BK_EV_CONTINUE:
-		park_sync_failed(s, "wake: unexpected continuation");
-		return;
-	case BK_EV_UNTAGGED:
-		if (r->partial) {
-			/* Long FLAGS lists are of no interest; anything else
-			 * long cannot be read whole here. */
-			if (r->len > 8 &&
-			    (memcmp(r->line, "* FLAGS ", 8) == 0 ||
-			     (r->len > 22 && memcmp(r->line, "* OK [PERMANENTFLAGS ", 21) == 0)))
-				return;
-			park_sync_failed(s, "wake: response too long to read");
-			return;
-		}
-		if (mbox_feed_line(p->feed, p->now, r->line, r->len) < 0) {
-			if (log_enabled(LOG_LVL_DEBUG)) {
-				char what[200];
-				snprintf(what, sizeof(what), "wake: %s in \"%.*s\"",
-				         mbox_feed_error(p->feed),
-				         (int)(r->len > 100 ? 100 : r->len), (const char *)r->line);
-				sess_log(s, LOG_LVL_DEBUG, what);
-			}
-			park_sync_failed(s, "wake: unreadable response");
-		}
-		return;
-	case BK_EV_DONE:
-		if (r->status != BK_ST_OK) {
-			park_sync_failed(s, "wake: the mailbox cannot be selected again");
-			return;
-		}
-		/* The SELECT's completion is the feed's (it makes the view
-		 * current); the others are not mailbox commands to it. */
-		if (cmd == SYNC_SELECT &&
-		    mbox_feed_tagged(p->feed, p->now, WAKE_TAG, r->line, r->len) < 0)
-			park_sync_failed(s, "wake: unreadable SELECT answer");
-		if (cmd == SYNC_FETCH && p->fail == NULL)
-			p->phase = PARK_SYNCED;
-		return;
-	case BK_EV_GONE:
-		park_sync_failed(s, r->why != NULL ? r->why : "wake: backend lost");
-		return;
-	}
-}
-
-static void park_enable_cb(void *arg, struct backend *b, const struct bk_reply *r)
-{
-	(void)b;
-	park_sync_reply(arg, r, SYNC_ENABLE);
-}
-
-static void park_select_cb(void *arg, struct backend *b, const struct bk_reply *r)
-{
-	(void)b;
-	park_sync_reply(arg, r, SYNC_SELECT);
-}
-
-static void park_fetch_cb(void *arg, struct backend *b, const struct bk_reply *r)
-{
-	(void)b;
-	park_sync_reply(arg, r, SYNC_FETCH);
-}
-
-/* Queue the wake's commands. False when the session is closing. */
-static bool park_sync_start(struct session *s)
-{
-	struct park *p = s->park;
-	struct backend *b = s->bk;
-	unsigned en = mbox_feed_enabled(s->feed);
-	bool condstore = (en & (MBOX_EN_CONDSTORE | MBOX_EN_QRESYNC)) != 0;
-	char cmd[2 * MBOX_NAME_MAX + 32];
-	size_t nlen = 0;
-	const uint8_t *name = mbox_view_name(s->view, &nlen);
-	bool readonly = mbox_view_readonly(s->view);
-	int r = 0;
-
-	p->phase = PARK_SYNCING;
-	if (mbox_feed_init(&p->feed) < 0 || mbox_view_init(&p->now) < 0) {
-		park_fail(s, "wake: out of memory", "* BYE [UNAVAILABLE] Out of memory.");
-		return false;
-	}
-	if (condstore)
-		mbox_view_set_modseq_floor(p->now, mbox_view_highestmodseq(s->view));
-	if (en != 0) {
-		snprintf(cmd, sizeof(cmd), "ENABLE%s%s",
-		         (en & MBOX_EN_QRESYNC)     ? " QRESYNC"
-		         : (en & MBOX_EN_CONDSTORE) ? " CONDSTORE"
-		                                    : "",
-		         (en & MBOX_EN_UTF8) ? " UTF8=ACCEPT" : "");
-		r |= backend_cmd(b, cmd, strlen(cmd), BK_CMD_SWALLOW, park_enable_cb, s);
-	}
-	if (mbox_feed_command(p->feed, p->now, (const uint8_t *)WAKE_TAG, strlen(WAKE_TAG),
-	                      readonly ? MBOX_CMD_EXAMINE : MBOX_CMD_SELECT, name, nlen) < 0) {
-		park_fail(s, "wake: cannot follow the mailbox",
-		          "* BYE [UNAVAILABLE] Internal error.");
-		return false;
-	}
-	int k = snprintf(cmd, sizeof(cmd), "%s ", readonly ? "EXAMINE" : "SELECT");
-	size_t q = park_quote(s, cmd + k, sizeof(cmd) - (size_t)k);
-	if (q == 0) {
-		park_fail(s, "wake: mailbox name cannot be sent",
-		          "* BYE [UNAVAILABLE] Internal error.");
-		return false;
-	}
-	r |= backend_cmd(b, cmd, (size_t)k + q, BK_CMD_SWALLOW, park_select_cb, s);
-	snprintf(cmd, sizeof(cmd), "UID FETCH 1:* (UID FLAGS%s)", condstore ? " MODSEQ" : "");
-	r |= backend_cmd(b, cmd, strlen(cmd), BK_CMD_SWALLOW, park_fetch_cb, s);
-	if (r != 0) {
-		park_fail(s, "wake: cannot queue commands", "* BYE [UNAVAILABLE] Internal error.");
-		return false;
-	}
-	return true;
-}
-
-/* Every answer is in: tell the client what changed, take the new view. */
-static bool park_synced(struct session *s)
-{
-	struct park *p = s->park;
-	char *diff = NULL;
-	size_t len = 0;
-	const char *bad = NULL;
-
-	if (mbox_view_uidvalidity(p->now) != mbox_view_uidvalidity(s->view))
-		bad = "wake: UIDVALIDITY changed";
-	else if (mbox_view_diff_enabled(s->view, p->now, mbox_feed_enabled(s->feed), &diff, &len) <
-	         0)
-		bad = "wake: cannot tell the client what changed";
-	else if (park_emit(p, diff, len) < 0)
-		bad = "wake: out of memory";
-	free(diff);
-	if (bad != NULL) {
-		park_fail(s, bad, "* BYE [UNAVAILABLE] Mailbox changed, please reconnect.");
-		return true;
-	}
-	mbox_view_destroy(&s->view);
-	s->view = p->now;
-	p->now = NULL;
-	mbox_feed_destroy(&p->feed);
-	if (mbox_feed_set_selected(s->feed) < 0)
-		sess_log(s, LOG_LVL_WARN, "wake: mailbox view not followed");
-	sess_px_to(s, PX_NORMAL);
-	s->last_activity = ev_now(s->w->loop);
-	if (p->idling && !p->by_client) {
-		/* Woken by a change in IDLE: told, and parked again. */
-		p->phase = PARK_SETTLING;
-		p->deadline = ev_now(s->w->loop) + s->bcfg->command_timeout;
-		sess_arm(s, s->bcfg->command_timeout);
-		return true;
-	}
-	p->phase = PARK_DRAINING;
-	sess_arm(s, sess_proxy_wait(s));
-	return true;
 }
 
 bool park_step(struct session *s)
@@ -967,7 +701,7 @@ void session_mbox_changed(struct worker *w, const uint8_t *user, size_t ulen, co
 
 		next = hmap_next(&w->parked, n);
 		if (s->uname_len != ulen || memcmp(s->uname, user, ulen) != 0 || name == NULL ||
-		    !mailbox_may_match(name, nlen, mbox, mlen))
+		    (mbox != NULL && !mailbox_may_match(name, nlen, mbox, mlen)))
 			continue;
 		park_changed(s);
 	}

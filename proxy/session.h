@@ -23,8 +23,8 @@ void session_drain_all(struct worker *w, bool force);
 /* Close every session of user[0..len) with "* BYE [UNAVAILABLE]" (kick event). */
 void session_kick(struct worker *w, const char *user, size_t len);
 
-/* MAILBOX of user changed (an `mbox` event): wake the sessions parked on
- * it (park.c). */
+/* MAILBOX of user changed (an `mbox` event, a watcher; mbox NULL: any of
+ * the user's): wake the sessions parked on it (park.c). */
 void session_mbox_changed(struct worker *w, const uint8_t *user, size_t ulen, const uint8_t *mbox,
                           size_t mlen);
 /* Events may have been missed (Redis came back): every parked session

@@ -57,6 +57,7 @@ struct watch {
 
 static void watch_open(struct watch *wt);
 static void watch_lost(struct watch *wt, const char *why);
+static void watch_notify_status(struct watch *wt, const struct bk_reply *r);
 
 static uint64_t watch_hash(const char *bname, const uint8_t *user, size_t ulen, const uint8_t *mbox,
                            size_t mlen)
@@ -68,9 +69,11 @@ static uint64_t watch_hash(const char *bname, const uint8_t *user, size_t ulen, 
 static void watch_log(const struct watch *wt, enum log_level lvl, const char *what)
 {
 	if (log_enabled(lvl))
-		log_msg(lvl, "watch %s %.*s \"%.*s\": %s", wt->bc->name, (int)wt->ulen,
-		        (const char *)wt->user, (int)(wt->mlen > 64 ? 64 : wt->mlen),
-		        (const char *)wt->mbox, what);
+		log_msg(lvl, "watch %s %.*s %s%.*s%s: %s", wt->bc->name, (int)wt->ulen,
+		        (const char *)wt->user, wt->mbox != NULL ? "\"" : "(NOTIFY",
+		        (int)(wt->mlen > 64 ? 64 : wt->mlen),
+		        wt->mbox != NULL ? (const char *)wt->mbox : "",
+		        wt->mbox != NULL ? "\"" : ")", what);
 }
 
 static void watch_arm(struct watch *wt, ev_timer *t, double secs)
@@ -93,8 +96,38 @@ static void watch_soon_cb(struct ev_loop *loop, ev_timer *t, int revents)
 
 	(void)loop;
 	(void)revents;
+	/* A NOTIFY watcher's catch-up or loss concerns every mailbox (NULL). */
 	if (!wt->closed)
 		wt->changed(wt->w, wt->user, wt->ulen, wt->mbox, wt->mlen);
+}
+
+/* A NOTIFY watcher: "* STATUS mailbox (...)" names what changed (RFC 5465
+ * 5.2-5.4; with CONDSTORE enabled a flag change shows as HIGHESTMODSEQ).
+ * A name that cannot be read here (a literal) concerns every mailbox. */
+static void watch_notify_status(struct watch *wt, const struct bk_reply *r)
+{
+	static const char head[] = "* STATUS ";
+	size_t hl = sizeof(head) - 1, n = 0;
+	const uint8_t *p = r->line + hl, *end = r->line + r->len;
+	uint8_t name[1024];
+
+	if (r->len <= hl || memcmp(r->line, head, hl) != 0)
+		return; /* nothing else is asked for */
+	if (*p == '"') {
+		for (p++; p < end && *p != '"'; p++) {
+			if (*p == '\\' && ++p == end)
+				break;
+			if (n == sizeof(name))
+				break;
+			name[n++] = *p;
+		}
+		if (p >= end || *p != '"')
+			n = 0;
+	} else if (*p != '{') {
+		while (p < end && *p != ' ' && n < sizeof(name))
+			name[n++] = *p++;
+	}
+	wt->changed(wt->w, wt->user, wt->ulen, n > 0 ? name : NULL, n);
 }
 
 /* ---- the end ------------------------------------------------------------- */
@@ -194,6 +227,10 @@ static void watch_idle_cb(void *arg, struct backend *b, const struct bk_reply *r
 		/* "* OK Still here" and the like are the server's keep-alives. */
 		if (r->len >= 5 && memcmp(r->line, "* OK ", 5) == 0)
 			return;
+		if (wt->mbox == NULL) {
+			watch_notify_status(wt, r);
+			return;
+		}
 		watch_changed_soon(wt);
 		return;
 	case BK_EV_DONE:
@@ -279,7 +316,19 @@ static void watch_bk_done(void *owner, struct backend *b, enum bk_result r, cons
 		snprintf(cmd, sizeof(cmd), "ENABLE %s", wt->enable);
 		e |= backend_cmd(wt->b, cmd, strlen(cmd), BK_CMD_SWALLOW, watch_setup_cb, wt);
 	}
-	e |= backend_cmd(wt->b, wt->select, strlen(wt->select), BK_CMD_SWALLOW, watch_setup_cb, wt);
+	if (wt->mbox == NULL) {
+		/* Every mailbox of the user: what the parked sessions are on
+		 * is filtered here. FlagChange needs the other two (RFC 5465
+		 * 5.4); CONDSTORE makes flag changes show as HIGHESTMODSEQ. */
+		static const char notify[] = "NOTIFY SET (personal (MessageNew MessageExpunge "
+		                             "FlagChange))";
+		e |= backend_cmd(wt->b, "ENABLE CONDSTORE", 16, BK_CMD_SWALLOW, watch_setup_cb, wt);
+		e |= backend_cmd(wt->b, notify, sizeof(notify) - 1, BK_CMD_SWALLOW, watch_setup_cb,
+		                 wt);
+	} else {
+		e |= backend_cmd(wt->b, wt->select, strlen(wt->select), BK_CMD_SWALLOW,
+		                 watch_setup_cb, wt);
+	}
 	if (e != 0) {
 		watch_lost(wt, "cannot queue EXAMINE");
 		return;
@@ -360,17 +409,20 @@ struct watch *watch_hold(struct worker *w, struct runtime *rt, const struct cfg_
                          const uint8_t *user, size_t ulen, const uint8_t *mbox, size_t mlen,
                          const char *select, const char *enable, watch_changed_cb *changed)
 {
-	uint64_t h = watch_hash(bc->name, user, ulen, mbox, mlen);
+	uint64_t h =
+	    watch_hash(bc->name, user, ulen, mbox != NULL ? mbox : (const uint8_t *)"", mlen);
 	struct hmap_node *n;
 	struct watch *wt;
-	size_t slen = strlen(select), elen = enable != NULL ? strlen(enable) : 0;
+	size_t slen = select != NULL ? strlen(select) : 0,
+	       elen = enable != NULL ? strlen(enable) : 0;
 
 	hmap_for_each_hash(n, &w->watches, h)
 	{
 		wt = hmap_entry(n, struct watch, hnode);
 		if (wt->bc == bc && wt->ulen == ulen && memcmp(wt->user, user, ulen) == 0 &&
-		    wt->mlen == mlen && memcmp(wt->mbox, mbox, mlen) == 0 &&
-		    strcmp(wt->select, select) == 0) {
+		    (wt->mbox == NULL) == (mbox == NULL) &&
+		    (mbox == NULL || (wt->mlen == mlen && memcmp(wt->mbox, mbox, mlen) == 0 &&
+		                      strcmp(wt->select, select) == 0))) {
 			wt->refs++;
 			ev_timer_stop(w->loop, &wt->linger);
 			return wt;
@@ -382,13 +434,15 @@ struct watch *watch_hold(struct worker *w, struct runtime *rt, const struct cfg_
 	wt->user = (uint8_t *)(wt + 1);
 	memcpy(wt->user, user, ulen);
 	wt->ulen = ulen;
-	wt->mbox = wt->user + ulen + 1;
-	memcpy(wt->mbox, mbox, mlen);
-	wt->mlen = mlen;
-	wt->select = (char *)wt->mbox + mlen + 1;
-	memcpy(wt->select, select, slen + 1);
+	wt->select = (char *)wt->user + ulen + 1;
+	if (mbox != NULL) {
+		wt->mbox = (uint8_t *)wt->select + slen + 1;
+		memcpy(wt->mbox, mbox, mlen);
+		wt->mlen = mlen;
+		memcpy(wt->select, select, slen + 1);
+	}
 	if (enable != NULL) {
-		wt->enable = wt->select + slen + 1;
+		wt->enable = wt->select + slen + 1 + mlen + 1;
 		memcpy(wt->enable, enable, elen + 1);
 	}
 	wt->w = w;

@@ -1,9 +1,12 @@
 /*
- * watch — the watchers of parked sessions (watch = idle): one backend
- * connection per (backend, user, mailbox), logged in as the user with the
- * backend's master credentials, the mailbox EXAMINEd, in IDLE; shared by
- * every session of that user parked on that mailbox. Whatever the server
- * says there is a change for them.
+ * watch — the watchers of parked sessions: one backend connection, logged
+ * in as the user with the backend's master credentials, in IDLE, shared by
+ * the user's parked sessions. Two kinds:
+ *   - per (backend, user, mailbox) (watch = idle): the mailbox EXAMINEd;
+ *     whatever the server says there is a change for its sessions;
+ *   - per (backend, user) (watch = notify, RFC 5465): ENABLE CONDSTORE and
+ *     NOTIFY SET (personal (MessageNew MessageExpunge FlagChange)); each
+ *     "* STATUS mailbox (...)" names the mailbox that changed.
  *
  *   watch_hold --> connect, log in, EXAMINE, IDLE --"+"--> UP
  *   UP: untagged data --> changed(user, mailbox) (coalesced: once a moment)
@@ -34,15 +37,16 @@
 
 struct watch;
 
-/* MAILBOX of user may have changed. */
+/* MAILBOX of user may have changed; mbox NULL: any of the user's. */
 typedef void watch_changed_cb(struct worker *w, const uint8_t *user, size_t ulen,
                               const uint8_t *mbox, size_t mlen);
 
 /*
  * The watcher of (bc, user, mbox), made or found, held once more. select
- * is the EXAMINE argument (the mailbox as an IMAP string); enable, when not
- * NULL, an ENABLE command's arguments sent first (UTF8=ACCEPT for a UTF-8
- * mailbox name). Returns NULL on no memory (the caller does not park).
+ * is the EXAMINE command for mbox (the mailbox as an IMAP string); enable,
+ * when not NULL, an ENABLE command's arguments sent first (UTF8=ACCEPT for
+ * a UTF-8 mailbox name). mbox NULL (select ignored): the user's NOTIFY
+ * watcher. Returns NULL on no memory (the caller does not park).
  */
 struct watch *watch_hold(struct worker *w, struct runtime *rt, const struct cfg_backend *bc,
                          const uint8_t *user, size_t ulen, const uint8_t *mbox, size_t mlen,

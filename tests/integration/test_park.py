@@ -1,10 +1,12 @@
 """Parked IDLE (issue #11): a quiet session gives its backend connection up,
 imapmux answers for it, and a wake tells the client exactly what changed.
 
-Every test runs twice: watch = events (changes announced on the Redis events
-channel, as Dovecot's push script does; the test publishes them) and
-watch = idle (one watcher connection in IDLE per user and mailbox; nothing
-is published). Real Dovecot, real Redis, real TLS; the clients are imapc
+Every test runs three times: watch = events (changes announced on the Redis
+events channel, as Dovecot's push script does; the test publishes them),
+watch = idle (one watcher connection in IDLE per user and mailbox) and
+watch = notify (one NOTIFY watcher per user); with watchers nothing is
+published. The module's Dovecot has the mailbox list index, without which
+Dovecot offers no NOTIFY. Real Dovecot, real Redis, real TLS; the clients are imapc
 (tests/integration/imapc.py), whose every byte read is checked.
 """
 
@@ -27,7 +29,18 @@ TIMEOUT = 10.0
 WATCH = "events"
 
 
-@pytest.fixture(params=["events", "idle"], autouse=True)
+@pytest.fixture(scope="module")
+def dovecot(cert, key):
+    """conftest's Dovecot, with mailbox_list_index = yes (for NOTIFY)."""
+    from conftest import MASTER_PASSWORD, USERS
+    d = lab.Dovecot(USERS, tls=True, cert=cert, key=key, master_password=MASTER_PASSWORD,
+                    name="dovecot-park", extra_conf="mailbox_list_index = yes\n")
+    d.start()
+    yield d
+    d.cleanup()
+
+
+@pytest.fixture(params=["events", "idle", "notify"], autouse=True)
 def watch_mode(request):
     global WATCH
     WATCH = request.param
@@ -74,7 +87,7 @@ def _wait_parked(m, n, timeout=8.0):
         return _metric(m, "imapmux_sessions_parked") >= n
     wait_until(parked, timeout,
                lambda: "%d parked session(s) (have %s)" % (n, _metric(m, "imapmux_sessions_parked")))
-    if WATCH == "idle":
+    if WATCH != "events":
         wait_until(lambda: _metric(m, "imapmux_watchers_up") >= _metric(m, "imapmux_watchers") > 0,
                    timeout, "every watcher up")
         time.sleep(0.3)
@@ -444,18 +457,16 @@ def test_mailbox_recreated_while_parked_ends_the_session(make_mux, dovecot, redi
     assert _metric(m, "imapmux_wake_failures_total") == 1
 
 
-@pytest.mark.parametrize("why", ["no master_user", "watch = notify", "NOTIFY used", "ENABLE other"])
+@pytest.mark.parametrize("why", ["no master_user", "NOTIFY used", "ENABLE other"])
 def test_sessions_stay_attached_where_no_wake_is_possible(make_mux, dovecot, redis, prefix, ca_ctx,
                                                           why):
-    if WATCH != "events" and why != "watch = notify":
-        pytest.skip("the same with either watcher")
+    if WATCH != "events":
+        pytest.skip("the same with any watcher")
     user = "park11"
     _reset_inbox(dovecot, user, ["m1"])
     bk = {"reuse_ttl": "0"}
     if why == "no master_user":
         bk.update(master_user=None, master_password=None)
-    if why == "watch = notify":
-        bk["watch"] = "notify"   # no NOTIFY watcher in this build
     kv = backend_section(dovecot, watch=WATCH)
     kv.update(bk)
     kv = {k: v for k, v in kv.items() if v is not None}
@@ -507,14 +518,14 @@ def test_redis_lost_and_back_every_parked_session_resynchronizes(make_mux, dovec
 def test_watcher_lost_sessions_resynchronize_and_park_again(make_mux, dovecot, redis, prefix,
                                                             ca_ctx):
     import subprocess
-    if WATCH != "idle":
+    if WATCH == "events":
         pytest.skip("watchers only (Redis lost: test_redis_lost...)")
     user = "park9"
     d = _reset_inbox(dovecot, user, ["m1"])
     m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0")
     clients = [_park_idle(m, ca_ctx, user)[0] for _ in range(2)]
     _wait_parked(m, 2)
-    assert _metric(m, "imapmux_watchers") == 1     # one per user and mailbox
+    assert _metric(m, "imapmux_watchers") == 1     # one per user (and mailbox)
     lost = _metric(m, "imapmux_watchers_lost_total")
     # Dovecot drops every connection of the user: the watcher's is the only one.
     subprocess.run(["doveadm", "-c", dovecot.conf_path, "kick", user], check=True,
@@ -532,3 +543,94 @@ def test_watcher_lost_sessions_resynchronize_and_park_again(make_mux, dovecot, r
     for c in clients:
         line = _data(c)
         assert line == b"* 3 EXISTS\r\n", c.transcript[-6:]
+
+
+PUSH_PREFIX = "itpark-push:"
+
+
+@pytest.fixture(scope="module")
+def push_dovecot(cert, key, redis):
+    """A Dovecot that announces its own changes: deploy/dovecot/imapmux-push.lua
+    publishing on the events channel of the Redis imapmux uses."""
+    from conftest import MASTER_PASSWORD, USERS
+    d = lab.Dovecot(USERS, tls=True, cert=cert, key=key, master_password=MASTER_PASSWORD,
+                    name="dovecot-park-push",
+                    push_lua={"imapmux_redis": "127.0.0.1:%d" % redis.port,
+                              "imapmux_prefix": PUSH_PREFIX})
+    d.start()
+    yield d
+    d.cleanup()
+
+
+def test_dovecot_push_script_wakes_parked_sessions(make_mux, push_dovecot, redis, ca_ctx):
+    """End to end with no event published by the test: Dovecot's push script
+    announces every change, and parked sessions in IDLE are told it."""
+    if WATCH != "events":
+        pytest.skip("the push script feeds watch = events")
+    user = "park8"
+    dv = push_dovecot
+    d = _reset_inbox(dv, user, ["m1", "m2"])
+    m = _mux(make_mux, dv, redis, PUSH_PREFIX, reuse_ttl="0")
+    c, n = _park_idle(m, ca_ctx, user)
+    assert n == 2
+    _wait_parked(m, 1)
+    wait_until(lambda: _backend_socks(m, dv) == 0, 5, "the backend connection closed")
+    _append(d, "ap", "m3")
+    assert _data(c) == b"* 3 EXISTS\r\n"
+    _wait_parked(m, 1)
+    _ok(d, "s", "SELECT INBOX")
+    _ok(d, "fl", "STORE 1 +FLAGS.SILENT (\\Flagged)")
+    assert _data(c) == b"* 1 FETCH (FLAGS (\\Flagged))\r\n"
+    _wait_parked(m, 1)
+    _ok(d, "dl", "STORE 2 +FLAGS.SILENT (\\Deleted)")
+    got = [_data(c)]
+    _ok(d, "ex", "EXPUNGE")
+    got.append(_data(c))
+    assert got == [b"* 2 FETCH (FLAGS (\\Deleted))\r\n", b"* 2 EXPUNGE\r\n"], got
+    assert _wakes(m, "change") >= 3
+
+
+def test_auto_watches_with_notify_where_offered(make_mux, dovecot, redis, prefix, cert, key,
+                                                ca_ctx):
+    """watch = auto: one NOTIFY watcher per user where the backend offers
+    NOTIFY (Dovecot's default), one IDLE watcher per mailbox where it does
+    not (mailbox_list_index = no); watch = notify there keeps sessions
+    attached."""
+    from conftest import MASTER_PASSWORD, USERS
+    if WATCH != "events":
+        pytest.skip("about watch = auto and notify themselves")
+    user = "park7"
+    plain = lab.Dovecot(USERS, tls=True, cert=cert, key=key, master_password=MASTER_PASSWORD,
+                        name="dovecot-nonotify", extra_conf="mailbox_list_index = no\n")
+    plain.start()
+    try:
+        for dv, watch, watchers in ((dovecot, "auto", 1), (plain, "auto", 2),
+                                    (plain, "notify", 0)):
+            d = _reset_inbox(dv, user, ["m1"])
+            if b"Other" not in b"".join(_ok(d, "li", 'LIST "" Other')):
+                _ok(d, "c", "CREATE Other")
+            kv = backend_section(dv, watch=watch, reuse_ttl="0")
+            port = lab.free_port()
+            m = make_mux(backends=[("a", kv)], redis=redis_section(redis, prefix),
+                         imapmux={"workers": 1, "park_idle_after": "1s",
+                                  "stats_listen": "127.0.0.1:%d" % port})
+            m.stats_port = port
+            a, _ = _park_idle(m, ca_ctx, user)
+            b, n = _park_idle(m, ca_ctx, user, mailbox="Other")
+            if watchers == 0:
+                time.sleep(2.5)
+                assert _metric(m, "imapmux_sessions_parked") == 0, watch
+            else:
+                wait_until(lambda: _metric(m, "imapmux_sessions_parked") == 2, 8, "parked")
+                wait_until(lambda: _metric(m, "imapmux_watchers_up") == watchers, 8,
+                           lambda: "%d watcher(s) with watch = %s (have %s)" % (
+                               watchers, watch, _metric(m, "imapmux_watchers_up")))
+                assert _metric(m, "imapmux_watchers") == watchers
+                _append(d, "ap", "m2", mailbox="Other")
+                assert _data(b) == b"* %d EXISTS\r\n" % (n + 1)
+            for c in (a, b):
+                c.close()
+            m.expect_exit = True
+            m.stop()
+    finally:
+        plain.cleanup()
