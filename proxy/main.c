@@ -136,17 +136,12 @@ static void park_warnings(const struct cfg *cfg, const char *path)
 		return;
 	for (size_t i = 0; i < cfg->nbackends; i++) {
 		const struct cfg_backend *b = &cfg->backends[i];
-		const char *why = NULL;
 
 		if (b->master_user == NULL)
-			why = "no master_user/master_password to log in again on wake-up";
-		else if (b->watch == CFG_WATCH_NOTIFY)
-			why =
-			    "watch = notify is not available in this build (use auto, idle or events)";
-		if (why != NULL)
 			fprintf(stderr,
-			        "%s:%d: warning: sessions on backend %s will not park: %s\n", path,
-			        b->line, b->name, why);
+			        "%s:%d: warning: sessions on backend %s will not park: no "
+			        "master_user/master_password to log in again on wake-up\n",
+			        path, b->line, b->name);
 	}
 }
 

@@ -1,26 +1,15 @@
 /*
- * park — parked IDLE: a quiet logged-in session gives its backend
- * connection up, the proxy answers for it, and a wake brings it back
- * exactly where the client left it.
+ * park — parked IDLE, the parking half (the diagram is in park.h; waking
+ * is wake.c's): deciding to park, settling the backend and handing it
+ * over, answering the client while parked, the session's timer then, and
+ * the changes that reach parked sessions.
  *
- *   PROXYING --quiet for park_idle_after--> [DONE to the backend, its OK
- *     swallowed; UIDs the client was not told learned] --> the backend to
- *     the user's reuse cache (or closed) --> PARKED
- *   PARKED: DONE, IDLE, NOOP and CHECK (nothing changed) and LOGOUT are
- *     answered here; "* OK Still here" every park_keepalive in IDLE
- *   PARKED --any other command, or a change while in IDLE--> WAKING: the
- *     kept session, else a login with master credentials (login.c)
- *   --> PROXYING/WAKE_SYNC: [ENABLE], SELECT or EXAMINE, UID FETCH 1:*
- *     (UID FLAGS [MODSEQ]) through backend_cmd; the answers build a fresh
- *     view of the mailbox, whose diff against the client's view
- *     (mbox_view_diff_enabled) goes to the client first
- *   --> NORMAL (the command that woke it goes on) or, in IDLE, PARKED again
- *
- * Changes are learned from the Redis events channel (`mbox USER MAILBOX`,
- * watch = events): events are hints, a wake always reads the store. A
- * change while the client is not in IDLE only marks the session dirty (an
- * EXPUNGE may not be sent with no command in progress, RFC 3501 7.4.1):
- * the next command wakes it, NOOP and CHECK included.
+ * Changes come from a watcher (watch.c: session_mbox_changed) or the Redis
+ * events channel (`mbox USER MAILBOX`, watch = events): they are hints, a
+ * wake always reads the store. A change while the client is not in IDLE
+ * only marks the session dirty (an EXPUNGE may not be sent with no command
+ * in progress, RFC 3501 7.4.1): the next command wakes it, NOOP and CHECK
+ * included.
  *
  * Invariants:
  *   - s->park is set from the decision to park until the wake's lines are
