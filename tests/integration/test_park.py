@@ -670,3 +670,33 @@ def test_config_keys_and_warnings(make_mux, dovecot, redis, prefix):
     path, _, _ = make_mux.conf(backends=[("a", backend_section(dovecot, watch="events"))])
     r = lab.check_config(path)
     assert r.returncode == 1 and "watch = events needs a [redis] section" in r.stderr, r.stderr
+
+
+def test_reload_keeps_parked_sessions(make_mux, dovecot, redis, prefix, ca_ctx):
+    """SIGHUP with parked sessions: they stay parked on the configuration
+    they logged in with and wake on a change as before; sessions after the
+    reload park under the new one."""
+    user = "park6"
+    d = _reset_inbox(dovecot, user, ["m1"])
+    m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0")
+    c, _ = _park_idle(m, ca_ctx, user)
+    _wait_parked(m, 1)
+    kv = backend_section(dovecot, watch=WATCH, reuse_ttl="0")
+    make_mux.rewrite(m, backends=[("a", kv)], redis=redis_section(redis, prefix),
+                     imapmux={"workers": 1, "park_idle_after": "1s", "log_level": "debug",
+                              "stats_listen": "127.0.0.1:%d" % m.stats_port,
+                              "park_keepalive": "1m"})
+    m.signal(signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in m.log_text(), 5, "the reload logged")
+    assert _metric(m, "imapmux_sessions_parked") == 1
+    c2, _ = _park_idle(m, ca_ctx, user)
+    _wait_parked(m, 2)
+    _append(d, "ap", "m2")
+    _announce(redis, prefix, user)
+    for cl in (c, c2):
+        assert _data(cl) == b"* 2 EXISTS\r\n"
+    _wait_parked(m, 2)
+    for cl in (c, c2):
+        cl.send(b"DONE\r\n")
+        _, t = cl.read_until_tagged("i")
+        assert t == b"i OK Idle completed.\r\n"
