@@ -681,6 +681,7 @@ void session_mbox_changed(struct worker *w, const uint8_t *user, size_t ulen, co
                           size_t mlen)
 {
 	struct hmap_node *n, *next;
+	unsigned told = 0;
 
 	/* park_wake may close a session (it leaves the table): step first. */
 	for (n = hmap_first(&w->parked, user_hash(user, ulen)); n != NULL; n = next) {
@@ -693,7 +694,13 @@ void session_mbox_changed(struct worker *w, const uint8_t *user, size_t ulen, co
 		    (mbox != NULL && !mailbox_may_match(name, nlen, mbox, mlen)))
 			continue;
 		park_changed(s);
+		told++;
 	}
+	if (log_enabled(LOG_LVL_DEBUG))
+		log_debug("worker %d: change of %.*s \"%.*s\": %u parked session(s) told", w->id,
+		          (int)(ulen > 64 ? 64 : ulen), (const char *)user,
+		          mbox != NULL ? (int)(mlen > 64 ? 64 : mlen) : 3,
+		          mbox != NULL ? (const char *)mbox : "any", told);
 }
 
 void session_wake_parked(struct worker *w)

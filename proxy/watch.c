@@ -97,8 +97,10 @@ static void watch_soon_cb(struct ev_loop *loop, ev_timer *t, int revents)
 	(void)loop;
 	(void)revents;
 	/* A NOTIFY watcher's catch-up or loss concerns every mailbox (NULL). */
-	if (!wt->closed)
-		wt->changed(wt->w, wt->user, wt->ulen, wt->mbox, wt->mlen);
+	if (wt->closed)
+		return;
+	watch_log(wt, LOG_LVL_DEBUG, "change");
+	wt->changed(wt->w, wt->user, wt->ulen, wt->mbox, wt->mlen);
 }
 
 /* A NOTIFY watcher: "* STATUS mailbox (...)" names what changed (RFC 5465
@@ -227,6 +229,12 @@ static void watch_idle_cb(void *arg, struct backend *b, const struct bk_reply *r
 		/* "* OK Still here" and the like are the server's keep-alives. */
 		if (r->len >= 5 && memcmp(r->line, "* OK ", 5) == 0)
 			return;
+		if (log_enabled(LOG_LVL_DEBUG)) {
+			char what[96];
+			snprintf(what, sizeof(what), "heard \"%.*s\"", (int)(r->len > 60 ? 60 : r->len),
+			         (const char *)r->line);
+			watch_log(wt, LOG_LVL_DEBUG, what);
+		}
 		if (wt->mbox == NULL) {
 			watch_notify_status(wt, r);
 			return;

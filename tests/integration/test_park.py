@@ -700,3 +700,36 @@ def test_reload_keeps_parked_sessions(make_mux, dovecot, redis, prefix, ca_ctx):
         cl.send(b"DONE\r\n")
         _, t = cl.read_until_tagged("i")
         assert t == b"i OK Idle completed.\r\n"
+
+
+def test_done_racing_a_wake(make_mux, dovecot, redis, prefix, ca_ctx):
+    """The client ends its IDLE just as a change wakes the session: it gets
+    what changed, then its IDLE's OK, in that order, and the session goes
+    on (parked again, or attached)."""
+    user = "park5"
+    d = _reset_inbox(dovecot, user, ["m1", "m2"])
+    m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0")
+    for k in range(3):
+        c, n = _park_idle(m, ca_ctx, user)
+        _wait_parked(m, 1)
+        _append(d, "ap%d" % k, "new%d" % k)
+        _announce(redis, prefix, user)
+        if k == 1:
+            time.sleep(0.01)
+        c.send(b"DONE\r\n")
+        untagged, t = c.read_until_tagged("i")
+        assert t == b"i OK Idle completed.\r\n", t
+        got = [u for u in untagged if u != b"* OK Still here\r\n"]
+        # Told before the OK, or (if the DONE won) at the next command. News
+        # of a change comes a moment after it (the event through Redis; a
+        # watcher's IDLE notification, about half a second with Dovecot):
+        # until then a parked NOOP has nothing to tell, as a Dovecot IDLE
+        # ended at that moment would not have had either.
+        time.sleep(1.5 if WATCH != "events" else 0.3)
+        untagged, t = c.cmd("n", "NOOP")
+        assert t.startswith(b"n OK"), t
+        got += [u for u in untagged if u != b"* OK Still here\r\n"]
+        assert got == [b"* %d EXISTS\r\n" % (n + 1)], (k, got, c.transcript[-10:])
+        _ok(c, "z", "LOGOUT")
+        c.close()
+        wait_until(lambda: _metric(m, "imapmux_sessions_parked") == 0, 5, "the session gone")
