@@ -223,6 +223,10 @@ void park_fail(struct session *s, const char *why, const char *bye)
 
 /* ---- parking --------------------------------------------------------------- */
 
+static void park_go(struct session *s);
+static void park_watch_up(struct worker *w, const uint8_t *user, size_t ulen, const uint8_t *mbox,
+                          size_t mlen);
+
 void park_begin(struct session *s)
 {
 	struct park *p = calloc(1, sizeof(*p));
@@ -245,7 +249,7 @@ void park_begin(struct session *s)
 	if (park_watch_kind(s) == CFG_WATCH_NOTIFY) {
 		/* The user's NOTIFY watcher, shared by all their parked sessions. */
 		p->watch = watch_hold(s->w, s->rt, s->bcfg, s->uname, s->uname_len, NULL, 0, NULL,
-		                      NULL, session_mbox_changed);
+		                      NULL, session_mbox_changed, park_watch_up);
 		if (p->watch == NULL) {
 			park_free(s);
 			return;
@@ -260,23 +264,58 @@ void park_begin(struct session *s)
 		for (size_t i = 0; i < nlen; i++)
 			utf8 |= name[i] >= 0x80;
 		if (park_quote(s, sel + 8, sizeof(sel) - 8) > 0)
-			p->watch =
-			    watch_hold(s->w, s->rt, s->bcfg, s->uname, s->uname_len, name, nlen,
-			               sel, utf8 ? "UTF8=ACCEPT" : NULL, session_mbox_changed);
+			p->watch = watch_hold(s->w, s->rt, s->bcfg, s->uname, s->uname_len, name,
+			                      nlen, sel, utf8 ? "UTF8=ACCEPT" : NULL,
+			                      session_mbox_changed, park_watch_up);
 		if (p->watch == NULL) {
 			park_free(s);
 			return;
 		}
 	}
 	park_link(s);
+	sess_arm(s, s->bcfg->command_timeout);
+	if (p->watch != NULL && !watch_up(p->watch)) {
+		/* Not yet: a change after the session's last look must find a
+		 * watcher watching. Nothing is sent until it is (park_step). */
+		p->waiting = true;
+		return;
+	}
+	park_go(s);
+}
+
+/* Start handing the backend over (the watcher, if any, is up). */
+static void park_go(struct session *s)
+{
 	if (s->px == PX_IDLING) {
 		/* End the backend's IDLE; the client stays in its own. */
-		p->idling = true;
+		s->park->idling = true;
 		sess_put(&s->bk->conn.out, "DONE\r\n", 6);
 		sess_px_to(s, PX_PARK_DONE);
 	}
-	sess_arm(s, s->bcfg->command_timeout);
 	sess_run_soon(s);
+}
+
+/* Parking that has not begun (nothing sent): the session goes on as it was. */
+static void park_abandon(struct session *s)
+{
+	park_free(s);
+	sess_arm(s, sess_proxy_wait(s));
+}
+
+/* A watcher is up: the sessions waiting for it go on parking. */
+static void park_watch_up(struct worker *w, const uint8_t *user, size_t ulen, const uint8_t *mbox,
+                          size_t mlen)
+{
+	struct hmap_node *n;
+
+	(void)mbox;
+	(void)mlen;
+	hmap_for_each_hash(n, &w->parked, user_hash(user, ulen))
+	{
+		struct session *s = hmap_entry(n, struct park, hnode)->s;
+		if (s->park->waiting)
+			sess_run_soon(s);
+	}
 }
 
 bool park_done_answer(struct session *s, bool ok)
@@ -577,6 +616,17 @@ bool park_step(struct session *s)
 
 	switch (p->phase) {
 	case PARK_SETTLING:
+		if (p->waiting) {
+			if (!buf_is_empty(&s->client.in)) {
+				park_abandon(s); /* a command came first */
+				return true;
+			}
+			if (!watch_up(p->watch))
+				return false;
+			p->waiting = false;
+			park_go(s);
+			return true;
+		}
 		return s->px == PX_NORMAL && park_settle(s);
 	case PARK_SYNCING:
 		if (p->fail != NULL) {
@@ -616,6 +666,10 @@ void park_timeout(struct session *s)
 	struct park *p = s->park;
 	ev_tstamp now = ev_now(s->w->loop);
 
+	if (p->phase == PARK_SETTLING && p->waiting && now >= p->deadline) {
+		park_abandon(s); /* no watcher in time: stay attached */
+		return;
+	}
 	if (p->phase != PARK_PARKED && p->phase != PARK_DRAINING) {
 		if (now >= p->deadline) {
 			park_fail(s,

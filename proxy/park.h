@@ -37,6 +37,7 @@ struct park {
 	bool by_client;             /* this wake is for a client command */
 	bool skipping;              /* dropping the rest of a command (BAD Expected DONE) */
 	bool counted;               /* included in stats.sessions_parked */
+	bool waiting;               /* parking waits for its watcher to be up; nothing sent yet */
 	bool asking;                /* the proxy's FETCH (UID) or NOOP is out */
 	bool synced;                /* ... and its NOOP answered: the view is the store's,
 	                             * or dirty says it is not */

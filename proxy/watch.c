@@ -43,10 +43,12 @@ struct watch {
 	char *select;
 	char *enable; /* NULL: no ENABLE */
 	watch_changed_cb *changed;
+	watch_ready_cb *ready;
 	unsigned refs;
 	bool up;         /* IDLE answered "+": watching */
 	bool refreshing; /* DONE sent: the IDLE's OK comes, then IDLE again */
 	bool closed;
+	bool ever_up; /* up once before: after a loss, the next up is a catch-up */
 	struct backend *b;
 	struct pool_wait *wait;
 	ev_timer timer;  /* the setup's deadline, the IDLE refresh, or the backoff */
@@ -218,9 +220,14 @@ static void watch_idle_cb(void *arg, struct backend *b, const struct bk_reply *r
 		if (!wt->up) {
 			wt->up = true;
 			STAT_INC(&wt->w->stats, watchers_up);
-			/* Whatever changed before this IDLE (since the sessions'
-			 * own last look) is told no other way. */
-			watch_changed_soon(wt);
+			watch_log(wt, LOG_LVL_DEBUG, "up");
+			/* After a loss: sessions that parked again meanwhile may
+			 * have missed a change. */
+			if (wt->ever_up)
+				watch_changed_soon(wt);
+			wt->ever_up = true;
+			/* The sessions waiting for it may park now. */
+			wt->ready(wt->w, wt->user, wt->ulen, wt->mbox, wt->mlen);
 		}
 		wt->backoff = 0;
 		watch_arm(wt, &wt->timer, WATCH_REFRESH);
@@ -231,8 +238,8 @@ static void watch_idle_cb(void *arg, struct backend *b, const struct bk_reply *r
 			return;
 		if (log_enabled(LOG_LVL_DEBUG)) {
 			char what[96];
-			snprintf(what, sizeof(what), "heard \"%.*s\"", (int)(r->len > 60 ? 60 : r->len),
-			         (const char *)r->line);
+			snprintf(what, sizeof(what), "heard \"%.*s\"",
+			         (int)(r->len > 60 ? 60 : r->len), (const char *)r->line);
 			watch_log(wt, LOG_LVL_DEBUG, what);
 		}
 		if (wt->mbox == NULL) {
@@ -415,7 +422,8 @@ static void watch_lost(struct watch *wt, const char *why)
 
 struct watch *watch_hold(struct worker *w, struct runtime *rt, const struct cfg_backend *bc,
                          const uint8_t *user, size_t ulen, const uint8_t *mbox, size_t mlen,
-                         const char *select, const char *enable, watch_changed_cb *changed)
+                         const char *select, const char *enable, watch_changed_cb *changed,
+                         watch_ready_cb *ready)
 {
 	uint64_t h =
 	    watch_hash(bc->name, user, ulen, mbox != NULL ? mbox : (const uint8_t *)"", mlen);
@@ -457,6 +465,7 @@ struct watch *watch_hold(struct worker *w, struct runtime *rt, const struct cfg_
 	wt->rt = runtime_ref(rt);
 	wt->bc = bc;
 	wt->changed = changed;
+	wt->ready = ready;
 	wt->refs = 1;
 	ev_init(&wt->timer, watch_timer_cb);
 	wt->timer.data = wt;
@@ -469,6 +478,11 @@ struct watch *watch_hold(struct worker *w, struct runtime *rt, const struct cfg_
 	watch_log(wt, LOG_LVL_DEBUG, "opening");
 	watch_open(wt);
 	return wt;
+}
+
+bool watch_up(const struct watch *wt)
+{
+	return wt->up;
 }
 
 void watch_release(struct watch **wp)

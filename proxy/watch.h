@@ -17,9 +17,11 @@
  *   watch_release of the last holder --> closed after WATCH_LINGER (a
  *       session that wakes and parks again finds it still up)
  *
- * changed() also comes once when a watcher is first UP: a session parked
- * before it could not be told of a change made between its own last look
- * and the watcher's EXAMINE.
+ * ready() comes when a watcher is UP (first, and after each loss): a
+ * session parks only once its watcher is watching, so that no change made
+ * after the session's own last look can be missed. Up again after a loss,
+ * it also says changed(): sessions that parked again meanwhile may have
+ * missed something.
  */
 #ifndef IMAPMUX_WATCH_H
 #define IMAPMUX_WATCH_H
@@ -40,6 +42,8 @@ struct watch;
 /* MAILBOX of user may have changed; mbox NULL: any of the user's. */
 typedef void watch_changed_cb(struct worker *w, const uint8_t *user, size_t ulen,
                               const uint8_t *mbox, size_t mlen);
+/* The watcher of user (and mbox, NULL for NOTIFY) is watching now. */
+typedef watch_changed_cb watch_ready_cb;
 
 /*
  * The watcher of (bc, user, mbox), made or found, held once more. select
@@ -50,7 +54,11 @@ typedef void watch_changed_cb(struct worker *w, const uint8_t *user, size_t ulen
  */
 struct watch *watch_hold(struct worker *w, struct runtime *rt, const struct cfg_backend *bc,
                          const uint8_t *user, size_t ulen, const uint8_t *mbox, size_t mlen,
-                         const char *select, const char *enable, watch_changed_cb *changed);
+                         const char *select, const char *enable, watch_changed_cb *changed,
+                         watch_ready_cb *ready);
+
+/* In IDLE now: whatever changes from here on is heard. */
+bool watch_up(const struct watch *wt);
 
 /* Let go of *wp (NULL is fine); *wp = NULL. */
 void watch_release(struct watch **wp);

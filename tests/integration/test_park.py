@@ -290,6 +290,8 @@ def test_answered_while_parked_without_a_backend(make_mux, dovecot, redis, prefi
     assert _metric(m, "imapmux_backend_logins_total") == logins
     assert _backend_socks(m, dovecot) == 0
     assert (_wakes(m, "client") - c0) == 0
+    # Parking waited for the watcher: no wake without a change (none made).
+    assert _wakes(m, "change") == 0
     assert _metric(m, "imapmux_park_answers_total") >= 10
     assert _metric(m, "imapmux_park_keepalives_total") >= 1
     c.send(b"z LOGOUT\r\n")
