@@ -1039,7 +1039,8 @@ def record(out):
            "```",
            "",
            "<details><summary>imapmux configuration (events mode; idle: watch = idle and "
-           "no [redis]; off: park_idle_after = 0)</summary>",
+           "no [redis]; idle1: the same with workers = 1; off: park_idle_after = 0 and no "
+           "[redis])</summary>",
            "",
            "```ini",
            out["conf_text"].rstrip("\n"),
