@@ -160,8 +160,10 @@ demo: deps all
 demo-stop:
 	@sh deploy/demo.sh stop
 
+# Every benchmark, one after the other; BENCH=park (or webmail) runs one.
+BENCH ?= webmail park
 bench: deps all
-	$(PYTHON) bench/webmail.py
+	@set -e; for b in $(BENCH); do echo "== bench/$$b.py"; $(PYTHON) bench/$$b.py; done
 
 # Pinned: another clang-format version formats some constructs differently.
 CLANG_FORMAT ?= clang-format-14

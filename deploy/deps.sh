@@ -19,6 +19,8 @@ set -eu
 PKGS="gcc clang make pkg-config libssl-dev libev-dev libcmocka-dev libhiredis-dev
 libcrypt-dev dovecot-imapd redis-server python3 python3-pytest curl openssl valgrind
 cyrus-common sasl2-bin libclang-rt-14-dev clang-format-14 lua-socket"
+# gdb: bench/park.py reads imapmux's struct sizes and glibc's heap figures with it.
+PKGS="$PKGS gdb"
 CYRUS_DIR=/usr/local/lib/imapmux-cyrus
 
 installed() {
