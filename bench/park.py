@@ -12,6 +12,9 @@ each:
            on Redis, imapmux wakes the sessions parked on it
   idle     watch = idle: one watcher connection in IDLE per user and mailbox
            (per worker), shared by that user's parked sessions
+  notify   watch = notify: one NOTIFY watcher connection per user (per
+           worker), for all of that user's parked sessions
+  idle1    idle with workers = 1 (watchers are per worker)
   off      park_idle_after = 0: every session keeps its backend connection
            (fewer sessions, OFF_USERS x PER_USER: a Dovecot imap process per
            session does not fit 3,000 times on this machine; reported per
@@ -82,9 +85,10 @@ MESSAGES_PER_USER = 3
 INOTIFY_PATH = "/proc/sys/fs/inotify/max_user_instances"
 TARGET_RSS_KB = 8.0
 
-MODES = ("events", "idle", "idle1", "off")
+MODES = ("events", "idle", "notify", "idle1", "off")
 # mode: (watch, workers: None = --workers)
-MODE_DEF = {"events": ("events", None), "idle": ("idle", None), "idle1": ("idle", 1),
+MODE_DEF = {"events": ("events", None), "idle": ("idle", None), "notify": ("notify", None),
+            "idle1": ("idle", 1),
             "off": (None, None)}
 
 # imapmux's log: "2026-01-01T00:00:00.000Z warn ..."
@@ -788,6 +792,7 @@ def _m(m, key):
 
 def mode_label(res):
     return {"events": "events (watch = events)", "idle": "idle (watch = idle)",
+            "notify": "notify (watch = notify)",
             "idle1": "idle, workers = 1", "off": "off (park_idle_after = 0)"}[res["mode"]]
 
 
