@@ -907,7 +907,7 @@ def verdicts(out):
 
     def all_parked(r):
         return r.get("parked", 0) == r["sessions"]
-    for mode in ("idle", "idle1"):
+    for mode in ("idle", "notify", "idle1"):
         if mode not in by:
             continue
         r = by[mode]
@@ -917,18 +917,17 @@ def verdicts(out):
             note = ("; watchers are per worker: with %d workers a user whose sessions landed on "
                     "more than one has more than one watcher (expected at random: %.0f)"
                     % (workers, expected_watchers(r["users"], workers, args.per_user)))
-        lines.append("  backend connections with IDLE watchers, %d worker%s: %s (target <= %d: "
-                     "%s)%s" % (workers, "s" if workers > 1 else "", r.get("backend_conns", "n/a"),
+        lines.append("  backend connections with %s watchers, %d worker%s: %s (target <= %d: "
+                     "%s)%s" % ("NOTIFY" if mode == "notify" else "IDLE", workers,
+                                "s" if workers > 1 else "", r.get("backend_conns", "n/a"),
                                 r["users"], met(r.get("backend_conns", 1 << 30) <= r["users"]
                                                 and all_parked(r)), note))
-    lines.append("  backend connections with NOTIFY watchers: not measured (NOTIFY watchers "
-                 "are not built yet)")
     if "events" in by:
         r = by["events"]
         lines.append("  backend connections with events: %s (target 0: %s)"
                      % (r.get("backend_conns", "n/a"),
                         met(r.get("backend_conns", 1) == 0 and all_parked(r))))
-    for mode in ("events", "idle", "idle1"):
+    for mode in ("events", "idle", "notify", "idle1"):
         if mode in by:
             kb = rss_kb(by[mode], "rss_parked")
             lines.append("  imapmux RSS per parked session, %s: %s KB (target <= %.0f KB "

@@ -336,6 +336,17 @@ int imap_cmd_parse(uint8_t *buf, size_t len, struct imap_cmd *c_r, const char **
 	return 0;
 }
 
+bool imap_tag_valid(const uint8_t *t, size_t n, size_t max)
+{
+	if (n == 0 || n > max)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		if (t[i] <= 0x20 || t[i] >= 0x7f || strchr("(){%*\"\\+", t[i]) != NULL)
+			return false;
+	}
+	return true;
+}
+
 bool imap_word_eq(const uint8_t *p, size_t len, const char *word)
 {
 	size_t i;

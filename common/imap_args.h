@@ -59,6 +59,11 @@ __attribute__((warn_unused_result)) int imap_cmd_parse(uint8_t *buf, size_t len,
 /* Case-insensitive comparison of a byte span with a NUL-terminated ASCII word. */
 bool imap_word_eq(const uint8_t *p, size_t len, const char *word);
 
+/* A tag as RFC 3501 defines one (ASTRING-CHARs but "+"), 1..max bytes: one
+ * a proxy can track and echo. A server answers a bad tag untagged, which no
+ * count of commands in flight could follow. */
+bool imap_tag_valid(const uint8_t *t, size_t n, size_t max);
+
 /* The head of a line: tag and up to two following space-separated words. */
 struct imap_head {
 	const uint8_t *tag; /* "*", "+", or a command tag */

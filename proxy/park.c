@@ -485,15 +485,11 @@ static bool park_settle(struct session *s)
 
 /* ---- answered while parked --------------------------------------------------- */
 
+/* A tag the proxy may answer itself; the others wake the session and the
+ * pump refuses them as it always does. */
 static bool park_tag_ok(const uint8_t *t, size_t n)
 {
-	if (n == 0 || n > TAG_MAX || backend_tag_reserved(t, n))
-		return false;
-	for (size_t i = 0; i < n; i++) {
-		if (t[i] <= 0x20 || t[i] >= 0x7f || strchr("(){%*\"\\+", t[i]) != NULL)
-			return false;
-	}
-	return true;
+	return imap_tag_valid(t, n, TAG_MAX) && !backend_tag_reserved(t, n);
 }
 
 /* The line without its line end. */

@@ -104,18 +104,11 @@ static bool pump_can_unauth(const struct session *s)
 	       (!s->selected || caps_has(caps, strlen(caps), "UNSELECT"));
 }
 
-/* A tag the proxy can track and echo, as RFC 3501 defines one: ASTRING-CHARs
- * but "+", at most TAG_MAX bytes. A backend answers a bad tag untagged,
- * which no in-flight count could follow: such a line is never forwarded. */
+/* A tag the proxy can track and echo (imap_tag_valid), at most TAG_MAX
+ * bytes: a line with another is never forwarded. */
 static bool tag_ok(const uint8_t *t, size_t n)
 {
-	if (n == 0 || n > TAG_MAX)
-		return false;
-	for (size_t i = 0; i < n; i++) {
-		if (t[i] <= 0x20 || t[i] >= 0x7f || strchr("(){%*\"\\+", t[i]) != NULL)
-			return false;
-	}
-	return true;
+	return imap_tag_valid(t, n, TAG_MAX);
 }
 
 /* A command name: ATOM-CHARs only, so that the backend cannot read a

@@ -789,16 +789,40 @@ static void test_head_random(void **state)
 	}
 }
 
+/* Tags a proxy can track: every ASTRING-CHAR but "+", 1..max bytes. */
+static void test_tag_valid(void **state)
+{
+	static const char *const good[] = {"a", "A1", "a.b-c_d", "x]", "!#$&'", "~", "0"};
+	static const char *const bad[] = {"",   "a b", "a+",  "+",   "a(",   "a)",   "a{",
+	                                  "a%", "a*",  "a\"", "a\\", "\x7f", "\x01", "\xc3\xa9"};
+	uint8_t longtag[65];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+		assert_true(imap_tag_valid((const uint8_t *)good[i], strlen(good[i]), 64));
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_false(imap_tag_valid((const uint8_t *)bad[i], strlen(bad[i]), 64));
+	memset(longtag, 'a', sizeof(longtag));
+	assert_true(imap_tag_valid(longtag, 64, 64));
+	assert_false(imap_tag_valid(longtag, 65, 64));
+	/* Every byte value alone: exactly the ATOM-CHARs and "]" pass. */
+	for (unsigned c = 0; c < 256; c++) {
+		uint8_t b = (uint8_t)c;
+		bool want = c > 0x20 && c < 0x7f && strchr("(){%*\"\\+", (int)c) == NULL;
+		assert_int_equal(imap_tag_valid(&b, 1, 64), want);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_ok_cases),        cmocka_unit_test(test_err_cases),
-	    cmocka_unit_test(test_quoted_in_place), cmocka_unit_test(test_max_args),
-	    cmocka_unit_test(test_truncations),     cmocka_unit_test(test_trailing_garbage),
-	    cmocka_unit_test(test_random),          cmocka_unit_test(test_mutations),
-	    cmocka_unit_test(test_word_eq),         cmocka_unit_test(test_head_parse),
-	    cmocka_unit_test(test_head_nul),        cmocka_unit_test(test_head_prefixes),
-	    cmocka_unit_test(test_head_random),
+	    cmocka_unit_test(test_tag_valid),        cmocka_unit_test(test_ok_cases),
+	    cmocka_unit_test(test_err_cases),        cmocka_unit_test(test_quoted_in_place),
+	    cmocka_unit_test(test_max_args),         cmocka_unit_test(test_truncations),
+	    cmocka_unit_test(test_trailing_garbage), cmocka_unit_test(test_random),
+	    cmocka_unit_test(test_mutations),        cmocka_unit_test(test_word_eq),
+	    cmocka_unit_test(test_head_parse),       cmocka_unit_test(test_head_nul),
+	    cmocka_unit_test(test_head_prefixes),    cmocka_unit_test(test_head_random),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
