@@ -61,10 +61,13 @@ void park_count(struct session *s, bool on)
 /* Queue lines for the client ahead of anything else (grows as needed). */
 int park_emit(struct park *p, const void *data, size_t n)
 {
+	if (n == 0)
+		return 0; /* nothing to say (and nothing to copy from) */
 	if (buf_room(&p->out) < n) {
 		struct buf nb;
 		buf_init(&nb, buf_len(&p->out) + n + 4096);
-		if (buf_append(&nb, buf_head(&p->out), buf_len(&p->out)) < 0)
+		if (!buf_is_empty(&p->out) &&
+		    buf_append(&nb, buf_head(&p->out), buf_len(&p->out)) < 0)
 			return -1;
 		buf_free(&p->out);
 		p->out = nb;
