@@ -222,6 +222,10 @@ void park_fail(struct session *s, const char *why, const char *bye)
 {
 	STAT_INC(&s->w->stats, wakes_failed);
 	sess_close(s, why, bye);
+	/* This may come from outside the session's own callbacks (an event,
+	 * a watcher, a login that failed at once): flush the BYE now, not
+	 * at CLOSE_FLUSH_TIMEOUT when the session is freed unflushed. */
+	sess_run_soon(s);
 }
 
 /* ---- parking --------------------------------------------------------------- */

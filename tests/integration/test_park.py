@@ -735,3 +735,46 @@ def test_done_racing_a_wake(make_mux, dovecot, redis, prefix, ca_ctx):
         _ok(c, "z", "LOGOUT")
         c.close()
         wait_until(lambda: _metric(m, "imapmux_sessions_parked") == 0, 5, "the session gone")
+
+
+def test_examine_is_woken_read_only(make_mux, dovecot, redis, prefix, ca_ctx):
+    """A client that EXAMINEd its mailbox is woken with EXAMINE (its view
+    stays read-only: a STORE after the wake is refused as before)."""
+    user = "park4"
+    d = _reset_inbox(dovecot, user, ["m1"])
+    m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0")
+    c = _login(m, ca_ctx, user)
+    _ok(c, "x", "EXAMINE INBOX")
+    _ok(c, "f", "UID FETCH 1:* (FLAGS)")
+    c.send(b"i IDLE\r\n")
+    assert c.readline().startswith(b"+")
+    _wait_parked(m, 1)
+    _append(d, "ap", "m2")
+    _announce(redis, prefix, user)
+    assert _data(c) == b"* 2 EXISTS\r\n"
+    _wait_parked(m, 1)
+    c.send(b"DONE\r\n")
+    _, t = c.read_until_tagged("i")
+    assert t == b"i OK Idle completed.\r\n"
+    # The session woke read-only, as EXAMINE left it (Dovecot: OK, ignored).
+    _, t = c.cmd("st", "STORE 1 +FLAGS (\\Seen)")
+    assert b"read-only" in t, t
+
+
+def test_wake_with_the_backend_gone_ends_the_session(make_mux, fresh_dovecot, redis, prefix,
+                                                     ca_ctx):
+    """A parked session whose backend cannot be reached when it wakes is
+    ended with * BYE [UNAVAILABLE], not left hanging."""
+    if WATCH != "events":
+        pytest.skip("a watcher loses its connection first (test_watcher_lost...)")
+    user = "park3"
+    dv = fresh_dovecot
+    _reset_inbox(dv, user, ["m1"])
+    m = _mux(make_mux, dv, redis, prefix, reuse_ttl="0", check_interval="0")
+    c, _ = _park_idle(m, ca_ctx, user)
+    _wait_parked(m, 1)
+    dv.stop()
+    _announce(redis, prefix, user)
+    got = c.expect_closed(TIMEOUT)
+    assert got.rstrip(b"\r\n").rsplit(b"\r\n", 1)[-1].startswith(b"* BYE [UNAVAILABLE]"), got
+    assert _metric(m, "imapmux_wake_failures_total") == 1
