@@ -358,7 +358,8 @@ int tls13_capture_take(SSL *ssl, struct tls13 *t)
 	if (c == NULL || c->broken || !c->rd_on || !c->wr_on || c->clen == 0 ||
 	    c->clen != c->slen || ci == NULL || SSL_version(ssl) != TLS1_3_VERSION ||
 	    !SSL_is_server(ssl) || !SSL_is_init_finished(ssl) || SSL_has_pending(ssl) ||
-	    SSL_want(ssl) != SSL_NOTHING || SSL_get_key_update_type(ssl) != SSL_KEY_UPDATE_NONE ||
+	    (SSL_want(ssl) != SSL_NOTHING && SSL_want(ssl) != SSL_READING) ||
+	    SSL_get_key_update_type(ssl) != SSL_KEY_UPDATE_NONE ||
 	    (SSL_get_wbio(ssl) != NULL && BIO_wpending(SSL_get_wbio(ssl)) != 0))
 		return -1;
 	/* The server reads what the client writes. */

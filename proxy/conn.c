@@ -19,9 +19,29 @@
 #include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include "tls13.h"
+
+/*
+ * After conn_shed_tls: the keys, the records read but not yet opened (r,
+ * allocated only while it holds bytes), the plaintext of the record opened
+ * at r's front not yet handed to `in`, and the sealed record being sent
+ * (w, likewise only while there is one).
+ */
+struct conn_t13 {
+	struct tls13 t;
+	uint8_t *r;
+	size_t rlen;       /* bytes in r */
+	size_t rec;        /* length of the opened record at r's front (0: none) */
+	size_t poff, plen; /* its plaintext not yet handed over: r[poff, poff + plen) */
+	uint8_t *w;
+	size_t woff, wlen;
+	bool ku_owed; /* the client asked for a KeyUpdate: ours goes before our next record */
+};
 
 static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
@@ -75,6 +95,8 @@ int conn_start_tls(struct conn *c, SSL_CTX *ctx, bool server, const char *sni)
 		goto fail;
 	if (server) {
 		SSL_set_accept_state(c->ssl);
+		/* No memory for the capture: the conn just keeps its SSL. */
+		(void)!tls13_capture_attach(c->ssl);
 	} else {
 		SSL_set_connect_state(c->ssl);
 		if (sni != NULL && sni[0] != '\0') {
@@ -170,6 +192,257 @@ static int conn_read_tls(struct conn *c, uint8_t *p, size_t room)
 	}
 }
 
+/* ---- TLS 1.3 after conn_shed_tls ------------------------------------------ */
+
+/* The opened record at r's front is done with: the bytes after it move up. */
+static void t13_drop_record(struct conn_t13 *x)
+{
+	memmove(x->r, x->r + x->rec, x->rlen - x->rec);
+	x->rlen -= x->rec;
+	x->rec = x->poff = x->plen = 0;
+}
+
+/* A handshake record after the handshake: only KeyUpdate (RFC 8446 4.6.3),
+ * whole messages in one record. 0, or -1 with c failed. */
+static int t13_handshake(struct conn *c, const uint8_t *p, size_t n)
+{
+	struct conn_t13 *x = c->t13;
+
+	while (n > 0) {
+		size_t mlen;
+
+		if (n < 4 || (mlen = (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3]) > n - 4 ||
+		    p[0] != SSL3_MT_KEY_UPDATE || mlen != 1 || p[4] > 1) {
+			conn_fail(c, "TLS: unexpected handshake message");
+			return -1;
+		}
+		if (tls13_update(&x->t, false) < 0) {
+			conn_fail(c, "TLS: key update failed");
+			return -1;
+		}
+		if (p[4] == 1)
+			x->ku_owed = true;
+		p += 4 + mlen;
+		n -= 4 + mlen;
+	}
+	return 0;
+}
+
+/* Open the whole record at r's front, if there is one: 1 (plaintext to
+ * hand over, or a record consumed), 0 (need more bytes), -1 failed, 2 the
+ * peer closed (close_notify). */
+static int t13_open_next(struct conn *c)
+{
+	struct conn_t13 *x = c->t13;
+	ssize_t len = tls13_record_len(x->r, x->rlen);
+	uint8_t type = 0;
+	size_t plen = 0;
+
+	if (len < 0) {
+		conn_fail(c, "TLS: bad record");
+		return -1;
+	}
+	if (len == 0 || x->rlen < (size_t)len)
+		return 0;
+	if (tls13_open(&x->t, x->r, (size_t)len, &type, &plen) < 0) {
+		conn_fail(c, "TLS: bad record MAC");
+		return -1;
+	}
+	x->rec = (size_t)len;
+	switch (type) {
+	case TLS13_APPDATA:
+		x->poff = TLS13_HDR;
+		x->plen = plen;
+		if (plen == 0)
+			t13_drop_record(x);
+		return 1;
+	case TLS13_HANDSHAKE:
+		if (t13_handshake(c, x->r + TLS13_HDR, plen) < 0)
+			return -1;
+		t13_drop_record(x);
+		return 1;
+	case TLS13_ALERT:
+		/* close_notify, or user_canceled (which precedes one) */
+		if (plen == 2 && (x->r[TLS13_HDR + 1] == 0 || x->r[TLS13_HDR + 1] == 90)) {
+			t13_drop_record(x);
+			return 2;
+		}
+		conn_fail(c, "TLS: alert from the peer");
+		return -1;
+	default:
+		conn_fail(c, "TLS: unexpected record type");
+		return -1;
+	}
+}
+
+/* Like conn_read_tls: n > 0 bytes of plaintext, 0 EOF, -2 again, -1. */
+static ssize_t t13_read(struct conn *c, uint8_t *p, size_t room)
+{
+	struct conn_t13 *x = c->t13;
+
+	for (;;) {
+		ssize_t n;
+		int r;
+
+		if (x->plen > 0) {
+			size_t k = x->plen < room ? x->plen : room;
+			memcpy(p, x->r + x->poff, k);
+			x->poff += k;
+			x->plen -= k;
+			if (x->plen == 0)
+				t13_drop_record(x);
+			return (ssize_t)k;
+		}
+		if (x->rlen > 0) {
+			r = t13_open_next(c);
+			if (r == -1)
+				return -1;
+			if (r == 2)
+				return 0;
+			if (r == 1)
+				continue;
+		}
+		if (x->r == NULL && (x->r = malloc(TLS13_MAX_RECORD)) == NULL) {
+			conn_fail(c, "out of memory");
+			return -1;
+		}
+		n = read(c->fd, x->r + x->rlen, TLS13_MAX_RECORD - x->rlen);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			if (x->rlen == 0) {
+				free(x->r);
+				x->r = NULL;
+			}
+			return -2;
+		}
+		if (n < 0 && errno != ECONNRESET) {
+			conn_fail(c, "read error");
+			return -1;
+		}
+		if (n <= 0) /* EOF without close_notify: EOF (as SSL_OP_IGNORE_UNEXPECTED_EOF) */
+			return 0;
+		x->rlen += (size_t)n;
+	}
+}
+
+/* Send what is sealed, seal more from out: as conn_flush. */
+static int t13_flush(struct conn *c)
+{
+	struct conn_t13 *x = c->t13;
+	bool progress = false;
+
+	for (;;) {
+		if (x->woff < x->wlen) {
+			ssize_t n = send(c->fd, x->w + x->woff, x->wlen - x->woff, MSG_NOSIGNAL);
+			if (n < 0) {
+				if (errno == EINTR)
+					continue;
+				if (errno == EAGAIN || errno == EWOULDBLOCK)
+					break;
+				conn_fail(c, "write error");
+				return -1;
+			}
+			x->woff += (size_t)n;
+			progress = true;
+			continue;
+		}
+		x->woff = x->wlen = 0;
+		if (!x->ku_owed && buf_is_empty(&c->out))
+			break;
+		if (x->w == NULL && (x->w = malloc(TLS13_MAX_PLAIN + TLS13_OVERHEAD)) == NULL) {
+			conn_fail(c, "out of memory");
+			return -1;
+		}
+		ssize_t len;
+		if (x->ku_owed) {
+			static const uint8_t ku[] = {SSL3_MT_KEY_UPDATE, 0, 0, 1, 0};
+			len = tls13_seal(&x->t, TLS13_HANDSHAKE, ku, sizeof(ku), x->w);
+			if (len > 0 && tls13_update(&x->t, true) < 0)
+				len = -1;
+			x->ku_owed = false;
+		} else {
+			size_t k = buf_len(&c->out);
+			if (k > TLS13_MAX_PLAIN)
+				k = TLS13_MAX_PLAIN;
+			len = tls13_seal(&x->t, TLS13_APPDATA, buf_head(&c->out), k, x->w);
+			if (len > 0) {
+				buf_consume(&c->out, k);
+				c->bytes_out += k;
+			}
+		}
+		if (len < 0) {
+			conn_fail(c, "TLS: cannot seal a record");
+			return -1;
+		}
+		x->wlen = (size_t)len;
+		progress = true;
+	}
+	if (x->woff == x->wlen) {
+		free(x->w);
+		x->w = NULL;
+	}
+	return progress ? 0 : -2;
+}
+
+static bool t13_has_pending(const struct conn_t13 *x)
+{
+	ssize_t len;
+
+	if (x->plen > 0)
+		return true;
+	len = x->rlen > 0 ? tls13_record_len(x->r, x->rlen) : 0;
+	return len != 0 && (len < 0 || x->rlen >= (size_t)len);
+}
+
+bool conn_shed_tls(struct conn *c)
+{
+	struct conn_t13 *x;
+
+	if (c->ssl == NULL || !c->tls_server || c->handshaking || c->error || c->eof ||
+	    c->rd_wants_write || c->wr_wants_read || !buf_is_empty(&c->out))
+		return false;
+	x = calloc(1, sizeof(*x));
+	if (x == NULL)
+		return false;
+	if (tls13_capture_take(c->ssl, &x->t) < 0) {
+		free(x);
+		return false;
+	}
+	SSL_free(c->ssl); /* no SSL_shutdown: the connection goes on */
+	c->ssl = NULL;
+	c->t13 = x;
+	ERR_clear_error();
+	return true;
+}
+
+bool conn_out_idle(const struct conn *c)
+{
+	return buf_is_empty(&c->out) &&
+	       (c->t13 == NULL || (c->t13->woff == c->t13->wlen && !c->t13->ku_owed));
+}
+
+static void t13_free(struct conn *c)
+{
+	struct conn_t13 *x = c->t13;
+
+	if (x == NULL)
+		return;
+	if (!c->error && c->fd >= 0 && x->woff == x->wlen) {
+		/* best effort close_notify */
+		static const uint8_t alert[] = {1, 0};
+		uint8_t rec[sizeof(alert) + TLS13_OVERHEAD];
+		ssize_t len = tls13_seal(&x->t, TLS13_ALERT, alert, sizeof(alert), rec);
+		if (len > 0)
+			(void)!send(c->fd, rec, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
+	}
+	tls13_wipe(&x->t);
+	free(x->r);
+	free(x->w);
+	free(x);
+	c->t13 = NULL;
+}
+
 int conn_read(struct conn *c)
 {
 	bool progress = false;
@@ -193,8 +466,8 @@ int conn_read(struct conn *c)
 		}
 		if (room == 0)
 			break;
-		if (c->ssl != NULL) {
-			n = conn_read_tls(c, p, room);
+		if (c->ssl != NULL || c->t13 != NULL) {
+			n = c->t13 != NULL ? t13_read(c, p, room) : conn_read_tls(c, p, room);
 			if (n == -1)
 				return -1;
 			if (n == -2)
@@ -240,6 +513,8 @@ int conn_flush(struct conn *c)
 	}
 	if (c->connecting)
 		return progress ? 0 : -2;
+	if (c->t13 != NULL)
+		return t13_flush(c);
 	while (!buf_is_empty(&c->out)) {
 		size_t len = buf_len(&c->out);
 		ssize_t n;
@@ -337,8 +612,9 @@ void conn_update(struct conn *c)
 	} else {
 		bool input = c->want_input && !c->eof && buf_room(&c->in) > 0;
 		rd = input || c->wr_wants_read;
-		wr = !buf_is_empty(&c->out) || c->rd_wants_write;
-		if (input && c->ssl != NULL && SSL_has_pending(c->ssl))
+		wr = !conn_out_idle(c) || c->rd_wants_write;
+		if (input && ((c->ssl != NULL && SSL_has_pending(c->ssl)) ||
+		              (c->t13 != NULL && t13_has_pending(c->t13))))
 			ev_feed_event(c->loop, &c->rio, EV_READ);
 	}
 	watcher_set(c, &c->rio, rd);
@@ -373,6 +649,7 @@ void conn_close(struct conn *c)
 		c->ssl = NULL;
 		ERR_clear_error();
 	}
+	t13_free(c);
 	if (c->fd >= 0) {
 		close(c->fd);
 		c->fd = -1;

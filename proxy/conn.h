@@ -25,11 +25,13 @@
 #include "buf.h"
 
 struct conn;
+struct conn_t13;
 typedef void conn_cb(struct conn *c, void *owner);
 
 struct conn {
 	int fd;
-	SSL *ssl; /* NULL while plaintext */
+	SSL *ssl;             /* NULL while plaintext, and after conn_shed_tls */
+	struct conn_t13 *t13; /* TLS 1.3 carried on without OpenSSL (conn_shed_tls) */
 	struct ev_loop *loop;
 	ev_io rio;
 	ev_io wio;
@@ -81,6 +83,21 @@ static inline bool conn_handshake_done(const struct conn *c)
 {
 	return !c->handshaking;
 }
+
+/*
+ * A TLS 1.3 server conn hands its connection over from OpenSSL to imapmux's
+ * own record layer (common/tls13.h) and frees the SSL object: about 14 KB
+ * less, for a conn that will carry little (a parked session). Possible once
+ * the handshake is done and nothing is buffered either way (out empty, no
+ * bytes inside the SSL); otherwise, or for TLS 1.2, false and nothing
+ * changed (try again later). From then on conn_read/conn_flush seal and
+ * open the records themselves, for the rest of the connection.
+ */
+bool conn_shed_tls(struct conn *c);
+
+/* Everything written is on the wire (out empty, and no sealed record of
+ * conn_shed_tls's layer half sent). */
+bool conn_out_idle(const struct conn *c);
 
 /* Re-arm the watchers for what the owner and OpenSSL need now. */
 void conn_update(struct conn *c);

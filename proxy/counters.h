@@ -39,6 +39,7 @@ struct stats {
 	atomic_ulong wakes_failed;         /* wakes that ended the session (backend, mailbox) */
 	atomic_ulong park_answers;    /* commands answered while parked (DONE, IDLE, NOOP...) */
 	atomic_ulong park_keepalives; /* "* OK Still here" sent to parked sessions */
+	atomic_ulong tls_shed;        /* client TLS handed over from OpenSSL (conn_shed_tls) */
 	atomic_long watchers;         /* watcher connections held (gauge, watch.c) */
 	atomic_long watchers_up;      /* ... of which in IDLE now (gauge) */
 	atomic_ulong watchers_lost;   /* watcher connections lost or refused */

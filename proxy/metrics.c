@@ -123,7 +123,7 @@ struct stats_sum {
 	long watchers, watchers_up;
 	unsigned long watchers_lost;
 	unsigned long parks, wakes_client, wakes_change, wakes_failed, park_answers,
-	    park_keepalives;
+	    park_keepalives, tls_shed;
 };
 
 #define LOAD(st, field) atomic_load_explicit(&(st)->field, memory_order_relaxed)
@@ -160,6 +160,7 @@ static void stats_collect(struct stats_sum *s, const struct stats *const *counte
 		s->wakes_failed += LOAD(st, wakes_failed);
 		s->park_answers += LOAD(st, park_answers);
 		s->park_keepalives += LOAD(st, park_keepalives);
+		s->tls_shed += LOAD(st, tls_shed);
 		s->watchers += LOAD(st, watchers);
 		s->watchers_up += LOAD(st, watchers_up);
 		s->watchers_lost += LOAD(st, watchers_lost);
@@ -257,6 +258,10 @@ void metrics_render(struct text *t, const struct stats *const *counters, unsigne
 	counter(t, "imapmux_park_keepalives_total",
 	        "Keep-alives (* OK Still here) sent to parked sessions in IDLE.",
 	        s.park_keepalives);
+	counter(t, "imapmux_tls_handovers_total",
+	        "Client TLS 1.3 connections of parked sessions carried on by imapmux's own record "
+	        "layer, OpenSSL's state for them freed.",
+	        s.tls_shed);
 	gauge(t, "imapmux_watchers",
 	      "Watcher connections (IDLE per user and mailbox) for parked sessions.", s.watchers);
 	gauge(t, "imapmux_watchers_up", "Watcher connections in IDLE now.", s.watchers_up);

@@ -31,6 +31,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tls13.h"
+
 /*
  * Built-in defaults (README.md, "TLS policy", says why):
  *   ciphers      TLS 1.2 with ECDHE key exchange (forward secrecy) and AEAD
@@ -326,6 +328,9 @@ static SSL_CTX *server_ctx(const struct cfg *cfg, const struct cfg_listen *l, co
 	if (apply_policy(ctx, &l->tls_policy, cfg->path, label, err, errlen) < 0)
 		goto fail;
 	SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+	/* Secrets and record counts, so that a parked session can go on
+	 * without its SSL object (conn_shed_tls); nothing is logged. */
+	tls13_capture_install(ctx);
 	if (SSL_CTX_use_certificate_chain_file(ctx, l->cert) != 1) {
 		ssl_err(err, errlen, "cannot load certificate", l->cert);
 		goto fail;

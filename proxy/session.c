@@ -350,7 +350,7 @@ void sess_close(struct session *s, const char *reason, const char *bye)
 	s->client.want_input = false;
 	/* EOF only ends the client's input: a half-closed socket still takes
 	 * the last words (bounded by CLOSE_FLUSH_TIMEOUT). */
-	if (s->client.error || buf_is_empty(&s->client.out)) {
+	if (s->client.error || conn_out_idle(&s->client)) {
 		sess_free_later(s);
 		return;
 	}
@@ -443,6 +443,12 @@ static void sess_run(struct session *s)
 				return;
 		}
 		progress |= r == 0;
+		/* Parked: the keys are enough, OpenSSL's ~14 KB go (conn.h). */
+		if (s->state == SESS_PARKED && s->client.ssl != NULL && conn_shed_tls(&s->client)) {
+			STAT_INC(&s->w->stats, tls_shed);
+			if (log_enabled(LOG_LVL_DEBUG))
+				sess_log(s, LOG_LVL_DEBUG, "TLS handed over from OpenSSL");
+		}
 
 		if (s->state == SESS_STARTTLS && buf_is_empty(&s->client.out)) {
 			SSL_CTX *ctx = s->rt->listen_ctx[s->lidx];
@@ -458,7 +464,7 @@ static void sess_run(struct session *s)
 			                              .max_literal = PREAUTH_MAX_LITERAL});
 			progress = true;
 		}
-		if (s->state == SESS_CLOSING && buf_is_empty(&s->client.out)) {
+		if (s->state == SESS_CLOSING && conn_out_idle(&s->client)) {
 			sess_free_later(s);
 			return;
 		}

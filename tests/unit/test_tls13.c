@@ -222,6 +222,9 @@ static void takeover(const char *suite, uint16_t id)
 	pair_open(&p, suite, false);
 	exchange(&p, "a1 NOOP\r\n", "a1 OK\r\n");
 	exchange(&p, "a2 IDLE\r\n", "+ idling\r\n");
+	/* as a conn leaves it: its last SSL_read found nothing more */
+	assert_int_equal(SSL_read(p.s, b, sizeof(b)), -1);
+	assert_int_equal(SSL_get_error(p.s, -1), SSL_ERROR_WANT_READ);
 	assert_int_equal(tls13_capture_take(p.s, &t), 0);
 	assert_int_equal(t.suite, id);
 	SSL_free(p.s);
