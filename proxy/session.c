@@ -446,6 +446,7 @@ static void sess_run(struct session *s)
 		/* Parked: the keys are enough, OpenSSL's ~14 KB go (conn.h). */
 		if (s->state == SESS_PARKED && s->client.ssl != NULL && conn_shed_tls(&s->client)) {
 			STAT_INC(&s->w->stats, tls_shed);
+			s->w->freed++; /* worth a malloc_trim (worker.c) */
 			if (log_enabled(LOG_LVL_DEBUG))
 				sess_log(s, LOG_LVL_DEBUG, "TLS handed over from OpenSSL");
 		}

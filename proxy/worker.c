@@ -28,7 +28,8 @@
 #include "ttlmap.h"
 #include "watch.h"
 
-#define TRIM_AFTER_FREES 64 /* frees since the last malloc_trim worth another */
+#define TRIM_AFTER_FREES 64  /* frees since the last malloc_trim worth another */
+#define TRIM_BUSY_EVERY  5.0 /* seconds between trims while sessions live here */
 
 static void listeners_set(struct worker *w, bool on)
 {
@@ -87,20 +88,35 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
 	}
 }
 
+static void trim_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct worker *w = t->data;
+
+	(void)revents;
+	malloc_trim(0);
+	w->trimmed_at = ev_now(loop);
+	w->freed = 0;
+}
+
 static void reaper_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 {
 	struct worker *w = p->data;
 
 	(void)revents;
 	w->freed += reaper_run(&w->reaper);
-	/* A burst is over (no session left here): give the heap pages it
-	 * left free back to the system, at most once a second, so that RSS
-	 * follows the load down instead of staying at its peak. */
-	if (w->nsessions == 0 && w->freed >= TRIM_AFTER_FREES &&
-	    ev_now(loop) - w->trimmed_at >= 1.0) {
-		malloc_trim(0);
-		w->trimmed_at = ev_now(loop);
-		w->freed = 0;
+	/* Give the heap pages that frees left whole back to the system, so
+	 * that RSS follows the load down instead of staying at its peak: at
+	 * most once a second when a burst is over (no session left here),
+	 * else at most every TRIM_BUSY_EVERY (sessions that parked and freed
+	 * their SSL objects leave holes between those that stay). */
+	double since = ev_now(loop) - w->trimmed_at;
+	if (w->freed >= TRIM_AFTER_FREES && w->nsessions == 0 && since >= 1.0) {
+		ev_timer_stop(loop, &w->trim_timer);
+		trim_cb(loop, &w->trim_timer, 0);
+	} else if (w->freed >= TRIM_AFTER_FREES && !ev_is_active(&w->trim_timer)) {
+		ev_timer_set(&w->trim_timer,
+		             since >= TRIM_BUSY_EVERY ? 1.0 : TRIM_BUSY_EVERY - since, 0.);
+		ev_timer_start(loop, &w->trim_timer);
 	}
 	if (w->draining && w->nsessions == 0)
 		ev_break(loop, EVBREAK_ALL);
@@ -196,6 +212,8 @@ int worker_init(struct worker *w, int id, struct runtime *rt, const int *fds, si
 	w->drain_timer.data = w;
 	ev_init(&w->accept_pause, accept_pause_cb);
 	w->accept_pause.data = w;
+	ev_init(&w->trim_timer, trim_cb);
+	w->trim_timer.data = w;
 	listeners_set(w, true);
 	return 0;
 }

@@ -47,10 +47,11 @@ struct worker {
 	ev_async wake;
 	ev_prepare reap_prepare; /* runs the reaper before the loop sleeps */
 	ev_timer drain_timer;
-	ev_timer accept_pause;     /* out of fds: stop accepting for a moment */
-	double trimmed_at;         /* last malloc_trim (reaper, when the worker went idle) */
-	unsigned long freed;       /* sessions freed since then */
-	struct reaper reaper;      /* what callbacks marked dead, freed before the loop sleeps */
+	ev_timer accept_pause; /* out of fds: stop accepting for a moment */
+	double trimmed_at;     /* last malloc_trim (reaper_cb, trim_timer) */
+	ev_timer trim_timer;   /* the next malloc_trim while sessions live here */
+	unsigned long freed;   /* sessions (and parked sessions' SSL objects) freed since then */
+	struct reaper reaper;  /* what callbacks marked dead, freed before the loop sleeps */
 	struct list_node sessions; /* all live sessions (session.c) */
 	size_t nsessions;
 	bool draining;
