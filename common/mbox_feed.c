@@ -39,6 +39,7 @@
 #include <string.h>
 
 #include "imap_args.h"
+#include "zone.h"
 
 #define MODSEQ_MAX 9223372036854775807ull /* mod-sequence values are 63-bit */
 
@@ -1093,7 +1094,7 @@ desync:
 
 int mbox_feed_init(struct mbox_feed **f_r)
 {
-	struct mbox_feed *f = calloc(1, sizeof(*f));
+	struct mbox_feed *f = zalloc(sizeof(*f));
 
 	*f_r = f;
 	return f == NULL ? -1 : 0;
@@ -1111,7 +1112,7 @@ void mbox_feed_destroy(struct mbox_feed **fp)
 	if (fp == NULL || *fp == NULL)
 		return;
 	mbox_feed_reset(*fp);
-	free(*fp);
+	zfree(*fp, sizeof(**fp));
 	*fp = NULL;
 }
 

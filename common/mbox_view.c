@@ -40,6 +40,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "zone.h"
+
 #define KW_SHIFT 5u
 
 struct mbox_run {
@@ -77,18 +79,18 @@ struct mbox_view {
 
 static void view_free_parts(struct mbox_view *v)
 {
-	free(v->runs);
-	free(v->name);
+	zfree(v->runs, (size_t)v->cap * sizeof(*v->runs));
+	zfree(v->name, v->name_len);
 	if (v->kw != NULL) {
 		for (unsigned i = 0; i < v->nkw; i++)
-			free(v->kw[i].name);
-		free(v->kw);
+			zfree(v->kw[i].name, v->kw[i].len);
+		zfree(v->kw, MBOX_KW_MAX * sizeof(*v->kw));
 	}
 }
 
 int mbox_view_init(struct mbox_view **v_r)
 {
-	struct mbox_view *v = calloc(1, sizeof(*v));
+	struct mbox_view *v = zalloc(sizeof(*v));
 
 	*v_r = v;
 	return v == NULL ? -1 : 0;
@@ -102,7 +104,7 @@ void mbox_view_reset(struct mbox_view *v)
 
 void mbox_view_clear_messages(struct mbox_view *v)
 {
-	free(v->runs);
+	zfree(v->runs, (size_t)v->cap * sizeof(*v->runs));
 	v->runs = NULL;
 	v->nruns = v->cap = 0;
 	v->count = v->unknown = v->last_known = 0;
@@ -114,13 +116,13 @@ void mbox_view_destroy(struct mbox_view **vp)
 	if (vp == NULL || *vp == NULL)
 		return;
 	view_free_parts(*vp);
-	free(*vp);
+	zfree(*vp, sizeof(**vp));
 	*vp = NULL;
 }
 
 int mbox_view_clone(const struct mbox_view *src, struct mbox_view **v_r)
 {
-	struct mbox_view *v = calloc(1, sizeof(*v));
+	struct mbox_view *v = zalloc(sizeof(*v));
 
 	*v_r = NULL;
 	if (v == NULL)
@@ -134,25 +136,25 @@ int mbox_view_clone(const struct mbox_view *src, struct mbox_view **v_r)
 	v->kw = NULL;
 	v->nkw = 0;
 	if (src->nruns > 0) {
-		v->runs = malloc((size_t)src->nruns * sizeof(*v->runs));
+		v->runs = zalloc((size_t)src->nruns * sizeof(*v->runs));
 		if (v->runs == NULL)
 			goto fail;
 		memcpy(v->runs, src->runs, (size_t)src->nruns * sizeof(*v->runs));
 		v->cap = v->nruns = src->nruns;
 	}
 	if (src->name_len > 0) {
-		v->name = malloc(src->name_len);
+		v->name = zalloc(src->name_len);
 		if (v->name == NULL)
 			goto fail;
 		memcpy(v->name, src->name, src->name_len);
 		v->name_len = src->name_len;
 	}
 	if (src->kw != NULL) {
-		v->kw = calloc(MBOX_KW_MAX, sizeof(*v->kw));
+		v->kw = zalloc(MBOX_KW_MAX * sizeof(*v->kw));
 		if (v->kw == NULL)
 			goto fail;
 		for (unsigned i = 0; i < src->nkw; i++) {
-			v->kw[i].name = malloc(src->kw[i].len);
+			v->kw[i].name = zalloc(src->kw[i].len);
 			if (v->kw[i].name == NULL)
 				goto fail;
 			memcpy(v->kw[i].name, src->kw[i].name, src->kw[i].len);
@@ -174,12 +176,12 @@ int mbox_view_set_name(struct mbox_view *v, const uint8_t *name, size_t len)
 	if (len > MBOX_NAME_MAX)
 		return -1;
 	if (len > 0) {
-		p = malloc(len);
+		p = zalloc(len);
 		if (p == NULL)
 			return -1;
 		memcpy(p, name, len);
 	}
-	free(v->name);
+	zfree(v->name, v->name_len);
 	v->name = p;
 	v->name_len = len;
 	return 0;
@@ -321,7 +323,7 @@ static int reserve(struct mbox_view *v, uint32_t extra)
 	cap = v->cap < 8 ? 8 : v->cap;
 	while (cap < need)
 		cap = cap > MBOX_VIEW_MAX_RUNS / 2 ? MBOX_VIEW_MAX_RUNS : cap * 2;
-	r = realloc(v->runs, (size_t)cap * sizeof(*r));
+	r = zrealloc(v->runs, (size_t)v->cap * sizeof(*r), (size_t)cap * sizeof(*r));
 	if (r == NULL)
 		return -1;
 	v->runs = r;
@@ -337,7 +339,7 @@ static void maybe_shrink(struct mbox_view *v)
 
 	if (v->cap <= 64 || v->nruns >= v->cap / 4)
 		return;
-	r = realloc(v->runs, (size_t)cap * sizeof(*r));
+	r = zrealloc(v->runs, (size_t)v->cap * sizeof(*r), (size_t)cap * sizeof(*r));
 	if (r != NULL) {
 		v->runs = r;
 		v->cap = cap;
@@ -792,11 +794,11 @@ int mbox_view_keyword(struct mbox_view *v, const char *name, size_t len, unsigne
 			return -1;
 	}
 	if (v->kw == NULL) {
-		v->kw = calloc(MBOX_KW_MAX, sizeof(*v->kw));
+		v->kw = zalloc(MBOX_KW_MAX * sizeof(*v->kw));
 		if (v->kw == NULL)
 			return -1;
 	}
-	p = malloc(len);
+	p = zalloc(len);
 	if (p == NULL)
 		return -1;
 	memcpy(p, name, len);

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "tls13.h"
+#include "zone.h"
 
 /*
  * After conn_shed_tls: the keys, the records read but not yet opened (r,
@@ -402,11 +403,11 @@ bool conn_shed_tls(struct conn *c)
 	if (c->ssl == NULL || !c->tls_server || c->handshaking || c->error || c->eof ||
 	    c->rd_wants_write || c->wr_wants_read || !buf_is_empty(&c->out))
 		return false;
-	x = calloc(1, sizeof(*x));
+	x = zalloc(sizeof(*x));
 	if (x == NULL)
 		return false;
 	if (tls13_capture_take(c->ssl, &x->t) < 0) {
-		free(x);
+		zfree(x, sizeof(*x));
 		return false;
 	}
 	SSL_free(c->ssl); /* no SSL_shutdown: the connection goes on */
@@ -439,7 +440,7 @@ static void t13_free(struct conn *c)
 	tls13_wipe(&x->t);
 	free(x->r);
 	free(x->w);
-	free(x);
+	zfree(x, sizeof(*x));
 	c->t13 = NULL;
 }
 

@@ -31,6 +31,7 @@
 #include "runtime.h"
 #include "stats.h"
 #include "worker.h"
+#include "zone.h"
 
 #ifndef IMAPMUX_VERSION
 #define IMAPMUX_VERSION "0.1.0"
@@ -156,6 +157,7 @@ int main(int argc, char **argv)
 	sigset_t set;
 	int opt, status = 1;
 
+	zone_enable(); /* before anything is allocated (zone.h) */
 	while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
 		switch (opt) {
 		case 'c':

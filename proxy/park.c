@@ -29,6 +29,7 @@
 #include "route.h"
 #include "session.h"
 #include "watch.h"
+#include "zone.h"
 
 /* ---- small helpers ------------------------------------------------------- */
 
@@ -205,7 +206,7 @@ void park_free(struct session *s)
 	mbox_view_destroy(&p->now);
 	buf_free(&p->out);
 	watch_release(&p->watch);
-	free(p);
+	zfree(p, sizeof(*p));
 	s->park = NULL;
 }
 
@@ -236,7 +237,7 @@ static void park_watch_up(struct worker *w, const uint8_t *user, size_t ulen, co
 
 void park_begin(struct session *s)
 {
-	struct park *p = calloc(1, sizeof(*p));
+	struct park *p = zalloc(sizeof(*p));
 	unsigned enabled = mbox_feed_enabled(s->feed);
 
 	if (p == NULL)

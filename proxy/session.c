@@ -38,6 +38,7 @@
 #include "mbox_feed.h"
 #include "proxyproto.h"
 #include "sess.h"
+#include "zone.h"
 
 static unsigned long next_session_id(void)
 {
@@ -80,7 +81,7 @@ static void sess_reap(struct defer *d)
 	mbox_feed_destroy(&s->feed);
 	mbox_view_destroy(&s->view);
 	runtime_unref(&s->rt);
-	free(s);
+	zfree(s, sizeof(*s));
 }
 
 static void sess_free_later(struct session *s)
@@ -681,7 +682,7 @@ static int sess_proxy_header(struct session *s)
 void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr *peer,
                     socklen_t peerlen)
 {
-	struct session *s = calloc(1, sizeof(*s));
+	struct session *s = zalloc(sizeof(*s));
 
 	(void)peerlen;
 	if (s == NULL) {
