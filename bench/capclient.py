@@ -305,6 +305,7 @@ class CapClient:
                 self.keepalives += 1
             else:
                 self.other += 1
+                c.last_line = line
                 if len(self.other_first) < 5:
                     self.other_first.append(line[:120].decode("utf-8", "replace"))
         elif st == DONE:

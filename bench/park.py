@@ -1080,26 +1080,48 @@ async def run_capacity(run):
         opened_users = max(1, res["in_idle"] // args.cap_per_user)
         step = max(1, opened_users // max(1, args.cap_wakes))
         wake_users = users[:opened_users:step][:args.cap_wakes]
+        limit_user = next(u for u in users if u not in wake_users)
+        spare = wake_users + [limit_user]
 
         # Every parked session still answers: DONE, NOOP, IDLE on a sample
         # (parked answers; no backend connection, no fd).
         per = [args.cap_checks // K + (1 if k < args.cap_checks % K else 0) for k in range(K)]
         res["checks_ok"], res["checks_failed"] = 0, []
         for cp, n in zip(procs, per):
-            await cp.send({"op": "check", "n": n, "exclude": wake_users})
+            await cp.send({"op": "check", "n": n, "exclude": spare})
         for cp in procs:
             r = await cp.recv(args.io_timeout + 30)
             res["checks_ok"] += r["ok"]
             res["checks_failed"] += r["failed"]
+
+        # A wake at the limit, before any room is made: each woken session
+        # needs an fd for its backend login, and there is one at most.
+        cp = procs[users.index(limit_user) % K]
+        armed = await cp.ask({"op": "wait", "user": limit_user, "timeout": args.io_timeout}, 10)
+        lw = {"user": limit_user, "of": armed["of"], "fds": len(os.listdir("/proc/%d/fd"
+                                                                          % mux.pid))}
+        try:
+            await cap_append(run, limit_user, "cap-limit")
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, BenchError) as e:
+            lw["error"] = _errname(e)
+        r = await cp.recv(args.io_timeout + 10)
+        lw["seen"], lw["lost"] = r["seen"], r["lost"]
+        r = await cp.ask({"op": "stats"}, 30)
+        lw["lost_first"] = [x for x in r["lost_first"] if x.startswith(limit_user + ":")]
+        res["limit_wake"] = lw
+        await asyncio.sleep(3.0)
+        m = await asyncio.to_thread(metrics_quick, stats_port)
+        lw["parked_after"] = int(m.get("imapmux_sessions_parked", 0)) if m else None
+        lw["wake_failures"] = _m(m, "imapmux_wake_failures_total")
 
         # Room for the wakes: a woken session logs in to the backend (one
         # fd each), which the limit leaves no room for.
         res["room_closed"] = 0
         for cp, n in zip(procs, [args.cap_room // K + (1 if k < args.cap_room % K else 0)
                                  for k in range(K)]):
-            r = await cp.ask({"op": "close", "n": n, "exclude": wake_users}, 30)
+            r = await cp.ask({"op": "close", "n": n, "exclude": spare}, 30)
             res["room_closed"] += r["closed"]
-        expect = (res["parked"] or res["in_idle"]) - res["room_closed"]
+        expect = (lw["parked_after"] or res["parked"] or res["in_idle"]) - res["room_closed"]
         await until(lambda: int(metrics_quick(stats_port).get("imapmux_sessions_parked", -1))
                     <= expect, left(15))
         m = await asyncio.to_thread(metrics_quick, stats_port)
@@ -1373,6 +1395,11 @@ def render_capacity(out, r):
                    "n/a" if parked is None else parked, r.get("peak_parked", 0)))
     n, first, kinds = r.get("emfile", (0, [], {}))
     text.append("  stopped by: %s" % (r.get("stop") or "n/a (mode stopped early)"))
+    if r.get("stop", "").startswith("a refusal"):
+        text.append("  what limited it: %s" % (
+            "the open-files limit (imapmux logged EMFILE; at the refusal imapmux held %s fds of "
+            "%s)" % (fl["total"] if fl else "n/a", soft) if n else
+            "not the open-files limit (no EMFILE in imapmux's log): see the refusal"))
     for f in r.get("first_failures", [])[1:3]:
         text.append("    and: %s at stage %s: %s" % (f["user"], f["stage"], f["error"]))
     if r.get("failed_n"):
@@ -1417,6 +1444,15 @@ def render_capacity(out, r):
                        len(r["checks_failed"])))
         for f in r["checks_failed"][:3]:
             text.append("    check failed: %s at %s: %s" % (f["user"], f["stage"], f["error"]))
+    lw = r.get("limit_wake")
+    if lw:
+        text.append("  a wake at the limit (no room made; imapmux %d fds): APPEND to %s's INBOX: "
+                    "%d of %d sessions read `* N EXISTS`, %d ended%s; then %s parked, wake "
+                    "failures %g" % (lw["fds"], lw["user"], lw["seen"], lw["of"], lw["lost"],
+                                     " (APPEND: %s)" % lw["error"] if lw.get("error") else "",
+                                     lw.get("parked_after"), lw.get("wake_failures", 0)))
+        for ln in lw.get("lost_first", [])[:2]:
+            text.append("    ended: %s" % ln)
     if "wakes" in r:
         full = [w for w in r["wakes"] if "ms" in w]
         text.append("  wakes: %d parked sessions closed first (room for the wakes' backend "
