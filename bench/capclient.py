@@ -237,7 +237,8 @@ class CapClient:
                 return
             if not data:
                 raise Failed("closed by the server%s"
-                             % (" after %r" % c.last_line[:120] if c.last_line else ""))
+                             % (" after \"%s\"" % c.last_line[:120].decode("utf-8", "replace")
+                                if c.last_line else ""))
             c.inbuf += data
             while c.sock is not None:
                 i = c.inbuf.find(b"\r\n")

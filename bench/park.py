@@ -19,6 +19,12 @@ each:
            (fewer sessions, OFF_USERS x PER_USER: a Dovecot imap process per
            session does not fit 3,000 times on this machine; reported per
            session)
+  capacity watch = events, max_connections = the open-files limit: TLS
+           sessions (CAP_USERS x CAP_PER_USER, from bench/capclient.py
+           processes) opened and parked until imapmux refuses one; the
+           largest number parked at once, imapmux's fds by kind and RSS at
+           that moment, DONE/NOOP on a sample, APPEND wakes (see
+           run_capacity). Its own time bound (--cap-time-limit).
 
 measured, once every session is parked (bounded waits):
   * backend connections imapmux holds to Dovecot: its TCP sockets to
@@ -1397,14 +1403,15 @@ def render_capacity(out, r):
     text.append("  stopped by: %s" % (r.get("stop") or "n/a (mode stopped early)"))
     if r.get("stop", "").startswith("a refusal"):
         text.append("  what limited it: %s" % (
-            "the open-files limit (imapmux logged EMFILE; at the refusal imapmux held %s fds of "
-            "%s)" % (fl["total"] if fl else "n/a", soft) if n else
+            "the open-files limit (imapmux logged EMFILE; with the refused sessions closed and "
+            "every session in IDLE parked it holds %s fds of %s)"
+            % (fl["total"] if fl else "n/a", soft) if n else
             "not the open-files limit (no EMFILE in imapmux's log): see the refusal"))
     for f in r.get("first_failures", [])[1:3]:
         text.append("    and: %s at stage %s: %s" % (f["user"], f["stage"], f["error"]))
     if r.get("failed_n"):
-        text.append("    (%d sessions of that round failed in all; each was closed by its "
-                    "client)" % r["failed_n"])
+        text.append("    (%d session%s of that round failed in all; each was closed by its "
+                    "client)" % (r["failed_n"], "" if r["failed_n"] == 1 else "s"))
     text.append("  imapmux log: %d lines with EMFILE (Too many open files)%s"
                 % (n, ": " if kinds else ""))
     for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])[:4]:
@@ -1721,11 +1728,15 @@ def raise_nofile():
 
 
 def needed_imap_processes(args):
-    """Dovecot imap processes the run may have at once: the off mode's
-    sessions, or the watchers (one per user and worker at most) and the
-    sessions waiting to park, plus the direct clients and the APPENDs."""
-    off = min(args.off_users, args.users) * args.per_user
-    parked = args.users * min(args.workers, args.per_user) + args.max_unparked + args.batch
+    """Dovecot imap processes the run may have at once, of the modes it
+    runs: the off mode's sessions, or the watchers (one per user and worker
+    at most) and the sessions waiting to park, or capacity's sessions in
+    IDLE not parked yet and its logins in flight; plus the direct clients
+    and the APPENDs."""
+    others = set(args.mode_list) - {"capacity"}
+    off = min(args.off_users, args.users) * args.per_user if "off" in others else 0
+    parked = (args.users * min(args.workers, args.per_user) + args.max_unparked + args.batch
+              if others - {"off"} else 0)
     cap = 0
     if "capacity" in args.mode_list:
         cap = args.cap_max_unparked + args.cap_batch + args.cap_procs * args.cap_inflight
