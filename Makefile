@@ -163,9 +163,12 @@ demo-stop:
 	@sh deploy/demo.sh stop
 
 # Every benchmark, one after the other; BENCH=park (or webmail) runs one.
+# PARK_MODES=capacity (or events,idle,...) runs only those of park.py's modes.
 BENCH ?= webmail park
+PARK_MODES ?=
 bench: deps all
-	@set -e; for b in $(BENCH); do echo "== bench/$$b.py"; $(PYTHON) bench/$$b.py; done
+	@set -e; for b in $(BENCH); do echo "== bench/$$b.py"; \
+	  PARK_MODES="$(PARK_MODES)" $(PYTHON) bench/$$b.py; done
 
 # Pinned: another clang-format version formats some constructs differently.
 CLANG_FORMAT ?= clang-format-14

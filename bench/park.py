@@ -19,6 +19,12 @@ each:
            (fewer sessions, OFF_USERS x PER_USER: a Dovecot imap process per
            session does not fit 3,000 times on this machine; reported per
            session)
+  capacity watch = events, max_connections = the open-files limit: TLS
+           sessions (CAP_USERS x CAP_PER_USER, from bench/capclient.py
+           processes) opened and parked until imapmux refuses one; the
+           largest number parked at once, imapmux's fds by kind and RSS at
+           that moment, DONE/NOOP on a sample, APPEND wakes (see
+           run_capacity). Its own time bound (--cap-time-limit).
 
 measured, once every session is parked (bounded waits):
   * backend connections imapmux holds to Dovecot: its TCP sockets to
@@ -59,6 +65,7 @@ included), 2 when the set-up failed.
 import argparse
 import asyncio
 import datetime
+import json
 import os
 import re
 import resource
@@ -85,11 +92,14 @@ MESSAGES_PER_USER = 3
 INOTIFY_PATH = "/proc/sys/fs/inotify/max_user_instances"
 TARGET_RSS_KB = 8.0
 
-MODES = ("events", "idle", "notify", "idle1", "off")
+MODES = ("events", "idle", "notify", "idle1", "off", "capacity")
 # mode: (watch, workers: None = --workers)
 MODE_DEF = {"events": ("events", None), "idle": ("idle", None), "notify": ("notify", None),
             "idle1": ("idle", 1),
-            "off": (None, None)}
+            "off": (None, None), "capacity": ("events", None)}
+# The modes make bench runs (PARK_MODES in the environment: others).
+DEFAULT_MODES = MODES
+CAP_TARGET = 18000
 
 # imapmux's log: "2026-01-01T00:00:00.000Z warn ..."
 MUX_PROBLEM_RE = re.compile(r"^\S+Z (error|warn) (.*)$", re.M)
@@ -441,6 +451,9 @@ class Run:
         self.deadline = time.monotonic() + args.time_limit
         self.users = ["bench%04d" % i for i in range(args.users)]
         self.direct_users = ["bdirect%d" % i for i in range(args.direct_users)]
+        self.cap_users = (["cap%05d" % i for i in range(args.cap_users)]
+                          if "capacity" in args.mode_list else [])
+        self.nofile = None
         self.dv = self.redis = None
         self.cert = self.key = self.ctx = None
 
@@ -471,7 +484,14 @@ def mux_conf(run, mode, imaps_port, stats_port):
         "routing": {"lookup": "static", "fallback": "a"},
         "backends": [("a", backend)],
     }
-    if mode == "events":
+    if mode == "capacity":
+        # Nothing but the open-files limit is to stop it: max_connections
+        # at the limit itself (auto would be (limit - 256) / 2), no
+        # per-address bound (the default), the brute-force budgets left
+        # at their default (the clients come from 16 addresses per process,
+        # a few logins in flight per address).
+        conf["imapmux"]["max_connections"] = run.nofile
+    if MODE_DEF[mode][0] == "events":
         conf["redis"] = {"address": "127.0.0.1:%d" % run.redis.port, "prefix": PREFIX}
     return conf
 
@@ -754,6 +774,467 @@ async def run_mode(run, mode):
 
 
 # ---------------------------------------------------------------------------
+# capacity: how many parked TLS sessions one imapmux holds under its
+# open-files limit (issue #11). The clients are bench/capclient.py
+# processes (a process has the same limit as imapmux): this side drives
+# them, paces the logins and looks at imapmux from /proc.
+
+CAPCLIENT = os.path.join(HERE, "capclient.py")
+
+
+def nofile_of(pid):
+    """(soft, hard) RLIMIT_NOFILE of process pid, from /proc/PID/limits."""
+    for line in _read("/proc/%d/limits" % pid).decode().splitlines():
+        if line.startswith("Max open files"):
+            p = line.split()
+            return int(p[3]), int(p[4])
+    return None, None
+
+
+def fd_census(pid, ports):
+    """imapmux's open fds by kind: {kind: count, "total": n}. ports:
+    {"imaps", "stats", "dovecot", "redis"}. Sockets are told apart through
+    /proc/net/tcp (their inode): listeners, client connections (local port
+    = the imaps listener's), backend connections (to Dovecot), Redis; the
+    rest by what the fd's link names (eventfd, eventpoll, pipe, file)."""
+    links = []
+    d = "/proc/%d/fd" % pid
+    for fd in os.listdir(d):
+        try:
+            links.append(os.readlink(os.path.join(d, fd)))
+        except OSError:
+            continue
+    tab = tcp_table()
+    unix = set()
+    for line in _read("/proc/net/unix").decode("utf-8", "replace").splitlines()[1:]:
+        p = line.split()
+        if len(p) >= 7:
+            unix.add(int(p[6]))
+    out = {"total": len(links)}
+
+    def add(kind):
+        out[kind] = out.get(kind, 0) + 1
+    for t in links:
+        if t.startswith("socket:["):
+            inode = int(t[8:-1])
+            if inode in tab:
+                lport, _raddr, rport, state = tab[inode]
+                if state == "0A":
+                    add("listener imaps" if lport == ports["imaps"] else
+                        "listener stats" if lport == ports["stats"] else "listener other")
+                elif lport == ports["imaps"]:
+                    add("client")
+                elif rport == ports["dovecot"]:
+                    add("backend (Dovecot)")
+                elif rport == ports["redis"]:
+                    add("Redis")
+                elif lport == ports["stats"]:
+                    add("stats client")
+                else:
+                    add("tcp other")
+            elif inode in unix:
+                add("unix socket")
+            else:
+                add("socket other")
+        elif t.startswith("anon_inode:"):
+            add(t[len("anon_inode:"):].strip("[]"))
+        elif t.startswith("pipe:"):
+            add("pipe")
+        elif t == "/dev/null":
+            add("/dev/null")
+        else:
+            add("file %s" % os.path.basename(t))
+    return out
+
+
+def census_text(c):
+    rest = sorted((k, v) for k, v in c.items() if k not in ("total", "client"))
+    return "%d client sockets + %d others (%s)" % (
+        c.get("client", 0), c["total"] - c.get("client", 0),
+        ", ".join("%s %d" % kv for kv in rest) or "none")
+
+
+def metrics_quick(port):
+    """/metrics with a short deadline: at the fd limit imapmux's stats
+    thread cannot accept (EMFILE), and the connect waits in its backlog."""
+    try:
+        return webmail.http_get_metrics(port, timeout=2.0)
+    except (OSError, lab.LabError):
+        return {}
+
+
+class CapProc:
+    """One bench/capclient.py process and its JSON-lines pipe."""
+
+    def __init__(self, k, proc, sessions):
+        self.k = k
+        self.proc = proc
+        self.sessions = sessions
+        self.left = len(sessions)
+        self.idle = 0
+
+    async def send(self, obj):
+        self.proc.stdin.write((json.dumps(obj) + "\n").encode())
+        await self.proc.stdin.drain()
+
+    async def recv(self, timeout):
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not line:
+            raise BenchError("capacity client %d exited (status %s)"
+                             % (self.k, self.proc.returncode))
+        return json.loads(line)
+
+    async def ask(self, obj, timeout):
+        await self.send(obj)
+        return await self.recv(timeout)
+
+
+def cap_mux_ports(run, res):
+    return {"imaps": res["imaps_port"], "stats": res["stats_port"], "dovecot": run.dv.port,
+            "redis": run.redis.port}
+
+
+async def cap_append(run, user, tag):
+    """APPEND one message to user's INBOX through a fresh direct connection
+    to Dovecot (plain port). Returns CLOCK_MONOTONIC when the APPEND was
+    written (capclient's clock: time.monotonic in every process)."""
+    timeout = run.args.io_timeout
+    a = Client(user)
+    try:
+        await a.connect(run.dv.port, None, timeout)
+        await a.command("l", "LOGIN %s %s" % (user, password(user)), timeout)
+        msg = message(user, tag, "park bench capacity wake %s" % tag)
+        t0 = time.monotonic()
+        a.writer.write(b"p APPEND INBOX {%d+}\r\n%s\r\n" % (len(msg), msg))
+        while True:
+            line = await a.readline(timeout)
+            if line.startswith(b"p "):
+                if not line.startswith(b"p OK"):
+                    raise BenchError("APPEND: %r" % line[:200])
+                return t0
+    finally:
+        if a.writer is not None:
+            try:
+                a.writer.write(b"z LOGOUT\r\n")
+            except Exception:
+                pass
+        a.close()
+
+
+async def run_capacity(run):
+    """The capacity mode: sessions opened until imapmux refuses one (or the
+    count or time bound), then the state at that moment, checks that the
+    parked sessions still answer, and wakes. Returns its result dict."""
+    args = run.args
+    dv = run.dv
+    t_mode = time.monotonic()
+    deadline = t_mode + args.cap_time_limit
+    users = run.cap_users
+    total = min(args.cap_max, len(users) * args.cap_per_user)
+    res = {"mode": "capacity", "users": len(users), "sessions": total, "errors": [],
+           "samples": [], "direct": [], "sample_errors": [], "direct_errors": [],
+           "attempted": 0, "in_idle": 0, "peak_parked": 0, "progress": []}
+    tmp = os.path.join(run.tmp, "capacity")
+    os.makedirs(tmp, exist_ok=True)
+    dlog0 = os.path.getsize(dv.log_path) if os.path.exists(dv.log_path) else 0
+    mux = start_mux(run, "capacity", tmp, res)
+    res["mux_nofile"] = nofile_of(mux.pid)
+    ports = cap_mux_ports(run, res)
+    stats_port = res["stats_port"]
+    procs = []
+    cpu0 = webmail.cpu_sample(dv, mux)
+    cap_log = open(os.path.join(tmp, "capclient.log"), "ab")
+
+    def left(want):
+        return max(0.5, min(want, deadline - time.monotonic()))
+    try:
+        chan = PREFIX + "events"
+        ok = await until(lambda: int(run.redis.command("PUBSUB", "NUMSUB", chan)[1]) >= 1,
+                         left(10))
+        if not ok:
+            raise BenchError("imapmux did not subscribe to %s" % chan)
+        await asyncio.sleep(0.5)
+        res["rss_base"] = proc_status_kib(mux.pid, "VmRSS")
+        res["fds_base"] = await asyncio.to_thread(fd_census, mux.pid, ports)
+
+        # The client processes: user j's sessions all in process j % K (a
+        # wake's EXISTS is then seen in one place), each process connecting
+        # from 16 loopback addresses of its own.
+        K = args.cap_procs
+        for k in range(K):
+            sessions = [[u, password(u)] for u in users[k::K] for _ in range(args.cap_per_user)]
+            p = await asyncio.create_subprocess_exec(
+                sys.executable, CAPCLIENT, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=cap_log, limit=1 << 22)
+            cp = CapProc(k, p, sessions)
+            procs.append(cp)
+            await cp.send({"port": res["imaps_port"], "cafile": run.cert,
+                           "sources": ["127.0.%d.%d" % (1 + k, 2 + i) for i in range(16)],
+                           "sessions": sessions, "inflight": args.cap_inflight,
+                           "io_timeout": args.io_timeout})
+        for cp in procs:
+            r = await cp.recv(30)
+            if r.get("op") != "ready":
+                raise BenchError("capacity client %d: %r" % (cp.k, r))
+            res["client_nofile"] = r["nofile"]
+
+        # The ramp: rounds of cap_batch sessions over the processes; after
+        # each, wait (bounded) until no more than cap_max_unparked of those
+        # in IDLE are still attached (each holds a Dovecot imap process and
+        # a backend fd). Near the limit (the approach) every session parks
+        # before the next round, and a round takes at most a third of the
+        # fds left: a session being logged in holds two (client, backend),
+        # a parked one one, so the first refusal comes with every fd but
+        # one or two held by parked sessions, not by logins in flight.
+        limit = res["mux_nofile"][0] or run.nofile
+        t0 = time.monotonic()
+        stop = None
+        next_report = 2000
+        metrics_gone = 0
+        fds_now = res["fds_base"]["total"]
+        approach_at = limit - 2 * (args.cap_batch + args.cap_max_unparked) - 100
+        res["approach_from"] = None
+        while stop is None:
+            if time.monotonic() > deadline:
+                stop = "the time bound (%.0f s)" % args.cap_time_limit
+                break
+            approach = fds_now >= approach_at
+            n = min(args.cap_batch, total - res["attempted"])
+            if approach:
+                if res["approach_from"] is None:
+                    res["approach_from"] = (res["in_idle"], time.monotonic() - t0)
+                n = min(n, max(1, (limit - fds_now) // 3))
+            if n <= 0 or not any(cp.left for cp in procs):
+                stop = "the count bound (%d sessions attempted)" % res["attempted"]
+                break
+            asks = []
+            live = [cp for cp in procs if cp.left]
+            for i, cp in enumerate(live):
+                share = min(cp.left, n // len(live) + (1 if i < n % len(live) else 0))
+                if share:
+                    asks.append((cp, share))
+            for cp, share in asks:
+                await cp.send({"op": "open", "n": share})
+            failed = []
+            for cp, share in asks:
+                r = await cp.recv(args.io_timeout * 6 + 30)
+                res["attempted"] += cp.left - r["left"]
+                cp.left = r["left"]
+                cp.idle = r["idle"]
+                failed += r["failed"]
+            res["in_idle"] = sum(cp.idle for cp in procs)
+            if failed:
+                res["first_failures"] = failed[:5]
+                res["failed_n"] = len(failed)
+                f = failed[0]
+                stop = "a refusal: session %s at stage %s: %s" % (f["user"], f["stage"],
+                                                                   f["error"])
+                break
+            # Pace on parking; /metrics unreadable means imapmux has no fd
+            # left for the stats thread: go on, the next round will tell.
+            want = res["in_idle"] - (0 if approach else args.cap_max_unparked)
+            parked = 0
+            wait_end = time.monotonic() + left(30)
+            while time.monotonic() < wait_end:
+                m = await asyncio.to_thread(metrics_quick, stats_port)
+                if not m:
+                    metrics_gone += 1
+                    break
+                parked = int(m.get("imapmux_sessions_parked", 0))
+                res["peak_parked"] = max(res["peak_parked"], parked)
+                if parked >= want:
+                    break
+                await asyncio.sleep(0.2)
+            fds_now = len(os.listdir("/proc/%d/fd" % mux.pid))
+            if res["in_idle"] >= next_report:
+                next_report += 2000
+                el = time.monotonic() - t0
+                res["progress"].append((res["in_idle"], parked, fds_now, el))
+                print("park: capacity: %d sessions in IDLE, %d parked, imapmux %d fds, %.0f s"
+                      % (res["in_idle"], parked, fds_now, el), flush=True)
+        res["stop"] = stop
+        res["ramp_s"] = time.monotonic() - t0
+        res["metrics_unreachable_rounds"] = metrics_gone
+        print("park: capacity: stopped by %s after %.0f s; %d attempted, %d in IDLE"
+              % (stop, res["ramp_s"], res["attempted"], res["in_idle"]), flush=True)
+
+        # Every session in IDLE parks; the refused ones are closed already
+        # (by the clients), so imapmux has an fd again for /metrics.
+        t0 = time.monotonic()
+        m = {}
+        while time.monotonic() < t0 + left(args.park_timeout):
+            m = await asyncio.to_thread(metrics_quick, stats_port)
+            if m and int(m.get("imapmux_sessions_parked", 0)) >= res["in_idle"]:
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(2.0)
+        res["settle_s"] = time.monotonic() - t0
+
+        # The state at the limit: /proc first (needs no fd of imapmux's).
+        res["fds_limit"] = await asyncio.to_thread(fd_census, mux.pid, ports)
+        res["rss_parked"] = proc_status_kib(mux.pid, "VmRSS")
+        res["threads"] = len(os.listdir("/proc/%d/task" % mux.pid))
+        m = await asyncio.to_thread(metrics_quick, stats_port)
+        res["metrics_parked"] = m
+        res["parked"] = int(m["imapmux_sessions_parked"]) if m else None
+        res["mux_sessions"] = int(m.get("imapmux_sessions", 0)) if m else None
+        res["peak_parked"] = max(res["peak_parked"], res["parked"] or 0)
+        res["heap_parked"] = await asyncio.to_thread(mux_heap_in_use, mux)
+        res["emfile_at_limit"] = mux_emfile(mux)
+        print("park: capacity: at the limit: %s parked, imapmux %d fds (%s), VmRSS %d KiB"
+              % (res["parked"], res["fds_limit"]["total"], census_text(res["fds_limit"]),
+                 res["rss_parked"]), flush=True)
+
+        # The wake users: spread over the first users (all opened).
+        opened_users = max(1, res["in_idle"] // args.cap_per_user)
+        step = max(1, opened_users // max(1, args.cap_wakes))
+        wake_users = users[:opened_users:step][:args.cap_wakes]
+        limit_user = next(u for u in users if u not in wake_users)
+        spare = wake_users + [limit_user]
+
+        # Every parked session still answers: DONE, NOOP, IDLE on a sample
+        # (parked answers; no backend connection, no fd).
+        per = [args.cap_checks // K + (1 if k < args.cap_checks % K else 0) for k in range(K)]
+        res["checks_ok"], res["checks_failed"] = 0, []
+        for cp, n in zip(procs, per):
+            await cp.send({"op": "check", "n": n, "exclude": spare})
+        for cp in procs:
+            r = await cp.recv(args.io_timeout + 30)
+            res["checks_ok"] += r["ok"]
+            res["checks_failed"] += r["failed"]
+
+        # A wake at the limit, before any room is made: each woken session
+        # needs an fd for its backend login, and there is one at most.
+        cp = procs[users.index(limit_user) % K]
+        armed = await cp.ask({"op": "wait", "user": limit_user, "timeout": args.io_timeout}, 10)
+        lw = {"user": limit_user, "of": armed["of"], "fds": len(os.listdir("/proc/%d/fd"
+                                                                          % mux.pid))}
+        try:
+            await cap_append(run, limit_user, "cap-limit")
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, BenchError) as e:
+            lw["error"] = _errname(e)
+        r = await cp.recv(args.io_timeout + 10)
+        lw["seen"], lw["lost"] = r["seen"], r["lost"]
+        r = await cp.ask({"op": "stats"}, 30)
+        lw["lost_first"] = [x for x in r["lost_first"] if x.startswith(limit_user + ":")]
+        res["limit_wake"] = lw
+        await asyncio.sleep(3.0)
+        m = await asyncio.to_thread(metrics_quick, stats_port)
+        lw["parked_after"] = int(m.get("imapmux_sessions_parked", 0)) if m else None
+        lw["wake_failures"] = _m(m, "imapmux_wake_failures_total")
+
+        # Room for the wakes: a woken session logs in to the backend (one
+        # fd each), which the limit leaves no room for.
+        res["room_closed"] = 0
+        for cp, n in zip(procs, [args.cap_room // K + (1 if k < args.cap_room % K else 0)
+                                 for k in range(K)]):
+            r = await cp.ask({"op": "close", "n": n, "exclude": spare}, 30)
+            res["room_closed"] += r["closed"]
+        expect = (lw["parked_after"] or res["parked"] or res["in_idle"]) - res["room_closed"]
+        await until(lambda: int(metrics_quick(stats_port).get("imapmux_sessions_parked", -1))
+                    <= expect, left(15))
+        m = await asyncio.to_thread(metrics_quick, stats_port)
+        res["parked_before_wakes"] = int(m.get("imapmux_sessions_parked", 0)) if m else None
+        res["fds_before_wakes"] = len(os.listdir("/proc/%d/fd" % mux.pid))
+
+        # Wakes: one APPEND per wake user (Dovecot's push script publishes
+        # `mbox USER INBOX`), every session of that user reads EXISTS.
+        res["wakes"] = []
+        for i, u in enumerate(wake_users):
+            cp = procs[users.index(u) % K]
+            armed = await cp.ask({"op": "wait", "user": u, "timeout": args.io_timeout}, 10)
+            try:
+                t0 = await cap_append(run, u, "cap-%d" % i)
+            except (OSError, ssl.SSLError, asyncio.TimeoutError, BenchError) as e:
+                res["sample_errors"].append("%s: APPEND: %s" % (u, _errname(e)))
+                t0 = None
+            r = await cp.recv(args.io_timeout + 10)
+            w = {"user": u, "of": armed["of"], "seen": r["seen"], "lost": r["lost"]}
+            if t0 is not None and r["last"] is not None and r["seen"] == r["of"] and r["of"]:
+                w["ms"] = (r["last"] - t0) * 1000.0
+                res["samples"].append(r["last"] - t0)
+            elif t0 is not None:
+                res["sample_errors"].append("%s: %d of %d sessions read EXISTS within %.0f s"
+                                            % (u, r["seen"], r["of"], args.io_timeout))
+            res["wakes"].append(w)
+            if res["parked_before_wakes"] is not None:
+                await until(lambda: int(metrics_quick(stats_port).get(
+                    "imapmux_sessions_parked", 0)) >= res["parked_before_wakes"], left(15),
+                    poll=0.1)
+        m = await asyncio.to_thread(metrics_quick, stats_port)
+        res["metrics_end"] = m
+        res["parked_end"] = int(m.get("imapmux_sessions_parked", 0)) if m else None
+        res["lost_in_idle"] = res["keepalives"] = res["unexpected_lines"] = 0
+        res["lost_first"], res["other_first"] = [], []
+        res["client_cpu"] = 0.0
+        res["client_maxrss_kb"] = []
+        for cp in procs:
+            r = await cp.ask({"op": "stats"}, 30)
+            res["lost_in_idle"] += r["lost"]
+            res["keepalives"] += r["keepalives"]
+            res["unexpected_lines"] += r["other"]
+            res["lost_first"] += r["lost_first"]
+            res["other_first"] += r["other_first"]
+            res["client_cpu"] += r["cpu"]
+            res["client_maxrss_kb"].append(r["maxrss_kb"])
+    except (BenchError, lab.LabError, OSError, ssl.SSLError, asyncio.TimeoutError,
+            ValueError, KeyError) as e:
+        res["errors"].append("mode stopped: %s" % _errname(e))
+    finally:
+        res["cpu"] = {k: v - cpu0[k] for k, v in webmail.cpu_sample(dv, mux).items()}
+        res["cpu"]["client"] += res.get("client_cpu", 0.0)
+        for cp in procs:
+            try:
+                await cp.send({"op": "quit"})
+            except (OSError, ConnectionError):
+                pass
+        for cp in procs:
+            try:
+                await asyncio.wait_for(cp.proc.wait(), 30)
+            except asyncio.TimeoutError:
+                cp.proc.kill()
+                await cp.proc.wait()
+        cap_log.close()
+        await asyncio.sleep(0.5)
+        res["mux_alive"] = mux.alive()
+        res["mux_rc_before_stop"] = mux.returncode
+        mux.stop(timeout=10)
+        res["problems"] = mux_problems(mux)
+        res["emfile"] = mux_emfile(mux)
+        if not res["mux_alive"]:
+            res["errors"].append("imapmux exited (status %s) during the mode%s"
+                                 % (res["mux_rc_before_stop"], mux.log_tail_text(15)))
+        await until(lambda: imap_processes(dv, ())[0] == 0, 30)
+        with open(dv.log_path, "rb") as f:
+            f.seek(dlog0)
+            dtext = f.read().decode("utf-8", "replace")
+        res["inotify_warnings"] = len(INOTIFY_WARN_RE.findall(dtext))
+        res["dovecot_errors"] = len(re.findall(r" (?:Error|Fatal|Panic): ", dtext))
+        res["dovecot_error_lines"] = [ln[:200] for ln in dtext.splitlines()
+                                      if re.search(r" (?:Error|Fatal|Panic): ", ln)][:5]
+        res["mode_s"] = time.monotonic() - t_mode
+    return res
+
+
+def mux_emfile(mux):
+    """imapmux's log lines naming EMFILE ("Too many open files"): (count,
+    first few, the kinds: what was refused the fd)."""
+    try:
+        with open(mux.log_path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return 0, [], {}
+    found = [ln for ln in text.splitlines() if "Too many open files" in ln]
+    kinds = {}
+    for ln in found:
+        k = re.sub(r"^\S+Z \S+ ", "", ln)
+        k = re.sub(r"S-\d+ \S+", "S-N", k)
+        k = re.sub(r"worker \d+", "worker N", k)[:120]
+        kinds[k] = kinds.get(k, 0) + 1
+    return len(found), [ln[:200] for ln in found[:3]], kinds
+
+
+# ---------------------------------------------------------------------------
 # output
 
 def _kb(x):
@@ -801,7 +1282,23 @@ def mode_label(res):
 
 def render(out):
     args = out["args"]
-    modes = out["modes"]
+    modes = [r for r in out["modes"] if r["mode"] != "capacity"]
+    text = []
+    if modes:
+        text += render_modes(out, modes)
+    for r in out["modes"]:
+        if r["mode"] == "capacity":
+            text += render_capacity(out, r)
+    text.append("")
+    text += verdicts(out)
+    if modes:
+        text.append("")
+        text += breakdown(out)
+    return "\n".join(text)
+
+
+def render_modes(out, modes):
+    args = out["args"]
     rows = [("mode", "sessions in IDLE", "parked", "backend connections (watchers)",
              "Dovecot imap processes", "imapmux RSS KB/session", "APPEND->EXISTS p50 / p99 ms",
              "direct Dovecot p50 / p99 ms")]
@@ -887,11 +1384,126 @@ def render(out):
             text.append("    dovecot: %s" % ln)
         for e in r["errors"] + r["sample_errors"][:3] + r["direct_errors"][:3]:
             text.append("  PROBLEM: %s" % e)
-    text.append("")
-    text += verdicts(out)
-    text.append("")
-    text += breakdown(out)
-    return "\n".join(text)
+    return text
+
+
+def render_capacity(out, r):
+    args = out["args"]
+    soft, hard = r.get("mux_nofile") or (None, None)
+    fl, fb = r.get("fds_limit"), r.get("fds_base")
+    parked = r.get("parked")
+    text = ["capacity: parked TLS sessions in one imapmux (watch = events, %d workers, "
+            "RLIMIT_NOFILE soft %s / hard %s, max_connections = %s), %d users x %d sessions, "
+            "at most %d attempted, from %d client processes (%d logins in flight each), "
+            "%.0f s" % (args.workers, soft, hard, soft, args.cap_users, args.cap_per_user,
+                        args.cap_max, args.cap_procs, args.cap_inflight, r.get("mode_s", 0)),
+            ""]
+    text.append("  sessions: %d attempted, %d in IDLE; parked at once (imapmux_sessions_parked "
+                "with every session in IDLE parked): %s; largest seen during the run %s"
+                % (r.get("attempted", 0), r.get("in_idle", 0),
+                   "n/a" if parked is None else parked, r.get("peak_parked", 0)))
+    n, first, kinds = r.get("emfile", (0, [], {}))
+    text.append("  stopped by: %s" % (r.get("stop") or "n/a (mode stopped early)"))
+    if r.get("stop", "").startswith("a refusal"):
+        text.append("  what limited it: %s" % (
+            "the open-files limit (imapmux logged EMFILE; with the refused sessions closed and "
+            "every session in IDLE parked it holds %s fds of %s)"
+            % (fl["total"] if fl else "n/a", soft) if n else
+            "not the open-files limit (no EMFILE in imapmux's log): see the refusal"))
+    for f in r.get("first_failures", [])[1:3]:
+        text.append("    and: %s at stage %s: %s" % (f["user"], f["stage"], f["error"]))
+    if r.get("failed_n"):
+        text.append("    (%d session%s of that round failed in all; each was closed by its "
+                    "client)" % (r["failed_n"], "" if r["failed_n"] == 1 else "s"))
+    text.append("  imapmux log: %d lines with EMFILE (Too many open files)%s"
+                % (n, ": " if kinds else ""))
+    for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])[:4]:
+        text.append("    %dx %s" % (v, k))
+    if fl:
+        text.append("  imapmux open fds at that moment: %d of the %s limit: %s"
+                    % (fl["total"], soft, census_text(fl)))
+    if fb:
+        text.append("  imapmux open fds before any client: %d (%s)"
+                    % (fb["total"], census_text(fb)))
+    if fl and r.get("threads"):
+        text.append("  imapmux threads: %d (workers, stats, health, crypt pool, ...: no fds of "
+                    "their own but the eventfds and epolls above)" % r["threads"])
+    if r.get("rss_parked") is not None and parked:
+        per = (r["rss_parked"] - r["rss_base"]) / float(parked)
+        heap = (r["heap_parked"] / 1024.0 / parked) if r.get("heap_parked") else float("nan")
+        text.append("  imapmux VmRSS: %d KiB before any client, %d KiB (%.1f MiB) at the limit: "
+                    "%.2f KB per parked session; glibc heap in use at the limit %s KB per "
+                    "parked session" % (r["rss_base"], r["rss_parked"], r["rss_parked"] / 1024.0,
+                                        per, _kb(heap)))
+    if r.get("ramp_s"):
+        prog = ", ".join("%d at %.0f s" % (p[0], p[3]) for p in r.get("progress", []))
+        text.append("  ramp: %d sessions in IDLE in %.0f s (%.0f per second); in IDLE: %s"
+                    % (r.get("in_idle", 0), r["ramp_s"], r.get("in_idle", 0) / r["ramp_s"],
+                       prog or "-"))
+        if r.get("approach_from"):
+            text.append("  approach (from %d sessions in IDLE, at %.0f s): each round waits for "
+                        "every session to park and takes at most a third of the fds left"
+                        % r["approach_from"])
+        if r.get("metrics_unreachable_rounds"):
+            text.append("  /metrics unreachable after %d rounds (the stats thread's accept had "
+                        "no fd)" % r["metrics_unreachable_rounds"])
+    if "checks_ok" in r:
+        text.append("  checks: DONE, NOOP, IDLE on %d parked sessions spread over the run: "
+                    "%d answered (tagged OK, OK, +), %d failed"
+                    % (r["checks_ok"] + len(r["checks_failed"]), r["checks_ok"],
+                       len(r["checks_failed"])))
+        for f in r["checks_failed"][:3]:
+            text.append("    check failed: %s at %s: %s" % (f["user"], f["stage"], f["error"]))
+    lw = r.get("limit_wake")
+    if lw:
+        text.append("  a wake at the limit (no room made; imapmux %d fds): APPEND to %s's INBOX: "
+                    "%d of %d sessions read `* N EXISTS`, %d ended%s; then %s parked, wake "
+                    "failures %g" % (lw["fds"], lw["user"], lw["seen"], lw["of"], lw["lost"],
+                                     " (APPEND: %s)" % lw["error"] if lw.get("error") else "",
+                                     lw.get("parked_after"), lw.get("wake_failures", 0)))
+        for ln in lw.get("lost_first", [])[:2]:
+            text.append("    ended: %s" % ln)
+    if "wakes" in r:
+        full = [w for w in r["wakes"] if "ms" in w]
+        text.append("  wakes: %d parked sessions closed first (room for the wakes' backend "
+                    "connections), %s parked, imapmux %s fds; one APPEND each to %d users' "
+                    "INBOX (Dovecot's push script -> Redis `mbox USER INBOX`): %d of %d users "
+                    "had every session read `* N EXISTS` (%s sessions)"
+                    % (r.get("room_closed", 0), r.get("parked_before_wakes"),
+                       r.get("fds_before_wakes"), len(r["wakes"]), len(full), len(r["wakes"]),
+                       "+".join(str(w["of"]) for w in r["wakes"])))
+        if r["samples"]:
+            text.append("  APPEND->EXISTS at the last of a user's sessions (ms): min %.1f, "
+                        "median %.1f, max %.1f"
+                        % (min(r["samples"]) * 1e3, statistics.median(r["samples"]) * 1e3,
+                           max(r["samples"]) * 1e3))
+    me = r.get("metrics_end") or {}
+    if "parked_end" in r:
+        text.append("  at the end: %s parked; client connections lost in IDLE %s, keep-alives "
+                    "%s, other untagged lines in IDLE %s; /metrics: parks %g, wakes change %g / "
+                    "client %g, wake failures %g, backend logins %g"
+                    % (r["parked_end"], r.get("lost_in_idle"), r.get("keepalives"),
+                       r.get("unexpected_lines"), _m(me, "imapmux_parks_total"),
+                       _m(me, 'imapmux_wakes_total{cause="change"}'),
+                       _m(me, 'imapmux_wakes_total{cause="client"}'),
+                       _m(me, "imapmux_wake_failures_total"),
+                       _m(me, "imapmux_backend_logins_total")))
+        for ln in r.get("lost_first", [])[:3]:
+            text.append("    lost: %s" % ln)
+    text.append("  time: ramp %.1f s, parking %.1f s, mode %.1f s; CPU s: clients %.1f, "
+                "Dovecot %.1f, imapmux %.1f"
+                % (r.get("ramp_s", 0), r.get("settle_s", 0), r.get("mode_s", 0),
+                   r["cpu"]["client"], r["cpu"]["dovecot"], r["cpu"]["imapmux"]))
+    n_prob, first = r.get("problems", (0, []))
+    text.append("  imapmux log: %d warn/error lines; Dovecot log: %d errors, %d inotify-limit "
+                "warnings" % (n_prob, r.get("dovecot_errors", 0), r.get("inotify_warnings", 0)))
+    for ln in first[:4]:
+        text.append("    imapmux: %s" % ln)
+    for ln in r.get("dovecot_error_lines", [])[:3]:
+        text.append("    dovecot: %s" % ln)
+    for e in r["errors"] + r["sample_errors"][:3]:
+        text.append("  PROBLEM: %s" % e)
+    return text
 
 
 def expected_watchers(users, workers, per_user):
@@ -947,6 +1559,13 @@ def verdicts(out):
             target = " (target: events faster: %s)" % met(a50 < d50 and a99 < d99)
         lines.append("  APPEND->EXISTS, %s vs direct Dovecot: p50 %s vs %s ms, p99 %s vs %s ms%s"
                      % (mode_label(r), _ms(a50), _ms(d50), _ms(a99), _ms(d99), target))
+    if "capacity" in by:
+        r = by["capacity"]
+        n = r.get("parked")
+        limit = (r.get("mux_nofile") or (None,))[0]
+        lines.append("  parked TLS sessions in one process under a %s fd limit: %s (target >= %d: "
+                     "%s)" % (limit, "n/a" if n is None else n, CAP_TARGET,
+                              met(n is not None and n >= CAP_TARGET)))
     if "off" in by and by["off"].get("in_idle"):
         r = by["off"]
         n = args.users * args.per_user
@@ -1008,6 +1627,40 @@ def breakdown(out):
     return lines
 
 
+def load_line(out):
+    args = out["args"]
+    parts = []
+    if set(args.mode_list) - {"capacity"}:
+        parts.append("%d users (`bench0000`..) x %d implicit-TLS sessions, %d messages per "
+                     "INBOX; parking off: the first %d users; %d direct users x %d clients on "
+                     "Dovecot's plain port; %d workers (idle1: 1)"
+                     % (args.users, args.per_user, MESSAGES_PER_USER,
+                        min(args.off_users, args.users), args.direct_users, args.per_user,
+                        args.workers))
+    if "capacity" in args.mode_list:
+        parts.append("capacity: %d users (`cap00000`..) x %d implicit-TLS sessions (at most %d "
+                     "attempted, stopping at the first refusal or after %.0f s), %d messages per "
+                     "INBOX, %d client processes, %d logins in flight each, rounds of %d, at most "
+                     "%d in IDLE not yet parked, %d workers"
+                     % (args.cap_users, args.cap_per_user, args.cap_max, args.cap_time_limit,
+                        MESSAGES_PER_USER, args.cap_procs, args.cap_inflight, args.cap_batch,
+                        args.cap_max_unparked, args.workers))
+    parts.append("park_idle_after = %ds; reuse_ttl = 0; fs.inotify.max_user_instances %s"
+                 % (args.park_after, out["inotify"]))
+    return "; ".join(parts)
+
+
+def conf_summary(out):
+    modes = [o["mode"] for o in out["modes"]]
+    if "events" in modes:
+        text = ("events mode; idle: watch = idle and no [redis]; idle1: the same with "
+                "workers = 1; off: park_idle_after = 0 and no [redis]")
+        if "capacity" in modes:
+            text += "; capacity: events' with max_connections = the open-files limit"
+        return text
+    return "%s mode" % (modes[0] if modes else "no")
+
+
 def record(out):
     f = out["facts"]
     args = out["args"]
@@ -1022,6 +1675,8 @@ def record(out):
     started = " ".join([sys.executable] + sys.argv)
     cmd = "make bench" if not sys.argv[1:] else "/usr/bin/python3 bench/park.py %s" % (
         " ".join(sys.argv[1:]))
+    if not sys.argv[1:] and os.environ.get("PARK_MODES"):
+        cmd = "make bench BENCH=park PARK_MODES=%s" % os.environ["PARK_MODES"]
     sec = ["### %s — park, commit `%s`%s" % (when, f["commit"],
                                                " (dirty tree)" if f["dirty"] else ""),
            "",
@@ -1034,20 +1689,13 @@ def record(out):
            % (f["nproc"], f["cpu"], f["kernel"], f["loadavg"], out["loadavg_end"]),
            "- software: %s (`%s`, built from the working tree); Dovecot %s; %s; Python %s"
            % (f["imapmux"], f["binary"], f["dovecot"], f["openssl"], f["python"]),
-           "- load: %d users (`bench0000`..) x %d implicit-TLS sessions, %d messages per INBOX; "
-           "parking off: the first %d users; %d direct users x %d clients on Dovecot's plain "
-           "port; %d workers (idle1: 1); park_idle_after = %ds; reuse_ttl = 0; "
-           "fs.inotify.max_user_instances %s"
-           % (args.users, args.per_user, MESSAGES_PER_USER, min(args.off_users, args.users),
-              args.direct_users, args.per_user, args.workers, args.park_after, out["inotify"]),
+           "- load: %s" % load_line(out),
            "",
            "```",
            out["text"],
            "```",
            "",
-           "<details><summary>imapmux configuration (events mode; idle: watch = idle and "
-           "no [redis]; idle1: the same with workers = 1; off: park_idle_after = 0 and no "
-           "[redis])</summary>",
+           "<details><summary>imapmux configuration (%s)</summary>" % conf_summary(out),
            "",
            "```ini",
            out["conf_text"].rstrip("\n"),
@@ -1083,12 +1731,19 @@ def raise_nofile():
 
 
 def needed_imap_processes(args):
-    """Dovecot imap processes the run may have at once: the off mode's
-    sessions, or the watchers (one per user and worker at most) and the
-    sessions waiting to park, plus the direct clients and the APPENDs."""
-    off = min(args.off_users, args.users) * args.per_user
-    parked = args.users * min(args.workers, args.per_user) + args.max_unparked + args.batch
-    return max(off, parked) + args.direct_users * args.per_user + 100
+    """Dovecot imap processes the run may have at once, of the modes it
+    runs: the off mode's sessions, or the watchers (one per user and worker
+    at most) and the sessions waiting to park, or capacity's sessions in
+    IDLE not parked yet and its logins in flight; plus the direct clients
+    and the APPENDs."""
+    others = set(args.mode_list) - {"capacity"}
+    off = min(args.off_users, args.users) * args.per_user if "off" in others else 0
+    parked = (args.users * min(args.workers, args.per_user) + args.max_unparked + args.batch
+              if others - {"off"} else 0)
+    cap = 0
+    if "capacity" in args.mode_list:
+        cap = args.cap_max_unparked + args.cap_batch + args.cap_procs * args.cap_inflight
+    return max(off, parked, cap) + args.direct_users * args.per_user + 100
 
 
 def start_dovecot(run, procs):
@@ -1096,7 +1751,7 @@ def start_dovecot(run, procs):
     lab.free_port() and the bind (the machine is shared; lab's start then
     sees the other server's greeting): Dovecot exits, and is started again
     on a new port, up to three times."""
-    users = {u: password(u) for u in run.users + run.direct_users}
+    users = {u: password(u) for u in run.users + run.direct_users + run.cap_users}
     last = None
     for attempt in range(3):
         dv = BenchDovecot(users, MESSAGES_PER_USER,
@@ -1119,14 +1774,19 @@ def start_dovecot(run, procs):
 async def run_all(run, modes):
     outs = []
     for mode in modes:
-        if run.over():
-            break
+        # The capacity mode has its own time bound (--cap-time-limit).
+        if run.over() and mode != "capacity":
+            continue
         print("park: mode %s ..." % mode, flush=True)
-        r = await run_mode(run, mode)
-        print("park: mode %s done in %.0f s: %s sessions in IDLE, %s parked, %s backend "
-              "connections, %s imap processes"
-              % (mode, r.get("mode_s", 0), r.get("in_idle"), r.get("parked"),
-                 r.get("backend_conns"), r.get("imap_procs")), flush=True)
+        r = await (run_capacity(run) if mode == "capacity" else run_mode(run, mode))
+        if mode == "capacity":
+            print("park: mode capacity done in %.0f s: %s sessions in IDLE, %s parked"
+                  % (r.get("mode_s", 0), r.get("in_idle"), r.get("parked")), flush=True)
+        else:
+            print("park: mode %s done in %.0f s: %s sessions in IDLE, %s parked, %s backend "
+                  "connections, %s imap processes"
+                  % (mode, r.get("mode_s", 0), r.get("in_idle"), r.get("parked"),
+                     r.get("backend_conns"), r.get("imap_procs")), flush=True)
         outs.append(r)
     return outs
 
@@ -1136,12 +1796,14 @@ def run(args):
     t_start = time.monotonic()
     info = webmail.facts()
     nofile = raise_nofile()
-    need_fds = args.users * args.per_user + 500
+    modes = args.mode_list
+    # The other modes' clients are this process's sockets; capacity's are
+    # its client processes'.
+    need_fds = args.users * args.per_user + 500 if set(modes) - {"capacity"} else 0
     if nofile < need_fds:
         print("park: open-files limit %d is below the %d this run needs" % (nofile, need_fds),
               file=sys.stderr)
         return 2
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     procs = needed_imap_processes(args)
     inotify0 = inotify_limit()
     inotify_note = str(inotify0)
@@ -1154,6 +1816,7 @@ def run(args):
     tmp = tempfile.mkdtemp(prefix="imapmux-park-")
     os.chmod(tmp, 0o755)
     r = Run(args, tmp)
+    r.nofile = nofile
     outs = []
     try:
         try:
@@ -1182,7 +1845,7 @@ def run(args):
            "elapsed": time.monotonic() - t_start, "inotify": inotify_note,
            "loadavg_end": load_end, "nice": os.nice(0),
            "conf_text": next((o["conf_text"] for o in outs if o["mode"] == "events"),
-                             outs[0]["conf_text"] if outs else "")}
+                             outs[0].get("conf_text", "") if outs else "")}
     out["text"] = render(out)
     print(out["text"])
     if args.record:
@@ -1205,8 +1868,9 @@ def main(argv):
     ap.add_argument("--per-user", type=int, default=3, help="sessions per user")
     ap.add_argument("--off-users", type=int, default=100,
                     help="users in the parking-off mode (a backend process per session)")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated, of %s"
-                    % ", ".join(MODES))
+    ap.add_argument("--modes", default=os.environ.get("PARK_MODES") or ",".join(DEFAULT_MODES),
+                    help="comma-separated, of %s (default: $PARK_MODES, else %s)"
+                    % (", ".join(MODES), ",".join(DEFAULT_MODES)))
     ap.add_argument("--samples", type=int, default=50, help="APPEND samples per mode and side")
     ap.add_argument("--direct-users", type=int, default=5,
                     help="users whose clients sit in IDLE directly on Dovecot")
@@ -1221,17 +1885,43 @@ def main(argv):
                     help="seconds; bound on each connect, answer and sample")
     ap.add_argument("--time-limit", type=float, default=900.0,
                     help="seconds; the run stops starting work after this")
+    ap.add_argument("--cap-users", type=int, default=4000,
+                    help="capacity: users (cap00000...)")
+    ap.add_argument("--cap-per-user", type=int, default=5, help="capacity: sessions per user")
+    ap.add_argument("--cap-max", type=int, default=19990,
+                    help="capacity: bound on the sessions attempted")
+    ap.add_argument("--cap-procs", type=int, default=3,
+                    help="capacity: client processes (each holds its share of the sessions)")
+    ap.add_argument("--cap-inflight", type=int, default=32,
+                    help="capacity: sessions being opened at once, per client process")
+    ap.add_argument("--cap-batch", type=int, default=300,
+                    help="capacity: sessions per round (all processes)")
+    ap.add_argument("--cap-max-unparked", type=int, default=300,
+                    help="capacity: sessions in IDLE not parked yet before the next round waits")
+    ap.add_argument("--cap-checks", type=int, default=100,
+                    help="capacity: parked sessions checked with DONE, NOOP, IDLE at the end")
+    ap.add_argument("--cap-wakes", type=int, default=5,
+                    help="capacity: users woken by an APPEND at the end")
+    ap.add_argument("--cap-room", type=int, default=50,
+                    help="capacity: sessions closed before the wakes (room for their "
+                    "backend connections)")
+    ap.add_argument("--cap-time-limit", type=float, default=900.0,
+                    help="seconds; the capacity mode's own bound")
     ap.add_argument("--keep-inotify-limit", action="store_true",
                     help="do not raise fs.inotify.max_user_instances for the run")
     ap.add_argument("--no-record", dest="record", action="store_false",
                     help="print only; do not update BENCHMARKS.md")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args(argv)
-    bad = [m for m in args.modes.split(",") if m.strip() and m.strip() not in MODES]
+    args.mode_list = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in args.mode_list if m not in MODES]
     if bad:
         ap.error("unknown mode %s" % ", ".join(bad))
     if not (1 <= args.users <= 5000 and 1 <= args.per_user <= 10 and args.samples >= 1
-            and args.direct_users >= 1 and 1 <= args.batch <= 1000 and args.workers >= 1):
+            and args.direct_users >= 1 and 1 <= args.batch <= 1000 and args.workers >= 1
+            and 1 <= args.cap_users <= 50000 and 1 <= args.cap_per_user <= 50
+            and 1 <= args.cap_procs <= 16 and 1 <= args.cap_inflight <= 500
+            and 1 <= args.cap_batch <= 5000 and args.cap_max >= 1):
         ap.error("out of range")
     return run(args)
 
