@@ -109,7 +109,7 @@ MSTATS_TOTAL_RE = re.compile(r"Total \(incl\. mmap\):\s*\nsystem bytes\s*=\s*(\d
                              r"in use bytes\s*=\s*(\d+)")
 
 # imapmux's structs whose sizes the breakdown shows (gdb, debug info).
-STRUCTS = ("session", "park", "conn", "mbox_feed", "mbox_view", "watch", "backend")
+STRUCTS = ("session", "park", "conn", "mbox_feed", "mbox_view", "conn_t13", "watch", "backend")
 
 
 def password(user):
@@ -613,6 +613,7 @@ async def run_mode(run, mode):
         await asyncio.sleep(0.5)
         res["rss_base"] = proc_status_kib(mux.pid, "VmRSS")
         res["heap_base"] = await asyncio.to_thread(mux_heap_in_use, mux)
+        res["zone_base"], res["zonemap_base"] = zone_bytes(stats_port)
 
         # Dovecot's own IDLE, measured beside imapmux: its clients first,
         # so that they hold inotify instances whatever the limit.
@@ -643,6 +644,7 @@ async def run_mode(run, mode):
         await asyncio.sleep(1.0)
         res["rss_prelogin"] = proc_status_kib(mux.pid, "VmRSS")
         res["heap_prelogin"] = await asyncio.to_thread(mux_heap_in_use, mux)
+        res["zone_prelogin"], res["zonemap_prelogin"] = zone_bytes(stats_port)
         res["prelogin_n"] = len(live)
 
         # Logins in batches. Sessions not parked yet hold a Dovecot imap
@@ -710,6 +712,7 @@ async def run_mode(run, mode):
         res["backend_conns"] = await asyncio.to_thread(socks_to, mux.pid, dv.port)
         res["rss_parked"] = proc_status_kib(mux.pid, "VmRSS")
         res["heap_parked"] = await asyncio.to_thread(mux_heap_in_use, mux)
+        res["zone_parked"], res["zonemap_parked"] = zone_bytes(stats_port)
         mine, theirs, pss = await asyncio.to_thread(imap_processes, dv, run.direct_users)
         res["imap_procs"], res["imap_procs_direct"], res["imap_pss_kb"] = mine, theirs, pss
         res["metrics_parked"] = m
@@ -852,6 +855,12 @@ def census_text(c):
     return "%d client sockets + %d others (%s)" % (
         c.get("client", 0), c["total"] - c.get("client", 0),
         ", ".join("%s %d" % kv for kv in rest) or "none")
+
+
+def zone_bytes(port):
+    """imapmux's zone (common/zone.h): bytes of slots in use, bytes mapped."""
+    m = metrics(port)
+    return (m.get('imapmux_zone_bytes{kind="used"}'), m.get('imapmux_zone_bytes{kind="mapped"}'))
 
 
 def metrics_quick(port):
@@ -1590,33 +1599,40 @@ def breakdown(out):
         return lines
     pre, park = rss_kb(r, "rss_prelogin"), rss_kb(r, "rss_parked")
     hpre, hpark = heap_kb(r, "heap_prelogin"), heap_kb(r, "heap_parked")
+    zpre, zpark = heap_kb(r, "zone_prelogin"), heap_kb(r, "zone_parked")
+    zmap = heap_kb(r, "zonemap_parked")
     lines.append("  measured: RSS %s KB pre-login -> %s KB parked; glibc heap in use %s KB "
-                 "pre-login -> %s KB parked" % (_kb(pre), _kb(park), _kb(hpre), _kb(hpark)))
+                 "pre-login -> %s KB parked; imapmux's zone (common/zone.h: sessions' "
+                 "long-lived objects, packed apart from the heap) in use %s KB -> %s KB, "
+                 "mapped %s KB parked"
+                 % (_kb(pre), _kb(park), _kb(hpre), _kb(hpark), _kb(zpre), _kb(zpark),
+                    _kb(zmap)))
     if not sz:
         lines.append("  (no gdb: no struct sizes and no heap figures)")
     else:
-        ours_pre = sz["session"]
-        ours_park = sz["session"] + sz["park"] + sz["mbox_feed"] + sz["mbox_view"]
         lines.append("  imapmux's own structs (gdb, sizeof): session %d B (holds the client "
                      "conn, %d B, and both tokenizers), park %d B, mbox_feed %d B, mbox_view %d B "
-                     "(+ its message runs and name), watch %d B, backend %d B"
+                     "(+ its message runs and name), TLS keys (conn_t13) %d B, watch %d B, "
+                     "backend %d B"
                      % (sz["session"], sz["conn"], sz["park"], sz["mbox_feed"], sz["mbox_view"],
-                        sz["watch"], sz["backend"]))
+                        sz["conn_t13"], sz["watch"], sz["backend"]))
         if hpre == hpre:
-            lines.append("  OpenSSL (estimate) = heap per pre-login session minus the session "
-                         "struct: %.2f KB per TLS session (the SSL object and what hangs off it "
-                         "after the handshake; no record buffers: SSL_MODE_RELEASE_BUFFERS, no "
-                         "session cache, no tickets)" % (hpre - ours_pre / 1024.0))
-        if hpark == hpark and hpre == hpre:
-            lines.append("  session struct + park + mbox_feed + mbox_view = %.2f KB (mailbox "
-                         "model: feed + view = %.2f KB, plus the view's runs and name, tens of "
-                         "bytes here); measured, heap parked minus the OpenSSL estimate: %.2f KB "
-                         "(with malloc's per-chunk overhead)"
-                         % (ours_park / 1024.0, (sz["mbox_feed"] + sz["mbox_view"]) / 1024.0,
-                            hpark - (hpre - ours_pre / 1024.0)))
+            lines.append("  OpenSSL: the heap per pre-login session, %.2f KB (the SSL object "
+                         "and what hangs off it after the handshake; no record buffers: "
+                         "SSL_MODE_RELEASE_BUFFERS, no session cache, no tickets), is gone "
+                         "once the session parks: its TLS 1.3 goes on with its keys alone "
+                         "(conn_shed_tls; handovers %d)"
+                         % (hpre, int(r.get("metrics_parked", {}).get(
+                             "imapmux_tls_handovers_total", 0))))
+        ours = sz["session"] + sz["park"] + sz["mbox_feed"] + sz["mbox_view"] + sz["conn_t13"]
+        lines.append("  session struct + park + mbox_feed + mbox_view + TLS keys = %.2f KB "
+                     "(mailbox model: feed + view = %.2f KB, plus the view's runs and name); "
+                     "measured in the zone: %s KB (size classes round up)"
+                     % (ours / 1024.0, (sz["mbox_feed"] + sz["mbox_view"]) / 1024.0, _kb(zpark)))
     lines.append("  buffers: 0 while parked (client in/out exist only while bytes are pending); "
-                 "RSS above the heap figure (%s KB per session) is pages malloc keeps after the "
-                 "handshakes and logins freed them" % _kb(park - hpark))
+                 "RSS above heap + zone in use (%s KB per session): pages partly used, by the "
+                 "heap (what logins and the Redis and backend links left) and by the zone's "
+                 "blocks" % _kb(park - hpark - zpark))
     ri = by.get("idle")
     if ri and ri.get("watchers") and r["mode"] == "events" and sz:
         extra = (heap_kb(ri, "heap_parked") - hpark) * ri["in_idle"] / ri["watchers"]

@@ -9,6 +9,7 @@
  */
 #include "zone.h"
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,8 @@ struct zclass {
 };
 
 static bool enabled;
+/* Across threads, for /metrics: bytes of blocks mapped, of slots in use. */
+static atomic_size_t bytes_mapped, bytes_used;
 static _Thread_local struct zclass classes[NCLASS];
 
 /* The sanitizers must see every object: the zone stays off under them. */
@@ -107,6 +110,7 @@ static struct zblock *block_new(struct zclass *c)
 	b->on_room = true;
 	c->blocks++;
 	c->empty++;
+	atomic_fetch_add_explicit(&bytes_mapped, ZONE_BLOCK, memory_order_relaxed);
 	return b;
 }
 
@@ -141,6 +145,7 @@ void *zalloc(size_t n)
 		b->on_room = false;
 	}
 	memset(p, 0, c->size);
+	atomic_fetch_add_explicit(&bytes_used, c->size, memory_order_relaxed);
 	return p;
 }
 
@@ -159,6 +164,7 @@ void zfree(void *p, size_t n)
 	c = b->cls;
 	memcpy(p, &b->free, sizeof(void *));
 	b->free = p;
+	atomic_fetch_sub_explicit(&bytes_used, c->size, memory_order_relaxed);
 	if (!b->on_room) {
 		list_push_front(&c->room, &b->node);
 		b->on_room = true;
@@ -170,6 +176,7 @@ void zfree(void *p, size_t n)
 		c->blocks--;
 		c->empty--;
 		munmap(b, ZONE_BLOCK);
+		atomic_fetch_sub_explicit(&bytes_mapped, ZONE_BLOCK, memory_order_relaxed);
 	}
 }
 
@@ -205,4 +212,10 @@ size_t zone_blocks(void)
 	for (size_t i = 0; i < NCLASS; i++)
 		n += classes[i].blocks;
 	return n;
+}
+
+void zone_stats(size_t *mapped, size_t *used)
+{
+	*mapped = atomic_load_explicit(&bytes_mapped, memory_order_relaxed);
+	*used = atomic_load_explicit(&bytes_used, memory_order_relaxed);
 }

@@ -43,7 +43,11 @@ void zfree(void *p, size_t n);
  * NULL on no memory (p still valid). Bytes past old are zero. */
 void *zrealloc(void *p, size_t old, size_t n);
 
-/* Blocks mapped by this thread's classes (for tests and accounting). */
+/* Blocks mapped by this thread's classes (for tests). */
 size_t zone_blocks(void);
+
+/* All threads: bytes of blocks mapped, and of slots in use (their size
+ * classes' bytes), for /metrics. */
+void zone_stats(size_t *mapped, size_t *used);
 
 #endif

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "counters.h"
+#include "zone.h"
 
 /* ------------------------------------------------------------------------
  * text: a growing string for the response, with a sticky failure flag so
@@ -258,6 +259,16 @@ void metrics_render(struct text *t, const struct stats *const *counters, unsigne
 	counter(t, "imapmux_park_keepalives_total",
 	        "Keep-alives (* OK Still here) sent to parked sessions in IDLE.",
 	        s.park_keepalives);
+	{
+		size_t mapped, used;
+		zone_stats(&mapped, &used);
+		name = "imapmux_zone_bytes";
+		metric_head(t, name, "gauge",
+		            "Memory of the zone that holds sessions' long-lived objects (zone.h): "
+		            "blocks mapped, slots in use.");
+		text_printf(t, "%s{kind=\"mapped\"} %zu\n", name, mapped);
+		text_printf(t, "%s{kind=\"used\"} %zu\n", name, used);
+	}
 	counter(t, "imapmux_tls_handovers_total",
 	        "Client TLS 1.3 connections of parked sessions carried on by imapmux's own record "
 	        "layer, OpenSSL's state for them freed.",
