@@ -77,7 +77,8 @@ struct watch {
 	bool up;         /* IDLE answered "+": watching */
 	bool refreshing; /* DONE sent: the IDLE's OK comes, then IDLE again */
 	bool closed;
-	bool ever_up;          /* up once before: after a loss, the next up is a catch-up */
+	bool ever_up;          /* up once before: after a loss, the next up is a catch-up
+	                        * (a hold: sessions may be parked on it) */
 	uint64_t id;           /* a hold of the owner's watcher (its id), or 0: real */
 	int owner;             /* a hold: the worker of the real watcher */
 	bool gone;             /* a hold the owner let go of: no more news, not in w->watches */
@@ -155,9 +156,7 @@ static void watch_log(const struct watch *wt, enum log_level lvl, const char *wh
 
 /* ---- messages between workers -------------------------------------------- */
 
-/* The worker that holds the real watcher of user: a stable hash, so that
- * every worker names the same one; with one worker, itself. */
-static int watch_owner(const struct worker *w, const uint8_t *user, size_t ulen)
+int watch_owner(const struct worker *w, const uint8_t *user, size_t ulen)
 {
 	if (w->nworkers <= 1 || w->all == NULL)
 		return w->id;
@@ -672,6 +671,20 @@ static struct watch *watch_find(struct worker *w, uint64_t h, const struct cfg_b
 	return NULL;
 }
 
+/* The watcher or hold of the key on w, held once more; NULL if none. */
+static struct watch *watch_find_ref(struct worker *w, uint64_t h, const struct cfg_backend *bc,
+                                    const uint8_t *user, size_t ulen, const uint8_t *mbox,
+                                    size_t mlen, const char *select)
+{
+	struct watch *wt = watch_find(w, h, bc, user, ulen, mbox, mlen, select);
+
+	if (wt != NULL) {
+		wt->refs++;
+		ev_timer_stop(w->loop, &wt->linger);
+	}
+	return wt;
+}
+
 /* A new watcher or hold, held once, in no table yet; NULL on no memory. */
 static struct watch *watch_new(struct worker *w, struct runtime *rt, const struct cfg_backend *bc,
                                const uint8_t *user, size_t ulen, const uint8_t *mbox, size_t mlen,
@@ -725,13 +738,10 @@ static struct watch *watch_get(struct worker *w, struct runtime *rt, const struc
 {
 	uint64_t h =
 	    watch_hash(bc->name, user, ulen, mbox != NULL ? mbox : (const uint8_t *)"", mlen);
-	struct watch *wt = watch_find(w, h, bc, user, ulen, mbox, mlen, select);
+	struct watch *wt = watch_find_ref(w, h, bc, user, ulen, mbox, mlen, select);
 
-	if (wt != NULL) {
-		wt->refs++;
-		ev_timer_stop(w->loop, &wt->linger);
+	if (wt != NULL)
 		return wt;
-	}
 	wt = watch_new(w, rt, bc, user, ulen, mbox, mlen, select, enable, changed, ready);
 	if (wt == NULL)
 		return NULL;
@@ -752,14 +762,11 @@ static struct watch *watch_hold_remote(struct worker *w, int owner, struct runti
 {
 	uint64_t h =
 	    watch_hash(bc->name, user, ulen, mbox != NULL ? mbox : (const uint8_t *)"", mlen);
-	struct watch *wt = watch_find(w, h, bc, user, ulen, mbox, mlen, select);
+	struct watch *wt = watch_find_ref(w, h, bc, user, ulen, mbox, mlen, select);
 	struct watch_msg *m;
 
-	if (wt != NULL) {
-		wt->refs++;
-		ev_timer_stop(w->loop, &wt->linger);
+	if (wt != NULL)
 		return wt;
-	}
 	wt = watch_new(w, rt, bc, user, ulen, mbox, mlen, select, enable, changed, ready);
 	if (wt == NULL)
 		return NULL;
@@ -874,18 +881,17 @@ static struct watch *watch_hold_find(struct worker *w, uint64_t id)
 	return NULL;
 }
 
-/* A hold the owner let go of: its sessions read the store again if it
- * was up (what happens from now on is not heard), and the next parking
- * asks again (a new hold). */
+/* A hold the owner let go of: if it was ever up, sessions may be parked
+ * on it (a DOWN may have come first, from the owner's close): they read
+ * the store again, for what happens from now on is not heard; the next
+ * parking asks again (a new hold). */
 static void watch_hold_gone(struct watch *wt)
 {
-	bool was_up = wt->up;
-
 	watch_log(wt, LOG_LVL_DEBUG, "the owner let go");
 	wt->up = false;
 	wt->gone = true;
 	hmap_remove(&wt->w->watches, &wt->hnode);
-	if (was_up)
+	if (wt->ever_up)
 		wt->changed(wt->w, wt->user, wt->ulen, wt->mbox, wt->mlen);
 	if (wt->refs == 0)
 		watch_close(wt);
@@ -919,7 +925,7 @@ static void watch_msg_run(struct worker *w, const struct watch_msg *m)
 	switch (m->kind) {
 	case WM_UP:
 		if (!wt->up && !wt->gone) {
-			wt->up = true;
+			wt->up = wt->ever_up = true;
 			watch_log(wt, LOG_LVL_DEBUG, "up");
 			wt->ready(w, wt->user, wt->ulen, wt->mbox, wt->mlen);
 		}

@@ -67,6 +67,10 @@ struct watch *watch_hold(struct worker *w, struct runtime *rt, const struct cfg_
                          const char *select, const char *enable, watch_changed_cb *changed,
                          watch_ready_cb *ready);
 
+/* The worker holding the real watchers of user: a stable hash of the
+ * user, so that every worker names the same one; with one worker, w. */
+int watch_owner(const struct worker *w, const uint8_t *user, size_t ulen);
+
 /* In IDLE now: whatever changes from here on is heard. */
 bool watch_up(const struct watch *wt);
 
