@@ -73,6 +73,10 @@ UNIT_OBJS_pool_acct := proxy/pool.o proxy/backend.o proxy/backend_login.o proxy/
 UNIT_LIBS_pool_acct := -lssl -lcrypto
 # TLS 1.3 records sealed and opened here against OpenSSL's own client.
 UNIT_LIBS_tls13 := -lssl -lcrypto
+# Watchers shared by two hand-built workers through their mailboxes, against a fake backend.
+UNIT_OBJS_watch_box := proxy/watch.o proxy/pool.o proxy/backend.o proxy/backend_login.o proxy/cmdq.o \
+                       proxy/conn.o proxy/reaper.o proxy/runtime.o
+UNIT_LIBS_watch_box := -lssl -lcrypto
 # test_cryptpool includes proxy/cryptpool.c itself (it reaches the statics).
 tests/unit/test_cryptpool: proxy/cryptpool.c proxy/cryptpool.h
 

@@ -11,10 +11,11 @@ each:
            (deploy/dovecot/imapmux-push.lua) publishes `mbox USER MAILBOX`
            on Redis, imapmux wakes the sessions parked on it
   idle     watch = idle: one watcher connection in IDLE per user and mailbox
-           (per worker), shared by that user's parked sessions
+           (per instance: the user's owner worker holds it, the others by
+           message), shared by that user's parked sessions
   notify   watch = notify: one NOTIFY watcher connection per user (per
-           worker), for all of that user's parked sessions
-  idle1    idle with workers = 1 (watchers are per worker)
+           instance), for all of that user's parked sessions
+  idle1    idle with workers = 1 (the same count: watchers are per instance)
   off      park_idle_after = 0: every session keeps its backend connection
            (fewer sessions, OFF_USERS x PER_USER: a Dovecot imap process per
            session does not fit 3,000 times on this machine; reported per
@@ -1515,12 +1516,6 @@ def render_capacity(out, r):
     return text
 
 
-def expected_watchers(users, workers, per_user):
-    """Watchers when each of a user's sessions lands on a worker at random
-    (SO_REUSEPORT) and each worker keeps its own watcher per user."""
-    return users * workers * (1.0 - (1.0 - 1.0 / workers) ** per_user)
-
-
 def verdicts(out):
     args = out["args"]
     by = {r["mode"]: r for r in out["modes"]}
@@ -1537,10 +1532,10 @@ def verdicts(out):
         r = by[mode]
         workers = MODE_DEF[mode][1] or args.workers
         note = ""
-        if workers > 1:
-            note = ("; watchers are per worker: with %d workers a user whose sessions landed on "
-                    "more than one has more than one watcher (expected at random: %.0f)"
-                    % (workers, expected_watchers(r["users"], workers, args.per_user)))
+        if workers > 1 and r.get("watchers", 0) > r["users"]:
+            # Watchers are per instance (proxy/watch.h): more than one per
+            # user means the owner worker's sharing failed.
+            note = "; %s watchers for %d users" % (r["watchers"], r["users"])
         lines.append("  backend connections with %s watchers, %d worker%s: %s (target <= %d: "
                      "%s)%s" % ("NOTIFY" if mode == "notify" else "IDLE", workers,
                                 "s" if workers > 1 else "", r.get("backend_conns", "n/a"),

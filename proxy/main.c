@@ -228,6 +228,7 @@ int main(int argc, char **argv)
 			goto out;
 		}
 		workers[i].nworkers = nworkers;
+		workers[i].all = workers;
 	}
 	if (cryptpool_start(rt->cfg->auth_threads) < 0) {
 		log_error("cannot start the password-check threads");

@@ -707,7 +707,7 @@ void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr
 	ev_timer_init(&s->timer, sess_timeout, s->rt->cfg->preauth_timeout, 0.);
 	s->timer.data = s;
 	sess_link(s);
-	log_debug("S-%lu -@%s connected on %s", s->id, s->peer, s->lcfg->name);
+	log_debug("S-%lu -@%s connected on %s (worker %d)", s->id, s->peer, s->lcfg->name, w->id);
 
 	unsigned maxc = admit_max_connections(s->rt->cfg->max_connections);
 	if (!admit_conn(maxc)) {

@@ -22,6 +22,16 @@
  * after the session's own last look can be missed. Up again after a loss,
  * it also says changed(): sessions that parked again meanwhile may have
  * missed something.
+ *
+ * One watcher per process, not per worker: the user's *owner* worker (a
+ * stable hash of the user, modulo the workers) holds the real one. On any
+ * other worker watch_hold gives a hold, a local handle that asks the owner
+ * by message (the backend by name, resolved in the owner's configuration)
+ * and mirrors what it answers: up when the real watcher is (only then does
+ * ready() come), down after a loss, each changed(), and "gone" (no such
+ * backend there, or the owner stopped: not up again, changed() if it was).
+ * The callbacks always run on the holder's own worker. With one worker,
+ * no messages: the owner is the worker itself.
  */
 #ifndef IMAPMUX_WATCH_H
 #define IMAPMUX_WATCH_H
@@ -57,13 +67,23 @@ struct watch *watch_hold(struct worker *w, struct runtime *rt, const struct cfg_
                          const char *select, const char *enable, watch_changed_cb *changed,
                          watch_ready_cb *ready);
 
+/* The worker holding the real watchers of user: a stable hash of the
+ * user, so that every worker names the same one; with one worker, w. */
+int watch_owner(const struct worker *w, const uint8_t *user, size_t ulen);
+
 /* In IDLE now: whatever changes from here on is heard. */
 bool watch_up(const struct watch *wt);
 
 /* Let go of *wp (NULL is fine); *wp = NULL. */
 void watch_release(struct watch **wp);
 
-/* Close every watcher of w (the worker ends). */
+/* Close every watcher and hold of w (the worker ends): from here on its
+ * mailbox refuses messages, holds asked of it hear "gone". */
 void watch_close_all(struct worker *w);
+
+/* w's mailbox, set up on w->loop before any worker runs: 0 or -1. */
+__attribute__((warn_unused_result)) int watch_init(struct worker *w);
+/* Free what is left in w's mailbox (every worker has stopped). */
+void watch_fini(struct worker *w);
 
 #endif

@@ -4,7 +4,8 @@
  * The main thread owns configuration and signals; a worker owns its loop,
  * its listening sockets and its sessions, and touches nothing else. The
  * mailbox (new runtime, drain, stop) is the only shared state, under lock,
- * read when the ev_async fires.
+ * read when the ev_async fires; the watchers' mailbox (watch.h: workers
+ * hold each other's watchers by message) is the other, watch.c's alone.
  */
 #include "worker.h"
 
@@ -198,6 +199,8 @@ int worker_init(struct worker *w, int id, struct runtime *rt, const int *fds, si
 		ev_io_init(&l->io, accept_cb, fds[i], EV_READ);
 		l->io.data = l;
 	}
+	if (watch_init(w) < 0)
+		return -1;
 	ev_async_init(&w->wake, wake_cb);
 	w->wake.data = w;
 	ev_async_start(w->loop, &w->wake);
@@ -341,6 +344,7 @@ void worker_destroy(struct worker *w)
 	if (w->new_rt != NULL)
 		runtime_unref(&w->new_rt);
 	runtime_unref(&w->rt);
+	watch_fini(w);
 	if (w->loop != NULL)
 		ev_loop_destroy(w->loop);
 	pthread_mutex_destroy(&w->lock);

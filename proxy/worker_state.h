@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "hmap.h"
 #include "list.h"
@@ -29,6 +30,21 @@ struct pool;
 
 struct worker;
 struct session;
+
+/*
+ * A worker's watcher mailbox (watch.c): the one part of a worker that the
+ * other workers touch, and only under lock. They post messages (hold,
+ * release, up, down, changed, gone) that own their bytes; the worker reads
+ * them when async fires. Once closed (the worker's watchers are closed) a
+ * post is refused and the sender frees its message.
+ */
+struct watch_box {
+	pthread_mutex_t lock;
+	struct list_node msgs; /* struct watch_msg, oldest first */
+	bool closed;
+	bool inited; /* lock, msgs and async are set up (watch_init) */
+	ev_async async;
+};
 
 struct listener {
 	struct worker *w;
@@ -65,6 +81,11 @@ struct worker {
 	struct hmap watches;      /* watcher connections, by user and mailbox (watch.c) */
 	struct list_node pools;   /* backend connection pools (pool.c's node) */
 	unsigned nworkers;        /* how many workers share the pool bounds */
+	struct worker *all;       /* the nworkers workers (watch.c posts to their watch_box only) */
+	struct hmap watch_holds;  /* holds of other workers' watchers, by hold id (watch.c) */
+	struct hmap watch_regs;   /* other workers' holds of this one's watchers (watch.c) */
+	uint64_t watch_last_id;   /* the last hold id given out here */
+	struct watch_box watch_box;
 
 	pthread_mutex_t lock;   /* protects the mailbox below */
 	struct runtime *new_rt; /* reload: swap in */

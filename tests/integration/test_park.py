@@ -778,3 +778,201 @@ def test_wake_with_the_backend_gone_ends_the_session(make_mux, fresh_dovecot, re
     got = c.expect_closed(TIMEOUT)
     assert got.rstrip(b"\r\n").rsplit(b"\r\n", 1)[-1].startswith(b"* BYE [UNAVAILABLE]"), got
     assert _metric(m, "imapmux_wake_failures_total") == 1
+
+
+# ---- workers = 2: one watcher per instance ---------------------------------
+#
+# The kernel spreads a user's connections over the workers (SO_REUSEPORT);
+# the user's owner worker holds the one real watcher, the other holds it
+# by message (proxy/watch.h).
+
+def _mux2(make_mux, dovecot, redis, prefix, **bk):
+    return _mux(make_mux, dovecot, redis, prefix, imapmux={"workers": 2}, **bk)
+
+
+def _worker_of(m, c):
+    """The worker that took client c (its "connected on" debug line)."""
+    port = c.sock.getsockname()[1]
+    pat = re.compile(r"S-(\d+) -@127\.0\.0\.1:%d connected on \S+ \(worker (\d+)\)" % port)
+    found = wait_until(lambda: pat.findall(m.log_text()), 5, "client port %d logged" % port)
+    return int(found[-1][1])
+
+
+def _spread(m, ca_ctx, user, mailbox="INBOX", at_least=6, each=2, most=24):
+    """Clients of user through imapmux in IDLE on mailbox, at least
+    `at_least` of them and `each` on each of the two workers; [(client,
+    EXISTS count, worker)]."""
+    out = []
+    while len(out) < most:
+        c, n = _park_idle(m, ca_ctx, user, mailbox=mailbox)
+        out.append((c, n, _worker_of(m, c)))
+        on = [w for _, _, w in out]
+        if len(out) >= at_least and on.count(0) >= each and on.count(1) >= each:
+            return out
+    pytest.fail("%d connections, all on one worker?" % len(out))
+
+
+def _dovecot_conns(dovecot, user):
+    """Connections Dovecot has for user (doveadm who -1: one line each)."""
+    import subprocess
+    r = subprocess.run(["doveadm", "-c", dovecot.conf_path, "who", "-1", user],
+                       capture_output=True, text=True, timeout=10, check=True)
+    return sum(1 for line in r.stdout.splitlines() if line.split()[:1] == [user])
+
+
+def _told(m, user, mailbox="INBOX"):
+    """{worker: parked sessions told} of the changes logged for user."""
+    pat = re.compile(r"worker (\d+): change of %s \"%s\": (\d+) parked session" %
+                     (re.escape(user), re.escape(mailbox)))
+    out = {}
+    for w, n in pat.findall(m.log_text()):
+        out[int(w)] = out.get(int(w), 0) + int(n)
+    return out
+
+
+def _real_watchers_logged(m, user):
+    """Real watchers opened for user (not holds), by the log."""
+    return len(re.findall(r"worker \d+: watch a %s [^\n]*[\")]: opening" % re.escape(user),
+                          m.log_text()))
+
+
+def test_two_workers_share_one_watcher(make_mux, dovecot, redis, prefix, ca_ctx):
+    """Sessions of one user on both workers: ONE watcher connection (per
+    mailbox with watch = idle, per user with notify), seen from imapmux and
+    from Dovecot; a change reaches the sessions of both workers, exactly."""
+    if WATCH == "events":
+        pytest.skip("watchers only")
+    user = "park21"
+    d = _reset_inbox(dovecot, user, ["m1"])
+    if b"Other" not in b"".join(_ok(d, "li", 'LIST "" Other')):
+        _ok(d, "c", "CREATE Other")
+    m = _mux2(make_mux, dovecot, redis, prefix, reuse_ttl="0")
+    clients = _spread(m, ca_ctx, user)
+    _wait_parked(m, len(clients))
+    assert _metric(m, "imapmux_watchers") == 1
+    assert _metric(m, "imapmux_watchers_up") == 1
+    assert _real_watchers_logged(m, user) == 1
+    assert "(held through worker" in m.log_text()
+    # Parked: no session holds a backend connection; on Dovecot the user
+    # has the watcher's and the test's own (d).
+    wait_until(lambda: _dovecot_conns(dovecot, user) == 1 + 1, 5,
+               lambda: "the watcher's connection of %s on Dovecot (have %d)"
+               % (user, _dovecot_conns(dovecot, user) - 1))
+    # A change: every session, on either worker, is told it in IDLE.
+    _append(d, "ap", "m2")
+    for c, n, _ in clients:
+        assert _data(c) == b"* %d EXISTS\r\n" % (n + 1), c.transcript[-6:]
+    told = _told(m, user)
+    assert told.get(0, 0) >= 1 and told.get(1, 0) >= 1, told
+    _wait_parked(m, len(clients))
+    # Another mailbox of the same user, on both workers: one more watcher
+    # with watch = idle, the same one with notify.
+    others = _spread(m, ca_ctx, user, mailbox="Other", at_least=2, each=1)
+    _wait_parked(m, len(clients) + len(others))
+    want = 2 if WATCH == "idle" else 1
+    assert _metric(m, "imapmux_watchers") == want
+    wait_until(lambda: _dovecot_conns(dovecot, user) == want + 1, 5,
+               lambda: "%d watcher connection(s) of %s on Dovecot (have %d)"
+               % (want, user, _dovecot_conns(dovecot, user) - 1))
+    _append(d, "ao", "o1", mailbox="Other")
+    for c, n, _ in others:
+        assert _data(c) == b"* %d EXISTS\r\n" % (n + 1), c.transcript[-6:]
+    # ... and only those: the INBOX sessions heard nothing.
+    for c, _, _ in clients:
+        with pytest.raises(imapc.Timeout):
+            _data(c, timeout=0.5)
+    for c, _, _ in clients + others:
+        c.send(b"DONE\r\n")
+        _, t = c.read_until_tagged("i")
+        assert t == b"i OK Idle completed.\r\n", t
+
+
+def test_two_workers_watcher_lost_resynchronizes_both(make_mux, dovecot, redis, prefix,
+                                                       ca_ctx):
+    """The one watcher lost: the sessions of both workers read the store
+    again, park again, and hear the next change through the new watcher."""
+    import subprocess
+    if WATCH == "events":
+        pytest.skip("watchers only")
+    user = "park22"
+    d = _reset_inbox(dovecot, user, ["m1"])
+    m = _mux2(make_mux, dovecot, redis, prefix, reuse_ttl="0")
+    clients = _spread(m, ca_ctx, user)
+    _wait_parked(m, len(clients))
+    assert _metric(m, "imapmux_watchers") == 1
+    lost = _metric(m, "imapmux_watchers_lost_total")
+    subprocess.run(["doveadm", "-c", dovecot.conf_path, "kick", user], check=True,
+                   capture_output=True, timeout=10)
+    wait_until(lambda: _metric(m, "imapmux_watchers_lost_total") > lost, 5, "the watcher lost")
+    d = _direct(dovecot, user)
+    _append(d, "ap", "m2")
+    for c, n, _ in clients:
+        assert _data(c) == b"* %d EXISTS\r\n" % (n + 1), c.transcript[-6:]
+    _wait_parked(m, len(clients))
+    wait_until(lambda: _metric(m, "imapmux_watchers_up") == 1, 10, "a new watcher up")
+    assert _metric(m, "imapmux_watchers") == 1
+    _append(d, "aq", "m3")
+    for c, n, _ in clients:
+        assert _data(c) == b"* %d EXISTS\r\n" % (n + 2), c.transcript[-6:]
+    _wait_parked(m, len(clients))
+
+
+def test_two_workers_reload_and_shutdown(make_mux, dovecot, redis, prefix, ca_ctx):
+    """SIGHUP with sessions holding another worker's watcher: they stay
+    parked and wake on a change, as do sessions parked after it; SIGTERM
+    then says BYE to every one of them, and imapmux exits cleanly."""
+    if WATCH == "events":
+        pytest.skip("watchers only")
+    user = "park23"
+    d = _reset_inbox(dovecot, user, ["m1"])
+    m = _mux2(make_mux, dovecot, redis, prefix, reuse_ttl="0")
+    before = _spread(m, ca_ctx, user, at_least=4, each=2)
+    _wait_parked(m, len(before))
+    kv = backend_section(dovecot, watch=WATCH, reuse_ttl="0")
+    make_mux.rewrite(m, backends=[("a", kv)], redis=redis_section(redis, prefix),
+                     imapmux={"workers": 2, "park_idle_after": "1s", "log_level": "debug",
+                              "stats_listen": "127.0.0.1:%d" % m.stats_port,
+                              "park_keepalive": "1m"})
+    m.signal(signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in m.log_text(), 5, "the reload logged")
+    assert _metric(m, "imapmux_sessions_parked") == len(before)
+    after = _spread(m, ca_ctx, user, at_least=4, each=2)
+    _wait_parked(m, len(before) + len(after))
+    # Sessions keep the configuration they logged in with: at most one
+    # watcher for each (the new one once every worker has reloaded).
+    assert 1 <= _metric(m, "imapmux_watchers") <= 2
+    _append(d, "ap", "m2")
+    for c, n, _ in before + after:
+        assert _data(c) == b"* %d EXISTS\r\n" % (n + 1), c.transcript[-6:]
+    _wait_parked(m, len(before) + len(after))
+    m.signal(signal.SIGTERM)
+    for c, _, _ in before + after:
+        got = c.expect_closed(5)
+        assert got.endswith(b"* BYE Server shutting down.\r\n"), got
+    assert m.wait(10) == 0
+    m.expect_exit = True
+
+
+def test_two_workers_changes_before_the_hold_arrives(make_mux, dovecot, redis, prefix, ca_ctx):
+    """Mail arriving while sessions on both workers are about to park (the
+    hold on its way to the owner, the watcher coming up): none is missed."""
+    if WATCH == "events":
+        pytest.skip("watchers only")
+    user = "park24"
+    d = _reset_inbox(dovecot, user, ["m1"])
+    m = _mux2(make_mux, dovecot, redis, prefix, reuse_ttl="0")
+    clients = _spread(m, ca_ctx, user, at_least=4, each=2)
+    total = 1
+    # Appends at moments around the parking of each session (park_idle_after
+    # is 1 s): every session must end up told every one of them.
+    for k in range(4):
+        time.sleep(0.35)
+        _append(d, "ap%d" % k, "x%d" % k)
+        total += 1
+    for c, n, _ in clients:
+        lines = _lines_until(c, lambda got: got and got[-1] == b"* %d EXISTS\r\n" % total)
+        assert all(re.match(rb"\* \d+ EXISTS\r\n$", x) for x in lines), lines
+    _wait_parked(m, len(clients))
+    _append(d, "az", "last")
+    for c, _, _ in clients:
+        assert _data(c) == b"* %d EXISTS\r\n" % (total + 1), c.transcript[-6:]
