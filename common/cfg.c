@@ -60,7 +60,7 @@
 #define MAX_CONNECTIONS_MAX 10000000u
 #define MAX_LINE_MIN        1024u
 #define MAX_LINE_MAX        (16u * 1024 * 1024)
-#define KEYS_MAX            25
+#define KEYS_MAX            32
 
 enum val_type {
 	V_DURATION,  /* double, seconds */
@@ -176,6 +176,7 @@ static const struct key_def backend_keys[] = {
     {"check_fall", V_UINT, BF(check_fall), 0, 1, CHECK_RISE_FALL_MAX},
     {"username_case", V_UCASE, BF(username_case), 0, 0, 0},
     {"watch", V_WATCH, BF(watch), 0, 0, 0},
+    {"watch_refresh", V_DURATION, BF(watch_refresh), KF_POSITIVE, 0, 29 * 60},
     {"ciphers", V_STRING, BF(tls_policy.ciphers), 0, 0, 0},
     {"ciphersuites", V_STRING, BF(tls_policy.ciphersuites), 0, 0, 0},
     {"curves", V_STRING, BF(tls_policy.curves), 0, 0, 0},
@@ -1123,6 +1124,7 @@ static int add_backend(struct parser *p, const char *name)
 	b->unauthenticate = true;
 	b->connect_timeout = 10;
 	b->command_timeout = 30;
+	b->watch_refresh = 25 * 60;
 	memcpy(b->master_separator, "*", 2);
 	b->check_interval = 5;
 	b->check_timeout = 3;

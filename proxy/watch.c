@@ -462,7 +462,7 @@ static void watch_idle_cb(void *arg, struct backend *b, const struct bk_reply *r
 			watch_tell(wt, WM_UP, NULL, 0);
 		}
 		wt->backoff = 0;
-		watch_arm(wt, &wt->timer, WATCH_REFRESH);
+		watch_arm(wt, &wt->timer, wt->bc->watch_refresh);
 		return;
 	case BK_EV_UNTAGGED:
 		/* "* OK Still here" and the like are the server's keep-alives. */
@@ -486,6 +486,9 @@ static void watch_idle_cb(void *arg, struct backend *b, const struct bk_reply *r
 			return;
 		}
 		/* Our DONE (a refresh), or the server ended it: IDLE again. */
+		if (wt->refreshing && log_enabled(LOG_LVL_DEBUG))
+			log_debug("watch: %.*s: IDLE renewed", (int)wt->ulen,
+			          (const char *)wt->user);
 		wt->refreshing = false;
 		watch_idle(wt);
 		return;

@@ -10,7 +10,8 @@
  *
  *   watch_hold --> connect, log in, EXAMINE, IDLE --"+"--> UP
  *   UP: untagged data --> changed(user, mailbox) (coalesced: once a moment)
- *       every WATCH_REFRESH: DONE, IDLE again (RFC 2177: before 30 minutes)
+ *       every watch_refresh ([backend], 25m): DONE, IDLE again (RFC 2177:
+ *       before 30 minutes)
  *   lost (BYE, EOF, error, timeout) --> changed() (the sessions read the
  *       store again: what happened meanwhile is unknown), again after a
  *       backoff while held
@@ -44,8 +45,7 @@
 #include "runtime.h"
 #include "worker_state.h"
 
-#define WATCH_REFRESH (25.0 * 60) /* IDLE is re-issued this often */
-#define WATCH_LINGER  30.0        /* an unheld watcher stays this long */
+#define WATCH_LINGER 30.0 /* an unheld watcher stays this long */
 
 struct watch;
 

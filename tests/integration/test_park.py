@@ -550,6 +550,27 @@ def test_watcher_lost_sessions_resynchronize_and_park_again(make_mux, dovecot, r
         assert line == b"* 3 EXISTS\r\n", c.transcript[-6:]
 
 
+def test_watcher_renews_its_idle_on_the_same_connection(make_mux, dovecot, redis, prefix,
+                                                         ca_ctx):
+    """watch_refresh: the watcher ends its IDLE and begins it again (RFC 2177),
+    on the connection it has, and still hears every change."""
+    if WATCH == "events":
+        pytest.skip("watchers only")
+    user = "park16"
+    d = _reset_inbox(dovecot, user, ["m1"])
+    m = _mux(make_mux, dovecot, redis, prefix, reuse_ttl="0", watch_refresh="1s")
+    c, n = _park_idle(m, ca_ctx, user)
+    _wait_parked(m, 1)
+    logins = _metric(m, "imapmux_backend_logins_total")
+    lost = _metric(m, "imapmux_watchers_lost_total")
+    wait_until(lambda: m.log_text().count("IDLE renewed") >= 3, 10, "three IDLE renewals")
+    assert _metric(m, "imapmux_backend_logins_total") == logins   # the same connection
+    assert _metric(m, "imapmux_watchers_lost_total") == lost
+    assert _metric(m, "imapmux_sessions_parked") == 1
+    _append(d, "a", "m2")
+    assert _data(c) == b"* %d EXISTS\r\n" % (n + 1)
+
+
 PUSH_PREFIX = "itpark-push:"
 
 

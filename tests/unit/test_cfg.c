@@ -434,6 +434,7 @@ static void test_defaults(void **state)
 	assert_int_equal(b->weight, 1);
 	assert_true(b->connect_timeout == 10);
 	assert_true(b->command_timeout == 30);
+	assert_true(b->watch_refresh == 25 * 60);
 	assert_string_equal(b->master_separator, "*");
 	assert_true(b->check_interval == 5);
 	assert_true(b->check_timeout == 3);
@@ -1115,6 +1116,10 @@ static const struct err_case err_cases[] = {
      "bad duration '0ms' for connect_timeout (must be more than 0)"},
     {"[backend z]\ncommand_timeout = 0\n", true, 2,
      "bad duration '0' for command_timeout (must be more than 0)"},
+    {"[backend z]\nwatch_refresh = 0\n", true, 2,
+     "bad duration '0' for watch_refresh (must be more than 0)"},
+    {"[backend z]\nwatch_refresh = 30m\n", true, 2,
+     "bad duration '30m' for watch_refresh (at most 1740s)"},
     {"[backend z]\ncommand_timeout = 1 s\n", true, 2, "bad duration '1 s' for command_timeout"},
     {"[backend z]\nmaster_separator = 12345678\n", true, 2,
      "bad value '12345678' for master_separator (1..7 printable ASCII characters, no space)"},
