@@ -193,6 +193,23 @@ static int conn_read_tls(struct conn *c, uint8_t *p, size_t room)
 	}
 }
 
+/* send() without SIGPIPE: the bytes sent, -2 when the socket is full, -1
+ * failed (c failed). */
+static ssize_t send_some(struct conn *c, const uint8_t *p, size_t n)
+{
+	for (;;) {
+		ssize_t r = send(c->fd, p, n, MSG_NOSIGNAL);
+		if (r >= 0)
+			return r;
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return -2;
+		conn_fail(c, "write error");
+		return -1;
+	}
+}
+
 /* ---- TLS 1.3 after conn_shed_tls ------------------------------------------ */
 
 /* The opened record at r's front is done with: the bytes after it move up. */
@@ -335,15 +352,11 @@ static int t13_flush(struct conn *c)
 
 	for (;;) {
 		if (x->woff < x->wlen) {
-			ssize_t n = send(c->fd, x->w + x->woff, x->wlen - x->woff, MSG_NOSIGNAL);
-			if (n < 0) {
-				if (errno == EINTR)
-					continue;
-				if (errno == EAGAIN || errno == EWOULDBLOCK)
-					break;
-				conn_fail(c, "write error");
+			ssize_t n = send_some(c, x->w + x->woff, x->wlen - x->woff);
+			if (n == -1)
 				return -1;
-			}
+			if (n == -2)
+				break;
 			x->woff += (size_t)n;
 			progress = true;
 			continue;
@@ -541,15 +554,11 @@ int conn_flush(struct conn *c)
 			}
 			c->wr_wants_read = false;
 		} else {
-			n = send(c->fd, buf_head(&c->out), len, MSG_NOSIGNAL);
-			if (n < 0) {
-				if (errno == EINTR)
-					continue;
-				if (errno == EAGAIN || errno == EWOULDBLOCK)
-					break;
-				conn_fail(c, "write error");
+			n = send_some(c, buf_head(&c->out), len);
+			if (n == -1)
 				return -1;
-			}
+			if (n == -2)
+				break;
 		}
 		buf_consume(&c->out, (size_t)n);
 		c->bytes_out += (unsigned long long)n;
