@@ -118,6 +118,12 @@ FUZZ_LIBS_preauth := -lssl -lcrypto -lev -lhiredis -lpthread
 $(FUZZ_DIR)/fuzz_preauth: CPPFLAGS += -Iproxy
 $(FUZZ_DIR)/fuzz_preauth: $(FUZZ_OBJS_preauth)
 
+# The TLS 1.3 record layer of a conn after conn_shed_tls, over a socketpair.
+FUZZ_OBJS_tls13 := $(FUZZ_DIR)/proxy/conn.o
+FUZZ_LIBS_tls13 := -lssl -lcrypto -lev
+$(FUZZ_DIR)/fuzz_tls13: CPPFLAGS += -Iproxy
+$(FUZZ_DIR)/fuzz_tls13: $(FUZZ_OBJS_tls13)
+
 fuzz-build: deps
 	$(MAKE) $(FUZZ_BIN)
 

@@ -411,23 +411,33 @@ static bool t13_has_pending(const struct conn_t13 *x)
 
 bool conn_shed_tls(struct conn *c)
 {
-	struct conn_t13 *x;
+	struct tls13 t;
 
 	if (c->ssl == NULL || !c->tls_server || c->handshaking || c->error || c->eof ||
 	    c->rd_wants_write || c->wr_wants_read || !buf_is_empty(&c->out))
 		return false;
-	x = zalloc(sizeof(*x));
-	if (x == NULL)
+	if (tls13_capture_take(c->ssl, &t) < 0)
 		return false;
-	if (tls13_capture_take(c->ssl, &x->t) < 0) {
-		zfree(x, sizeof(*x));
+	if (conn_use_tls13(c, &t) < 0) {
+		tls13_wipe(&t);
 		return false;
 	}
+	tls13_wipe(&t);
 	SSL_free(c->ssl); /* no SSL_shutdown: the connection goes on */
 	c->ssl = NULL;
-	c->t13 = x;
 	ERR_clear_error();
 	return true;
+}
+
+int conn_use_tls13(struct conn *c, const struct tls13 *t)
+{
+	struct conn_t13 *x;
+
+	if (c->t13 != NULL || (x = zalloc(sizeof(*x))) == NULL)
+		return -1;
+	x->t = *t;
+	c->t13 = x;
+	return 0;
 }
 
 bool conn_out_idle(const struct conn *c)

@@ -95,6 +95,12 @@ static inline bool conn_handshake_done(const struct conn *c)
  */
 bool conn_shed_tls(struct conn *c);
 
+/* conn_shed_tls's second half, also for the fuzz target: the conn's
+ * records are sealed and opened with t's keys from now on (t is copied;
+ * c->ssl is the caller's to free). 0, or -1 (no memory, or already). */
+struct tls13;
+__attribute__((warn_unused_result)) int conn_use_tls13(struct conn *c, const struct tls13 *t);
+
 /* Everything written is on the wire (out empty, and no sealed record of
  * conn_shed_tls's layer half sent). */
 bool conn_out_idle(const struct conn *c);
