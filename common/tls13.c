@@ -83,6 +83,7 @@ int tls13_init(struct tls13 *t, uint16_t suite, const uint8_t *rsecret, const ui
 	    hlen > TLS13_SECRET_MAX || EVP_CIPHER_get_key_length(c) > (int)sizeof(t->rd.key))
 		return -1;
 	t->suite = suite;
+	t->max_plain = TLS13_MAX_PLAIN;
 	t->hlen = (uint8_t)hlen;
 	t->klen = (uint8_t)EVP_CIPHER_get_key_length(c);
 	memcpy(t->rd.secret, rsecret, hlen);
@@ -138,7 +139,7 @@ ssize_t tls13_seal(struct tls13 *t, uint8_t type, const uint8_t *in, size_t len,
 {
 	size_t clen = len + 1 + TLS13_TAG;
 
-	if (len > TLS13_MAX_PLAIN || t->wr.seq == UINT64_MAX)
+	if (len > t->max_plain || t->wr.seq == UINT64_MAX)
 		return -1;
 	out[0] = TLS13_APPDATA;
 	out[1] = 0x03;
@@ -363,6 +364,13 @@ int tls13_capture_take(SSL *ssl, struct tls13 *t)
 	    (SSL_get_wbio(ssl) != NULL && BIO_wpending(SSL_get_wbio(ssl)) != 0))
 		return -1;
 	/* The server reads what the client writes. */
-	return tls13_init(t, SSL_CIPHER_get_protocol_id(ci), c->csec, c->ssec, c->clen, c->rseq,
-	                  c->wseq);
+	if (tls13_init(t, SSL_CIPHER_get_protocol_id(ci), c->csec, c->ssec, c->clen, c->rseq,
+	               c->wseq) < 0)
+		return -1;
+	uint8_t mfl = SSL_get0_session(ssl) != NULL
+	                  ? SSL_SESSION_get_max_fragment_length(SSL_get0_session(ssl))
+	                  : TLSEXT_max_fragment_length_DISABLED;
+	if (mfl >= TLSEXT_max_fragment_length_512 && mfl <= TLSEXT_max_fragment_length_4096)
+		t->max_plain = (uint16_t)(512u << (mfl - TLSEXT_max_fragment_length_512));
+	return 0;
 }

@@ -51,9 +51,11 @@ struct tls13_dir {
 };
 
 struct tls13 {
-	uint16_t suite; /* 0x1301, 0x1302 or 0x1303 */
-	uint8_t hlen;   /* hash (and secret) length */
-	uint8_t klen;   /* AEAD key length */
+	uint16_t suite;     /* 0x1301, 0x1302 or 0x1303 */
+	uint8_t hlen;       /* hash (and secret) length */
+	uint8_t klen;       /* AEAD key length */
+	uint16_t max_plain; /* what one record may carry: TLS13_MAX_PLAIN, or less when the
+	                     * client asked for a max_fragment_length (RFC 6066) */
 	struct tls13_dir rd, wr;
 };
 

@@ -377,8 +377,8 @@ static int t13_flush(struct conn *c)
 			x->ku_owed = false;
 		} else {
 			size_t k = buf_len(&c->out);
-			if (k > TLS13_MAX_PLAIN)
-				k = TLS13_MAX_PLAIN;
+			if (k > x->t.max_plain)
+				k = x->t.max_plain;
 			len = tls13_seal(&x->t, TLS13_APPDATA, buf_head(&c->out), k, x->w);
 			if (len > 0) {
 				buf_consume(&c->out, k);

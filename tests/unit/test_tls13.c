@@ -31,6 +31,7 @@
 
 static EVP_PKEY *pkey;
 static X509 *cert;
+static uint8_t client_mfl; /* a max_fragment_length the next client asks for */
 
 static int group_setup(void **state)
 {
@@ -91,6 +92,8 @@ static void pair_open(struct pair *p, const char *suite, bool tls12)
 		assert_int_equal(SSL_CTX_set_min_proto_version(p->cctx, TLS1_3_VERSION), 1);
 		assert_int_equal(SSL_CTX_set_ciphersuites(p->cctx, suite), 1);
 	}
+	if (client_mfl != 0)
+		assert_int_equal(SSL_CTX_set_tlsext_max_fragment_length(p->cctx, client_mfl), 1);
 	tls13_capture_install(p->sctx);
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
 	p->sfd = sv[0];
@@ -354,6 +357,30 @@ static void test_no_takeover_when_buffered_or_tls12(void **state)
 	pair_close(&p);
 }
 
+/* A client that asked for max_fragment_length 1024 (RFC 6066) gets no
+ * longer record from the layer. */
+static void test_max_fragment_length_kept(void **state)
+{
+	static uint8_t big[1025], b[1024], rec[TLS13_MAX_RECORD];
+	struct pair p;
+	struct tls13 t;
+
+	(void)state;
+	client_mfl = TLSEXT_max_fragment_length_1024;
+	pair_open(&p, "TLS_AES_128_GCM_SHA256", false);
+	client_mfl = 0;
+	exchange(&p, "a1 NOOP\r\n", "a1 OK\r\n");
+	assert_int_equal(tls13_capture_take(p.s, &t), 0);
+	assert_int_equal(t.max_plain, 1024);
+	assert_int_equal(tls13_seal(&t, TLS13_APPDATA, big, sizeof(big), rec), -1);
+	memset(big, 'q', sizeof(big));
+	seal_send(&t, p.sfd, TLS13_APPDATA, big, 1024);
+	ssl_read_all(p.c, b, 1024);
+	assert_memory_equal(b, big, 1024);
+	tls13_wipe(&t);
+	pair_close(&p);
+}
+
 /* RFC 8448, section 3: the server's handshake traffic secret, and the
  * key and IV derived from it (TLS_AES_128_GCM_SHA256). */
 static void test_expand_label_rfc8448(void **state)
@@ -406,6 +433,7 @@ int main(void)
 	    cmocka_unit_test(test_takeover_chacha),
 	    cmocka_unit_test(test_key_updates_before_takeover),
 	    cmocka_unit_test(test_no_takeover_when_buffered_or_tls12),
+	    cmocka_unit_test(test_max_fragment_length_kept),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
