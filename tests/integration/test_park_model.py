@@ -29,6 +29,7 @@ import pytest
 import imapc
 import lab
 from conftest import backend_section, password, scrape_metrics, wait_until
+import parkmodel
 from parkmodel import ModelClient, ModelError
 
 pytest.register_assert_rewrite("conftest_redis")
@@ -381,6 +382,13 @@ class Case:
                 assert md.highestmodseq is not None and md.highestmodseq <= self.hms, (
                     self.step, mc.name, md.highestmodseq, self.hms)
         self.mx = self.wait_parked()
+        # Through imapmux a CONDSTORE client also learns the HIGHESTMODSEQ
+        # that expunges raised (the wake's `* OK [HIGHESTMODSEQ h]`).
+        for mc in self.muxed:
+            if mc.model.condstore:
+                assert mc.model.highestmodseq == self.hms, (
+                    "step %d: %s holds HIGHESTMODSEQ %s, the store %d"
+                    % (self.step, mc.name, mc.model.highestmodseq, self.hms))
         # Every client in IDLE was parked when the store changed: if it
         # changed in what a plain client sees (a -FLAGS may find nothing to
         # take, a +FLAGS then -FLAGS leaves only a MODSEQ behind, which a
@@ -517,3 +525,83 @@ def test_wake_racing_an_append(make_mux, dovecot, redis, prefix, ca_ctx):
         store = [(u, f) for u, f, _ in Mutator.store_of(d)]
         assert [(u, f) for u, f, _ in mc.model.view()] == store
     assert _metrics(m).get("imapmux_wake_failures_total", 0) == 0
+
+
+# ---------------------------------------------------------------------------
+# the model itself: it follows a correct server and refuses what a correct
+# server could not send (else the test above could pass on wrong data)
+
+def _fed(mode, lines, select=True):
+    md = parkmodel.MailboxModel(mode, "t")
+    if select:
+        md.begin_select()
+        for ln in ["* 3 EXISTS", "* OK [UIDVALIDITY 7] x", "* OK [HIGHESTMODSEQ 5] x"]:
+            md.feed(ln.encode() + b"\r\n")
+        md.end_select(b"s OK [READ-WRITE] done\r\n")
+        ms = " MODSEQ (5)" if mode != "plain" else ""
+        for k, uid in enumerate((4, 6, 9)):
+            md.feed(b"* %d FETCH (UID %d FLAGS (\\Seen)%s)\r\n" % (k + 1, uid, ms.encode()))
+    for ln in lines:
+        md.feed(ln.encode() + b"\r\n")
+    return md
+
+
+def test_model_follows_a_correct_server():
+    md = _fed("plain", ["* 2 EXPUNGE", "* 3 EXISTS", "* 2 FETCH (FLAGS (\\Flagged))",
+                        "* 3 FETCH (FLAGS () UID 12)", "* 1 RECENT", "* OK Still here"])
+    assert md.view() == [(4, {"\\Seen"}, None), (9, {"\\Flagged"}, None), (12, set(), None)]
+    assert md.differs([(4, frozenset({"\\Seen"}), 1), (9, frozenset({"\\Flagged"}), 1),
+                       (12, frozenset(), 1)]) is None
+    assert "flags" in md.differs([(4, frozenset(), 1), (9, frozenset({"\\Flagged"}), 1),
+                                  (12, frozenset(), 1)])
+    md = _fed("qresync", ["* VANISHED 6", "* OK [HIGHESTMODSEQ 8] x",
+                          "* 2 FETCH (UID 9 MODSEQ (9) FLAGS ())"])
+    assert md.view() == [(4, {"\\Seen"}, 5), (9, set(), 9)] and md.highestmodseq == 9
+    # QRESYNC resume: the cache (4, 9) less VANISHED (EARLIER) 4, plus the
+    # FETCHes (9 changed, 11 new), are the SELECT's two messages.
+    md.begin_select(qresync_cache=True)
+    for ln in ["* OK [CLOSED] x", "* 2 EXISTS", "* OK [UIDVALIDITY 7] x",
+               "* OK [HIGHESTMODSEQ 12] x", "* VANISHED (EARLIER) 1:4,6",
+               "* 1 FETCH (UID 9 FLAGS (\\Seen) MODSEQ (11))",
+               "* 2 FETCH (UID 11 FLAGS () MODSEQ (12))"]:
+        md.feed(ln.encode() + b"\r\n")
+    md.end_select(b"s OK done\r\n")
+    assert md.view() == [(9, {"\\Seen"}, 11), (11, set(), 12)]
+
+
+@pytest.mark.parametrize("mode,lines,why", [
+    ("plain", ["* 4 EXPUNGE"], "EXPUNGE 4 of 3"),
+    ("plain", ["* 2 EXISTS"], "EXISTS 2 below"),
+    ("plain", ["* 1 FETCH (UID 5 FLAGS ())"], "has UID 4"),
+    ("plain", ["* 4 EXISTS", "* 4 FETCH (UID 8 FLAGS ())"], "breaks the order"),
+    ("plain", ["* 1 FETCH (MODSEQ (6) FLAGS ())"], "MODSEQ to a client without"),
+    ("plain", ["* VANISHED 4"], "VANISHED to a client without"),
+    ("plain", ["* OK [HIGHESTMODSEQ 9] x"], "HIGHESTMODSEQ to a client without"),
+    ("condstore", ["* 1 FETCH (FLAGS ())"], "FLAGS without MODSEQ"),
+    ("condstore", ["* 1 FETCH (MODSEQ (4) FLAGS ())"], "went down"),
+    ("condstore", ["* OK [HIGHESTMODSEQ 4] x"], "went down"),
+    ("qresync", ["* 1 EXPUNGE"], "EXPUNGE to a QRESYNC client"),
+    ("qresync", ["* 1 FETCH (MODSEQ (6) FLAGS ())"], "without UID"),
+    ("qresync", ["* VANISHED (EARLIER) 6"], "names UIDs still held"),
+    ("qresync", ["* 4 EXISTS", "* VANISHED 10"], "unknown UID"),
+    ("plain", ["* BYE [UNAVAILABLE] gone"], "BYE"),
+    ("plain", ["* NO [ALERT] x"], "untagged NO"),
+    ("plain", ["* 2 SEARCH 1"], "unexpected response"),
+])
+def test_model_refuses_what_a_server_may_not_send(mode, lines, why):
+    with pytest.raises(ModelError, match=re.escape(why)):
+        _fed(mode, lines)
+
+
+def test_model_qresync_resume_missing_a_message_fails():
+    md = _fed("qresync", [])
+    md.begin_select(qresync_cache=True)
+    for ln in ["* OK [CLOSED] x", "* 4 EXISTS", "* OK [UIDVALIDITY 7] x"]:
+        md.feed(ln.encode() + b"\r\n")
+    with pytest.raises(ModelError, match="EXISTS 4 but"):
+        md.end_select(b"s OK done\r\n")
+    md = _fed("plain", [])
+    md.begin_select()
+    md.feed(b"* 3 EXISTS\r\n")
+    with pytest.raises(ModelError, match="without \\[CLOSED\\]"):
+        md.end_select(b"s OK done\r\n")
