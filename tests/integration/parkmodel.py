@@ -409,11 +409,9 @@ class MailboxModel:
             if m.uid != uid:
                 return "message %d: UID %s, store %d" % (k + 1, m.uid, uid)
             if m.flags is None:
-                # Never told its flags: only a new message with none.
-                if flags:
-                    return "message %d (UID %d): flags never told, store %s" % (
-                        k + 1, uid, sorted(flags))
-            elif m.flags != flags:
+                return "message %d (UID %d): flags never told, store %s" % (
+                    k + 1, uid, sorted(flags))
+            if m.flags != flags:
                 return "message %d (UID %d): flags %s, store %s" % (
                     k + 1, uid, sorted(m.flags), sorted(flags))
             if self.condstore and check_modseq and m.modseq != modseq:
@@ -521,7 +519,8 @@ class ModelClient:
         Returns the number of responses fed."""
         n = 0
         wait = timeout
-        while True:
+        end = time.monotonic() + timeout + 2.0   # a server that never stops
+        while time.monotonic() < end:
             try:
                 r = self.c.read_response(wait)
             except imapc.Timeout:
@@ -533,6 +532,8 @@ class ModelClient:
             self.model.feed(r)
             n += 1
             wait = 0.002
+        raise ModelError("%s: still sending after %.1fs (%d responses)" % (self.name, timeout + 2,
+                                                                          n))
 
     def fetch_spec(self):
         return "(UID FLAGS MODSEQ)" if self.model.condstore else "(UID FLAGS)"

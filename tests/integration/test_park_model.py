@@ -93,6 +93,7 @@ class Mutator:
         self.announce = announce
         self.n = 0
         self.appended = 0
+        self.step_new = []   # UIDs the current step APPENDed
         self.ok("SELECT INBOX")
         self.log = []
 
@@ -150,13 +151,17 @@ class Mutator:
             for fl in op[1]:
                 self.appended += 1
                 uids.append(self.append(fl, "new %d" % self.appended))
+            self.step_new += uids
             self.log.append("APPEND %d %r -> UIDs %s" % (len(op[1]), op[1], uids))
         elif kind == "flags":
             _, sign, flags, uids = op
-            text = "UID STORE %s %sFLAGS%s (%s)" % (_set(uids), sign, op_silent(uids),
-                                                   " ".join(flags))
-            self.ok(text)
-            self.log.append(text)
+            if uids == "new":
+                uids = self.step_new   # the step's APPENDs (known here by APPENDUID)
+            if uids:
+                text = "UID STORE %s %sFLAGS%s (%s)" % (_set(uids), sign, _silent(uids),
+                                                       " ".join(flags))
+                self.ok(text)
+                self.log.append(text)
         elif kind == "delete":
             text = "UID STORE %s +FLAGS (\\Deleted)" % _set(op[1])
             self.ok(text)
@@ -174,7 +179,7 @@ class Mutator:
             self.announce()
 
 
-def op_silent(uids):
+def _silent(uids):
     return ".SILENT" if len(uids) % 2 else ""
 
 
@@ -184,10 +189,11 @@ def _set(uids):
 
 def _ops(rng, uids, deleted):
     """1-3 random operations on a store holding uids (those in deleted
-    marked \\Deleted). Expunges only take messages older than the step
-    (every client knows their UIDs: a VANISHED naming a message a QRESYNC
-    client knows by number only could not be followed); flag changes may
-    hit the step's new ones too (as UIDs unknown here: 'new')."""
+    marked \\Deleted), updating deleted. Expunges only take messages older
+    than the step (every client knows their UIDs: a VANISHED naming a
+    message a QRESYNC client knows by number only could not be followed);
+    flag changes may also take the step's new messages ("new": whatever
+    the step APPENDed so far), which clients know by number only."""
     ops = []
     have = list(uids)
     for _ in range(rng.choice([1, 1, 2, 2, 3])):
@@ -201,8 +207,8 @@ def _ops(rng, uids, deleted):
             ops.append(("append", [rng.sample(FLAGS[:2], rng.randint(0, 1))
                                    for _ in range(rng.randint(1, 3))]))
         elif kind == "flags":
-            ops.append(("flags", rng.choice("+-"),
-                        rng.sample(FLAGS, rng.randint(1, 2)),
+            ops.append(("flags", rng.choice("+-"), rng.sample(FLAGS, rng.randint(1, 2)),
+                        "new" if any(o[0] == "append" for o in ops) and rng.random() < 0.5 else
                         rng.sample(have, rng.randint(1, min(4, n)))))
         elif kind == "delete":
             pick = rng.sample(have, 1)
@@ -319,6 +325,7 @@ class Case:
                                 N_IDLE, idle=False))
         self.everyone = [self.ref] + self.muxed
         self.step = 0
+        self.deleted = set()   # UIDs marked \Deleted and not expunged yet
 
     def announce(self):
         """What Dovecot's push script would publish (watch = events); with
@@ -367,6 +374,7 @@ class Case:
         ops = _ops(self.rng, uids, self.deleted)
         reselect = self.rng.choice(self.everyone) if self.rng.random() < 0.25 else None
         self.mutator.log.append("-- step %d" % self.step)
+        self.mutator.step_new = []
         for op in ops:
             self.mutator.run(op)
         if not RACE:
@@ -435,7 +443,6 @@ def test_parked_views_follow_the_store(make_mux, dovecot, redis, prefix, ca_ctx,
     seed = _seed()
     print("IMAPMUX_MODEL_SEED=%d (%s-%s, %d steps)" % (seed, mode, watch, STEPS))
     case = Case(make_mux, dovecot, redis, prefix, ca_ctx, mode, watch, seed)
-    case.deleted = set()
     t0 = time.monotonic()
     changed, settle_max = 0, 0.0
     try:
