@@ -269,4 +269,5 @@ def test_inbox_child_selected_in_lower_case_wakes(make_mux, dovecot, redis, pref
         line = data(c, timeout=3)
     except imapc.Timeout:
         line = None
-    assert line == b"* 2 EXISTS\r\n", line
+    told = [x for x in m.log_text().splitlines() if "change of" in x]
+    assert line == b"* 2 EXISTS\r\n", (line, told)
