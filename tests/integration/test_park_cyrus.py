@@ -22,11 +22,12 @@ import pytest
 
 import imapc
 import lab
-from conftest import backend_section, password, wait_until
+from conftest import backend_section, wait_until
 
 pytest.register_assert_rewrite("parklib", "conftest_redis")
-from parklib import (TIMEOUT, announce, append, backend_socks, data, direct, lines_until,  # noqa: E402
-                     login, metric, mux, ok, park_idle, quiet, reset_inbox, wait_parked, wakes)
+from parklib import (TIMEOUT, announce, append, backend_socks, data,  # noqa: E402
+                     lines_until, metric, mux, ok, park_idle, quiet, reset_inbox, wait_parked,
+                     wakes)
 from conftest_redis import redis_section  # noqa: E402
 
 pytest_plugins = ["conftest_redis"]

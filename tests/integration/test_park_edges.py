@@ -17,7 +17,6 @@ where a test depends on it):
 """
 
 import re
-import time
 
 import pytest
 
@@ -248,8 +247,9 @@ def test_a_change_wakes_only_the_sessions_on_its_mailbox(make_mux, dovecot, redi
         "the session parked on inbox.Sub is never woken"))),
     pytest.param("events", marks=pytest.mark.xfail(strict=True, reason=(
         "imapmux bug: mailbox_may_match (proxy/park.c) folds the case of INBOX only "
-        "when the whole name is INBOX; Dovecot's push script names inbox.Sub "
-        "INBOX.Sub, so the session parked on inbox.Sub is never woken"))),
+        "when the whole name is INBOX; the event names the mailbox as Dovecot does "
+        "(INBOX.Sub: its vname, what the push script publishes), so the session "
+        "parked on inbox.Sub is never woken"))),
 ])
 def test_inbox_child_selected_in_lower_case_wakes(make_mux, dovecot, redis, prefix, ca_ctx, watch):
     """A client that SELECTs inbox.Sub (INBOX.Sub to Dovecot: the INBOX
