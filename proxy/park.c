@@ -20,6 +20,7 @@
  *   - a parked session is in w->parked (by user) from parking to its end,
  *     so that an event can find it in every phase.
  */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -716,6 +717,12 @@ static bool mailbox_may_match(const uint8_t *n, size_t nlen, const uint8_t *m, s
 	if (nlen == mlen && memcmp(n, m, nlen) == 0)
 		return true;
 	if (imap_word_eq(n, nlen, "INBOX") && nlen == 5 && mlen == 5 && imap_word_eq(m, 5, "INBOX"))
+		return true;
+	/* INBOX is case-insensitive also as a parent: the client's "inbox.Sub"
+	 * is the store's "INBOX.Sub" (and a sibling "inbox-x" that matches too
+	 * costs a resync only). */
+	if (nlen == mlen && nlen > 5 && imap_word_eq(n, 5, "INBOX") &&
+	    imap_word_eq(m, 5, "INBOX") && !isalnum(n[5]) && memcmp(n + 5, m + 5, nlen - 5) == 0)
 		return true;
 	for (size_t i = 0; i < nlen; i++)
 		if (n[i] >= 0x80 || n[i] == '&')

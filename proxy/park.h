@@ -39,6 +39,7 @@ struct park {
 	bool counted;               /* included in stats.sessions_parked */
 	bool waiting;               /* parking waits for its watcher to be up; nothing sent yet */
 	bool asking;                /* the proxy's FETCH (UID) or NOOP is out */
+	unsigned refetches;         /* a wake's FETCHes of messages that came meanwhile */
 	bool synced;                /* ... and its NOOP answered: the view is the store's,
 	                             * or dirty says it is not */
 	ev_tstamp keepalive_at;

@@ -108,6 +108,41 @@ static void park_sync_failed(struct session *s, const char *why)
 
 enum sync_cmd { SYNC_ENABLE, SYNC_SELECT, SYNC_FETCH };
 
+/* Rounds of "messages came during the wake's FETCH" before giving up. */
+#define WAKE_REFETCH_MAX 8
+
+static void park_fetch_cb(void *arg, struct backend *b, const struct bk_reply *r);
+
+/*
+ * Mail that arrived while the wake read the store shows as EXISTS at the
+ * FETCH's end, messages whose UIDs p->now does not know: FETCH those too
+ * (as often as it goes on, within WAKE_REFETCH_MAX). True when a FETCH
+ * went out.
+ */
+static bool park_fetch_unknown(struct session *s)
+{
+	struct park *p = s->park;
+	bool condstore = (mbox_feed_enabled(s->feed) & (MBOX_EN_CONDSTORE | MBOX_EN_QRESYNC)) != 0;
+	uint32_t n = mbox_view_count(p->now), first = n;
+	char cmd[80];
+
+	while (first > 0 && mbox_view_uid(p->now, first) == 0)
+		first--;
+	if (first == n)
+		return false;
+	if (++p->refetches > WAKE_REFETCH_MAX) {
+		park_sync_failed(s, "wake: the mailbox keeps changing under the wake");
+		return false;
+	}
+	snprintf(cmd, sizeof(cmd), "FETCH %u:%u (UID FLAGS%s)", first + 1, n,
+	         condstore ? " MODSEQ" : "");
+	if (backend_cmd(s->bk, cmd, strlen(cmd), BK_CMD_SWALLOW, park_fetch_cb, s) < 0) {
+		park_sync_failed(s, "wake: cannot queue commands");
+		return false;
+	}
+	return true;
+}
+
 /* The answers to the wake's ENABLE, SELECT and FETCH. */
 static void park_sync_reply(struct session *s, const struct bk_reply *r, enum sync_cmd cmd)
 {
@@ -151,7 +186,8 @@ static void park_sync_reply(struct session *s, const struct bk_reply *r, enum sy
 		if (cmd == SYNC_SELECT &&
 		    mbox_feed_tagged(p->feed, p->now, WAKE_TAG, r->line, r->len) < 0)
 			park_sync_failed(s, "wake: unreadable SELECT answer");
-		if (cmd == SYNC_FETCH && p->fail == NULL)
+		if (cmd == SYNC_FETCH && p->fail == NULL && !park_fetch_unknown(s) &&
+		    p->fail == NULL)
 			p->phase = PARK_SYNCED;
 		return;
 	case BK_EV_GONE:
@@ -192,6 +228,7 @@ static bool park_sync_start(struct session *s)
 	int r = 0;
 
 	p->phase = PARK_SYNCING;
+	p->refetches = 0;
 	if (mbox_feed_init(&p->feed) < 0 || mbox_view_init(&p->now) < 0) {
 		park_fail(s, "wake: out of memory", "* BYE [UNAVAILABLE] Out of memory.");
 		return false;

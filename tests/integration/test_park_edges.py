@@ -239,18 +239,7 @@ def test_a_change_wakes_only_the_sessions_on_its_mailbox(make_mux, dovecot, redi
     assert wakes(m, "change") - w0 == 3
 
 
-@pytest.mark.parametrize("watch", [
-    "idle",
-    pytest.param("notify", marks=pytest.mark.xfail(strict=True, reason=(
-        "imapmux bug: mailbox_may_match (proxy/park.c) folds the case of INBOX only "
-        "when the whole name is INBOX; Dovecot's NOTIFY names inbox.Sub INBOX.Sub, so "
-        "the session parked on inbox.Sub is never woken"))),
-    pytest.param("events", marks=pytest.mark.xfail(strict=True, reason=(
-        "imapmux bug: mailbox_may_match (proxy/park.c) folds the case of INBOX only "
-        "when the whole name is INBOX; the event names the mailbox as Dovecot does "
-        "(INBOX.Sub: its vname, what the push script publishes), so the session "
-        "parked on inbox.Sub is never woken"))),
-])
+@pytest.mark.parametrize("watch", ["idle", "notify", "events"])
 def test_inbox_child_selected_in_lower_case_wakes(make_mux, dovecot, redis, prefix, ca_ctx, watch):
     """A client that SELECTs inbox.Sub (INBOX.Sub to Dovecot: the INBOX
     part of a name is case-insensitive) parks, and mail in INBOX.Sub wakes

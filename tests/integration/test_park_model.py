@@ -482,12 +482,6 @@ def _append_many(d, tag, n):
         assert t.startswith(b"%s%d OK" % (tag.encode(), j)), t
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "imapmux bug: Dovecot announces a message appended during the wake's UID FETCH 1:* "
-    "with `* n EXISTS` at that FETCH's end; the wake's view then holds a message of "
-    "unknown UID, mbox_view_diff_enabled refuses it and the session ends with "
-    "`* BYE [UNAVAILABLE] Mailbox changed, please reconnect.` (wake.c park_synced); "
-    "timing, not seed: most runs hit it within 25 attempts"))
 def test_wake_racing_an_append(make_mux, dovecot, redis, prefix, ca_ctx):
     """Mail that arrives while a wake reads the store (after its SELECT,
     before its UID FETCH 1:* is answered) must be told like any other: the
