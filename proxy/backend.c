@@ -54,6 +54,9 @@
 #define BK_BUF_SIZE (32 * 1024)
 #define BK_MAX_LINE (16 * 1024)
 
+/* What b->caps points to while no list is known (never freed). */
+static char bk_no_caps[1];
+
 static void bk_io(struct conn *c, void *arg);
 
 /* ---- states ------------------------------------------------------------ */
@@ -261,6 +264,7 @@ struct backend *backend_new(struct ev_loop *loop, const struct cfg_backend *cfg,
 		return NULL;
 	}
 	b->cfg = cfg;
+	b->caps = bk_no_caps;
 	b->ssl_ctx = ctx;
 	b->sid = sid;
 	b->done = done;
@@ -296,8 +300,14 @@ void bk_store_caps(struct backend *b, const uint8_t *p, size_t len)
 		bk_fail(b, "capability list too long");
 		return;
 	}
-	memcpy(b->caps, p, len);
-	b->caps[len] = '\0';
+	char *c = b->caps != bk_no_caps ? realloc(b->caps, len + 1) : malloc(len + 1);
+	if (c == NULL) {
+		bk_fail(b, "out of memory");
+		return;
+	}
+	memcpy(c, p, len);
+	c[len] = '\0';
+	b->caps = c;
 	b->caps_known = true;
 }
 
@@ -317,7 +327,9 @@ void bk_caps_from_code(struct backend *b, const uint8_t *rest, size_t len)
 static void bk_forget_caps(struct backend *b)
 {
 	b->caps_known = false;
-	b->caps[0] = '\0';
+	if (b->caps != bk_no_caps)
+		free(b->caps);
+	b->caps = bk_no_caps;
 }
 
 static void bk_ready(struct backend *b)
@@ -682,6 +694,7 @@ void backend_destroy(struct backend **bp)
 	bk_close(b);
 	if (b->hooks != NULL && b->hooks->gone != NULL)
 		b->hooks->gone(b->hooks_ctx, b);
+	bk_forget_caps(b);
 	free(b);
 }
 

@@ -108,7 +108,9 @@ struct backend {
 	struct imap_tok tok; /* the stream, while this module reads it */
 	ev_timer timer;
 	bool after_starttls;
-	char caps[CAPS_MAX + 1]; /* the server's capabilities (raw list), "" until known */
+	char *caps; /* the server's capabilities (raw list, at most CAPS_MAX bytes, its own
+	             * allocation), "" until known: an idle connection (a watcher's) keeps
+	             * the few hundred bytes of its list, not CAPS_MAX */
 	bool caps_known;
 
 	struct cmdq cmds; /* the command channel: internal commands, oldest first */
