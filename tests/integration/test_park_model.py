@@ -11,8 +11,9 @@ clients MODSEQ.
     (polling with NOOP)                between steps
 
 One step: every imapmux client parked (imapmux_sessions_parked, same scrape
-as the wake counters); 1-3 random operations; sometimes one client SELECTs
-the mailbox again at once (QRESYNC clients resume from their view); then
+as the wake counters); 1-3 random operations; sometimes one client catches
+up at once: SELECTs the mailbox again (QRESYNC clients resume from their
+view) or asks for what changed (UID FETCH ... CHANGEDSINCE); then
 each client reads until its view is the store's, fetching only the UIDs
 of new messages (which wakes a parked session; it parks again). Each case
 (client mode x watch mode) runs STEPS steps, seeded: the seed is printed,
@@ -42,6 +43,9 @@ STEPS = int(os.environ.get("IMAPMUX_MODEL_STEPS", "12"))
 # ones, instead of once a step. Off by default: a wake racing an APPEND
 # ends the session (test_wake_racing_an_append).
 RACE = os.environ.get("IMAPMUX_MODEL_RACE") == "1"
+# The share of steps after which the next starts without waiting for the
+# sessions to park again.
+EAGER = float(os.environ.get("IMAPMUX_MODEL_EAGER", "0"))
 SETTLE = 10.0          # Dovecot's IDLE notices a change about 0.5 s late
 PARK_WAIT = 10.0
 RACE_ATTEMPTS = 25
@@ -179,6 +183,11 @@ class Mutator:
             self.announce()
 
 
+def visible_change(old, new):
+    """Did the store change in what a plain client sees?"""
+    return [(u, f) for u, f, _ in old] != [(u, f) for u, f, _ in new]
+
+
 def _silent(uids):
     return ".SILENT" if len(uids) % 2 else ""
 
@@ -254,6 +263,19 @@ def _open(conn, mode, name, k, idle):
     if idle:
         mc.idle_start()
     return mc
+
+
+def _resync(mc, rng):
+    """Catch up the way a client of mc's mode would after a while away:
+    SELECT again, or (CONDSTORE, QRESYNC) ask for what changed since the
+    HIGHESTMODSEQ it holds: UID FETCH ... (CHANGEDSINCE m [VANISHED]), whose
+    VANISHED (EARLIER) may only name UIDs the client no longer holds."""
+    md = mc.model
+    if mc.mode == "plain" or rng.random() < 0.5:
+        return "SELECT", _reselect(mc)
+    mc.command("UID FETCH 1:* %s (CHANGEDSINCE %d%s)" % (
+        mc.fetch_spec(), md.highestmodseq, " VANISHED" if mc.mode == "qresync" else ""))
+    return "CHANGEDSINCE", None
 
 
 def _reselect(mc):
@@ -372,7 +394,7 @@ class Case:
         uids = [u for u, _, _ in self.store]
         self.deleted &= set(uids)
         ops = _ops(self.rng, uids, self.deleted)
-        reselect = self.rng.choice(self.everyone) if self.rng.random() < 0.25 else None
+        reselect = self.rng.choice(self.everyone) if self.rng.random() < 0.3 else None
         self.mutator.log.append("-- step %d" % self.step)
         self.mutator.step_new = []
         for op in ops:
@@ -380,8 +402,8 @@ class Case:
         if not RACE:
             self.announce()
         if reselect is not None:
-            self.mutator.log.append("(%s SELECTs again)" % reselect.name)
-            _reselect(reselect)
+            how, _ = _resync(reselect, self.rng)
+            self.mutator.log.append("(%s catches up: %s)" % (reselect.name, how))
         self.store, self.hms = self.mutator.store()
         took = _settle(self.everyone, self.mutator, self.store, self.step)
         for mc in self.everyone:
@@ -389,9 +411,20 @@ class Case:
             if md.condstore:
                 assert md.highestmodseq is not None and md.highestmodseq <= self.hms, (
                     self.step, mc.name, md.highestmodseq, self.hms)
+        if self.rng.random() < EAGER:
+            # The next step starts at once: its changes meet sessions still
+            # attached, settling or waking. Nothing to count on for it.
+            self.mx = None
+            return visible_change(old_store, self.store), max(took.values())
         self.mx = self.wait_parked()
-        # Through imapmux a CONDSTORE client also learns the HIGHESTMODSEQ
-        # that expunges raised (the wake's `* OK [HIGHESTMODSEQ h]`).
+        visible = visible_change(old_store, self.store)
+        if before is None:
+            # Sessions were attached when the changes came: told by Dovecot
+            # (which sends no HIGHESTMODSEQ after EXPUNGEs to a CONDSTORE
+            # client), not by a wake.
+            return visible, max(took.values())
+        # Parked, a CONDSTORE client also learns through the wake the
+        # HIGHESTMODSEQ that expunges raised (`* OK [HIGHESTMODSEQ h]`).
         for mc in self.muxed:
             if mc.model.condstore:
                 assert mc.model.highestmodseq == self.hms, (
@@ -402,7 +435,6 @@ class Case:
         # take, a +FLAGS then -FLAGS leaves only a MODSEQ behind, which a
         # watcher may not hear of), the clients can only have learned of
         # it through a wake for that change (or for their own SELECT).
-        visible = [(u, f) for u, f, _ in old_store] != [(u, f) for u, f, _ in self.store]
         woke = _wakes(self.mx, "change") - _wakes(before, "change")
         want = N_IDLE - (1 if reselect in self.muxed[:N_IDLE] else 0) if visible else 0
         assert woke >= want, ("step %d: %d change wakes for %d parked clients in IDLE"
