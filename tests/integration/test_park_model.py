@@ -48,10 +48,12 @@ RACE = os.environ.get("IMAPMUX_MODEL_RACE") == "1"
 EAGER = float(os.environ.get("IMAPMUX_MODEL_EAGER", "0"))
 SETTLE = 10.0          # Dovecot's IDLE notices a change about 0.5 s late
 PARK_WAIT = 10.0
+PARK_AFTER = "300ms"   # park_idle_after: a woken client parks again soon
 RACE_ATTEMPTS = 25
 N_IDLE = 3             # imapmux clients in IDLE; one more polls with NOOP
 FLAGS = ["\\Seen", "\\Flagged", "\\Answered", "$Label1"]
-MODES = ["plain", "condstore", "qresync"]
+MODES = ["plain", "condstore", "qresync", "mixed"]
+MIXED = ["plain", "condstore", "qresync"]
 WATCHES = ["events", "idle", "notify"]
 
 
@@ -335,16 +337,21 @@ class Case:
         port = lab.free_port()
         kv = backend_section(dovecot, watch=watch)
         self.m = make_mux(backends=[("a", kv)], redis=redis_section(redis, prefix),
-                          imapmux={"workers": 1, "park_idle_after": "500ms",
+                          imapmux={"workers": 1, "park_idle_after": PARK_AFTER,
                                    "log_level": "debug", "stats_listen": "127.0.0.1:%d" % port})
         self.m.stats_port = port
         wait_subscribed(redis, prefix, 1)
         self.mutator = Mutator(dovecot, self.user, self.announce)
-        self.ref = _open(_login(dovecot.port, self.user), mode, "ref", 0, idle=True)
-        self.muxed = [_open(_login(self.m.imaps_port, self.user, tls=ca_ctx), mode, "c%d" % k,
-                            k, idle=True) for k in range(N_IDLE)]
-        self.muxed.append(_open(_login(self.m.imaps_port, self.user, tls=ca_ctx), mode, "quiet",
-                                N_IDLE, idle=False))
+        def mode_of(k):
+            # mixed: one of each beside the others (the user's kept backend
+            # session is per ENABLE state: a plain client's wake must never
+            # get a CONDSTORE one).
+            return MIXED[k % len(MIXED)] if mode == "mixed" else mode
+        self.ref = _open(_login(dovecot.port, self.user), mode_of(0), "ref", 0, idle=True)
+        self.muxed = [_open(_login(self.m.imaps_port, self.user, tls=ca_ctx), mode_of(k),
+                            "c%d" % k, k, idle=True) for k in range(N_IDLE)]
+        self.muxed.append(_open(_login(self.m.imaps_port, self.user, tls=ca_ctx),
+                                mode_of(N_IDLE), "quiet", N_IDLE, idle=False))
         self.everyone = [self.ref] + self.muxed
         self.step = 0
         self.deleted = set()   # UIDs marked \Deleted and not expunged yet
@@ -527,7 +534,7 @@ def test_wake_racing_an_append(make_mux, dovecot, redis, prefix, ca_ctx):
     messages (the wake's UID FETCH 1:* takes milliseconds); each attempt
     announces a change and at once APPENDs 10 messages, pipelined: Dovecot
     commits them one by one, so that one lands inside the wake's window."""
-    user = "model10"
+    user = "model13"
     _reset_inbox(dovecot, user, 0, random.Random(1))
     d = _login(dovecot.port, user)
     d.cmd("s", "SELECT INBOX")
@@ -537,7 +544,7 @@ def test_wake_racing_an_append(make_mux, dovecot, redis, prefix, ca_ctx):
     port = lab.free_port()
     m = make_mux(backends=[("a", backend_section(dovecot, watch="events"))],
                  redis=redis_section(redis, prefix),
-                 imapmux={"workers": 1, "park_idle_after": "500ms", "log_level": "debug",
+                 imapmux={"workers": 1, "park_idle_after": PARK_AFTER, "log_level": "debug",
                           "stats_listen": "127.0.0.1:%d" % port})
     m.stats_port = port
     wait_subscribed(redis, prefix, 1)
