@@ -43,6 +43,10 @@ STEPS = int(os.environ.get("IMAPMUX_MODEL_STEPS", "12"))
 # ones, instead of once a step. Off by default: a wake racing an APPEND
 # ends the session (test_wake_racing_an_append).
 RACE = os.environ.get("IMAPMUX_MODEL_RACE") == "1"
+# Messages in INBOX at the start, and imapmux's workers (sessions spread
+# over them: a watcher and a kept session per worker).
+START = int(os.environ.get("IMAPMUX_MODEL_START", "6"))
+WORKERS = int(os.environ.get("IMAPMUX_MODEL_WORKERS", "1"))
 # The share of steps after which the next starts without waiting for the
 # sessions to park again.
 EAGER = float(os.environ.get("IMAPMUX_MODEL_EAGER", "0"))
@@ -51,7 +55,9 @@ PARK_WAIT = 10.0
 PARK_AFTER = "300ms"   # park_idle_after: a woken client parks again soon
 RACE_ATTEMPTS = 25
 N_IDLE = 3             # imapmux clients in IDLE; one more polls with NOOP
-FLAGS = ["\\Seen", "\\Flagged", "\\Answered", "$Label1"]
+# The flags STORE picks from; IMAPMUX_MODEL_KEYWORDS="$Label2 Work" adds more.
+FLAGS = ["\\Seen", "\\Flagged", "\\Answered", "$Label1"] + os.environ.get(
+    "IMAPMUX_MODEL_KEYWORDS", "").split()
 MODES = ["plain", "condstore", "qresync", "mixed"]
 MIXED = ["plain", "condstore", "qresync"]
 WATCHES = ["events", "idle", "notify"]
@@ -333,11 +339,11 @@ class Case:
         self.rng = random.Random(seed)
         self.user = "model%d" % (MODES.index(mode) * len(WATCHES) + WATCHES.index(watch) + 1)
         self.redis, self.prefix = redis, prefix
-        _reset_inbox(dovecot, self.user, 6, self.rng)
+        _reset_inbox(dovecot, self.user, START, self.rng)
         port = lab.free_port()
         kv = backend_section(dovecot, watch=watch)
         self.m = make_mux(backends=[("a", kv)], redis=redis_section(redis, prefix),
-                          imapmux={"workers": 1, "park_idle_after": PARK_AFTER,
+                          imapmux={"workers": WORKERS, "park_idle_after": PARK_AFTER,
                                    "log_level": "debug", "stats_listen": "127.0.0.1:%d" % port})
         self.m.stats_port = port
         wait_subscribed(redis, prefix, 1)
