@@ -135,6 +135,7 @@ class MailboxModel:
         self.sel_vanished = []     # ranges told as VANISHED (EARLIER)
         self.sel_hms = None        # the SELECT's HIGHESTMODSEQ
         self.lines = []            # every line fed, for error messages
+        # responses applied, by kind (the test prints them)
         self.stats = {"exists": 0, "expunge": 0, "vanished": 0, "fetch": 0, "hms": 0}
 
     # -- errors

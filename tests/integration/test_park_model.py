@@ -510,9 +510,15 @@ def test_parked_views_follow_the_store(make_mux, dovecot, redis, prefix, ca_ctx,
     assert change >= changed * (N_IDLE - 1)
     assert client >= 1
     assert delta("imapmux_parks_total") >= STEPS
+    told = {}
+    for mc in case.muxed:
+        for k, v in mc.model.stats.items():
+            told[k] = told.get(k, 0) + v
     print("%s-%s: %d steps (%d visible changes) in %.1fs, settle max %.2fs, wakes: change %d, "
-          "client %d; parks %d" % (mode, watch, STEPS, changed, time.monotonic() - t0,
-                                   settle_max, change, client, delta("imapmux_parks_total")))
+          "client %d; parks %d; told through imapmux: %s" % (
+              mode, watch, STEPS, changed, time.monotonic() - t0, settle_max, change, client,
+              delta("imapmux_parks_total"),
+              " ".join("%s %d" % kv for kv in sorted(told.items()))))
 
 
 def _append_many(d, tag, n):
