@@ -135,6 +135,7 @@ class MailboxModel:
         self.sel_vanished = []     # ranges told as VANISHED (EARLIER)
         self.sel_hms = None        # the SELECT's HIGHESTMODSEQ
         self.lines = []            # every line fed, for error messages
+        # responses applied, by kind (the test prints them)
         self.stats = {"exists": 0, "expunge": 0, "vanished": 0, "fetch": 0, "hms": 0}
 
     # -- errors
@@ -392,6 +393,14 @@ class MailboxModel:
                 return k + 1
         return None
 
+    def uid_floor(self):
+        """The UID of the message before the first of unknown UID (0 when
+        that is the first): every unknown UID is above it."""
+        k = self.first_unknown()
+        if k is None:
+            return self.max_uid()
+        return self.msgs[k - 2].uid if k > 1 else 0
+
     def max_uid(self):
         known = [m.uid for m in self.msgs if m.uid is not None]
         return max(known) if known else 0
@@ -539,7 +548,9 @@ class ModelClient:
         return "(UID FLAGS MODSEQ)" if self.model.condstore else "(UID FLAGS)"
 
     def learn_new(self, timeout=10.0):
-        """UID FETCH the messages whose UID the client does not know (new
-        ones are last, and above every UID it knows)."""
-        self.command("UID FETCH %d:* %s" % (self.model.max_uid() + 1, self.fetch_spec()),
+        """UID FETCH the messages whose UID the client does not know: new
+        ones, last, above the UID of the message before the first of them
+        (a later one may be known already: a QRESYNC client's FETCH carries
+        the UID)."""
+        self.command("UID FETCH %d:* %s" % (self.model.uid_floor() + 1, self.fetch_spec()),
                      timeout)

@@ -11,8 +11,9 @@ clients MODSEQ.
     (polling with NOOP)                between steps
 
 One step: every imapmux client parked (imapmux_sessions_parked, same scrape
-as the wake counters); 1-3 random operations; sometimes one client SELECTs
-the mailbox again at once (QRESYNC clients resume from their view); then
+as the wake counters); 1-3 random operations; sometimes one client catches
+up at once: SELECTs the mailbox again (QRESYNC clients resume from their
+view) or asks for what changed (UID FETCH ... CHANGEDSINCE); then
 each client reads until its view is the store's, fetching only the UIDs
 of new messages (which wakes a parked session; it parks again). Each case
 (client mode x watch mode) runs STEPS steps, seeded: the seed is printed,
@@ -42,12 +43,23 @@ STEPS = int(os.environ.get("IMAPMUX_MODEL_STEPS", "12"))
 # ones, instead of once a step. Off by default: a wake racing an APPEND
 # ends the session (test_wake_racing_an_append).
 RACE = os.environ.get("IMAPMUX_MODEL_RACE") == "1"
+# Messages in INBOX at the start, and imapmux's workers (sessions spread
+# over them: a watcher and a kept session per worker).
+START = int(os.environ.get("IMAPMUX_MODEL_START", "6"))
+WORKERS = int(os.environ.get("IMAPMUX_MODEL_WORKERS", "1"))
+# The share of steps after which the next starts without waiting for the
+# sessions to park again.
+EAGER = float(os.environ.get("IMAPMUX_MODEL_EAGER", "0"))
 SETTLE = 10.0          # Dovecot's IDLE notices a change about 0.5 s late
 PARK_WAIT = 10.0
+PARK_AFTER = "300ms"   # park_idle_after: a woken client parks again soon
 RACE_ATTEMPTS = 25
 N_IDLE = 3             # imapmux clients in IDLE; one more polls with NOOP
-FLAGS = ["\\Seen", "\\Flagged", "\\Answered", "$Label1"]
-MODES = ["plain", "condstore", "qresync"]
+# The flags STORE picks from; IMAPMUX_MODEL_KEYWORDS="$Label2 Work" adds more.
+FLAGS = ["\\Seen", "\\Flagged", "\\Answered", "$Label1"] + os.environ.get(
+    "IMAPMUX_MODEL_KEYWORDS", "").split()
+MODES = ["plain", "condstore", "qresync", "mixed"]
+MIXED = ["plain", "condstore", "qresync"]
 WATCHES = ["events", "idle", "notify"]
 
 
@@ -179,6 +191,11 @@ class Mutator:
             self.announce()
 
 
+def visible_change(old, new):
+    """Did the store change in what a plain client sees?"""
+    return [(u, f) for u, f, _ in old] != [(u, f) for u, f, _ in new]
+
+
 def _silent(uids):
     return ".SILENT" if len(uids) % 2 else ""
 
@@ -256,6 +273,19 @@ def _open(conn, mode, name, k, idle):
     return mc
 
 
+def _resync(mc, rng):
+    """Catch up the way a client of mc's mode would after a while away:
+    SELECT again, or (CONDSTORE, QRESYNC) ask for what changed since the
+    HIGHESTMODSEQ it holds: UID FETCH ... (CHANGEDSINCE m [VANISHED]), whose
+    VANISHED (EARLIER) may only name UIDs the client no longer holds."""
+    md = mc.model
+    if mc.mode == "plain" or rng.random() < 0.5:
+        return "SELECT", _reselect(mc)
+    mc.command("UID FETCH 1:* %s (CHANGEDSINCE %d%s)" % (
+        mc.fetch_spec(), md.highestmodseq, " VANISHED" if mc.mode == "qresync" else ""))
+    return "CHANGEDSINCE", None
+
+
 def _reselect(mc):
     """SELECT the mailbox again, the way a client of mc's mode would."""
     md = mc.model
@@ -309,20 +339,25 @@ class Case:
         self.rng = random.Random(seed)
         self.user = "model%d" % (MODES.index(mode) * len(WATCHES) + WATCHES.index(watch) + 1)
         self.redis, self.prefix = redis, prefix
-        _reset_inbox(dovecot, self.user, 6, self.rng)
+        _reset_inbox(dovecot, self.user, START, self.rng)
         port = lab.free_port()
         kv = backend_section(dovecot, watch=watch)
         self.m = make_mux(backends=[("a", kv)], redis=redis_section(redis, prefix),
-                          imapmux={"workers": 1, "park_idle_after": "500ms",
+                          imapmux={"workers": WORKERS, "park_idle_after": PARK_AFTER,
                                    "log_level": "debug", "stats_listen": "127.0.0.1:%d" % port})
         self.m.stats_port = port
         wait_subscribed(redis, prefix, 1)
         self.mutator = Mutator(dovecot, self.user, self.announce)
-        self.ref = _open(_login(dovecot.port, self.user), mode, "ref", 0, idle=True)
-        self.muxed = [_open(_login(self.m.imaps_port, self.user, tls=ca_ctx), mode, "c%d" % k,
-                            k, idle=True) for k in range(N_IDLE)]
-        self.muxed.append(_open(_login(self.m.imaps_port, self.user, tls=ca_ctx), mode, "quiet",
-                                N_IDLE, idle=False))
+        def mode_of(k):
+            # mixed: one of each beside the others (the user's kept backend
+            # session is per ENABLE state: a plain client's wake must never
+            # get a CONDSTORE one).
+            return MIXED[k % len(MIXED)] if mode == "mixed" else mode
+        self.ref = _open(_login(dovecot.port, self.user), mode_of(0), "ref", 0, idle=True)
+        self.muxed = [_open(_login(self.m.imaps_port, self.user, tls=ca_ctx), mode_of(k),
+                            "c%d" % k, k, idle=True) for k in range(N_IDLE)]
+        self.muxed.append(_open(_login(self.m.imaps_port, self.user, tls=ca_ctx),
+                                mode_of(N_IDLE), "quiet", N_IDLE, idle=False))
         self.everyone = [self.ref] + self.muxed
         self.step = 0
         self.deleted = set()   # UIDs marked \Deleted and not expunged yet
@@ -372,7 +407,7 @@ class Case:
         uids = [u for u, _, _ in self.store]
         self.deleted &= set(uids)
         ops = _ops(self.rng, uids, self.deleted)
-        reselect = self.rng.choice(self.everyone) if self.rng.random() < 0.25 else None
+        reselect = self.rng.choice(self.everyone) if self.rng.random() < 0.3 else None
         self.mutator.log.append("-- step %d" % self.step)
         self.mutator.step_new = []
         for op in ops:
@@ -380,8 +415,8 @@ class Case:
         if not RACE:
             self.announce()
         if reselect is not None:
-            self.mutator.log.append("(%s SELECTs again)" % reselect.name)
-            _reselect(reselect)
+            how, _ = _resync(reselect, self.rng)
+            self.mutator.log.append("(%s catches up: %s)" % (reselect.name, how))
         self.store, self.hms = self.mutator.store()
         took = _settle(self.everyone, self.mutator, self.store, self.step)
         for mc in self.everyone:
@@ -389,9 +424,20 @@ class Case:
             if md.condstore:
                 assert md.highestmodseq is not None and md.highestmodseq <= self.hms, (
                     self.step, mc.name, md.highestmodseq, self.hms)
+        if self.rng.random() < EAGER:
+            # The next step starts at once: its changes meet sessions still
+            # attached, settling or waking. Nothing to count on for it.
+            self.mx = None
+            return visible_change(old_store, self.store), max(took.values())
         self.mx = self.wait_parked()
-        # Through imapmux a CONDSTORE client also learns the HIGHESTMODSEQ
-        # that expunges raised (the wake's `* OK [HIGHESTMODSEQ h]`).
+        visible = visible_change(old_store, self.store)
+        if before is None:
+            # Sessions were attached when the changes came: told by Dovecot
+            # (which sends no HIGHESTMODSEQ after EXPUNGEs to a CONDSTORE
+            # client), not by a wake.
+            return visible, max(took.values())
+        # Parked, a CONDSTORE client also learns through the wake the
+        # HIGHESTMODSEQ that expunges raised (`* OK [HIGHESTMODSEQ h]`).
         for mc in self.muxed:
             if mc.model.condstore:
                 assert mc.model.highestmodseq == self.hms, (
@@ -402,7 +448,6 @@ class Case:
         # take, a +FLAGS then -FLAGS leaves only a MODSEQ behind, which a
         # watcher may not hear of), the clients can only have learned of
         # it through a wake for that change (or for their own SELECT).
-        visible = [(u, f) for u, f, _ in old_store] != [(u, f) for u, f, _ in self.store]
         woke = _wakes(self.mx, "change") - _wakes(before, "change")
         want = N_IDLE - (1 if reselect in self.muxed[:N_IDLE] else 0) if visible else 0
         assert woke >= want, ("step %d: %d change wakes for %d parked clients in IDLE"
@@ -465,9 +510,15 @@ def test_parked_views_follow_the_store(make_mux, dovecot, redis, prefix, ca_ctx,
     assert change >= changed * (N_IDLE - 1)
     assert client >= 1
     assert delta("imapmux_parks_total") >= STEPS
+    told = {}
+    for mc in case.muxed:
+        for k, v in mc.model.stats.items():
+            told[k] = told.get(k, 0) + v
     print("%s-%s: %d steps (%d visible changes) in %.1fs, settle max %.2fs, wakes: change %d, "
-          "client %d; parks %d" % (mode, watch, STEPS, changed, time.monotonic() - t0,
-                                   settle_max, change, client, delta("imapmux_parks_total")))
+          "client %d; parks %d; told through imapmux: %s" % (
+              mode, watch, STEPS, changed, time.monotonic() - t0, settle_max, change, client,
+              delta("imapmux_parks_total"),
+              " ".join("%s %d" % kv for kv in sorted(told.items()))))
 
 
 def _append_many(d, tag, n):
@@ -489,7 +540,7 @@ def test_wake_racing_an_append(make_mux, dovecot, redis, prefix, ca_ctx):
     messages (the wake's UID FETCH 1:* takes milliseconds); each attempt
     announces a change and at once APPENDs 10 messages, pipelined: Dovecot
     commits them one by one, so that one lands inside the wake's window."""
-    user = "model10"
+    user = "model13"
     _reset_inbox(dovecot, user, 0, random.Random(1))
     d = _login(dovecot.port, user)
     d.cmd("s", "SELECT INBOX")
@@ -499,7 +550,7 @@ def test_wake_racing_an_append(make_mux, dovecot, redis, prefix, ca_ctx):
     port = lab.free_port()
     m = make_mux(backends=[("a", backend_section(dovecot, watch="events"))],
                  redis=redis_section(redis, prefix),
-                 imapmux={"workers": 1, "park_idle_after": "500ms", "log_level": "debug",
+                 imapmux={"workers": 1, "park_idle_after": PARK_AFTER, "log_level": "debug",
                           "stats_listen": "127.0.0.1:%d" % port})
     m.stats_port = port
     wait_subscribed(redis, prefix, 1)
