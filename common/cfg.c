@@ -177,6 +177,7 @@ static const struct key_def backend_keys[] = {
     {"username_case", V_UCASE, BF(username_case), 0, 0, 0},
     {"watch", V_WATCH, BF(watch), 0, 0, 0},
     {"watch_refresh", V_DURATION, BF(watch_refresh), KF_POSITIVE, 0, 29 * 60},
+    {"forward_id", V_BOOL, BF(forward_id), 0, 0, 0},
     {"ciphers", V_STRING, BF(tls_policy.ciphers), 0, 0, 0},
     {"ciphersuites", V_STRING, BF(tls_policy.ciphersuites), 0, 0, 0},
     {"curves", V_STRING, BF(tls_policy.curves), 0, 0, 0},
@@ -1125,6 +1126,7 @@ static int add_backend(struct parser *p, const char *name)
 	b->connect_timeout = 10;
 	b->command_timeout = 30;
 	b->watch_refresh = 25 * 60;
+	b->forward_id = true;
 	memcpy(b->master_separator, "*", 2);
 	b->check_interval = 5;
 	b->check_timeout = 3;

@@ -137,6 +137,8 @@ struct cfg_backend {
 	                                   * ASCII-lowercased and keys kept sessions by it; keep
 	                                   * sends it as typed (never CFG_UCASE_INHERIT once loaded) */
 	enum cfg_watch watch;             /* watch = auto | notify | idle | events */
+	bool forward_id;                  /* forward_id = yes: ID (x-originating-ip ...) before
+	                                   * each login made for a client */
 	double watch_refresh;             /* watch_refresh = 25m (at most 29m): a watcher's IDLE
 	                                   * is ended and begun again this often */
 	int line;

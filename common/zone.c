@@ -17,8 +17,8 @@
 
 #include "list.h"
 
-static const uint16_t class_size[] = {16,  32,  48,  64,  96,   128,  160,  192,  256, 320,
-                                      384, 512, 640, 768, 1024, 1280, 1536, 1792, 2048};
+static const uint16_t class_size[] = {16,  32,  48,  64,  96,   128,  160,  192,  256,  320,
+                                      384, 512, 640, 768, 1024, 1280, 1536, 1792, 1920, 2048};
 #define NCLASS (sizeof(class_size) / sizeof(class_size[0]))
 
 struct zclass;

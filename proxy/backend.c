@@ -124,6 +124,8 @@ void bk_forget_credentials(struct backend *b)
 	bk_wipe_free(&b->pass, b->pass_len);
 	if (b->plain_b64 != NULL)
 		bk_wipe_free(&b->plain_b64, strlen(b->plain_b64));
+	free(b->id_args);
+	b->id_args = NULL;
 	b->user_len = b->pass_len = b->authz_len = 0;
 }
 

@@ -124,6 +124,7 @@ struct backend {
 	char *pass;
 	size_t pass_len;
 	char *plain_b64; /* AUTHENTICATE PLAIN without SASL-IR: the response, sent on "+" */
+	char *id_args;   /* ID's argument list, sent before the login (backend_set_id) */
 
 	bool notify_ready; /* call done(BK_RES_OK) on READY when no login is pending */
 	bool returning;    /* going back to the pool through UNAUTHENTICATE */
@@ -148,6 +149,12 @@ struct backend *backend_new(struct ev_loop *loop, const struct cfg_backend *cfg,
 
 /* Report gone/caps through hooks (ctx passed back); NULL: report nothing. */
 void backend_set_hooks(struct backend *b, const struct backend_hooks *hooks, void *ctx);
+
+/* Send "ID args" (RFC 2971) ahead of the next login, where the backend
+ * offers ID: the client's addresses, for the backend's logs and limits
+ * (Dovecot trusts them from login_trusted_networks). Its answer is
+ * swallowed, a NO included. The text is copied. 0 or -1 (no memory). */
+__attribute__((warn_unused_result)) int backend_set_id(struct backend *b, const char *args);
 
 /* Log in with the given credentials as soon as the connection is ready.
  * The backend keeps its own copy (wiped after use). Returns 0 or -1. */

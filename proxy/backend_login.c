@@ -72,6 +72,48 @@ static void bk_login_cb(void *arg, struct backend *b, const struct bk_reply *r)
 	bk_ask_caps(b, BK_LOGIN_CAPS);
 }
 
+/* ID's answer: what the server says of itself is of no use here, and a
+ * refusal changes nothing for the login. */
+static void bk_id_cb(void *arg, struct backend *b, const struct bk_reply *r)
+{
+	(void)arg, (void)b, (void)r;
+}
+
+int backend_set_id(struct backend *b, const char *args)
+{
+	char *p = strdup(args);
+
+	if (p == NULL)
+		return -1;
+	free(b->id_args);
+	b->id_args = p;
+	return 0;
+}
+
+/* The ID before the login, where the server offers it (RFC 2971 allows it
+ * in any state). */
+static void bk_send_id(struct backend *b)
+{
+	char *args = b->id_args;
+	size_t n;
+
+	b->id_args = NULL;
+	if (args == NULL)
+		return;
+	n = strlen(args);
+	if (caps_has(b->caps, strlen(b->caps), "ID")) {
+		char *text = malloc(3 + n);
+		if (text != NULL) {
+			memcpy(text, "ID ", 3);
+			memcpy(text + 3, args, n);
+			if (cmdq_push(&b->cmds, text, 3 + n, BK_CMD_SWALLOW, bk_id_cb, b) < 0)
+				log_debug("S-%lu backend %s: ID not sent", b->sid, b->cfg->name);
+			free(text);
+		}
+	}
+	free(args);
+}
+
 void bk_send_login(struct backend *b)
 {
 	bool plain = caps_has(b->caps, strlen(b->caps), "AUTH=PLAIN");
@@ -85,6 +127,7 @@ void bk_send_login(struct backend *b)
 
 	bk_enter(b, BK_LOGIN);
 	bk_arm_timer(b, b->cfg->command_timeout);
+	bk_send_id(b);
 	if (caps_has(b->caps, strlen(b->caps), "LOGINDISABLED") && !plain) {
 		bk_fail(b, "backend refuses plaintext login (LOGINDISABLED): use tls = starttls");
 		return;

@@ -384,6 +384,27 @@ static void login_pool_got(void *arg, struct backend *b)
 	login_send(s, b);
 }
 
+/* The client's addresses for the backend's ID (RFC 2971; the field names
+ * Dovecot and others read): where the client is, as the PROXY header said
+ * where there was one, where it connected, and the session's id. */
+static int login_set_id(struct session *s)
+{
+	char args[320];
+	int n;
+
+	if (s->port != 0)
+		n = snprintf(args, sizeof(args),
+		             "(\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%u\" "
+		             "\"x-connected-ip\" \"%s\" \"x-connected-port\" \"%u\" "
+		             "\"x-session-id\" \"imapmux-%lu\")",
+		             s->ip, (unsigned)s->port, s->lip, (unsigned)s->lport, s->id);
+	else
+		n = snprintf(args, sizeof(args), "(\"x-session-id\" \"imapmux-%lu\")", s->id);
+	if (n < 0 || (size_t)n >= sizeof(args))
+		return 0; /* cannot be: addresses are short */
+	return backend_set_id(s->bk, args);
+}
+
 /* Log in on b, which this session owns now. */
 static void login_send(struct session *s, struct backend *b)
 {
@@ -394,11 +415,13 @@ static void login_send(struct session *s, struct backend *b)
 
 	s->bk = b;
 	STAT_INC(&s->w->stats, backend_logins);
-	if (cfg->auth == CFG_AUTH_REDIS || l->plen == 0)
+	/* First: a connection that is ready sends its login at once. */
+	r = bc->forward_id ? login_set_id(s) : 0;
+	if (r == 0 && (cfg->auth == CFG_AUTH_REDIS || l->plen == 0))
 		r = backend_login_as(s->bk, (const char *)l->sent, l->ulen, bc->master_user,
 		                     strlen(bc->master_user), bc->master_password,
 		                     strlen(bc->master_password));
-	else
+	else if (r == 0)
 		r = backend_login(s->bk, (const char *)l->sent, l->ulen, (const char *)l->pass,
 		                  l->plen);
 	if (r < 0) {

@@ -80,6 +80,8 @@ struct session {
 	char peer[64];               /* "ip:port" */
 	char user[64];               /* printable prefix of the user name, for logs */
 	char ip[INET6_ADDRSTRLEN];   /* client address, for logs */
+	char lip[INET6_ADDRSTRLEN];  /* the address the client connected to */
+	uint16_t port, lport;        /* ... and both ports (0: a UNIX socket) */
 	char ipkey[IDENT_IP_MAX];    /* ... its group (IPv6: ipv6_prefix), for per-address
 	                              * limits and brute-force counts */
 	uint8_t uname[USER_MAX + 1]; /* the user name as imapmux identifies it

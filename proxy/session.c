@@ -533,6 +533,31 @@ void sess_backend_io(struct conn *c, void *arg)
 
 /* ---- accept, drain ------------------------------------------------------ */
 
+static void peer_text(const struct sockaddr *sa, char *out, size_t outlen, char *ip, size_t iplen);
+
+static uint16_t sa_port(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)sa)->sin_port);
+	if (sa->sa_family == AF_INET6)
+		return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+	return 0;
+}
+
+/* The local end of fd: s->lip, s->lport. */
+static void sess_local_end(struct session *s, int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	char text[sizeof(s->peer)];
+
+	memset(&ss, 0, sizeof(ss));
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+		ss.ss_family = AF_UNIX;
+	peer_text((const struct sockaddr *)&ss, text, sizeof(text), s->lip, sizeof(s->lip));
+	s->lport = sa_port((const struct sockaddr *)&ss);
+}
+
 static void peer_text(const struct sockaddr *sa, char *out, size_t outlen, char *ip, size_t iplen)
 {
 	char host[INET6_ADDRSTRLEN] = "?";
@@ -669,6 +694,11 @@ static int sess_proxy_header(struct session *s)
 		memcpy(via, s->peer, sizeof(via));
 		peer_text((const struct sockaddr *)&pr.src, s->peer, sizeof(s->peer), s->ip,
 		          sizeof(s->ip));
+		s->port = sa_port((const struct sockaddr *)&pr.src);
+		char unused[sizeof(s->peer)];
+		peer_text((const struct sockaddr *)&pr.dst, unused, sizeof(unused), s->lip,
+		          sizeof(s->lip));
+		s->lport = sa_port((const struct sockaddr *)&pr.dst);
 		snprintf(what, sizeof(what), "PROXY v%d header: client %s via %s", pr.version,
 		         s->peer, via);
 		sess_log(s, LOG_LVL_DEBUG, what);
@@ -697,6 +727,8 @@ void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr
 	s->lidx = lidx;
 	s->lcfg = &s->rt->cfg->listens[lidx];
 	peer_text(peer, s->peer, sizeof(s->peer), s->ip, sizeof(s->ip));
+	s->port = sa_port(peer);
+	sess_local_end(s, fd);
 	conn_init(&s->client, w->loop, fd, CLIENT_IN_SIZE, CLIENT_OUT_SIZE, sess_client_io, s);
 	buf_init(&s->cmd, PREAUTH_MAX_CMD);
 	buf_init(&s->local, LOCAL_SIZE);

@@ -435,6 +435,7 @@ static void test_defaults(void **state)
 	assert_true(b->connect_timeout == 10);
 	assert_true(b->command_timeout == 30);
 	assert_true(b->watch_refresh == 25 * 60);
+	assert_true(b->forward_id);
 	assert_string_equal(b->master_separator, "*");
 	assert_true(b->check_interval == 5);
 	assert_true(b->check_timeout == 3);
