@@ -132,6 +132,7 @@ static const struct key_def listen_keys[] = {
     {"cert", V_STRING, LF(cert), KF_FILE, 0, 0},
     {"key", V_STRING, LF(key), KF_FILE, 0, 0},
     {"proxy_protocol", V_BOOL, LF(proxy_protocol), 0, 0, 0},
+    {"proxy_trusted", V_STRING, LF(proxy_trusted), 0, 0, 0},
     {"allow_plaintext_auth", V_BOOL, LF(allow_plaintext_auth), 0, 0, 0},
     {"ciphers", V_STRING, LF(tls_policy.ciphers), 0, 0, 0},
     {"ciphersuites", V_STRING, LF(tls_policy.ciphersuites), 0, 0, 0},
@@ -620,6 +621,8 @@ void cfg_destroy(struct cfg **cfgp)
 	for (size_t i = 0; i < c->nlistens; i++) {
 		free(c->listens[i].cert);
 		free(c->listens[i].key);
+		free(c->listens[i].proxy_trusted);
+		free(c->listens[i].trusted);
 		free_policy(&c->listens[i].tls_policy);
 	}
 	for (size_t i = 0; i < c->nbackends; i++) {
@@ -1287,6 +1290,28 @@ static int check_whole(struct parser *p)
 	if (c->nbackends == 0) {
 		set_err(p, 0, "no [backend] section");
 		return -1;
+	}
+	for (size_t i = 0; i < c->nlistens; i++) {
+		struct cfg_listen *l = &c->listens[i];
+		const char *bad;
+		size_t blen;
+
+		if (l->proxy_trusted == NULL)
+			continue;
+		if (!l->proxy_protocol) {
+			set_err(p, l->line, "[listen %s]: proxy_trusted needs proxy_protocol = yes",
+			        l->name);
+			return -1;
+		}
+		if (cidr_list_parse(l->proxy_trusted, &l->trusted, &l->ntrusted, &bad, &blen) < 0) {
+			if (bad == NULL)
+				set_err(p, l->line, "out of memory");
+			else
+				set_err(p, l->line,
+				        "[listen %s]: bad address or range '%.*s' in proxy_trusted",
+				        l->name, (int)blen, bad);
+			return -1;
+		}
 	}
 	if (c->fallback == CFG_FALLBACK_BACKEND &&
 	    cfg_backend_find(c, c->fallback_backend) == NULL) {

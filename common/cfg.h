@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
+#include "cidr.h"
 #include "log.h"
 
 #define CFG_NAME_MAX 64
@@ -91,11 +92,15 @@ struct cfg_tls_policy {
 
 struct cfg_listen {
 	char name[CFG_NAME_MAX];
-	struct cfg_addr addr;             /* address = (required) */
-	enum cfg_tls tls;                 /* tls = implicit | starttls | none (default none) */
-	char *cert;                       /* cert = PEM chain; required unless tls = none */
-	char *key;                        /* key = PEM key; required unless tls = none */
-	bool proxy_protocol;              /* proxy_protocol = no */
+	struct cfg_addr addr; /* address = (required) */
+	enum cfg_tls tls;     /* tls = implicit | starttls | none (default none) */
+	char *cert;           /* cert = PEM chain; required unless tls = none */
+	char *key;            /* key = PEM key; required unless tls = none */
+	bool proxy_protocol;  /* proxy_protocol = no */
+	char *proxy_trusted;  /* proxy_trusted = CIDR, ...: PROXY headers only from
+	                                   * there (NULL: from anywhere) */
+	struct cidr *trusted; /* ... parsed */
+	size_t ntrusted;
 	bool allow_plaintext_auth;        /* allow_plaintext_auth = no */
 	struct cfg_tls_policy tls_policy; /* ciphers, ciphersuites, curves toward clients */
 	int line;                         /* line of the section header */

@@ -581,6 +581,25 @@ static void peer_text(const struct sockaddr *sa, char *out, size_t outlen, char 
 
 /* A connection limit says no: one log line a second at most (a flood must
  * not flood the log too), a BYE where the client can read one. */
+/* A PROXY header would come from a host not in proxy_trusted: closed, no
+ * byte read (one log line a second at most, like the refusals below). */
+static void sess_untrusted(struct session *s)
+{
+	static _Thread_local double logged_at;
+	static _Thread_local unsigned quiet;
+	double now = ev_now(s->w->loop);
+
+	if (now - logged_at >= 1.0) {
+		log_warn("S-%lu -@%s refused: not in [listen %s] proxy_trusted%s", s->id, s->peer,
+		         s->lcfg->name, quiet ? " (and more in the last second)" : "");
+		logged_at = now;
+		quiet = 0;
+	} else {
+		quiet++;
+	}
+	sess_close(s, "not in proxy_trusted", NULL);
+}
+
 static void sess_refuse(struct session *s, const char *limit, unsigned max)
 {
 	static _Thread_local double logged_at;
@@ -750,6 +769,11 @@ void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr
 	}
 	s->conn_counted = true;
 	ev_timer_start(w->loop, &s->timer);
+	if (s->lcfg->proxy_protocol && s->lcfg->ntrusted > 0 &&
+	    !cidr_list_match(s->lcfg->trusted, s->lcfg->ntrusted, peer)) {
+		sess_untrusted(s);
+		return;
+	}
 	if (s->lcfg->proxy_protocol) {
 		s->phdr = malloc(PROXYPROTO_MAX_HEADER);
 		if (s->phdr == NULL) {

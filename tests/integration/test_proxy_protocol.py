@@ -41,7 +41,7 @@ def v2(src, sport=50000, dst=None, dport=993, tlvs=b"", command=1):
     return SIG + bytes([0x20 | command, fam]) + struct.pack("!H", len(body)) + body
 
 
-def start(make_mux, cert, key, **im):
+def start(make_mux, cert, key, trusted=None, **im):
     stats_port = lab.free_port()
     imaps, imap = lab.free_port(), lab.free_port()
     listens = [
@@ -50,6 +50,9 @@ def start(make_mux, cert, key, **im):
         ("imap", {"address": "127.0.0.1:%d" % imap, "tls": "starttls", "cert": cert,
                   "key": key, "allow_plaintext_auth": "yes", "proxy_protocol": "yes"}),
     ]
+    if trusted is not None:
+        for _, kv in listens:
+            kv["proxy_trusted"] = trusted
     conf = {"workers": 2, "stats_listen": "127.0.0.1:%d" % stats_port, "auth_fail_delay": 0,
             "log_level": "debug"}
     conf.update(im)
@@ -150,6 +153,61 @@ def test_bad_header_closes_without_a_word(make_mux, cert, key, bad):
     s.close()
     assert got == b"", got
     wait_until(lambda: "bad PROXY header" in m.log_text(), 5, "the refusal logged")
+
+
+def _closed_without_a_word(s):
+    s.settimeout(5)
+    got = b""
+    while True:
+        try:
+            d = s.recv(4096)
+        except ConnectionResetError:
+            break
+        if not d:
+            break
+        got += d
+    s.close()
+    return got
+
+
+def test_proxy_trusted_refuses_headers_from_elsewhere(make_mux, cert, key):
+    """proxy_trusted: a connection from a host not listed is closed before
+    a byte is read (and logged); from a listed one the header is taken."""
+    m = start(make_mux, cert, key, trusted="10.0.0.0/8, 2001:db8::/32")
+    for port in (m.imap_port, m.imaps_port):
+        s = raw(port)
+        s.sendall(v1("203.0.113.9") + b"a1 CAPABILITY\r\n")
+        assert _closed_without_a_word(s) == b""
+    # one warning a second at most; each session's end is logged
+    wait_until(lambda: m.log_text().count("closed: not in proxy_trusted") == 2, 5,
+               "both refusals logged")
+    assert "refused: not in [listen imap] proxy_trusted" in m.log_text()
+    assert "203.0.113.9" not in m.log_text()   # the header was never read
+
+    m2 = start(make_mux, cert, key, trusted="192.0.2.0/24 , 127.0.0.0/8")
+    s = raw(m2.imap_port)
+    s.sendall(v1("203.0.113.9", sport=41000))
+    c = plain_client(s)
+    assert c.greeting().startswith(b"* OK")
+    c.login("alice", password("alice"))
+    wait_until(lambda: "alice@203.0.113.9:41000" in m2.log_text(), 5, "the header's address")
+    c.close()
+
+
+@pytest.mark.parametrize("listen, why", [
+    ({"proxy_trusted": "127.0.0.0/8"}, "proxy_trusted needs proxy_protocol = yes"),
+    ({"proxy_protocol": "yes", "proxy_trusted": "127.0.0.0/8, 10.0.0.0/33"},
+     "bad address or range '10.0.0.0/33' in proxy_trusted"),
+    ({"proxy_protocol": "yes", "proxy_trusted": "lb.example.com"},
+     "bad address or range 'lb.example.com' in proxy_trusted"),
+])
+def test_proxy_trusted_checked_at_load(make_mux, cert, key, listen, why):
+    kv = {"address": "127.0.0.1:%d" % lab.free_port(), "tls": "implicit", "cert": cert,
+          "key": key}
+    kv.update(listen)
+    path, _, _ = make_mux.conf(listens=[("imaps", kv)])
+    r = lab.check_config(path)
+    assert r.returncode == 1 and why in r.stderr, r.stderr
 
 
 def test_no_header_in_time(make_mux, cert, key):
