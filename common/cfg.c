@@ -109,6 +109,7 @@ static const struct key_def imapmux_keys[] = {
     {"auth", V_AUTH, CF(auth), 0, 0, 0},
     {"park_idle_after", V_DURATION, CF(park_idle_after), 0, 0, 0},
     {"park_keepalive", V_DURATION, CF(park_keepalive), KF_POSITIVE, 0, 0},
+    {"reuseport", V_BOOL, CF(reuseport), 0, 0, 0},
     {"preauth_timeout", V_DURATION, CF(preauth_timeout), KF_POSITIVE, 0, 0},
     {"idle_timeout", V_DURATION, CF(idle_timeout), KF_POSITIVE, 0, 0},
     {"shutdown_timeout", V_DURATION, CF(shutdown_timeout), 0, 0, 0},

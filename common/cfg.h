@@ -157,9 +157,10 @@ struct cfg {
 	enum log_level log_level; /* log_level = info */
 	bool has_stats;           /* stats_listen set */
 	struct cfg_addr stats_listen;
-	enum cfg_auth auth;       /* auth = backend */
-	double park_idle_after;   /* park_idle_after = 30; 0 = never */
-	double park_keepalive;    /* park_keepalive = 2m: "* OK Still here" to parked IDLE */
+	enum cfg_auth auth;     /* auth = backend */
+	double park_idle_after; /* park_idle_after = 30; 0 = never */
+	double park_keepalive;  /* park_keepalive = 2m: "* OK Still here" to parked IDLE */
+	bool reuseport; /* reuseport = no: share the listeners' ports with other processes */
 	double preauth_timeout;   /* preauth_timeout = 60 */
 	double idle_timeout;      /* idle_timeout = 1800 */
 	double shutdown_timeout;  /* shutdown_timeout = 30 */

@@ -10,7 +10,9 @@
  *
  * Listening sockets are made here, one per worker and listener, with
  * SO_REUSEPORT, so that a bind error stops the start-up with a clear
- * message and the kernel spreads connections over the workers.
+ * message and the kernel spreads connections over the workers; before
+ * them, the stats socket, and (unless reuseport = yes) a probe without
+ * SO_REUSEPORT that finds another process on the address.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -99,6 +101,40 @@ fail:
 	if (fd >= 0)
 		close(fd);
 	return -1;
+}
+
+/*
+ * Without reuseport = yes, a listener's address must be free: the worker
+ * sockets share it with SO_REUSEPORT among themselves, which would let a
+ * second imapmux (or anything else with SO_REUSEPORT) share it silently. A
+ * socket without the option binds only where nobody listens. 0 or -1.
+ */
+static int listen_probe(const struct cfg_listen *l)
+{
+	int one = 1;
+	int fd = socket(l->addr.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int r = -1;
+
+	if (fd < 0) {
+		log_error("cannot listen on %s ([listen %s]): %s", l->addr.text, l->name,
+		          strerror(errno));
+		return -1;
+	}
+	(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (l->addr.ss.ss_family == AF_INET6)
+		(void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, (const struct sockaddr *)&l->addr.ss, l->addr.len) == 0)
+		r = 0;
+	else if (errno == EADDRINUSE)
+		log_error("cannot listen on %s ([listen %s]): address in use, by another process "
+		          "(another imapmux? set reuseport = yes in [imapmux] on every instance "
+		          "meant to share it)",
+		          l->addr.text, l->name);
+	else
+		log_error("cannot listen on %s ([listen %s]): %s", l->addr.text, l->name,
+		          strerror(errno));
+	close(fd);
+	return r;
 }
 
 /* A reload may change anything but the listening addresses. */
@@ -207,6 +243,13 @@ int main(int argc, char **argv)
 	workers = calloc(nworkers, sizeof(*workers));
 	if (workers == NULL)
 		goto out;
+	/* Every socket bound before any client can be taken: a port in use
+	 * (the stats port included) stops the start-up with nobody dropped. */
+	if (rt->cfg->has_stats && stats_bind(&rt->cfg->stats_listen) < 0)
+		goto out;
+	for (size_t j = 0; j < rt->cfg->nlistens && !rt->cfg->reuseport; j++)
+		if (listen_probe(&rt->cfg->listens[j]) < 0)
+			goto out;
 	for (unsigned i = 0; i < nworkers; i++) {
 		int fds[64];
 		size_t n = rt->cfg->nlistens;

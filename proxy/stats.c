@@ -632,16 +632,12 @@ static void *stats_thread(void *arg)
 	return NULL;
 }
 
-int stats_start(const struct cfg_addr *addr, const struct stats *const *counters, unsigned n)
+int stats_bind(const struct cfg_addr *addr)
 {
 	int family = addr->ss.ss_family;
-	const char *why = NULL;
-	char why_buf[128];
-	struct timespec now;
 	int one = 1;
-	int err;
 
-	if (srv.running) {
+	if (srv.running || srv.fd >= 0) {
 		log_error("stats: already started");
 		return -1;
 	}
@@ -649,20 +645,35 @@ int stats_start(const struct cfg_addr *addr, const struct stats *const *counters
 		log_error("cannot listen on %s (stats_listen): not an IP address", addr->text);
 		return -1;
 	}
-
 	srv.fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (srv.fd < 0)
-		goto fail_errno;
-	if (setsockopt(srv.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
-		goto fail_errno;
-	/* As for the IMAP listeners: [::] means IPv6 only. */
-	if (family == AF_INET6 &&
-	    setsockopt(srv.fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
-		goto fail_errno;
-	if (bind(srv.fd, (const struct sockaddr *)&addr->ss, addr->len) < 0)
-		goto fail_errno;
-	if (listen(srv.fd, 128) < 0)
-		goto fail_errno;
+	if (srv.fd < 0 || setsockopt(srv.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    /* As for the IMAP listeners: [::] means IPv6 only. */
+	    (family == AF_INET6 &&
+	     setsockopt(srv.fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0) ||
+	    bind(srv.fd, (const struct sockaddr *)&addr->ss, addr->len) < 0 ||
+	    listen(srv.fd, 128) < 0) {
+		log_error("cannot listen on %s (stats_listen): %s", addr->text, strerror(errno));
+		if (srv.fd >= 0)
+			close(srv.fd);
+		srv.fd = -1;
+		return -1;
+	}
+	return 0;
+}
+
+int stats_start(const struct cfg_addr *addr, const struct stats *const *counters, unsigned n)
+{
+	const char *why = NULL;
+	char why_buf[128];
+	struct timespec now;
+	int err;
+
+	if (srv.running) {
+		log_error("stats: already started");
+		return -1;
+	}
+	if (srv.fd < 0 && stats_bind(addr) < 0)
+		return -1;
 
 	srv.loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
 	if (srv.loop == NULL) {
@@ -701,8 +712,6 @@ int stats_start(const struct cfg_addr *addr, const struct stats *const *counters
 	log_info("stats: serving /metrics on %s", addr->text);
 	return 0;
 
-fail_errno:
-	why = strerror(errno);
 fail:
 	log_error("cannot listen on %s (stats_listen): %s", addr->text, why);
 	free(srv.counters);
@@ -719,8 +728,12 @@ fail:
 
 void stats_stop(void)
 {
-	if (!srv.running)
+	if (!srv.running) {
+		if (srv.fd >= 0) /* bound, never started */
+			close(srv.fd);
+		srv.fd = -1;
 		return;
+	}
 	ev_async_send(srv.loop, &srv.stop);
 	pthread_join(srv.thread, NULL);
 

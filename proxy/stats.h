@@ -25,6 +25,12 @@
 __attribute__((warn_unused_result)) int
 stats_start(const struct cfg_addr *addr, const struct stats *const *counters, unsigned n);
 
+/* The socket alone, bound and listening, ahead of stats_start (which then
+ * uses it): imapmux binds it before any IMAP listener, so that a stats
+ * port in use stops the start-up before any client is taken. 0, or -1
+ * (logged). */
+__attribute__((warn_unused_result)) int stats_bind(const struct cfg_addr *addr);
+
 /* Stop the stats thread and close its socket (safe if never started). */
 void stats_stop(void);
 

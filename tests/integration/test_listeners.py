@@ -1,0 +1,68 @@
+"""Listening sockets at start-up (issue #12): a second imapmux on the same
+ports fails at once with a clear message unless every instance says
+`reuseport = yes`; the stats port is bound before any IMAP listener, so a
+stats port in use stops the start-up before a single client is taken.
+"""
+
+import socket
+import subprocess
+
+import imapc
+import lab
+from conftest import password
+
+TIMEOUT = 10.0
+
+
+def _run(path):
+    """Start imapmux on path and let it fail: (returncode, stderr)."""
+    r = subprocess.run([lab.IMAPMUX, "-c", path], capture_output=True, text=True,
+                       timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    return r.returncode, r.stderr
+
+
+def _login(port, ca_ctx, user="alice"):
+    c = imapc.Client(port, tls=ca_ctx, timeout=TIMEOUT)
+    c.greeting()
+    _, t = c.cmd("l", "LOGIN %s %s" % (imapc.quote(user), imapc.quote(password(user))))
+    assert t.startswith(b"l OK"), t
+    c.close()
+
+
+def test_second_instance_on_the_same_ports_fails_clearly(make_mux, ca_ctx):
+    m = make_mux()
+    path, _, _ = make_mux.conf(ports=(m.imaps_port, m.imap_port))
+    rc, err = _run(path)
+    assert rc == 1, err
+    assert "address in use, by another process" in err and "reuseport = yes" in err, err
+    _login(m.imaps_port, ca_ctx)   # the first one goes on
+
+
+def test_reuseport_lets_instances_share_the_ports(make_mux, ca_ctx):
+    m1 = make_mux(imapmux={"reuseport": "yes"})
+    m2 = make_mux(imapmux={"reuseport": "yes"}, ports=(m1.imaps_port, m1.imap_port))
+    for _ in range(6):
+        _login(m1.imaps_port, ca_ctx)
+    assert m1.returncode is None and m2.returncode is None
+
+
+def test_stats_port_in_use_stops_the_start_before_any_listener(make_mux):
+    busy = socket.socket()
+    busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    try:
+        path, imaps_port, imap_port = make_mux.conf(
+            imapmux={"stats_listen": "127.0.0.1:%d" % port})
+        rc, err = _run(path)
+        assert rc == 1, err
+        assert "(stats_listen)" in err, err
+        for p in (imaps_port, imap_port):   # never listened: nobody was taken
+            s = socket.socket()
+            try:
+                assert s.connect_ex(("127.0.0.1", p)) != 0
+            finally:
+                s.close()
+    finally:
+        busy.close()
