@@ -70,6 +70,28 @@ static void check_nofile(const struct cfg *cfg)
 		    (unsigned long long)want);
 }
 
+/* The open-files soft limit up to the hard one: every client socket is a
+ * file (max_connections = auto follows the limit). Before anything reads
+ * the limit. */
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+	rlim_t was;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= rl.rlim_max)
+		return;
+	was = rl.rlim_cur;
+	/* "unlimited" is not a number of files: the kernel's usual nr_open */
+	rl.rlim_cur = rl.rlim_max == RLIM_INFINITY ? 1048576 : rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+		log_warn("cannot raise the open-files limit from %llu to %llu: %s",
+		         (unsigned long long)was, (unsigned long long)rl.rlim_max, strerror(errno));
+		return;
+	}
+	log_info("open-files limit raised from %llu to %llu (the hard limit)",
+	         (unsigned long long)was, (unsigned long long)rl.rlim_cur);
+}
+
 static struct runtime *load(const char *path, char *err, size_t errlen)
 {
 	struct cfg *cfg = NULL;
@@ -231,6 +253,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	log_set_level(rt->cfg->log_level);
+	raise_nofile();
 	signal(SIGPIPE, SIG_IGN);
 	sigemptyset(&set);
 	sigaddset(&set, SIGHUP);

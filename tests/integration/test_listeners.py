@@ -6,6 +6,7 @@ stats port in use stops the start-up before a single client is taken.
 
 import socket
 import subprocess
+import time
 
 import imapc
 import lab
@@ -66,3 +67,28 @@ def test_stats_port_in_use_stops_the_start_before_any_listener(make_mux):
                 s.close()
     finally:
         busy.close()
+
+
+def test_open_files_soft_limit_raised_to_the_hard_one(make_mux):
+    """At start the soft limit goes up to the hard limit, and max_connections
+    = auto follows it: (limit - 256) / 2."""
+    import resource
+    path, imaps_port, _ = make_mux.conf()
+
+    def limits():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 4096))
+    p = subprocess.Popen([lab.IMAPMUX, "-c", path], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=limits)
+    try:
+        lab.wait_listening([imaps_port], timeout=TIMEOUT)
+        assert p.poll() is None
+        time.sleep(0.5)   # the start-up's last log lines
+        with open("/proc/%d/limits" % p.pid) as f:
+            line = [l for l in f if l.startswith("Max open files")][0]
+        assert line.split()[3:5] == ["4096", "4096"], line
+    finally:
+        p.terminate()
+        _, err = p.communicate(timeout=TIMEOUT)
+    assert "open-files limit raised from 1024 to 4096 (the hard limit)" in err, err
+    assert "max_connections = auto: 1920 (from the open-files limit)" in err, err
