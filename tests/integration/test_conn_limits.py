@@ -213,10 +213,11 @@ def test_client_that_never_reads_is_held_back_not_buffered(make_mux):
 
 
 def test_max_connections_auto_and_the_open_files_warning(make_mux):
-    """auto takes (open-files limit - 256) / 2, the limit imapmux inherits
-    from here; an explicit value the limit cannot carry is warned about."""
+    """auto takes (open-files limit - 256) / 2, the limit imapmux raises its
+    soft one to: the hard limit it inherits from here; an explicit value the
+    limit cannot carry is warned about."""
     import resource
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, soft = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft <= 512:
         pytest.skip("open-files limit %r: auto takes another branch" % soft)
     m = start(make_mux)
