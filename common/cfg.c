@@ -716,6 +716,26 @@ static int key_line(const struct parser *p, const char *name)
 	return 0;
 }
 
+/* A file named in the configuration: a relative name is relative to the
+ * configuration file's directory, not to wherever imapmux was started
+ * from (a new allocation; NULL on no memory). */
+static char *file_path(const struct parser *p, const char *v)
+{
+	const char *slash = strrchr(p->path, '/');
+	size_t dlen = slash != NULL ? (size_t)(slash - p->path) + 1 : 0;
+	size_t vlen = strlen(v);
+	char *s;
+
+	if (v[0] == '/' || dlen == 0)
+		return strdup(v);
+	s = malloc(dlen + vlen + 1);
+	if (s != NULL) {
+		memcpy(s, p->path, dlen);
+		memcpy(s + dlen, v, vlen + 1);
+	}
+	return s;
+}
+
 /*
  * KF_FILE strings: fail at load, on the line that names the file, rather
  * than at the first TLS handshake or the next reload. access() answers
@@ -811,16 +831,18 @@ static int set_value(struct parser *p, const struct key_def *k, const char *v)
 		}
 		break;
 	case V_STRING:
-		if ((k->flags & KF_FILE) && check_readable(p, k, v) < 0)
-			return -1;
 		if (k->max != 0 && strlen(v) > k->max) {
 			set_err(p, p->line, "bad value for %s: %zu bytes (at most %u)", k->name,
 			        strlen(v), k->max);
 			return -1;
 		}
-		s = strdup(v);
+		s = (k->flags & KF_FILE) ? file_path(p, v) : strdup(v);
 		if (s == NULL) {
 			set_err(p, p->line, "out of memory");
+			return -1;
+		}
+		if ((k->flags & KF_FILE) && check_readable(p, k, s) < 0) {
+			free(s);
 			return -1;
 		}
 		/* Duplicate keys are refused earlier; free anyway, never leak. */

@@ -1267,6 +1267,29 @@ static void test_err_buffer(void **state)
 	unlink(path);
 }
 
+/* Relative file names are relative to the configuration's directory
+ * (here the test directory, where the files are), not the working one. */
+static void test_relative_paths(void **state)
+{
+	char want[300], cwd[1024];
+	struct cfg *c;
+
+	(void)state;
+	assert_non_null(getcwd(cwd, sizeof(cwd)));
+	assert_int_equal(chdir("/"), 0);
+	c = load_ok("[listen imaps]\naddress = 127.0.0.1:993\ntls = implicit\n"
+	            "cert = cert.pem\nkey = @D@/key.pem\n"
+	            "[backend a]\naddress = 127.0.0.1:143\ntls = starttls\nca = ./ca.pem\n");
+	snprintf(want, sizeof(want), "%s/cert.pem", dir);
+	assert_string_equal(c->listens[0].cert, want);
+	snprintf(want, sizeof(want), "%s/key.pem", dir);
+	assert_string_equal(c->listens[0].key, want);
+	snprintf(want, sizeof(want), "%s/./ca.pem", dir);
+	assert_string_equal(c->backends[0].ca, want);
+	cfg_destroy(&c);
+	assert_int_equal(chdir(cwd), 0);
+}
+
 static void test_destroy_null(void **state)
 {
 	struct cfg *c = NULL;
@@ -1397,25 +1420,16 @@ static void test_shipped_conf(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_duration),
-	    cmocka_unit_test(test_bool),
-	    cmocka_unit_test(test_addr_ipv4),
-	    cmocka_unit_test(test_addr_ipv6),
-	    cmocka_unit_test(test_addr_unix),
-	    cmocka_unit_test(test_addr_bad),
-	    cmocka_unit_test(test_addr_name),
-	    cmocka_unit_test(test_defaults),
-	    cmocka_unit_test(test_every_key),
-	    cmocka_unit_test(test_comments_and_quotes),
-	    cmocka_unit_test(test_order_and_find),
-	    cmocka_unit_test(test_cross_ok),
-	    cmocka_unit_test(test_errors),
-	    cmocka_unit_test(test_line_limits),
-	    cmocka_unit_test(test_open_errors),
-	    cmocka_unit_test(test_err_buffer),
-	    cmocka_unit_test(test_destroy_null),
-	    cmocka_unit_test(test_shipped_conf),
-	    cmocka_unit_test(test_tls_policy_inherit),
+	    cmocka_unit_test(test_duration),       cmocka_unit_test(test_bool),
+	    cmocka_unit_test(test_addr_ipv4),      cmocka_unit_test(test_addr_ipv6),
+	    cmocka_unit_test(test_addr_unix),      cmocka_unit_test(test_addr_bad),
+	    cmocka_unit_test(test_addr_name),      cmocka_unit_test(test_defaults),
+	    cmocka_unit_test(test_every_key),      cmocka_unit_test(test_comments_and_quotes),
+	    cmocka_unit_test(test_order_and_find), cmocka_unit_test(test_cross_ok),
+	    cmocka_unit_test(test_errors),         cmocka_unit_test(test_line_limits),
+	    cmocka_unit_test(test_open_errors),    cmocka_unit_test(test_err_buffer),
+	    cmocka_unit_test(test_relative_paths), cmocka_unit_test(test_destroy_null),
+	    cmocka_unit_test(test_shipped_conf),   cmocka_unit_test(test_tls_policy_inherit),
 	    cmocka_unit_test(test_ident_keys),
 	};
 
