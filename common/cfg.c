@@ -110,6 +110,8 @@ static const struct key_def imapmux_keys[] = {
     {"park_idle_after", V_DURATION, CF(park_idle_after), 0, 0, 0},
     {"park_keepalive", V_DURATION, CF(park_keepalive), KF_POSITIVE, 0, 0},
     {"reuseport", V_BOOL, CF(reuseport), 0, 0, 0},
+    {"user", V_STRING, CF(user), 0, 0, 64},
+    {"group", V_STRING, CF(group), 0, 0, 64},
     {"preauth_timeout", V_DURATION, CF(preauth_timeout), KF_POSITIVE, 0, 0},
     {"idle_timeout", V_DURATION, CF(idle_timeout), KF_POSITIVE, 0, 0},
     {"shutdown_timeout", V_DURATION, CF(shutdown_timeout), 0, 0, 0},
@@ -637,6 +639,8 @@ void cfg_destroy(struct cfg **cfgp)
 	free(c->backends);
 	free(c->path);
 	free(c->redis_prefix);
+	free(c->user);
+	free(c->group);
 	free_secret(c->redis_password);
 	free_policy(&c->tls_policy);
 	free(c);
@@ -1312,6 +1316,10 @@ static int check_whole(struct parser *p)
 	}
 	if (c->nbackends == 0) {
 		set_err(p, 0, "no [backend] section");
+		return -1;
+	}
+	if (c->group != NULL && c->user == NULL) {
+		set_err(p, 0, "group = %s needs a user = in [imapmux]", c->group);
 		return -1;
 	}
 	for (size_t i = 0; i < c->nlistens; i++) {

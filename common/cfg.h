@@ -161,6 +161,8 @@ struct cfg {
 	double park_idle_after; /* park_idle_after = 30; 0 = never */
 	double park_keepalive;  /* park_keepalive = 2m: "* OK Still here" to parked IDLE */
 	bool reuseport; /* reuseport = no: share the listeners' ports with other processes */
+	char *user;     /* user = NAME: run as NAME once the sockets are bound (NULL: stay) */
+	char *group;    /* group = NAME: ... with this group (default: user's own) */
 	double preauth_timeout;   /* preauth_timeout = 60 */
 	double idle_timeout;      /* idle_timeout = 1800 */
 	double shutdown_timeout;  /* shutdown_timeout = 30 */

@@ -15,8 +15,10 @@
  * SO_REUSEPORT that finds another process on the address.
  */
 #include <errno.h>
+#include <grp.h>
 #include <netinet/in.h>
 #include <openssl/ssl.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,6 +92,56 @@ static void raise_nofile(void)
 	}
 	log_info("open-files limit raised from %llu to %llu (the hard limit)",
 	         (unsigned long long)was, (unsigned long long)rl.rlim_cur);
+}
+
+/* The uid and gid of [imapmux] user and group: 0, or -1 with the reason
+ * in err. */
+static int who_to_be(const struct cfg *cfg, uid_t *uid, gid_t *gid, char *err, size_t errlen)
+{
+	const struct passwd *pw = getpwnam(cfg->user);
+
+	if (pw == NULL) {
+		snprintf(err, errlen, "user '%s': no such user", cfg->user);
+		return -1;
+	}
+	*uid = pw->pw_uid;
+	*gid = pw->pw_gid;
+	if (cfg->group != NULL) {
+		const struct group *gr = getgrnam(cfg->group);
+		if (gr == NULL) {
+			snprintf(err, errlen, "group '%s': no such group", cfg->group);
+			return -1;
+		}
+		*gid = gr->gr_gid;
+	}
+	return 0;
+}
+
+/* Become [imapmux] user (and group), once the sockets are bound and the
+ * keys read, before any thread starts; for good: no way back to root. */
+static int drop_privileges(const struct cfg *cfg)
+{
+	char err[160];
+	uid_t uid;
+	gid_t gid;
+
+	if (cfg->user == NULL)
+		return 0;
+	if (who_to_be(cfg, &uid, &gid, err, sizeof(err)) < 0) {
+		log_error("%s", err);
+		return -1;
+	}
+	if (setgroups(1, &gid) < 0 || setgid(gid) < 0 || setuid(uid) < 0) {
+		log_error("cannot become user %s (uid %u, gid %u): %s", cfg->user, (unsigned)uid,
+		          (unsigned)gid, strerror(errno));
+		return -1;
+	}
+	if (uid != 0 && (setuid(0) == 0 || seteuid(0) == 0)) {
+		log_error("user %s: root could be taken back; refusing to run", cfg->user);
+		return -1;
+	}
+	log_info("running as user %s (uid %u, gid %u)", cfg->user, (unsigned)uid, (unsigned)gid);
+	return 0;
 }
 
 static struct runtime *load(const char *path, char *err, size_t errlen)
@@ -247,6 +299,13 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (test_only) {
+		uid_t uid;
+		gid_t gid;
+		if (rt->cfg->user != NULL && who_to_be(rt->cfg, &uid, &gid, err, sizeof(err)) < 0) {
+			fprintf(stderr, "%s: %s\n", path, err);
+			runtime_unref(&rt);
+			return 1;
+		}
 		park_warnings(rt->cfg, path);
 		fprintf(stderr, "%s: configuration ok\n", path);
 		runtime_unref(&rt);
@@ -296,6 +355,8 @@ int main(int argc, char **argv)
 		workers[i].nworkers = nworkers;
 		workers[i].all = workers;
 	}
+	if (drop_privileges(rt->cfg) < 0)
+		goto out;
 	if (cryptpool_start(rt->cfg->auth_threads) < 0) {
 		log_error("cannot start the password-check threads");
 		goto out;

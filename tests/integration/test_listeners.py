@@ -92,3 +92,32 @@ def test_open_files_soft_limit_raised_to_the_hard_one(make_mux):
         _, err = p.communicate(timeout=TIMEOUT)
     assert "open-files limit raised from 1024 to 4096 (the hard limit)" in err, err
     assert "max_connections = auto: 1920 (from the open-files limit)" in err, err
+
+
+def test_runs_as_user_and_group_once_bound(make_mux, ca_ctx):
+    """user and group: the sockets (a port below 1024 would need root) are
+    bound and the keys read first, then imapmux is that user for good."""
+    import os
+    import pwd
+    if os.geteuid() != 0:
+        import pytest
+        pytest.skip("needs root to change user")
+    nobody = pwd.getpwnam("nobody")
+    m = make_mux(imapmux={"user": "nobody", "group": "nogroup"})
+    with open("/proc/%d/status" % m.proc.pid) as f:
+        status = dict(l.split(":", 1) for l in f if ":" in l)
+    assert status["Uid"].split() == [str(nobody.pw_uid)] * 4, status["Uid"]
+    assert status["Gid"].split()[0] == str(nobody.pw_gid), status["Gid"]
+    assert status["Groups"].split() == [str(nobody.pw_gid)], status["Groups"]
+    assert "running as user nobody (uid %d" % nobody.pw_uid in m.log_text()
+    _login(m.imaps_port, ca_ctx)
+
+
+def test_unknown_user_or_group_is_a_configuration_error(make_mux):
+    for kv, why in (({"user": "no-such-user-here"}, "user 'no-such-user-here': no such user"),
+                    ({"user": "nobody", "group": "no-such-group"},
+                     "group 'no-such-group': no such group"),
+                    ({"group": "nogroup"}, "group = nogroup needs a user = in [imapmux]")):
+        path, _, _ = make_mux.conf(imapmux=kv)
+        r = lab.check_config(path)
+        assert r.returncode == 1 and why in r.stderr, r.stderr
