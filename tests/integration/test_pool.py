@@ -78,7 +78,9 @@ def start_mux(make_mux, dv, cert, workers=2, imapmux=None, routing=None, backend
           "auth_fail_delay": 0}
     im.update(imapmux or {})
     if backends is None:
-        bk = {"check_interval": 0, "reuse_ttl": 0}
+        # forward_id = no: Dovecot's rport must stay imapmux's own port (the
+        # connection a login came on), not the client's, which an ID would give
+        bk = {"check_interval": 0, "reuse_ttl": 0, "forward_id": "no"}
         bk.update(bk_extra)
         backends = [("a", backend_section(dv, tls="implicit", ca=cert, **bk))]
     m = make_mux(backends=backends, imapmux=im,
