@@ -140,17 +140,7 @@ def test_bad_header_closes_without_a_word(make_mux, cert, key, bad):
     m = start(make_mux, cert, key)
     s = raw(m.imap_port)
     s.sendall(bad)
-    s.settimeout(5)
-    got = b""
-    while True:
-        try:
-            d = s.recv(4096)
-        except ConnectionResetError:
-            break
-        if not d:
-            break
-        got += d
-    s.close()
+    got = _closed_without_a_word(s)
     assert got == b"", got
     wait_until(lambda: "bad PROXY header" in m.log_text(), 5, "the refusal logged")
 
