@@ -82,3 +82,10 @@ def test_kick_counts_receivers(make_mux, redis, prefix, rdv_a, rdv_b, ca_ctx):
     assert p.returncode == 0 and "1 subscriber" in p.stdout, (p.stdout, p.stderr)
     got = c.expect_closed(5)
     assert b"* BYE [UNAVAILABLE] Session terminated" in got, got
+
+
+def test_man_page_has_no_groff_warnings():
+    page = os.path.join(os.path.dirname(os.path.dirname(HERE)), "doc", "imapmuxctl.8")
+    p = subprocess.run(["groff", "-man", "-ww", "-z", page], capture_output=True, text=True,
+                       timeout=20, env=dict(os.environ, LC_ALL="C.UTF-8"))
+    assert p.returncode == 0 and p.stderr == "", p.stderr
