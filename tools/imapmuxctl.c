@@ -7,18 +7,25 @@
  *                                          then PUBLISH "route USER"
  *     move USER BACKEND                 -> route set, then PUBLISH "kick USER"
  *     kick USER                         -> PUBLISH "kick USER" (prints receivers)
+ *     user add|passwd USER              -> HSET PREFIXuser:USER password $y$...
+ *                                          (password from the terminal without
+ *                                          echo, twice, or one line of stdin)
  *
  * Exit: 0 ok, 1 failure (message on stderr), 2 usage. Reads [redis] address,
  * prefix and password from the imapmux configuration (common/cfg.c); the
  * password never appears in argv or output.
  */
 #include <arpa/inet.h>
+#include <crypt.h>
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
+#include <termios.h>
+#include <unistd.h>
 
 #include "cfg.h"
 
@@ -30,6 +37,7 @@ static void usage(FILE *f)
 	           "  route get USER | route set USER BACKEND | route del USER\n"
 	           "  move USER BACKEND\n"
 	           "  kick USER\n"
+	           "  user add USER | user passwd USER   (password from the terminal or stdin)\n"
 	           "CONFIG defaults to " DEFAULT_CONFIG ".\n");
 }
 
@@ -161,6 +169,121 @@ static int ctl_publish(redisContext *rc, const char *prefix, const char *what, c
 	return 0;
 }
 
+#define PW_MAX 1024
+
+/* One line of at most PW_MAX-1 bytes from stdin, without its newline, into
+ * buf. -1 at EOF or when too long. */
+static int read_line(char *buf)
+{
+	size_t n;
+
+	if (fgets(buf, PW_MAX, stdin) == NULL)
+		return -1;
+	n = strlen(buf);
+	if (n > 0 && buf[n - 1] == '\n')
+		buf[--n] = '\0';
+	else if (!feof(stdin))
+		return -1;
+	if (n > 0 && buf[n - 1] == '\r')
+		buf[--n] = '\0';
+	return 0;
+}
+
+/* The new password: from the terminal without echo, twice (must match), or
+ * one line of stdin when it is not a terminal. Never from argv. */
+static int read_password(char *pw)
+{
+	char again[PW_MAX];
+	struct termios old, quiet;
+	int r = -1;
+
+	if (!isatty(STDIN_FILENO)) {
+		r = read_line(pw);
+		goto done;
+	}
+	if (tcgetattr(STDIN_FILENO, &old) < 0)
+		return -1;
+	quiet = old;
+	quiet.c_lflag &= ~(tcflag_t)ECHO;
+	if (tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet) < 0)
+		return -1;
+	fprintf(stderr, "New password: ");
+	if (read_line(pw) == 0) {
+		fprintf(stderr, "\nAgain: ");
+		if (read_line(again) == 0)
+			r = strcmp(pw, again) == 0 ? 0 : -2;
+	}
+	fprintf(stderr, "\n");
+	(void)tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+	explicit_bzero(again, sizeof(again));
+done:
+	if (r == 0 && pw[0] == '\0')
+		r = -3;
+	return r;
+}
+
+static int user_set(redisContext *rc, const struct cfg *cfg, const char *user, bool add)
+{
+	char pw[PW_MAX];
+	char *setting = NULL, *hash;
+	void *data = NULL;
+	int size = 0, rv = 1, r;
+	redisReply *rep;
+
+	rep = ctl_cmd(rc, "EXISTS", cfg->redis_prefix, "user:", user, NULL);
+	if (rep == NULL)
+		return 1;
+	r = rep->type == REDIS_REPLY_INTEGER && rep->integer > 0;
+	freeReplyObject(rep);
+	if (add && r) {
+		fprintf(stderr, "imapmuxctl: user %s exists (user passwd changes it)\n", user);
+		return 1;
+	}
+	if (!add && !r) {
+		fprintf(stderr, "imapmuxctl: no user %s (user add makes one)\n", user);
+		return 1;
+	}
+	r = read_password(pw);
+	if (r < 0) {
+		fprintf(stderr, "imapmuxctl: %s\n",
+		        r == -2   ? "the passwords differ"
+		        : r == -3 ? "empty password"
+		                  : "cannot read the password");
+		goto fail;
+	}
+	setting = crypt_gensalt_ra("$y$", 0, NULL, 0);
+	hash = setting ? crypt_ra(pw, setting, &data, &size) : NULL;
+	if (hash == NULL || hash[0] != '$') {
+		fprintf(stderr, "imapmuxctl: yescrypt hashing failed\n");
+		goto fail;
+	}
+	{
+		char key[512];
+		int n = snprintf(key, sizeof(key), "%suser:%s", cfg->redis_prefix, user);
+		if (n < 0 || (size_t)n >= sizeof(key))
+			goto fail;
+		const char *argv[4] = {"HSET", key, "password", hash};
+		size_t len[4] = {4, (size_t)n, 8, strlen(hash)};
+		rep = redisCommandArgv(rc, 4, argv, len);
+		if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+			fprintf(stderr, "imapmuxctl: redis HSET failed\n");
+			freeReplyObject(rep);
+			goto fail;
+		}
+		freeReplyObject(rep);
+	}
+	printf("user %s: password %s\n", user, add ? "set" : "changed");
+	rv = 0;
+fail:
+	explicit_bzero(pw, sizeof(pw));
+	if (data != NULL) {
+		explicit_bzero(data, (size_t)size);
+		free(data);
+	}
+	free(setting);
+	return rv;
+}
+
 static int route_set(redisContext *rc, const struct cfg *cfg, const char *user, const char *bk)
 {
 	long long n;
@@ -218,6 +341,9 @@ static int run(redisContext *rc, const struct cfg *cfg, int argc, char **argv)
 		printf("kick %s: received by %lld subscriber(s)\n", argv[1], n);
 		return 0;
 	}
+	if (argc == 3 && strcmp(argv[0], "user") == 0 &&
+	    (strcmp(argv[1], "add") == 0 || strcmp(argv[1], "passwd") == 0))
+		return user_set(rc, cfg, argv[2], strcmp(argv[1], "add") == 0);
 	usage(stderr);
 	return 2;
 }

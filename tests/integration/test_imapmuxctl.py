@@ -89,3 +89,29 @@ def test_man_page_has_no_groff_warnings():
     p = subprocess.run(["groff", "-man", "-ww", "-z", page], capture_output=True, text=True,
                        timeout=20, env=dict(os.environ, LC_ALL="C.UTF-8"))
     assert p.returncode == 0 and p.stderr == "", p.stderr
+
+
+def test_user_add_then_passwd_with_auth_redis(make_mux, redis, prefix, rdv_a, ca_ctx):
+    from conftest_redis import libcrypt_check, try_login
+    m = make_mux(backends=[("a", backend(rdv_a))],
+                 routing={"lookup": "redis", "fallback": "a"},
+                 redis=redis_section(redis, prefix),
+                 imapmux={"workers": 1, "auth": "redis", "auth_fail_delay": 0})
+    first, second = "Ctl-Pw-first-81", "Ctl-Pw-second-82"
+    p = subprocess.Popen([CTL, "-c", m.conf_path, "user", "add", "r04"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open("/proc/%d/cmdline" % p.pid, "rb") as f:
+        assert first.encode() not in f.read()
+    out, err = p.communicate(first + "\n", timeout=20)
+    assert p.returncode == 0, err
+    h = redis.command("HGET", prefix + "user:r04", "password")
+    h = h.decode() if isinstance(h, bytes) else h
+    assert h.startswith("$y$") and libcrypt_check(first, h), h
+    assert try_login(m, ca_ctx, "r04", first).startswith(b"l OK")
+    p = ctl(m.conf_path, "user", "add", "r04", stdin=second + "\n")
+    assert p.returncode == 1 and "exists" in p.stderr
+    p = ctl(m.conf_path, "user", "passwd", "nobody-here", stdin=second + "\n")
+    assert p.returncode == 1 and "no user" in p.stderr
+    assert ctl(m.conf_path, "user", "passwd", "r04", stdin=second + "\n").returncode == 0
+    assert try_login(m, ca_ctx, "r04", second).startswith(b"l OK")
+    assert not try_login(m, ca_ctx, "r04", first).startswith(b"l OK")
