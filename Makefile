@@ -37,7 +37,9 @@ UNIT_BIN   := $(UNIT_SRC:.c=)
 .PHONY: all deps test unit valgrind integration demo demo-stop bench clean lint format layering \
         fuzz fuzz-build
 
-all: proxy/imapmux
+CTL_BIN := tools/imapmuxctl
+
+all: proxy/imapmux $(CTL_BIN)
 
 %.o: %.c $(wildcard common/*.h proxy/*.h) $(BUILD_STAMP)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c -o $@ $<
@@ -47,6 +49,10 @@ common/libcommon.a: $(COMMON_OBJ)
 
 proxy/imapmux: $(PROXY_OBJ) common/libcommon.a
 	$(CC) $(ALL_CFLAGS) -o $@ $(PROXY_OBJ) common/libcommon.a $(LDLIBS_PROXY)
+
+# The control tool (tools/imapmuxctl.c): the config parser, hiredis.
+$(CTL_BIN): tools/imapmuxctl.c common/libcommon.a $(wildcard common/*.h) $(BUILD_STAMP)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -o $@ $< common/libcommon.a -lhiredis -lcrypt -lm
 
 # A unit test needing more than common/ names the objects it links and the
 # libraries those need, for tests/unit/test_<name>.c:
@@ -183,10 +189,10 @@ bench: deps all
 # Pinned: another clang-format version formats some constructs differently.
 CLANG_FORMAT ?= clang-format-14
 lint: deps
-	$(CLANG_FORMAT) --dry-run --Werror common/*.[ch] proxy/*.[ch] tests/unit/*.c tests/fuzz/*.[ch]
+	$(CLANG_FORMAT) --dry-run --Werror common/*.[ch] proxy/*.[ch] tests/unit/*.c tests/fuzz/*.[ch] tools/*.c
 
 format: deps
-	$(CLANG_FORMAT) -i common/*.[ch] proxy/*.[ch] tests/unit/*.c tests/fuzz/*.[ch]
+	$(CLANG_FORMAT) -i common/*.[ch] proxy/*.[ch] tests/unit/*.c tests/fuzz/*.[ch] tools/*.c
 
 # common/ includes nothing from proxy/, and proxy/ modules (x.c + x.h)
 # include each other without a cycle; tools/layering.py prints what breaks it.
@@ -194,5 +200,5 @@ layering:
 	$(PYTHON) tools/layering.py .
 
 clean:
-	rm -f common/*.o common/libcommon.a proxy/*.o proxy/imapmux $(UNIT_BIN) $(BUILD_STAMP)
+	rm -f common/*.o common/libcommon.a proxy/*.o proxy/imapmux $(CTL_BIN) $(UNIT_BIN) $(BUILD_STAMP)
 	rm -rf tests/integration/__pycache__ build/fuzz

@@ -21,6 +21,8 @@ libcrypt-dev dovecot-imapd redis-server python3 python3-pytest curl openssl valg
 cyrus-common sasl2-bin libclang-rt-14-dev clang-format-14 lua-socket"
 # gdb: bench/park.py reads imapmux's struct sizes and glibc's heap figures with it.
 PKGS="$PKGS gdb"
+# groff: the man pages are checked for warnings (test_imapmuxctl.py).
+PKGS="$PKGS groff"
 CYRUS_DIR=/usr/local/lib/imapmux-cyrus
 
 installed() {
