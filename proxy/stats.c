@@ -110,6 +110,7 @@ static struct {
 enum route {
 	ROUTE_METRICS, /* GET /metrics: Prometheus text (metrics.c) */
 	ROUTE_STATUS,  /* GET /status: JSON (status.c) */
+	ROUTE_PAGE,    /* GET /: the HTML page that shows /status (status.c) */
 };
 
 /* ------------------------------------------------------------------------
@@ -190,7 +191,7 @@ static int target_path(const unsigned char *t, const unsigned char *t_end,
 
 /*
  * The status to answer a complete request head [head, head + len) with,
- * the blank line included: 200 for GET /metrics or /status (which one in
+ * the blank line included: 200 for GET /metrics, /status or / (which in
  * *route_r), 404 for other paths, 405 for other methods, 400 when it is not
  * a well-formed HTTP/1.x head.
  */
@@ -227,6 +228,10 @@ static int request_status(const char *head, size_t len, enum route *route_r)
 		return 405;
 	if (path_end - path == 8 && memcmp(path, "/metrics", 8) == 0) {
 		*route_r = ROUTE_METRICS;
+		return 200;
+	}
+	if (path_end - path == 1 && *path == '/') {
+		*route_r = ROUTE_PAGE;
 		return 200;
 	}
 	if (path_end - path == 7 && memcmp(path, "/status", 7) == 0) {
@@ -364,7 +369,10 @@ static void conn_respond(struct stats_conn *c, int status, enum route route)
 
 	text_init(&body, status == 200 ? 4096 : 64);
 	if (status == 200) {
-		if (route == ROUTE_STATUS) {
+		if (route == ROUTE_PAGE) {
+			ctype = "text/html; charset=utf-8";
+			text_append(&body, status_page_html, strlen(status_page_html));
+		} else if (route == ROUTE_STATUS) {
 			ctype = "application/json";
 			status_render(&body, srv.counters, srv.ncounters, srv.start_time);
 		} else {

@@ -56,3 +56,37 @@ void status_render(struct text *t, const struct stats *const *counters, unsigned
 	            gauge_sum(counters, n, offsetof(struct stats, sessions_proxying)),
 	            gauge_sum(counters, n, offsetof(struct stats, sessions_parked)));
 }
+
+/* Rendered with textContent only: nothing from /status is parsed as HTML. */
+const char status_page_html[] =
+    "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+    "<meta name=\"viewport\" content=\"width=device-width\">"
+    "<title>imapmux status</title><style>"
+    "body{font:15px/1.4 system-ui,sans-serif;margin:2em;color:#222;background:#f6f7f9}"
+    "h1{font-size:1.4em;margin:0 0 .8em}"
+    ".cards{display:flex;gap:1em;flex-wrap:wrap}"
+    ".card{background:#fff;border:1px solid #dde;border-radius:8px;padding:1em 1.4em;"
+    "min-width:9em}"
+    ".card b{display:block;font-size:1.8em}.card span{color:#667}"
+    "#err{color:#b00020;margin-top:1em}"
+    "</style></head><body>"
+    "<h1>imapmux <span id=\"ver\"></span></h1>"
+    "<noscript><p>This page needs JavaScript to show the instance's state; "
+    "the same data is at <a href=\"/status\">/status</a> (JSON).</p></noscript>"
+    "<div class=\"cards\">"
+    "<div class=\"card\"><b id=\"total\">-</b><span>sessions</span></div>"
+    "<div class=\"card\"><b id=\"logged_in\">-</b><span>logged in</span></div>"
+    "<div class=\"card\"><b id=\"parked\">-</b><span>parked</span></div>"
+    "<div class=\"card\"><b id=\"workers\">-</b><span>workers</span></div>"
+    "<div class=\"card\"><b id=\"uptime\">-</b><span>uptime</span></div>"
+    "</div><div id=\"err\"></div><script>\n"
+    "function dur(s){var d=Math.floor(s/86400),h=Math.floor(s%86400/3600),"
+    "m=Math.floor(s%3600/60);return (d?d+'d ':'')+(d||h?h+'h ':'')+m+'m '+(s%60)+'s';}\n"
+    "function set(id,v){document.getElementById(id).textContent=v;}\n"
+    "function load(){fetch('/status',{cache:'no-store'}).then(function(r){return r.json();})"
+    ".then(function(j){set('ver',j.instance.version+' (pid '+j.instance.pid+')');"
+    "set('total',j.sessions.total);set('logged_in',j.sessions.logged_in);"
+    "set('parked',j.sessions.parked);set('workers',j.instance.workers);"
+    "set('uptime',dur(j.instance.uptime));set('err','');})"
+    ".catch(function(e){set('err','cannot read /status: '+e);});}\n"
+    "load();setInterval(load,3000);\n</script></body></html>\n";

@@ -14,4 +14,8 @@ struct text;
 void status_render(struct text *t, const struct stats *const *counters, unsigned n,
                    double start_time);
 
+/* The GET / page: self-contained HTML (inline CSS and JS, no external
+ * assets) that fetches /status every few seconds and shows it. */
+extern const char status_page_html[];
+
 #endif

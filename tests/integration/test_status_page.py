@@ -73,3 +73,15 @@ def test_status_other_methods_and_paths(status_mux):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5)
         assert e.value.code == 404
+
+
+def test_status_page_html(status_mux):
+    """GET / is one self-contained page that renders /status."""
+    _, port = status_mux
+    with urllib.request.urlopen("http://127.0.0.1:%d/" % port, timeout=5) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"] == "text/html; charset=utf-8"
+        page = r.read().decode("utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    assert "fetch('/status'" in page and "<noscript>" in page
+    assert "http:" not in page and "https:" not in page and "src=" not in page
