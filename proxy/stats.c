@@ -1,6 +1,8 @@
 /*
  * stats — GET /metrics: the workers' counters in Prometheus text format,
- * served by a tiny HTTP server on a thread and event loop of its own.
+ * and GET /status: the same counters as JSON for people and tools
+ * (status.c), served by a tiny HTTP server on a thread and event loop of
+ * its own.
  *
  *   stats_start (caller's thread)        stats thread (its own ev_loop)
  *     socket, bind, listen                 accept -> conn
@@ -54,6 +56,7 @@
 #include "list.h"
 #include "log.h"
 #include "metrics.h"
+#include "status.h"
 
 #define STATS_MAX_CONNS         64
 #define STATS_HEAD_MAX          4096
@@ -102,6 +105,13 @@ static struct {
 	double start_time;      /* wall clock at stats_start, seconds since the epoch */
 	double last_full_warn;  /* ev_now of the last "all slots in use" warning */
 } srv = {.fd = -1};
+
+/* What a 200 answers with. */
+enum route {
+	ROUTE_METRICS, /* GET /metrics: Prometheus text (metrics.c) */
+	ROUTE_STATUS,  /* GET /status: JSON (status.c) */
+	ROUTE_PAGE,    /* GET /: the HTML page that shows /status (status.c) */
+};
 
 /* ------------------------------------------------------------------------
  * HTTP request head
@@ -181,10 +191,11 @@ static int target_path(const unsigned char *t, const unsigned char *t_end,
 
 /*
  * The status to answer a complete request head [head, head + len) with,
- * the blank line included: 200 for GET /metrics, 404 for other paths, 405
- * for other methods, 400 when it is not a well-formed HTTP/1.x head.
+ * the blank line included: 200 for GET /metrics, /status or / (which in
+ * *route_r), 404 for other paths, 405 for other methods, 400 when it is not
+ * a well-formed HTTP/1.x head.
  */
-static int request_status(const char *head, size_t len)
+static int request_status(const char *head, size_t len, enum route *route_r)
 {
 	const unsigned char *p = (const unsigned char *)head, *end = p + len;
 	const unsigned char *eol = memchr(p, '\n', len), *le;
@@ -215,8 +226,18 @@ static int request_status(const char *head, size_t len)
 
 	if (m_end - m != 3 || memcmp(m, "GET", 3) != 0)
 		return 405;
-	if (path_end - path == 8 && memcmp(path, "/metrics", 8) == 0)
+	if (path_end - path == 8 && memcmp(path, "/metrics", 8) == 0) {
+		*route_r = ROUTE_METRICS;
 		return 200;
+	}
+	if (path_end - path == 1 && *path == '/') {
+		*route_r = ROUTE_PAGE;
+		return 200;
+	}
+	if (path_end - path == 7 && memcmp(path, "/status", 7) == 0) {
+		*route_r = ROUTE_STATUS;
+		return 200;
+	}
 	return 404;
 }
 
@@ -339,18 +360,28 @@ static const char *status_reason(int status)
 	}
 }
 
-/* Build the response for status and start sending it (may free c). */
-static void conn_respond(struct stats_conn *c, int status)
+/* Build the response for status (and route, for a 200) and start sending
+ * it (may free c). */
+static void conn_respond(struct stats_conn *c, int status, enum route route)
 {
 	struct text body, out;
 	const char *ctype = "text/plain; charset=utf-8";
 
 	text_init(&body, status == 200 ? 4096 : 64);
 	if (status == 200) {
-		ctype = "text/plain; version=0.0.4";
-		metrics_render(&body, srv.counters, srv.ncounters, srv.start_time);
+		if (route == ROUTE_PAGE) {
+			ctype = "text/html; charset=utf-8";
+			text_append(&body, status_page_html, strlen(status_page_html));
+		} else if (route == ROUTE_STATUS) {
+			ctype = "application/json";
+			status_render(&body, srv.counters, srv.ncounters, srv.start_time);
+		} else {
+			ctype = "text/plain; version=0.0.4";
+			metrics_render(&body, srv.counters, srv.ncounters, srv.start_time);
+		}
 		if (body.failed) {
-			log_error("stats: out of memory rendering /metrics");
+			log_error("stats: out of memory rendering %s",
+			          route == ROUTE_STATUS ? "/status" : "/metrics");
 			status = 500;
 			free(body.p);
 			text_init(&body, 64);
@@ -396,7 +427,7 @@ static void conn_read(struct stats_conn *c)
 		ssize_t n;
 
 		if (room == 0) {
-			conn_respond(c, 431);
+			conn_respond(c, 431, ROUTE_METRICS);
 			return;
 		}
 		n = recv(c->fd, c->head + c->head_len, room, 0);
@@ -419,7 +450,10 @@ static void conn_read(struct stats_conn *c)
 			if (c->head[i] != '\n')
 				continue;
 			if (i == start || (i == start + 1 && c->head[start] == '\r')) {
-				conn_respond(c, request_status(c->head, i + 1));
+				enum route route = ROUTE_METRICS;
+				int status = request_status(c->head, i + 1, &route);
+
+				conn_respond(c, status, route);
 				return;
 			}
 			c->line_start = i + 1;
@@ -709,7 +743,7 @@ int stats_start(const struct cfg_addr *addr, const struct stats *const *counters
 		goto fail;
 	}
 	srv.running = true;
-	log_info("stats: serving /metrics on %s", addr->text);
+	log_info("stats: serving /metrics and /status on %s", addr->text);
 	return 0;
 
 fail:

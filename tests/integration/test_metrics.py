@@ -212,7 +212,7 @@ def test_counters_follow_logins(stats_mux, ca_ctx):
 
 def test_not_found_and_method_not_allowed(stats_mux):
     _, port = stats_mux
-    for path in ("/", "/metricsx", "/metrics/", "/favicon.ico"):
+    for path in ("/metricsx", "/metrics/", "/favicon.ico"):
         status, headers, body = http_get(port, path)
         assert status == 404, (path, status)
         assert headers["Connection"] == "close"
