@@ -426,6 +426,7 @@ int main(int argc, char **argv)
 		}
 		if (sig == SIGTERM) {
 			log_info("SIGTERM: draining (at most %.0fs)", rt->cfg->shutdown_timeout);
+			stats_set_draining();
 			for (unsigned i = 0; i < started; i++)
 				worker_post_drain(&workers[i]);
 			/* Wait for the workers, but still obey SIGINT. */

@@ -44,6 +44,7 @@
 #include <ev.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,7 +112,16 @@ enum route {
 	ROUTE_METRICS, /* GET /metrics: Prometheus text (metrics.c) */
 	ROUTE_STATUS,  /* GET /status: JSON (status.c) */
 	ROUTE_PAGE,    /* GET /: the HTML page that shows /status (status.c) */
+	ROUTE_HEALTH,  /* GET /health: 200 "ok" while logins are taken, 503 draining */
 };
+
+/* Set once by SIGTERM's drain (main thread), read by the stats thread. */
+static _Atomic bool draining;
+
+void stats_set_draining(void)
+{
+	atomic_store_explicit(&draining, true, memory_order_relaxed);
+}
 
 /* ------------------------------------------------------------------------
  * HTTP request head
@@ -234,6 +244,10 @@ static int request_status(const char *head, size_t len, enum route *route_r)
 		*route_r = ROUTE_PAGE;
 		return 200;
 	}
+	if (path_end - path == 7 && memcmp(path, "/health", 7) == 0) {
+		*route_r = ROUTE_HEALTH;
+		return atomic_load_explicit(&draining, memory_order_relaxed) ? 503 : 200;
+	}
 	if (path_end - path == 7 && memcmp(path, "/status", 7) == 0) {
 		*route_r = ROUTE_STATUS;
 		return 200;
@@ -355,6 +369,8 @@ static const char *status_reason(int status)
 		return "Method Not Allowed";
 	case 431:
 		return "Request Header Fields Too Large";
+	case 503:
+		return "Service Unavailable (draining)";
 	default:
 		return "Internal Server Error";
 	}
@@ -369,7 +385,9 @@ static void conn_respond(struct stats_conn *c, int status, enum route route)
 
 	text_init(&body, status == 200 ? 4096 : 64);
 	if (status == 200) {
-		if (route == ROUTE_PAGE) {
+		if (route == ROUTE_HEALTH) {
+			text_printf(&body, "ok\n");
+		} else if (route == ROUTE_PAGE) {
 			ctype = "text/html; charset=utf-8";
 			text_append(&body, status_page_html, strlen(status_page_html));
 		} else if (route == ROUTE_STATUS) {

@@ -31,6 +31,11 @@ stats_start(const struct cfg_addr *addr, const struct stats *const *counters, un
  * (logged). */
 __attribute__((warn_unused_result)) int stats_bind(const struct cfg_addr *addr);
 
+/* From now on GET /health answers 503 "draining": the instance takes no
+ * new logins (SIGTERM), so a load balancer sends clients elsewhere while
+ * its sessions finish. Safe from any thread. */
+void stats_set_draining(void);
+
 /* Stop the stats thread and close its socket (safe if never started). */
 void stats_stop(void);
 

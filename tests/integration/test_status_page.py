@@ -85,3 +85,49 @@ def test_status_page_html(status_mux):
     assert page.startswith("<!DOCTYPE html>")
     assert "fetch('/status'" in page and "<noscript>" in page
     assert "http:" not in page and "https:" not in page and "src=" not in page
+
+
+def get_health(port):
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/health" % port, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_health_is_ok_until_sigterm_then_503_while_draining(make_mux, ca_ctx):
+    """GET /health (what a load balancer checks, deploy/haproxy.cfg): 200 "ok"
+    while the instance takes logins; after SIGTERM, while a session in the
+    middle of an APPEND keeps the drain going, 503, so the balancer sends new
+    clients elsewhere; the session's command still completes."""
+    port = lab.free_port()
+    mux = make_mux(imapmux={"stats_listen": "127.0.0.1:%d" % port, "shutdown_timeout": 20})
+    lab.wait_listening(port, timeout=10, proc=mux.proc)
+    assert get_health(port) == (200, b"ok\n")
+    raw = socket.create_connection(("127.0.0.1", mux.imaps_port), timeout=10)
+    s = ca_ctx.wrap_socket(raw, server_hostname="localhost")
+    f = s.makefile("rb")
+    try:
+        assert f.readline().startswith(b"* OK")
+        s.sendall(b"a LOGIN alice \"%s\"\r\n" % password("alice").encode())
+        while not (line := f.readline()).startswith(b"a "):
+            assert line, "closed during login"
+        assert line.startswith(b"a OK"), line
+        msg = b"Subject: drain\r\n\r\nhello\r\n"
+        s.sendall(b"b APPEND INBOX {%d}\r\n" % len(msg))
+        assert f.readline().startswith(b"+"), "no continuation"
+        s.sendall(msg[:5])
+        mux.expect_exit = True
+        mux.proc.signal(15)
+        wait_until(lambda: get_health(port)[0] == 503, 5, "/health to say 503 while draining")
+        code, body = get_health(port)
+        assert code == 503 and b"draining" in body, (code, body)
+        s.sendall(msg[5:] + b"\r\n")
+        lines = []
+        while not (line := f.readline()).startswith(b"b "):
+            assert line, "closed before the APPEND was answered: %r" % lines
+            lines.append(line)
+        assert line.startswith(b"b OK"), line
+    finally:
+        s.close()
+    mux.proc.wait(timeout=20)
