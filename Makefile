@@ -133,7 +133,7 @@ $(FUZZ_DIR)/fuzz_tls13: $(FUZZ_OBJS_tls13)
 fuzz-build: deps
 	$(MAKE) $(FUZZ_BIN)
 
-# Each target for FUZZ_TIME seconds, one at a time, on a scratch copy of its
+# Each target for FUZZ_TIME seconds, FUZZ_JOBS (2) at a time, on a scratch copy of its
 # seed corpus; fails on any crash, leak, timeout or sanitizer report.
 fuzz: fuzz-build
 	@sh tests/fuzz/run.sh $(FUZZ_TIME) $(FUZZ_BIN)

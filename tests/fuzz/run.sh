@@ -1,6 +1,7 @@
 #!/bin/sh
-# run.sh SECONDS BINARY... — run each libFuzzer target for SECONDS, one at a
-# time, and fail if any of them finds anything.
+# run.sh SECONDS BINARY... — run each libFuzzer target for SECONDS, FUZZ_JOBS
+# of them at a time (default 2: one a core here; each target still gets its
+# full SECONDS), and fail if any of them finds anything.
 #
 # Each target works on a scratch copy of tests/fuzz/corpus/<name>/ (name =
 # the binary's name less "fuzz_"), so the committed seeds never grow; it
@@ -19,8 +20,12 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/imapmux-fuzz.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 
-failed=""
-for bin in "$@"; do
+jobs=${FUZZ_JOBS:-2}
+
+# run_one BINARY: one target; its verdict line goes to $work/<target>.out,
+# and $work/<target>.failed exists if it found anything.
+run_one() {
+	bin=$1
 	target=$(basename "$bin")
 	name=${target#fuzz_}
 	seeds=$here/corpus/$name
@@ -44,12 +49,33 @@ for bin in "$@"; do
 	ncorpus=$(find "$corpus" -type f | wc -l)
 	# UBSan and ASan reports abort (-fno-sanitize-recover), but look anyway.
 	if [ "$rc" -ne 0 ] || grep -Eq 'ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error:|FUZZ_CHECK failed' "$log"; then
-		printf '%-22s FAILED (exit %s) after %s execs; log: %s\n' "$target" "$rc" "${execs:-?}" "$log"
-		grep -E -A 30 'ERROR:|runtime error:|FUZZ_CHECK failed' "$log" | head -n 40 >&2 || true
-		failed="$failed $target"
+		{
+			printf '%-22s FAILED (exit %s) after %s execs; log: %s\n' "$target" "$rc" "${execs:-?}" "$log"
+			grep -E -A 30 'ERROR:|runtime error:|FUZZ_CHECK failed' "$log" | head -n 40 || true
+		} >"$work/$target.out"
+		: >"$work/$target.failed"
 	else
-		printf '%-22s ok: %s execs in %ss, corpus %s -> %s inputs\n' "$target" "${execs:-?}" "$secs" "$nseeds" "$ncorpus"
+		printf '%-22s ok: %s execs in %ss, corpus %s -> %s inputs\n' "$target" "${execs:-?}" "$secs" "$nseeds" "$ncorpus" >"$work/$target.out"
 	fi
+}
+
+# Batches of $jobs (the targets all run the same SECONDS, so a batch ends
+# together); verdicts are printed in the order of the arguments.
+batch=0
+for bin in "$@"; do
+	run_one "$bin" &
+	batch=$((batch + 1))
+	if [ "$batch" -ge "$jobs" ]; then
+		wait
+		batch=0
+	fi
+done
+wait
+failed=""
+for bin in "$@"; do
+	target=$(basename "$bin")
+	cat "$work/$target.out"
+	[ -e "$work/$target.failed" ] && failed="$failed $target"
 done
 if [ -n "$failed" ]; then
 	echo "fuzz: failed:$failed" >&2
