@@ -68,6 +68,8 @@ enum val_type {
 	V_UINT,      /* unsigned within [min, max] */
 	V_UINT_AUTO, /* unsigned within [min, max], or "auto" stored as 0 */
 	V_LOG_LEVEL, /* enum log_level */
+	V_LOG_FMT,   /* enum log_format */
+	V_LOG_TO,    /* enum log_target */
 	V_ADDR,      /* struct cfg_addr, host:port or [v6]:port */
 	V_ADDR_UNIX, /* struct cfg_addr, which may also be unix:/path */
 	V_STRING,    /* char *, owned */
@@ -105,6 +107,9 @@ struct key_def {
 static const struct key_def imapmux_keys[] = {
     {"workers", V_UINT_AUTO, CF(workers), 0, 1, WORKERS_MAX},
     {"log_level", V_LOG_LEVEL, CF(log_level), 0, 0, 0},
+    {"log_format", V_LOG_FMT, CF(log_format), 0, 0, 0},
+    {"log", V_LOG_TO, CF(log_to), 0, 0, 0},
+    {"log_socket", V_STRING, CF(log_socket), KF_FILE, 0, 0},
     {"stats_listen", V_ADDR, CF(stats_listen), 0, 0, 0},
     {"auth", V_AUTH, CF(auth), 0, 0, 0},
     {"park_idle_after", V_DURATION, CF(park_idle_after), 0, 0, 0},
@@ -641,6 +646,7 @@ void cfg_destroy(struct cfg **cfgp)
 	free(c->redis_prefix);
 	free(c->user);
 	free(c->group);
+	free(c->log_socket);
 	free_secret(c->redis_password);
 	free_policy(&c->tls_policy);
 	free(c);
@@ -823,6 +829,18 @@ static int set_value(struct parser *p, const struct key_def *k, const char *v)
 		if (log_level_parse(v, (enum log_level *)f) < 0) {
 			set_err(p, p->line, "bad value '%s' for %s (error, warn, info, debug)", v,
 			        k->name);
+			return -1;
+		}
+		break;
+	case V_LOG_FMT:
+		if (log_format_parse(v, (enum log_format *)f) < 0) {
+			set_err(p, p->line, "bad value '%s' for %s (text, json)", v, k->name);
+			return -1;
+		}
+		break;
+	case V_LOG_TO:
+		if (log_target_parse(v, (enum log_target *)f) < 0) {
+			set_err(p, p->line, "bad value '%s' for %s (stderr, syslog)", v, k->name);
 			return -1;
 		}
 		break;

@@ -153,9 +153,12 @@ struct cfg {
 	char *path;
 
 	/* [imapmux] */
-	unsigned workers;         /* workers = 2; "auto" = 0 here, meaning one per core */
-	enum log_level log_level; /* log_level = info */
-	bool has_stats;           /* stats_listen set */
+	unsigned workers;           /* workers = 2; "auto" = 0 here, meaning one per core */
+	enum log_level log_level;   /* log_level = info */
+	enum log_format log_format; /* log_format = text */
+	enum log_target log_to;     /* log = stderr */
+	char *log_socket;           /* log_socket = /dev/log (NULL: that) */
+	bool has_stats;             /* stats_listen set */
 	struct cfg_addr stats_listen;
 	enum cfg_auth auth;     /* auth = backend */
 	double park_idle_after; /* park_idle_after = 30; 0 = never */

@@ -288,6 +288,7 @@ static size_t line_build(char *line, enum log_level lvl, const char *msg, const 
 	struct tm tm;
 	int r;
 
+	*body_r = 0;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	if (to_syslog) {
 		/* RFC 3164 4.1, as syslog(3) writes it to /dev/log. */
@@ -298,11 +299,11 @@ static size_t line_build(char *line, enum log_level lvl, const char *msg, const 
 		             "<%d>%s imapmux[%ld]: ", SYSLOG_FACILITY * 8 + level_severity[lvl],
 		             when, (long)getpid());
 		out_raw(&o, stamp, r > 0 ? (size_t)r : 0);
+		*body_r = o.n;
 	} else if (journal) {
 		r = snprintf(stamp, sizeof(stamp), "<%d>", level_severity[lvl]);
 		out_raw(&o, stamp, r > 0 ? (size_t)r : 0);
 	}
-	*body_r = o.n;
 	gmtime_r(&ts.tv_sec, &tm);
 	size_t k = strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
 	snprintf(stamp + k, sizeof(stamp) - k, ".%03ldZ", ts.tv_nsec / 1000000);

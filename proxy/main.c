@@ -312,6 +312,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	log_set_level(rt->cfg->log_level);
+	log_configure(rt->cfg->log_format, rt->cfg->log_to, rt->cfg->log_socket);
 	raise_nofile();
 	signal(SIGPIPE, SIG_IGN);
 	sigemptyset(&set);
@@ -417,6 +418,7 @@ int main(int argc, char **argv)
 			}
 			health_reload(nrt);
 			log_set_level(nrt->cfg->log_level);
+			log_configure(nrt->cfg->log_format, nrt->cfg->log_to, nrt->cfg->log_socket);
 			for (unsigned i = 0; i < started; i++)
 				worker_post_reload(&workers[i], nrt);
 			runtime_unref(&rt);

@@ -1,0 +1,101 @@
+"""Where imapmux's log lines go and how they look (README "Logs"):
+log_format = json (one JSON object a line), log = syslog (RFC 3164 lines,
+facility mail, to log_socket: here a datagram socket the test binds, as
+/dev/log would be), and journald's priority prefixes when stderr is the
+journal's stream (systemd's JOURNAL_STREAM names it by device and inode).
+Each is read from a real imapmux logging a real login to the lab Dovecot."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+
+import lab
+from conftest import password, wait_until
+import imapc
+
+TIMEOUT = 8.0
+
+
+def login_once(m):
+    c = imapc.Client(m.imap_port, timeout=TIMEOUT)
+    assert c.greeting().startswith(b"* OK")
+    c.login("alice", password("alice"))
+    c.close()
+
+
+def test_json_lines_parse_and_carry_level_and_message(make_mux):
+    m = make_mux(imapmux={"log_format": "json"}, plaintext_auth=True)
+    login_once(m)
+    wait_until(lambda: "login ok" in m.log_text(), 5, "the login's log line")
+    lines = [l for l in m.log_text().splitlines() if l.strip()]
+    docs = [json.loads(l) for l in lines]     # every line, or this raises
+    assert all({"ts", "level", "msg"} <= set(d) for d in docs), docs
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", d["ts"]) for d in docs)
+    ok = [d for d in docs if "login ok" in d["msg"]]
+    assert ok and ok[0]["level"] == "info", docs
+    assert password("alice") not in m.log_text()
+
+
+def test_syslog_lines_reach_the_socket_with_facility_mail(make_mux, tmp_path):
+    path = str(tmp_path / "log.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)
+    srv.settimeout(1.0)
+    try:
+        m = make_mux(imapmux={"log": "syslog", "log_socket": path}, plaintext_auth=True)
+        login_once(m)
+        got = []
+        for _ in range(50):        # bounded: at most 50 datagrams or 50 s
+            try:
+                got.append(srv.recv(4096).decode())
+            except socket.timeout:
+                pass
+            if any("login ok" in g for g in got):
+                break
+        ok = [g for g in got if "login ok" in g]
+        assert ok, got
+        # <PRI> = facility mail (2) * 8 + severity info (6); then a
+        # timestamp "Mmm dd hh:mm:ss" and the tag imapmux[PID]: (no host name:
+        # the local socket form, as syslog(3) writes it)
+        assert re.match(r"<22>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d imapmux\[%d\]: " % m.pid,
+                        ok[0]), ok[0]
+        assert all(re.match(r"<(1[6-9]|2[0-3])>", g) for g in got), got
+        # Lines go to syslog, not to stderr as well.
+        assert "login ok" not in m.log_text()
+    finally:
+        srv.close()
+
+
+def test_journald_priority_prefixes_when_stderr_is_the_journal(make_mux, tmp_path):
+    path, imaps_port, imap_port = make_mux.conf(plaintext_auth=True)
+    log = str(tmp_path / "journal.log")
+    open(log, "w").close()
+    st = os.stat(log)
+    env = dict(os.environ, JOURNAL_STREAM="%d:%d" % (st.st_dev, st.st_ino))
+    p = lab.Proc([lab.IMAPMUX, "-c", path], "imapmux", log_path=log, env=env)
+    try:
+        lab.wait_listening([imap_port], timeout=10, proc=p)
+        c = imapc.Client(imap_port, timeout=TIMEOUT)
+        assert c.greeting().startswith(b"* OK")
+        c.login("alice", password("alice"))
+        c.close()
+        wait_until(lambda: "login ok" in open(log).read(), 5, "the login's log line")
+        lines = [l for l in open(log).read().splitlines() if l.strip()]
+        # sd-daemon(3): <6> info, <4> warning, <3> error; no timestamp of
+        # our own (the journal has its own).
+        assert all(re.match(r"<[3467]>\S", l) for l in lines), lines
+        assert any(l.startswith("<6>") and "login ok" in l for l in lines), lines
+        assert not any(re.match(r"<\d>\d{4}-", l) for l in lines), lines
+    finally:
+        p.stop()
+
+
+def test_bad_values_are_refused_by_the_check(make_mux):
+    for key, val in (("log_format", "xml"), ("log", "file")):
+        path, _, _ = make_mux.conf(imapmux={key: val})
+        r = subprocess.run([lab.IMAPMUX, "-t", "-c", path], capture_output=True, text=True,
+                           timeout=10)
+        assert r.returncode == 1, (key, r)
+        assert "bad value '%s' for %s" % (val, key) in r.stderr, r.stderr
