@@ -469,6 +469,7 @@ static bool park_settle(struct session *s)
 	/* One kept session per key is enough for all the user's parked
 	 * sessions: the others close theirs. */
 	bool give = p->keep && !reuse_has(s->w, s->bcfg, p->key);
+	sess_bk_account(s);
 	s->bk = NULL;
 	if (give)
 		reuse_park(s->w, s->rt, b, p->key, s->uname, s->uname_len, true);
@@ -483,6 +484,7 @@ static bool park_settle(struct session *s)
 	p->phase = PARK_PARKED;
 	park_count(s, true);
 	STAT_INC(&s->w->stats, parks);
+	s->parks++;
 	if (log_enabled(LOG_LVL_DEBUG))
 		sess_log(s, LOG_LVL_DEBUG,
 		         give ? "parked (backend session kept)" : "parked (backend closed)");

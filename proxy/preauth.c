@@ -167,6 +167,7 @@ static void sess_sasl_plain(struct session *s, const uint8_t *b64, size_t len)
 		           s->tag);
 		goto out;
 	}
+	s->method = "authenticate";
 	sess_start_login(s, authc, authc_len, pass, pass_len);
 out:
 	explicit_bzero(raw, sizeof(raw));
@@ -266,6 +267,7 @@ static void sess_preauth_command(struct session *s)
 		}
 		if (sess_refuse_plaintext(s, tag))
 			return;
+		s->method = "login";
 		sess_start_login(s, c.args[0].data, c.args[0].len, c.args[1].data, c.args[1].len);
 	} else if (imap_word_eq(name, nlen, "AUTHENTICATE")) {
 		if (c.nargs < 1 || c.nargs > 2 || c.args[0].type != IMAP_ARG_ATOM ||

@@ -32,6 +32,8 @@ void pump_attach(struct session *s, struct backend *b, bool reused)
 	char what[160];
 
 	s->bk = b;
+	sess_bk_mark(s);
+	s->reused = s->reused || reused;
 	if (caps_filter(b->caps, strlen(b->caps), caps, sizeof(caps)) < 0)
 		caps[0] = '\0';
 	backend_attach(b, sess_backend_io, s);
@@ -789,6 +791,7 @@ void pump_finish_logout(struct session *s)
 		sess_close(s, "logout (backend reset failed)", NULL);
 		return;
 	}
+	sess_bk_account(s);
 	s->bk = NULL;
 	if (unauth) {
 		/* The pool resets it in the background; the client is done. */

@@ -97,6 +97,14 @@ struct session {
 	ev_timer timer;
 	ev_tstamp last_activity;
 	const char *reason;
+	/* for the summary line at the end (sess_log_end) */
+	ev_tstamp started;         /* ev_now at accept */
+	const char *method;        /* "login" | "authenticate", from the first login on */
+	unsigned long long bk_in;  /* backend bytes of the session's proxied streams ... */
+	unsigned long long bk_out; /* ... (the proxy's own login commands not counted) */
+	unsigned long long bk_base_in, bk_base_out; /* s->bk's counts at attach */
+	unsigned parks;                             /* times parked */
+	bool reused;                                /* logged in on a kept session at least once */
 
 	/* before login */
 	struct imap_tok ctok; /* client stream (re-initialised at login) */
@@ -158,6 +166,10 @@ void sess_px_to(struct session *s, enum sess_px to);
  * boundary). Sized from what it carries. */
 void sess_reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sess_log(struct session *s, enum log_level lvl, const char *what);
+/* s->bk's bytes since it was attached go to the session's backend counts;
+ * call before s->bk is let go. sess_bk_mark: s->bk was just attached. */
+void sess_bk_account(struct session *s);
+void sess_bk_mark(struct session *s);
 /* Remember a printable, bounded form of the user name for log lines. */
 void sess_set_user(struct session *s, const uint8_t *u, size_t len);
 void sess_set_tag(struct session *s, const uint8_t *tag, size_t len);

@@ -327,6 +327,69 @@ static bool sess_client_usable(const struct session *s)
  * End the session: say bye (a full line without CRLF) if the client can
  * take it at a clean point, close the backend, flush, then free.
  */
+/* The bytes per parked session (BENCHMARKS.md) are counted on this: a
+ * session stays in zone.c's 1920-byte class. */
+_Static_assert(sizeof(struct session) <= 1920, "struct session outgrew its zone class");
+
+void sess_bk_mark(struct session *s)
+{
+	s->bk_base_in = s->bk->conn.bytes_in;
+	s->bk_base_out = s->bk->conn.bytes_out;
+}
+
+void sess_bk_account(struct session *s)
+{
+	if (s->bk == NULL)
+		return;
+	s->bk_in += s->bk->conn.bytes_in - s->bk_base_in;
+	s->bk_out += s->bk->conn.bytes_out - s->bk_base_out;
+	sess_bk_mark(s);
+}
+
+static const char *sess_tls_version(const struct session *s)
+{
+	if (s->client.ssl != NULL)
+		return SSL_get_version(s->client.ssl);
+	if (s->client.t13 != NULL)
+		return "TLSv1.3"; /* handed over from OpenSSL (conn_shed_tls) */
+	return "none";
+}
+
+/* The one line a session leaves when it ends (README "Logs"): key=value,
+ * or one JSON object with log_format = json. */
+static void sess_log_end(struct session *s, const char *reason)
+{
+	char id[32], dur[32], cin[24], cout[24], bin[24], bout[24], parks[16];
+	const char *backend = s->bcfg != NULL ? s->bcfg->name : "-";
+
+	snprintf(id, sizeof(id), "S-%lu", s->id);
+	snprintf(dur, sizeof(dur), "%.3f", ev_now(s->w->loop) - s->started);
+	snprintf(cin, sizeof(cin), "%llu", s->client.bytes_in);
+	snprintf(cout, sizeof(cout), "%llu", s->client.bytes_out);
+	snprintf(bin, sizeof(bin), "%llu", s->bk_in);
+	snprintf(bout, sizeof(bout), "%llu", s->bk_out);
+	snprintf(parks, sizeof(parks), "%u", s->parks);
+	const struct log_field f[] = {
+	    {"event", "session_end", false},
+	    {"session", id, false},
+	    {"client", s->peer, false},
+	    {"listener", s->lcfg->name, false},
+	    {"tls", sess_tls_version(s), false},
+	    {"user", s->user[0] ? s->user : "-", false},
+	    {"method", s->method != NULL ? s->method : "-", false},
+	    {"backend", s->bk_in + s->bk_out > 0 || s->method != NULL ? backend : "-", false},
+	    {"reused", s->reused ? "yes" : "no", false},
+	    {"parked", parks, true},
+	    {"duration", dur, true},
+	    {"client_in", cin, true},
+	    {"client_out", cout, true},
+	    {"backend_in", bin, true},
+	    {"backend_out", bout, true},
+	    {"end", reason, false},
+	};
+	log_fields(LOG_LVL_INFO, "session end", f, sizeof(f) / sizeof(f[0]));
+}
+
 void sess_close(struct session *s, const char *reason, const char *bye)
 {
 	if (s->state == SESS_CLOSING || s->state == SESS_DEAD)
@@ -342,10 +405,9 @@ void sess_close(struct session *s, const char *reason, const char *bye)
 	if (say_bye)
 		sess_reply(s, "%s", bye);
 	pump_log_view(s);
+	sess_bk_account(s);
 	if (log_enabled(LOG_LVL_INFO))
-		log_info("S-%lu %s@%s closed: %s (in=%llu out=%llu)", s->id,
-		         s->user[0] ? s->user : "-", s->peer, reason, s->client.bytes_in,
-		         s->client.bytes_out);
+		sess_log_end(s, reason);
 	login_abort(s);
 	backend_destroy_later(&s->w->reaper, &s->bk);
 	s->client.want_input = false;
@@ -740,6 +802,7 @@ void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr
 	}
 	s->id = next_session_id();
 	s->w = w;
+	s->started = ev_now(w->loop);
 	STAT_INC(&w->stats, conns_total);
 	STAT_INC(&w->stats, sessions_active);
 	s->rt = runtime_ref(w->rt);

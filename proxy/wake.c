@@ -87,6 +87,7 @@ static void park_attach(struct session *s, struct backend *b)
 	struct imap_tok_limits lim = {.frag_size = STREAM_FRAG};
 
 	s->bk = b;
+	sess_bk_mark(s);
 	backend_attach(b, sess_backend_io, s);
 	imap_tok_init(&s->btok, IMAP_TOK_RESPONSES, &lim);
 	s->backend_gone = s->backend_bye = s->bskip = false;

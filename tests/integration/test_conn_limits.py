@@ -141,7 +141,7 @@ def test_command_line_bound_after_login(make_mux):
     assert got == b"* BYE Command line too long.\r\n", got
     s = scrape_metrics(m.stats_port)
     assert s["imapmux_lines_too_long_total"] == 1, s
-    wait_until(lambda: "closed: command line over max_line_length (2048)" in m.log_text(), 5,
+    wait_until(lambda: 'end="command line over max_line_length (2048)"' in m.log_text(), 5,
                "the close logged")
 
 

@@ -99,3 +99,68 @@ def test_bad_values_are_refused_by_the_check(make_mux):
                            timeout=10)
         assert r.returncode == 1, (key, r)
         assert "bad value '%s' for %s" % (val, key) in r.stderr, r.stderr
+
+
+def summary(text, **match):
+    """The session_end lines of a text log whose keys hold match's values,
+    each as a dict."""
+    out = []
+    for line in text.splitlines():
+        if " event=session_end " not in line:
+            continue
+        kv = dict((k, v.strip('"')) for k, v in
+                  re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line))
+        if all(kv.get(k) == v for k, v in match.items()):
+            out.append(kv)
+    return out
+
+
+def test_session_summary_line_for_a_login_and_logout(make_mux, ca_ctx):
+    """One key=value line a session: client, listener, TLS, user, method,
+    backend, reuse, parks, duration, bytes both sides, how it ended."""
+    m = make_mux(plaintext_auth=True)
+    c = imapc.Client(m.imap_port, timeout=TIMEOUT)
+    assert c.greeting().startswith(b"* OK")
+    c.login("alice", password("alice"))
+    port = c.sock.getsockname()[1]
+    c.send(b"s SELECT INBOX\r\n")
+    _, t = c.read_until_tagged("s")
+    assert t.startswith(b"s OK"), t
+    c.send(b"z LOGOUT\r\n")
+    c.read_until_tagged("z")
+    c.close()
+    client = "127.0.0.1:%d" % port
+    wait_until(lambda: summary(m.log_text(), client=client), 5, "the session's summary line")
+    (kv,) = summary(m.log_text(), client=client)
+    assert kv["listener"] == "imap" and kv["tls"] == "none", kv
+    assert kv["user"] == "alice" and kv["method"] == "login" and kv["backend"] == "a", kv
+    assert kv["reused"] == "no" and kv["parked"] == "0", kv
+    assert re.fullmatch(r"\S+", kv["session"]) and kv["session"].startswith("S-"), kv
+    assert 0 <= float(kv["duration"]) < 30, kv
+    # what the client sent and got; the backend carried the SELECT and LOGOUT both ways
+    assert int(kv["client_in"]) > 40 and int(kv["client_out"]) > 100, kv
+    assert int(kv["backend_in"]) > 100 and int(kv["backend_out"]) >= len("s SELECT INBOX\r\n"), kv
+    assert kv["end"].startswith("logout"), kv
+
+    # Implicit TLS, AUTHENTICATE PLAIN, the client just goes away.
+    import imaplib
+    i = imaplib.IMAP4_SSL("127.0.0.1", m.imaps_port, ssl_context=ca_ctx, timeout=TIMEOUT)
+    i.authenticate("PLAIN", lambda _: b"\0alice\0" + password("alice").encode())
+    tport = i.sock.getsockname()[1]
+    i.shutdown()
+    client = "127.0.0.1:%d" % tport
+    wait_until(lambda: summary(m.log_text(), client=client), 5, "the TLS session's line")
+    (kv,) = summary(m.log_text(), client=client)
+    assert kv["listener"] == "imaps" and kv["tls"] in ("TLSv1.2", "TLSv1.3"), kv
+    assert kv["method"] == "authenticate" and kv["user"] == "alice", kv
+    assert password("alice") not in m.log_text()
+
+
+def test_session_summary_line_as_json(make_mux):
+    m = make_mux(imapmux={"log_format": "json"}, plaintext_auth=True)
+    login_once(m)
+    wait_until(lambda: '"event":"session_end"' in m.log_text(), 5, "the summary line")
+    docs = [json.loads(l) for l in m.log_text().splitlines() if l.strip()]
+    (d,) = [d for d in docs if d.get("event") == "session_end"]
+    assert d["msg"] == "session end" and d["user"] == "alice" and d["backend"] == "a", d
+    assert isinstance(d["client_in"], int) and isinstance(d["duration"], float), d
