@@ -23,6 +23,9 @@ cyrus-common sasl2-bin libclang-rt-14-dev clang-format-14 lua-socket"
 PKGS="$PKGS gdb"
 # groff: the man pages are checked for warnings (test_imapmuxctl.py).
 PKGS="$PKGS groff"
+# fail2ban: deploy/fail2ban/filter.d/imapmux.conf is checked with fail2ban-regex
+# against real log lines (test_logs.py); policy-rc.d below keeps its server off.
+PKGS="$PKGS fail2ban"
 CYRUS_DIR=/usr/local/lib/imapmux-cyrus
 
 installed() {

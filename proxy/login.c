@@ -272,10 +272,8 @@ static void login_count_failure(struct session *s)
 static void login_fail(struct session *s, enum login_result r, bool count, const char *why)
 {
 	struct login *l = s->login;
-	char what[160];
 
-	snprintf(what, sizeof(what), "login failed: %s", why);
-	sess_log(s, LOG_LVL_INFO, what);
+	sess_log_login_failed(s, r == LOGIN_UNAVAILABLE ? "unavailable" : "auth_failed", why);
 	if (r == LOGIN_UNAVAILABLE)
 		STAT_INC(&s->w->stats, logins_unavailable);
 	else

@@ -166,6 +166,10 @@ void sess_px_to(struct session *s, enum sess_px to);
  * boundary). Sized from what it carries. */
 void sess_reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sess_log(struct session *s, enum log_level lvl, const char *what);
+/* A failed login, as one key=value line whose client address comes before
+ * anything the client chose (deploy/fail2ban reads it): result is
+ * "auth_failed" or "unavailable", why the reason. */
+void sess_log_login_failed(struct session *s, const char *result, const char *why);
 /* s->bk's bytes since it was attached go to the session's backend counts;
  * call before s->bk is let go. sess_bk_mark: s->bk was just attached. */
 void sess_bk_account(struct session *s);

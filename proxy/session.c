@@ -161,6 +161,22 @@ void sess_log(struct session *s, enum log_level lvl, const char *what)
 		log_msg(lvl, "S-%lu %s@%s %s", s->id, s->user[0] ? s->user : "-", s->peer, what);
 }
 
+void sess_log_login_failed(struct session *s, const char *result, const char *why)
+{
+	char id[32];
+
+	if (!log_enabled(LOG_LVL_INFO))
+		return;
+	snprintf(id, sizeof(id), "S-%lu", s->id);
+	const struct log_field f[] = {
+	    {"event", "login_failed", false}, {"session", id, false},
+	    {"client", s->peer, false},       {"ip", s->ip, false},
+	    {"result", result, false},        {"user", s->user[0] ? s->user : "-", false},
+	    {"reason", why, false},
+	};
+	log_fields(LOG_LVL_INFO, "login failed", f, sizeof(f) / sizeof(f[0]));
+}
+
 /* ---- states ------------------------------------------------------------ */
 
 /* A move the tables refuse is the proxy's bug, never the client's doing. */

@@ -116,6 +116,6 @@ def test_unknown_user_costs_a_wrong_password(make_mux, redis, prefix, rdv_a, ca_
 
     # The log still tells them apart.
     log = m.log_text()
-    assert "login failed: wrong password" in log
-    assert "login failed: unknown user" in log
-    assert "login failed: unusable password hash in Redis" in log
+    assert 'reason="wrong password"' in log
+    assert 'reason="unknown user"' in log
+    assert 'reason="unusable password hash in Redis"' in log

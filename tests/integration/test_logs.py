@@ -164,3 +164,63 @@ def test_session_summary_line_as_json(make_mux):
     (d,) = [d for d in docs if d.get("event") == "session_end"]
     assert d["msg"] == "session end" and d["user"] == "alice" and d["backend"] == "a", d
     assert isinstance(d["client_in"], int) and isinstance(d["duration"], float), d
+
+
+FILTER = os.path.join(lab.REPO, "deploy", "fail2ban", "filter.d", "imapmux.conf")
+
+
+def fail2ban_ips(log_path):
+    """The address of each failure fail2ban-regex finds with our filter."""
+    r = subprocess.run(["fail2ban-regex", "--out", "ip", log_path, FILTER],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr + r.stdout
+    return sorted(l.strip() for l in r.stdout.splitlines() if l.strip())
+
+
+def fail_logins(m, attempts):
+    """LOGIN from each (source address, user, password); none may succeed
+    but those whose password is right."""
+    from test_conn_limits import connect_from
+    for source, user, pw in attempts:
+        c = connect_from(m.imap_port, source)
+        assert c.greeting().startswith(b"* OK")
+        _, t = c.cmd("L1", "LOGIN %s %s" % (imapc.quote(user), imapc.quote(pw)))
+        assert t.startswith(b"L1 OK" if pw == password("alice") else b"L1 NO"), t
+        c.close()
+
+
+ATTEMPTS = [
+    ("127.0.0.2", "alice", "wrong-1"),
+    ("127.0.0.2", "nobody", "wrong-2"),
+    ("127.0.0.3", "alice", "wrong-3"),
+    # a user name made to look like another address's failure
+    ("127.0.0.4", 'x ip=10.9.9.9 result=auth_failed user=y', "wrong-4"),
+    ("127.0.0.4", "z@10.9.9.9:1 login failed: ip=10.9.9.9", "wrong-5"),
+    # a success is no failure
+    ("127.0.0.5", "alice", None),
+]
+
+
+def _attempts():
+    return [(s, u, p if p is not None else password("alice")) for s, u, p in ATTEMPTS]
+
+
+def test_fail2ban_filter_finds_each_failure_and_nothing_else(make_mux, tmp_path):
+    """deploy/fail2ban/filter.d/imapmux.conf with the real fail2ban-regex on
+    real lines (text, then JSON, then the journal's form): the address of
+    every failed login, not the success, not an address a user name carries."""
+    want = ["127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.4"]
+    for fmt in ("text", "json"):
+        m = make_mux(imapmux={"log_format": fmt, "auth_fail_delay": 0}, plaintext_auth=True)
+        fail_logins(m, _attempts())
+        wait_until(lambda: m.log_text().count("login_failed") >= 5, 5, "five failures logged")
+        assert fail2ban_ips(m.log_path) == want, (fmt, m.log_text())
+        assert "wrong-" not in m.log_text()
+    # The journal's form: priority prefix, no timestamp of our own.
+    m = make_mux(imapmux={"auth_fail_delay": 0}, plaintext_auth=True)
+    fail_logins(m, _attempts())
+    wait_until(lambda: m.log_text().count("login_failed") >= 5, 5, "five failures logged")
+    journal = tmp_path / "journal.log"
+    journal.write_text("".join("<6>" + l.split(" ", 2)[2] + "\n"
+                               for l in m.log_text().splitlines() if " info " in l))
+    assert fail2ban_ips(str(journal)) == want, journal.read_text()

@@ -807,8 +807,8 @@ def _dovecot_tls_of(dv, user):
 
 # What imapmux logs when a backend's handshake fails on the policy: Dovecot
 # hangs up without an alert; a server that sends one gets its name logged.
-BACKEND_TLS_FAILED = re.compile(r"login failed: backend a: (TLS handshake: closed by the peer|"
-                                r"sslv3 alert handshake failure)")
+BACKEND_TLS_FAILED = re.compile(r'event=login_failed .* result=unavailable .*reason="backend a: '
+                                r'(TLS handshake: closed by the peer|sslv3 alert handshake failure)')
 
 
 def _backend_refused(m, dv, ca_ctx, user, why):
