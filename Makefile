@@ -34,7 +34,7 @@ PROXY_OBJ  := $(PROXY_SRC:.c=.o)
 UNIT_SRC   := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN   := $(UNIT_SRC:.c=)
 
-.PHONY: all deps test unit valgrind integration demo demo-stop bench clean lint format layering \
+.PHONY: all deps test unit valgrind integration demo demo-stop bench clean lint format layering install \
         fuzz fuzz-build
 
 CTL_BIN := tools/imapmuxctl
@@ -48,11 +48,11 @@ common/libcommon.a: $(COMMON_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
 proxy/imapmux: $(PROXY_OBJ) common/libcommon.a
-	$(CC) $(ALL_CFLAGS) -o $@ $(PROXY_OBJ) common/libcommon.a $(LDLIBS_PROXY)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $(PROXY_OBJ) common/libcommon.a $(LDLIBS_PROXY)
 
 # The control tool (tools/imapmuxctl.c): the config parser, hiredis.
 $(CTL_BIN): tools/imapmuxctl.c common/libcommon.a $(wildcard common/*.h) $(BUILD_STAMP)
-	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -o $@ $< common/libcommon.a -lhiredis -lcrypt -lm
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< common/libcommon.a -lhiredis -lcrypt -lm
 
 # A unit test needing more than common/ names the objects it links and the
 # libraries those need, for tests/unit/test_<name>.c:
@@ -198,6 +198,30 @@ format: deps
 # include each other without a cycle; tools/layering.py prints what breaks it.
 layering:
 	$(PYTHON) tools/layering.py .
+
+# make install [PREFIX=/usr/local] [DESTDIR=] [SYSTEMD_UNIT_DIR=/lib/systemd/system]:
+# the two programs, the manual pages, the example configuration and the
+# deploy/ files an operator copies (unit, fail2ban, the Dovecot push script)
+# as documentation; the unit itself only where SYSTEMD_UNIT_DIR says.
+PREFIX  ?= /usr/local
+SBINDIR ?= $(PREFIX)/sbin
+MANDIR  ?= $(PREFIX)/share/man
+DOCDIR  ?= $(PREFIX)/share/doc/imapmux
+SYSTEMD_UNIT_DIR ?=
+INSTALL ?= install
+install: all
+	$(INSTALL) -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR)/fail2ban/filter.d \
+	  $(DESTDIR)$(DOCDIR)/fail2ban/jail.d $(DESTDIR)$(DOCDIR)/dovecot
+	$(INSTALL) -m 0755 proxy/imapmux $(DESTDIR)$(SBINDIR)/imapmux
+	$(INSTALL) -m 0755 $(CTL_BIN) $(DESTDIR)$(SBINDIR)/imapmuxctl
+	$(INSTALL) -m 0644 $(wildcard doc/*.8) $(DESTDIR)$(MANDIR)/man8/
+	$(INSTALL) -m 0644 README.md doc/SPEC.md proxy.conf deploy/imapmux.service $(DESTDIR)$(DOCDIR)/
+	$(INSTALL) -m 0644 deploy/fail2ban/filter.d/imapmux.conf $(DESTDIR)$(DOCDIR)/fail2ban/filter.d/
+	$(INSTALL) -m 0644 deploy/fail2ban/jail.d/imapmux.conf $(DESTDIR)$(DOCDIR)/fail2ban/jail.d/
+	$(INSTALL) -m 0644 deploy/dovecot/imapmux-push.lua $(DESTDIR)$(DOCDIR)/dovecot/
+	@if [ -n "$(SYSTEMD_UNIT_DIR)" ]; then \
+	  echo "$(INSTALL) -D -m 0644 deploy/imapmux.service $(DESTDIR)$(SYSTEMD_UNIT_DIR)/imapmux.service"; \
+	  $(INSTALL) -D -m 0644 deploy/imapmux.service $(DESTDIR)$(SYSTEMD_UNIT_DIR)/imapmux.service; fi
 
 clean:
 	rm -f common/*.o common/libcommon.a proxy/*.o proxy/imapmux $(CTL_BIN) $(UNIT_BIN) $(BUILD_STAMP)

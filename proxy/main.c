@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "admit.h"
@@ -33,6 +34,7 @@
 #include "health.h"
 #include "log.h"
 #include "runtime.h"
+#include "sdnotify.h"
 #include "stats.h"
 #include "worker.h"
 #include "zone.h"
@@ -313,6 +315,7 @@ int main(int argc, char **argv)
 	}
 	log_set_level(rt->cfg->log_level);
 	log_configure(rt->cfg->log_format, rt->cfg->log_to, rt->cfg->log_socket);
+	sdnotify_init();
 	raise_nofile();
 	signal(SIGPIPE, SIG_IGN);
 	sigemptyset(&set);
@@ -395,6 +398,7 @@ int main(int argc, char **argv)
 		                                                       : "none");
 	log_info("imapmux %s started with %u workers", IMAPMUX_VERSION, nworkers);
 	check_nofile(rt->cfg);
+	sdnotify("READY=1\nSTATUS=serving with %u workers\nMAINPID=%ld", nworkers, (long)getpid());
 
 	for (;;) {
 		int sig = sigwaitinfo(&set, NULL);
@@ -405,14 +409,24 @@ int main(int argc, char **argv)
 			break;
 		}
 		if (sig == SIGHUP) {
+			struct timespec mono;
+			clock_gettime(CLOCK_MONOTONIC, &mono);
+			sdnotify("RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading",
+			         (unsigned long long)mono.tv_sec * 1000000ull +
+			             (unsigned long long)mono.tv_nsec / 1000);
 			struct runtime *nrt = load(path, err, sizeof(err));
 			if (nrt == NULL) {
 				log_error("reload failed, keeping the running configuration: %s",
 				          err);
+				sdnotify("READY=1\nSTATUS=reload failed, running the previous "
+				         "configuration: %s",
+				         err);
 				continue;
 			}
 			if (!same_listeners(rt->cfg, nrt->cfg)) {
 				log_error("reload refused: listener changes need a restart");
+				sdnotify("READY=1\nSTATUS=reload refused: listener changes need a "
+				         "restart");
 				runtime_unref(&nrt);
 				continue;
 			}
@@ -424,11 +438,13 @@ int main(int argc, char **argv)
 			runtime_unref(&rt);
 			rt = nrt;
 			log_info("configuration reloaded from %s", path);
+			sdnotify("READY=1\nSTATUS=serving with %u workers (reloaded)", nworkers);
 			continue;
 		}
 		if (sig == SIGTERM) {
 			log_info("SIGTERM: draining (at most %.0fs)", rt->cfg->shutdown_timeout);
 			stats_set_draining();
+			sdnotify("STOPPING=1\nSTATUS=draining");
 			for (unsigned i = 0; i < started; i++)
 				worker_post_drain(&workers[i]);
 			/* Wait for the workers, but still obey SIGINT. */
@@ -453,8 +469,10 @@ int main(int argc, char **argv)
 			}
 			break;
 		}
-		if (sig == SIGINT)
+		if (sig == SIGINT) {
+			sdnotify("STOPPING=1\nSTATUS=stopping");
 			break;
+		}
 	}
 	status = 0;
 stop:
