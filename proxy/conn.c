@@ -221,28 +221,25 @@ static void t13_drop_record(struct conn_t13 *x)
 }
 
 /* A handshake record after the handshake: only KeyUpdate (RFC 8446 4.6.3),
- * whole messages in one record. 0, or -1 with c failed. */
+ * and a KeyUpdate changes the keys, so it must end its record (5.1: "all
+ * messages immediately preceding a key change align with a record
+ * boundary"); the only handshake message allowed here is a KeyUpdate, so
+ * the record is exactly one. 0, or -1 with c failed. */
 static int t13_handshake(struct conn *c, const uint8_t *p, size_t n)
 {
 	struct conn_t13 *x = c->t13;
 
-	while (n > 0) {
-		size_t mlen;
-
-		if (n < 4 || (mlen = (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3]) > n - 4 ||
-		    p[0] != SSL3_MT_KEY_UPDATE || mlen != 1 || p[4] > 1) {
-			conn_fail(c, "TLS: unexpected handshake message");
-			return -1;
-		}
-		if (tls13_update(&x->t, false) < 0) {
-			conn_fail(c, "TLS: key update failed");
-			return -1;
-		}
-		if (p[4] == 1)
-			x->ku_owed = true;
-		p += 4 + mlen;
-		n -= 4 + mlen;
+	if (n != 5 || p[0] != SSL3_MT_KEY_UPDATE || p[1] != 0 || p[2] != 0 || p[3] != 1 ||
+	    p[4] > 1) {
+		conn_fail(c, "TLS: unexpected handshake message");
+		return -1;
 	}
+	if (tls13_update(&x->t, false) < 0) {
+		conn_fail(c, "TLS: key update failed");
+		return -1;
+	}
+	if (p[4] == 1)
+		x->ku_owed = true;
 	return 0;
 }
 
