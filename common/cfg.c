@@ -109,7 +109,7 @@ static const struct key_def imapmux_keys[] = {
     {"log_level", V_LOG_LEVEL, CF(log_level), 0, 0, 0},
     {"log_format", V_LOG_FMT, CF(log_format), 0, 0, 0},
     {"log", V_LOG_TO, CF(log_to), 0, 0, 0},
-    {"log_socket", V_STRING, CF(log_socket), KF_FILE, 0, 0},
+    {"log_socket", V_STRING, CF(log_socket), 0, 0, 0},
     {"stats_listen", V_ADDR, CF(stats_listen), 0, 0, 0},
     {"auth", V_AUTH, CF(auth), 0, 0, 0},
     {"park_idle_after", V_DURATION, CF(park_idle_after), 0, 0, 0},

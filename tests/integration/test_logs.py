@@ -224,3 +224,13 @@ def test_fail2ban_filter_finds_each_failure_and_nothing_else(make_mux, tmp_path)
     journal.write_text("".join("<6>" + l.split(" ", 2)[2] + "\n"
                                for l in m.log_text().splitlines() if " info " in l))
     assert fail2ban_ips(str(journal)) == want, journal.read_text()
+
+
+def test_syslog_unreachable_lines_go_to_stderr(make_mux, tmp_path):
+    """log = syslog with no one at log_socket: nothing is lost, the lines
+    (without the syslog header) go to stderr."""
+    m = make_mux(imapmux={"log": "syslog", "log_socket": str(tmp_path / "nobody.sock")},
+                 plaintext_auth=True)
+    login_once(m)
+    wait_until(lambda: "login ok" in m.log_text(), 5, "the login's line on stderr")
+    assert not re.search(r"^<\d+>", m.log_text(), re.M), m.log_text()
