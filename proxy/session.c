@@ -38,6 +38,7 @@
 #include "mbox_feed.h"
 #include "proxyproto.h"
 #include "sess.h"
+#include "sessions_api.h"
 #include "zone.h"
 
 static unsigned long next_session_id(void)
@@ -910,4 +911,81 @@ void session_cancel_all(struct worker *w)
 
 	list_for_each (n, &w->sessions)
 		login_abort(list_entry(n, struct session, node));
+}
+
+/* ---- GET /sessions -------------------------------------------------------- */
+
+/* The stable names /sessions and `imapmuxctl who` show (README "Control
+ * tool"), fewer than the states: what an operator tells apart. */
+static const char *sess_api_state(const struct session *s)
+{
+	switch (s->state) {
+	case SESS_NEW:
+	case SESS_PROXYHDR:
+	case SESS_HANDSHAKE:
+		return "connecting";
+	case SESS_PREAUTH:
+	case SESS_STARTTLS:
+		return "preauth";
+	case SESS_LOGIN:
+		return "authenticating";
+	case SESS_PROXYING:
+		return "logged_in";
+	case SESS_PARKED:
+		return "parked";
+	case SESS_WAKING:
+		return "waking";
+	case SESS_CLOSING:
+	case SESS_DEAD:
+		break;
+	}
+	return "closing";
+}
+
+static bool sess_logged_in(const struct session *s)
+{
+	return s->state == SESS_PROXYING || s->state == SESS_PARKED || s->state == SESS_WAKING;
+}
+
+void session_snapshot(struct worker *w, struct sessions_req *rq)
+{
+	uint8_t want[IDENT_USER_MAX];
+	size_t wlen = 0;
+	bool filter = sessions_req_filter(rq, want, &wlen);
+	struct list_node *n;
+	ev_tstamp now = ev_now(w->loop);
+
+	/* The filter names the user as a kick would (username_case). */
+	if (filter)
+		ident_user_norm(want, wlen, w->rt->cfg->username_case == CFG_UCASE_FOLD, want);
+	list_for_each (n, &w->sessions) {
+		const struct session *s = list_entry(n, struct session, node);
+		struct sessions_row r;
+		bool in = sess_logged_in(s);
+
+		if (s->state == SESS_DEAD)
+			continue;
+		if (filter && (!in || s->uname_len != wlen || memcmp(s->uname, want, wlen) != 0))
+			continue;
+		memset(&r, 0, sizeof(r));
+		r.id = s->id;
+		r.worker = w->id;
+		snprintf(r.client, sizeof(r.client), "%s", s->peer);
+		snprintf(r.listener, sizeof(r.listener), "%s", s->lcfg->name);
+		snprintf(r.tls, sizeof(r.tls), "%s", sess_tls_version(s));
+		r.state = sess_api_state(s);
+		r.in_idle =
+		    (s->state == SESS_PROXYING && (s->px == PX_IDLING || s->px == PX_PARK_DONE)) ||
+		    park_idling(s);
+		if (in) {
+			r.user_len = s->uname_len;
+			memcpy(r.user, s->uname, s->uname_len);
+			if (s->bcfg != NULL)
+				snprintf(r.backend, sizeof(r.backend), "%s", s->bcfg->name);
+		}
+		r.since = s->started;
+		r.idle = now - (s->last_activity > s->started ? s->last_activity : s->started);
+		if (sessions_req_add(rq, &r) < 0)
+			break; /* full: the answer says truncated */
+	}
 }

@@ -26,6 +26,7 @@
 #include "redis.h"
 #include "reuse.h"
 #include "session.h"
+#include "sessions_api.h"
 #include "ttlmap.h"
 #include "watch.h"
 
@@ -155,15 +156,32 @@ static void wake_cb(struct ev_loop *loop, ev_async *a, int revents)
 {
 	struct worker *w = a->data;
 	struct runtime *rt;
+	struct list_node reqs;
 	bool drain, stop;
 
 	(void)revents;
+	list_init(&reqs);
 	pthread_mutex_lock(&w->lock);
 	rt = w->new_rt;
 	w->new_rt = NULL;
 	drain = w->cmd_drain;
 	stop = w->cmd_stop;
+	while (!list_empty(&w->sessions_reqs)) {
+		struct list_node *n = list_first(&w->sessions_reqs);
+
+		list_remove(n);
+		list_push_back(&reqs, n);
+	}
 	pthread_mutex_unlock(&w->lock);
+
+	/* GET /sessions: answered from here, this thread's sessions' owner. */
+	while (!list_empty(&reqs)) {
+		struct sessions_slot *slot = list_first_entry(&reqs, struct sessions_slot, node);
+
+		list_remove(&slot->node);
+		session_snapshot(w, slot->rq);
+		sessions_slot_done(slot);
+	}
 
 	if (rt != NULL) {
 		runtime_unref(&w->rt);
@@ -187,6 +205,7 @@ int worker_init(struct worker *w, int id, struct runtime *rt, const int *fds, si
 		return -1;
 	w->rt = runtime_ref(rt);
 	pthread_mutex_init(&w->lock, NULL);
+	list_init(&w->sessions_reqs);
 	w->listeners = calloc(nfds ? nfds : 1, sizeof(*w->listeners));
 	if (w->listeners == NULL)
 		return -1;
@@ -332,6 +351,21 @@ void worker_post_stop(struct worker *w)
 	worker_post(w, NULL, false, true);
 }
 
+void worker_post_sessions(struct worker *w, struct sessions_slot *slot)
+{
+	pthread_mutex_lock(&w->lock);
+	list_push_back(&w->sessions_reqs, &slot->node);
+	pthread_mutex_unlock(&w->lock);
+	ev_async_send(w->loop, &w->wake);
+}
+
+void worker_sessions_post(void *arg, unsigned i, struct sessions_slot *slot)
+{
+	struct worker *all = arg;
+
+	worker_post_sessions(&all[i], slot);
+}
+
 void worker_destroy(struct worker *w)
 {
 	/* Sessions still open at a hard stop: their sockets close with the
@@ -341,6 +375,14 @@ void worker_destroy(struct worker *w)
 			close(w->listeners[i].fd);
 	}
 	free(w->listeners);
+	/* Asked after the loop ended (a drain): never answered. */
+	while (w->loop != NULL && !list_empty(&w->sessions_reqs)) {
+		struct sessions_slot *slot =
+		    list_first_entry(&w->sessions_reqs, struct sessions_slot, node);
+
+		list_remove(&slot->node);
+		sessions_slot_drop(slot);
+	}
 	if (w->new_rt != NULL)
 		runtime_unref(&w->new_rt);
 	runtime_unref(&w->rt);

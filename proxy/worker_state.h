@@ -91,6 +91,7 @@ struct worker {
 	struct runtime *new_rt; /* reload: swap in */
 	bool cmd_drain;
 	bool cmd_stop;
+	struct list_node sessions_reqs; /* GET /sessions: struct sessions_slot, to answer */
 };
 
 #endif
