@@ -83,6 +83,8 @@ UNIT_LIBS_tls13 := -lssl -lcrypto
 UNIT_OBJS_watch_box := proxy/watch.o proxy/pool.o proxy/backend.o proxy/backend_login.o proxy/cmdq.o \
                        proxy/conn.o proxy/reaper.o proxy/runtime.o
 UNIT_LIBS_watch_box := -lssl -lcrypto
+# GET /sessions' requests and JSON, the workers played by the test (no thread, no loop).
+UNIT_OBJS_sessions_api := proxy/sessions_api.o proxy/metrics.o
 # test_cryptpool includes proxy/cryptpool.c itself (it reaches the statics).
 tests/unit/test_cryptpool: proxy/cryptpool.c proxy/cryptpool.h
 
