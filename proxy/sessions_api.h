@@ -35,13 +35,13 @@ struct sessions_row {
 	char client[64];              /* "ip:port" (the PROXY header's where one was read) */
 	char listener[CFG_NAME_MAX];  /* [listen NAME] */
 	char tls[16];                 /* "TLSv1.3", "none", ... */
-	const char *state;            /* a static name: see sessions_state_name */
+	const char *state;            /* static: "preauth", "logged_in", ... (session.c) */
 	bool in_idle;                 /* the client is in IDLE (the backend's or the proxy's) */
 	uint8_t user[IDENT_USER_MAX]; /* as imapmux identifies the user (username_case); */
 	size_t user_len;              /* ... 0 before login */
 	char backend[CFG_NAME_MAX];   /* [backend NAME] once logged in, else "" */
 	double since;                 /* accepted, seconds since the epoch */
-	double idle;                  /* seconds since the last client or backend activity */
+	double idle; /* seconds since the client's last input after login (or the accept) */
 };
 
 /* A worker's part of a request: what its mailbox holds (node) until the
