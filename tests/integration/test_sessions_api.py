@@ -8,12 +8,16 @@ logged in as different users on different backends, one of them in IDLE and
 parked. What is checked: exactly those sessions with their users, backends,
 states and addresses; ?user= as imapmux names users (username_case = fold);
 a user name with a quote, a backslash and a non-ASCII letter comes out as
-valid JSON; a bad query gets 400 and says why. The caps (rows, bytes) are
-tested in tests/unit/test_sessions_api.c.
+valid JSON; a bad query gets 400 and says why; a worker that cannot answer
+(it left its loop in a drain) is named after the 2s deadline, other requests
+are answered meanwhile, and at most 4 such requests wait at once (503). The
+caps (rows, bytes) are tested in tests/unit/test_sessions_api.c.
 """
 
 import json
+import select
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -44,7 +48,7 @@ def rdv_odd():
     d.cleanup()
 
 
-def sessions_mux(make_mux, redis, prefix, dv_a, dv_b, workers=2):
+def sessions_mux(make_mux, redis, prefix, dv_a, dv_b, workers=2, shutdown_timeout=5):
     """imapmux in front of dv_a (backend a) and dv_b (b), routes from Redis,
     parking after 1s of quiet (events from Redis: no watcher connections),
     /sessions on m.stats_port."""
@@ -54,7 +58,8 @@ def sessions_mux(make_mux, redis, prefix, dv_a, dv_b, workers=2):
                  routing={"lookup": "redis", "fallback": "a", "cache_ttl": 60},
                  redis=redis_section(redis, prefix),
                  imapmux={"workers": workers, "auth": "backend", "park_idle_after": "1s",
-                          "stats_listen": "127.0.0.1:%d" % port})
+                          "stats_listen": "127.0.0.1:%d" % port,
+                          "shutdown_timeout": shutdown_timeout})
     m.stats_port = port
     wait_subscribed(redis, prefix, workers)
     return m
@@ -192,27 +197,59 @@ def test_a_worker_that_cannot_answer_is_named_not_waited_for(make_mux, redis, pr
     with a busy session (an APPEND whose literal never comes) stays until
     shutdown_timeout. /sessions then answers after its deadline (2s) with
     the one session and names the worker that did not answer."""
-    m = sessions_mux(make_mux, redis, prefix, rdv_a, rdv_b)
+    m = sessions_mux(make_mux, redis, prefix, rdv_a, rdv_b, shutdown_timeout=20)
     c = logged_in(m, ca_ctx, "r34")
     c.send(b"a APPEND INBOX {100}\r\n")
     assert c.readline().startswith(b"+")
-    (row,) = sessions(m.stats_port)["sessions"]
-    m.expect_exit = True
-    m.signal(signal.SIGTERM)
-    wait_until(lambda: get(m.stats_port, "/health")[0] == 503, 3, "draining")
-    for _ in range(10):  # the idle worker leaves its loop as soon as it reads the drain
-        t0 = time.monotonic()
-        status, body = get(m.stats_port, "/sessions")
-        waited = time.monotonic() - t0
-        assert status == 200, body
-        doc = json.loads(body)
-        if doc["instance"]["unanswered"]:
-            break
-        time.sleep(0.05)
-    idle_worker = 1 - row["worker"]
-    assert doc["instance"]["unanswered"] == [idle_worker], doc["instance"]
-    assert doc["instance"]["answered"] == 1, doc["instance"]
-    assert [(r["id"], r["user"]) for r in doc["sessions"]] == [(row["id"], "r34")], doc
-    assert 1.5 < waited < 4, waited
-    assert "did not answer" in m.log_text()
-    c.close()
+    try:
+        (row,) = sessions(m.stats_port)["sessions"]
+        m.expect_exit = True
+        m.signal(signal.SIGTERM)
+        wait_until(lambda: get(m.stats_port, "/health")[0] == 503, 3, "draining")
+        for _ in range(10):  # the idle worker leaves its loop as soon as it reads the drain
+            t0 = time.monotonic()
+            status, body = get(m.stats_port, "/sessions")
+            waited = time.monotonic() - t0
+            assert status == 200, body
+            doc = json.loads(body)
+            if doc["instance"]["unanswered"]:
+                break
+            time.sleep(0.05)
+        idle_worker = 1 - row["worker"]
+        assert doc["instance"]["unanswered"] == [idle_worker], doc["instance"]
+        assert doc["instance"]["answered"] == 1, doc["instance"]
+        assert [(r["id"], r["user"]) for r in doc["sessions"]] == [(row["id"], "r34")], doc
+        assert 1.5 < waited < 8, waited  # the 2s deadline, not the client's 10s timeout
+        assert "did not answer" in m.log_text()
+
+        # While requests wait for the worker, the stats thread answers others
+        # (a load balancer's /health is not held up), and at most 4 wait at
+        # once: one more is told to come back.
+        waiting = [raw_request(m.stats_port, "/sessions") for _ in range(5)]
+        assert get(m.stats_port, "/health")[0] == 503       # answered (draining) ...
+        readable, _, _ = select.select(waiting, [], [], 0)
+        assert len(readable) <= 1, "... while the gathers still wait (only the 503 is out)"
+        answers = sorted(raw_answer(w) for w in waiting)
+        assert [a[:13] for a in answers] == [b"HTTP/1.0 200 "] * 4 + [b"HTTP/1.0 503 "], answers
+        for got in answers[:4]:
+            doc = json.loads(got.split(b"\r\n\r\n", 1)[1])
+            assert doc["instance"]["unanswered"] == [idle_worker], doc
+    finally:
+        c.close()  # the drain can end
+
+
+def raw_request(port, path):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"GET %s HTTP/1.0\r\n\r\n" % path.encode())
+    return s
+
+
+def raw_answer(s):
+    """Everything up to the server's close."""
+    got = b""
+    with s:
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return got
+            got += data
