@@ -8,6 +8,9 @@
  *     socket, bind, listen                 accept -> conn
  *     ev_loop_new, pthread_create  --->      READING -> WRITING -> LINGERING -> closed
  *                                            GET /metrics: metrics_render (metrics.c)
+ *                                          READING -> GATHERING -> WRITING ...
+ *                                            GET /sessions: the workers asked by message
+ *                                            (sessions_api.c), sessions_done or deadline
  *   stats_stop: ev_async --------------->  ev_break
  *     join, then close and free what is left
  *
@@ -18,9 +21,14 @@
  *    atomic loads: each worker is its counters' only writer, the counters
  *    are independent, and a scrape need not be a consistent snapshot
  *    across them. The caller keeps them in place until stats_stop.
+ *    Sessions are never read from here: GET /sessions asks each worker
+ *    for a copy of its own (sessions_api.h) and waits for the answers
+ *    without blocking, at most SESSIONS_WAIT, at most STATS_MAX_GATHERS
+ *    requests at once.
  *  - Everything a client controls is bounded: at most STATS_MAX_CONNS
  *    connections, a request head of at most STATS_HEAD_MAX bytes,
- *    STATS_CONN_TIMEOUT seconds from accept to close, STATS_LINGER_MAX
+ *    STATS_CONN_TIMEOUT seconds from accept (from the request, once a
+ *    GET /sessions has waited for the workers) to close, STATS_LINGER_MAX
  *    bytes discarded after the response. Nothing here blocks, and any byte
  *    sequence gets an answer or a close.
  *  - Idle clients cannot hold the slots: a connection accepted into a full
@@ -117,11 +125,11 @@ static struct {
 
 /* What a 200 answers with. */
 enum route {
-	ROUTE_METRICS,  /* GET /metrics: Prometheus text (metrics.c) */
-	ROUTE_STATUS,   /* GET /status: JSON (status.c) */
-	ROUTE_PAGE,     /* GET /: the HTML page that shows /status (status.c) */
-	ROUTE_HEALTH,   /* GET /health: 200 "ok" while logins are taken, 503 draining */
-	ROUTE_SESSIONS, /* GET /sessions[?user=NAME]: JSON, asked of the workers (sessions_api.c) */
+	ROUTE_METRICS, /* GET /metrics: Prometheus text (metrics.c) */
+	ROUTE_STATUS,  /* GET /status: JSON (status.c) */
+	ROUTE_PAGE,    /* GET /: the HTML page that shows /status (status.c) */
+	ROUTE_HEALTH,  /* GET /health: 200 "ok" while logins are taken, 503 draining */
+	ROUTE_WHO,     /* GET /sessions[?user=NAME]: JSON, asked of the workers (sessions_api.c) */
 };
 
 static void conn_gather(struct stats_conn *c, size_t len);
@@ -265,7 +273,7 @@ static int request_status(const char *head, size_t len, enum route *route_r)
 		return 200;
 	}
 	if (path_end - path == 9 && memcmp(path, "/sessions", 9) == 0) {
-		*route_r = ROUTE_SESSIONS;
+		*route_r = ROUTE_WHO;
 		return 200;
 	}
 	return 404;
@@ -298,7 +306,9 @@ static void conn_close(struct stats_conn *c)
  */
 static void conn_arm(struct stats_conn *c)
 {
-	double at = c->accepted + STATS_CONN_TIMEOUT;
+	/* A GET /sessions that waited for the workers still gets its full
+	 * time to be sent. */
+	double at = (c->gather_at > c->accepted ? c->gather_at : c->accepted) + STATS_CONN_TIMEOUT;
 	double left;
 
 	if (c->state == CONN_READING && c->hurried)
@@ -494,7 +504,7 @@ static void conn_read(struct stats_conn *c)
 				enum route route = ROUTE_METRICS;
 				int status = request_status(c->head, i + 1, &route);
 
-				if (status == 200 && route == ROUTE_SESSIONS)
+				if (status == 200 && route == ROUTE_WHO)
 					conn_gather(c, i + 1);
 				else
 					conn_respond(c, status, route);
@@ -929,7 +939,7 @@ int stats_start(const struct cfg_addr *addr, const struct stats *const *counters
 		goto fail;
 	}
 	srv.running = true;
-	log_info("stats: serving /metrics, /status and /sessions on %s", addr->text);
+	log_info("stats: serving /metrics and /status on %s", addr->text);
 	return 0;
 
 fail:
