@@ -9,6 +9,7 @@ Not yet covered (not built yet): backend drain/undrain.
 
 import os
 import re
+import signal
 import subprocess
 
 import pytest
@@ -125,13 +126,13 @@ def test_user_add_then_passwd_with_auth_redis(make_mux, redis, prefix, rdv_a, ca
 # ---------------------------------------------------------------------------
 # who: the stats ports (GET /sessions), not Redis
 
-def _stats_mux(make_mux, r, prefix, rdv_a, rdv_b):
+def _stats_mux(make_mux, r, prefix, rdv_a, rdv_b, **imapmux):
     port = lab.free_port()
+    kv = {"workers": 2, "auth": "backend", "stats_listen": "127.0.0.1:%d" % port}
+    kv.update(imapmux)
     m = make_mux(backends=[("a", backend(rdv_a)), ("b", backend(rdv_b))],
                  routing={"lookup": "redis", "fallback": "a", "cache_ttl": 60},
-                 redis=redis_section(r, prefix),
-                 imapmux={"workers": 2, "auth": "backend",
-                          "stats_listen": "127.0.0.1:%d" % port})
+                 redis=redis_section(r, prefix), imapmux=kv)
     m.stats = "127.0.0.1:%d" % port
     return m
 
@@ -215,6 +216,31 @@ def test_who_names_an_instance_it_cannot_ask(make_mux, redis, prefix, rdv_a, rdv
     # A port that answers something else than /sessions: named, exit 1.
     p = ctl(m.conf_path, "--stats", "127.0.0.1:%d" % rdv_a.port, "who")
     assert p.returncode == 1 and ("127.0.0.1:%d" % rdv_a.port) in p.stderr, p.stderr
+
+
+def test_who_exits_1_when_a_worker_did_not_answer(make_mux, redis, prefix, rdv_a, rdv_b,
+                                                  ca_ctx):
+    """In a drain, the worker without sessions leaves its loop and cannot
+    answer; the busy one (an APPEND waiting for its literal) still does."""
+    m = _stats_mux(make_mux, redis, prefix, rdv_a, rdv_b, shutdown_timeout=20)
+    c = _login(m, ca_ctx, "r08")
+    try:
+        c.send(b"a APPEND INBOX {100}\r\n")
+        assert c.readline().startswith(b"+")
+        m.expect_exit = True
+        m.signal(signal.SIGTERM)
+        for _ in range(10):   # until the idle worker has read the drain
+            p = ctl(m.conf_path, "who")
+            if p.returncode != 0:
+                break
+        assert p.returncode == 1, (p.stdout, p.stderr)
+        assert re.search(r"%s: worker\(s\) [01] did not answer" % re.escape(m.stats), p.stderr), \
+            p.stderr
+        _, rows, total = _table(p.stdout)
+        assert [(r[2], r[3]) for r in rows] == [("r08", _addr(c))], p.stdout
+        assert total == "1 session(s) on 1 instance(s)", total
+    finally:
+        c.close()
 
 
 def test_who_with_no_stats_listen_says_so(make_mux, redis, prefix, rdv_a, rdv_b):
