@@ -295,7 +295,9 @@ static void login_fail(struct session *s, enum login_result r, bool count, const
 
 static bool backend_usable(size_t i, void *arg)
 {
-	return runtime_backend_up(arg, i);
+	const struct session *s = arg;
+
+	return runtime_backend_up(s->rt, i) && !worker_drained(s->w, s->rt->cfg->backends[i].name);
 }
 
 static const struct cfg_backend *login_fallback(struct session *s)
@@ -307,7 +309,7 @@ static const struct cfg_backend *login_fallback(struct session *s)
 	case CFG_FALLBACK_BACKEND:
 		return cfg_backend_find(cfg, cfg->fallback_backend);
 	case CFG_FALLBACK_HASH:
-		return route_rendezvous_among(cfg, l->user, l->ulen, backend_usable, s->rt);
+		return route_rendezvous_among(cfg, l->user, l->ulen, backend_usable, s);
 	case CFG_FALLBACK_DENY:
 		break;
 	}
@@ -331,6 +333,10 @@ static void login_backend(struct session *s, const struct cfg_backend *bc)
 	i = runtime_backend_index(s->rt, bc);
 	if (!runtime_backend_up(s->rt, i)) {
 		login_fail(s, LOGIN_UNAVAILABLE, false, "routed backend is down");
+		return;
+	}
+	if (worker_drained(s->w, bc->name)) {
+		login_fail(s, LOGIN_UNAVAILABLE, false, "routed backend is drained");
 		return;
 	}
 	s->bcfg = bc;
