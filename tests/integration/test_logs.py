@@ -30,6 +30,20 @@ def login_once(m):
     c.close()
 
 
+def datagrams_until(srv, text, rounds=50):
+    """Datagrams from srv (a socket with a timeout) until one holds text:
+    bounded, at most rounds datagrams or timeouts."""
+    got = []
+    for _ in range(rounds):
+        try:
+            got.append(srv.recv(4096).decode())
+        except socket.timeout:
+            pass
+        if any(text in g for g in got):
+            break
+    return got
+
+
 def test_json_lines_parse_and_carry_level_and_message(make_mux):
     m = make_mux(imapmux={"log_format": "json"}, plaintext_auth=True)
     login_once(m)
@@ -51,14 +65,7 @@ def test_syslog_lines_reach_the_socket_with_facility_mail(make_mux, tmp_path):
     try:
         m = make_mux(imapmux={"log": "syslog", "log_socket": path}, plaintext_auth=True)
         login_once(m)
-        got = []
-        for _ in range(50):        # bounded: at most 50 datagrams or 50 s
-            try:
-                got.append(srv.recv(4096).decode())
-            except socket.timeout:
-                pass
-            if any("login ok" in g for g in got):
-                break
+        got = datagrams_until(srv, "login ok")
         ok = [g for g in got if "login ok" in g]
         assert ok, got
         # <PRI> = facility mail (2) * 8 + severity info (6); then a
@@ -120,6 +127,17 @@ def summary(text, **match):
     return out
 
 
+def logout_summary(m, c, port):
+    """LOGOUT on c (from local port), then its session's summary line."""
+    c.send(b"z LOGOUT\r\n")
+    c.read_until_tagged("z")
+    c.close()
+    client = "127.0.0.1:%d" % port
+    wait_until(lambda: summary(m.log_text(), client=client), 5, "the session's summary line")
+    (kv,) = summary(m.log_text(), client=client)
+    return kv
+
+
 def test_session_summary_line_for_a_login_and_logout(make_mux, ca_ctx):
     """One key=value line a session: client, listener, TLS, user, method,
     backend, reuse, parks, duration, bytes both sides, how it ended."""
@@ -131,12 +149,7 @@ def test_session_summary_line_for_a_login_and_logout(make_mux, ca_ctx):
     c.send(b"s SELECT INBOX\r\n")
     _, t = c.read_until_tagged("s")
     assert t.startswith(b"s OK"), t
-    c.send(b"z LOGOUT\r\n")
-    c.read_until_tagged("z")
-    c.close()
-    client = "127.0.0.1:%d" % port
-    wait_until(lambda: summary(m.log_text(), client=client), 5, "the session's summary line")
-    (kv,) = summary(m.log_text(), client=client)
+    kv = logout_summary(m, c, port)
     assert kv["listener"] == "imap" and kv["tls"] == "none", kv
     assert kv["user"] == "alice" and kv["method"] == "login" and kv["backend"] == "a", kv
     assert kv["reused"] == "no" and kv["parked"] == "0", kv
@@ -266,14 +279,7 @@ def test_log_settings_follow_a_reload(make_mux, tmp_path):
                          plaintext_auth=True)
         m.signal(signal.SIGHUP)
         login_once(m)
-        got = []
-        for _ in range(20):        # bounded: at most 20 datagrams or 20 s
-            try:
-                got.append(srv.recv(4096).decode())
-            except socket.timeout:
-                pass
-            if any("login ok" in g for g in got):
-                break
+        got = datagrams_until(srv, "login ok")
         assert any("login ok" in g for g in got), got
         assert m.log_text().count("login ok") == 2, m.log_text()
     finally:
@@ -332,12 +338,7 @@ def test_summary_counts_backend_bytes_of_every_attach_across_a_park(make_mux, fr
     _, t = c.read_until_tagged("i")
     assert t.startswith(b"i OK"), t
     parklib.ok(c, "f2", "FETCH 1 BODY.PEEK[]")        # the wake's backend session: 40 KB more
-    c.send(b"z LOGOUT\r\n")
-    c.read_until_tagged("z")
-    c.close()
-    client = "127.0.0.1:%d" % port
-    wait_until(lambda: summary(m.log_text(), client=client), 5, "the session's summary line")
-    (kv,) = summary(m.log_text(), client=client)
+    kv = logout_summary(m, c, port)
     assert int(kv["parked"]) >= 1, kv
     assert int(kv["backend_in"]) > 2 * len(body), kv
     assert int(kv["client_out"]) > 2 * len(body), kv

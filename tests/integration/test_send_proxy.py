@@ -8,17 +8,15 @@ A header names one client, so `-t` refuses the settings that share a
 connection among clients (pool_min_idle, reuse_ttl, unauthenticate = yes).
 """
 
-import socket
 import subprocess
 import time
 
 import pytest
 
-import imapc
 import lab
-from conftest import MASTER_PASSWORD, USERS, backend_section, password, wait_until
+from conftest import (MASTER_PASSWORD, USERS, backend_section, dovecot_login_line, login_via,
+                      wait_until)
 
-TIMEOUT = 10.0
 FAST_CHECKS = {"check_interval": "300ms", "check_timeout": "1s", "check_rise": 1,
                "check_fall": 1}
 
@@ -57,26 +55,6 @@ def _mux(make_mux, dv, cert, key, version):
     return m
 
 
-def _login_via(m, user, header):
-    s = socket.create_connection(("127.0.0.1", m.imap_port), timeout=TIMEOUT)
-    s.sendall(header)
-    c = imapc.Client(0, timeout=TIMEOUT, connect=False)
-    c.sock = s
-    assert c.greeting().startswith(b"* OK")
-    _, t = c.cmd("l", "LOGIN %s %s" % (imapc.quote(user), imapc.quote(password(user))))
-    assert t.startswith(b"l OK"), t
-    return c
-
-
-def _login_line(dv, user, since):
-    def line():
-        got = [ln for ln in dv.log_text()[since:].splitlines()
-               if "imap-login: Info: Login: user=<%s>" % user in ln]
-        return got[-1] if got else None
-    return wait_until(line, 5, lambda: "Dovecot's login line for %s in %r"
-                      % (user, dv.log_text()[since:][-3000:]))
-
-
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_backend_learns_the_client_from_the_header(make_mux, haproxy_dovecot, cert, key,
                                                    version):
@@ -86,8 +64,8 @@ def test_backend_learns_the_client_from_the_header(make_mux, haproxy_dovecot, ce
     # failure would mark the backend down: check_fall = 1).
     time.sleep(1.0)
     since = len(dv.log_text())
-    c = _login_via(m, "alice", b"PROXY TCP4 203.0.113.9 127.0.0.1 41000 143\r\n")
-    line = _login_line(dv, "alice", since)
+    c = login_via(m.imap_port, "alice", b"PROXY TCP4 203.0.113.9 127.0.0.1 41000 143\r\n")
+    line = dovecot_login_line(dv, "alice", since)
     assert "rip=203.0.113.9" in line, line
     assert "lip=127.0.0.1" in line, line
     _, t = c.cmd("s", "SELECT INBOX")
@@ -96,15 +74,8 @@ def test_backend_learns_the_client_from_the_header(make_mux, haproxy_dovecot, ce
     c.close()
     # Without an incoming header: the client's own socket address and port.
     since = len(dv.log_text())
-    s = socket.create_connection(("127.0.0.1", m.imap_port), timeout=TIMEOUT,
-                                 source_address=("127.0.0.5", 0))
-    s.sendall(b"PROXY UNKNOWN\r\n")
-    c = imapc.Client(0, timeout=TIMEOUT, connect=False)
-    c.sock = s
-    c.greeting()
-    _, t = c.cmd("l", "LOGIN bob %s" % imapc.quote(password("bob")))
-    assert t.startswith(b"l OK"), t
-    line = _login_line(dv, "bob", since)
+    c = login_via(m.imap_port, "bob", b"PROXY UNKNOWN\r\n", source="127.0.0.5")
+    line = dovecot_login_line(dv, "bob", since)
     assert "rip=127.0.0.5" in line, line
     c.close()
     assert "routed backend is down" not in m.log_text()
