@@ -266,6 +266,22 @@ void reuse_drop_user(struct worker *w, const char *user, size_t ulen)
 	}
 }
 
+unsigned reuse_drop_backend(struct worker *w, const char *backend)
+{
+	struct list_node *n, *tmp;
+	unsigned count = 0;
+
+	list_for_each_safe (n, tmp, &w->reuse) {
+		struct reuse_entry *e = list_entry(n, struct reuse_entry, node);
+		if (e->state != ENTRY_DEAD && e->b != NULL &&
+		    strcmp(e->b->cfg->name, backend) == 0) {
+			entry_close(e, "backend drained");
+			count++;
+		}
+	}
+	return count;
+}
+
 void reuse_drop_all(struct worker *w)
 {
 	struct reuse_entry *e;

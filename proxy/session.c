@@ -573,7 +573,10 @@ static void sess_run(struct session *s)
 				continue;
 			}
 			if (s->draining && pump_quiet(s)) {
-				sess_close(s, "shutdown", "* BYE Server shutting down.");
+				if (s->bk_drain)
+					sess_close(s, "backend drained", BYE_BACKEND_DRAINED);
+				else
+					sess_close(s, "shutdown", "* BYE Server shutting down.");
 				continue;
 			}
 		} else if (s->client.eof && s->state != SESS_CLOSING && s->state != SESS_LOGIN &&
@@ -882,6 +885,30 @@ void session_drain_all(struct worker *w, bool force)
 			sess_close(s, "shutdown", "* BYE Server shutting down.");
 		sess_run(s);
 	}
+}
+
+unsigned session_backend_drain(struct worker *w, const char *name)
+{
+	struct list_node *n, *tmp;
+	unsigned count = 0;
+
+	list_for_each_safe (n, tmp, &w->sessions) {
+		struct session *s = list_entry(n, struct session, node);
+		/* Only sessions on a backend, or parked on one: a session back
+		 * in PREAUTH (UNAUTHENTICATE) may still name its last one, and a
+		 * login under way is caught when it attaches (pump_attach). */
+		if ((s->state != SESS_PROXYING && s->state != SESS_PARKED &&
+		     s->state != SESS_WAKING) ||
+		    s->bcfg == NULL || strcmp(s->bcfg->name, name) != 0)
+			continue;
+		s->draining = true;
+		s->bk_drain = true;
+		if (s->state != SESS_PROXYING || pump_quiet(s))
+			sess_close(s, "backend drained", BYE_BACKEND_DRAINED);
+		sess_run(s);
+		count++;
+	}
+	return count;
 }
 
 void session_kick(struct worker *w, const char *user, size_t len)

@@ -22,6 +22,10 @@ void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr
 void session_drain_all(struct worker *w, bool force);
 
 /* Close every session of user[0..len) with "* BYE [UNAVAILABLE]" (kick event). */
+/* Backend name was drained: its sessions get BYE (proxied ones at their
+ * next quiet point). Returns how many were told to leave. */
+unsigned session_backend_drain(struct worker *w, const char *name);
+
 void session_kick(struct worker *w, const char *user, size_t len);
 
 /* MAILBOX of user changed (an `mbox` event, a watcher; mbox NULL: any of

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "cryptpool.h"
+#include "drain.h"
 #include "ident.h"
 #include "log.h"
 #include "pool.h"
@@ -234,6 +235,7 @@ int worker_init(struct worker *w, int id, struct runtime *rt, const int *fds, si
 	w->drain_timer.data = w;
 	ev_init(&w->accept_pause, accept_pause_cb);
 	w->accept_pause.data = w;
+	drain_init(w);
 	ev_init(&w->trim_timer, trim_cb);
 	w->trim_timer.data = w;
 	listeners_set(w, true);
@@ -266,7 +268,10 @@ static void on_event(void *arg, const char *kind, const char *a1, size_t l1, con
 		/* Events may have been missed while unsubscribed. */
 		if (w->routes != NULL)
 			ttlmap_clear(w->routes);
+		drain_resync(w);
 		session_wake_parked(w);
+	} else if (strcmp(kind, "drain") == 0 || strcmp(kind, "undrain") == 0) {
+		drain_event(w, kind[0] == 'd', a1, l1);
 	} else if (strcmp(kind, "mbox") == 0) {
 		session_mbox_changed(w, user, l1, (const uint8_t *)a2, l2);
 	}
@@ -299,6 +304,7 @@ static void *worker_main(void *arg)
 		log_error("worker %d: cannot set up password checks", w->id);
 	pool_prefill(w, w->rt);
 	ev_run(w->loop, 0);
+	drain_stop(w);
 	session_cancel_all(w);
 	watch_close_all(w);
 	pool_close_all(w);

@@ -10,6 +10,9 @@
  *     user add|passwd USER              -> HSET PREFIXuser:USER password $y$...
  *                                          (password from the terminal without
  *                                          echo, twice, or one line of stdin)
+ *     backend NAME drain|undrain        -> SADD/SREM PREFIXdrained NAME, then
+ *                                          PUBLISH "drain NAME" / "undrain NAME"
+ *     backend list                      -> configured backends, drained or not
  *   imapmuxctl [-c CONFIG] [--stats HOST:PORT]... who [USER]
  *                                       -> GET /sessions[?user=USER] of each
  *                                          instance's stats port, one table
@@ -46,6 +49,7 @@ static void usage(FILE *f)
 	           "  move USER BACKEND\n"
 	           "  kick USER\n"
 	           "  user add USER | user passwd USER   (password from the terminal or stdin)\n"
+	           "  backend list | backend NAME drain | backend NAME undrain\n"
 	           "  who [USER]   sessions of each --stats instance (default: stats_listen)\n"
 	           "CONFIG defaults to " DEFAULT_CONFIG ".\n");
 }
@@ -309,6 +313,57 @@ static int route_set(redisContext *rc, const struct cfg *cfg, const char *user, 
 	return ctl_publish(rc, cfg->redis_prefix, "route", user, &n) < 0 ? 1 : 0;
 }
 
+/* backend list | backend NAME drain | backend NAME undrain: the set
+ * PREFIXdrained, and a "drain NAME" / "undrain NAME" event for the
+ * instances to act on now (they read the set again when they resubscribe). */
+static int backend_cmd(redisContext *rc, const struct cfg *cfg, int argc, char **argv)
+{
+	const char *p = cfg->redis_prefix;
+	redisReply *r;
+	long long n;
+
+	if (argc == 2 && strcmp(argv[1], "list") == 0) {
+		r = ctl_cmd(rc, "SMEMBERS", p, "drained", "", NULL);
+		if (r == NULL)
+			return 1;
+		for (size_t i = 0; i < cfg->nbackends; i++) {
+			const struct cfg_backend *b = &cfg->backends[i];
+			bool drained = false;
+			for (size_t j = 0; j < r->elements && !drained; j++)
+				drained = r->element[j]->type == REDIS_REPLY_STRING &&
+				          strcmp(r->element[j]->str, b->name) == 0;
+			printf("%-20s %-40s %s\n", b->name, b->addr.text,
+			       drained ? "drained" : "in service");
+		}
+		for (size_t j = 0; j < r->elements; j++)
+			if (r->element[j]->type == REDIS_REPLY_STRING &&
+			    cfg_backend_find(cfg, r->element[j]->str) == NULL)
+				printf("%-20.64s %-40s drained\n", r->element[j]->str,
+				       "(not in this configuration)");
+		freeReplyObject(r);
+		return 0;
+	}
+	if (argc != 3 || (strcmp(argv[2], "drain") != 0 && strcmp(argv[2], "undrain") != 0)) {
+		usage(stderr);
+		return 2;
+	}
+	bool on = strcmp(argv[2], "drain") == 0;
+	/* Undraining a name no longer configured is how one cleans it up. */
+	if (on && cfg_backend_find(cfg, argv[1]) == NULL) {
+		fprintf(stderr, "imapmuxctl: no [backend %s] in %s\n", argv[1], cfg->path);
+		return 1;
+	}
+	r = ctl_cmd(rc, on ? "SADD" : "SREM", p, "drained", "", argv[1]);
+	if (r == NULL)
+		return 1;
+	freeReplyObject(r);
+	if (ctl_publish(rc, p, on ? "drain" : "undrain", argv[1], &n) < 0)
+		return 1;
+	printf("backend %s %s; event received by %lld subscriber(s)\n", argv[1],
+	       on ? "drained" : "undrained", n);
+	return 0;
+}
+
 static int run(redisContext *rc, const struct cfg *cfg, int argc, char **argv)
 {
 	const char *p = cfg->redis_prefix;
@@ -350,6 +405,8 @@ static int run(redisContext *rc, const struct cfg *cfg, int argc, char **argv)
 		printf("kick %s: received by %lld subscriber(s)\n", argv[1], n);
 		return 0;
 	}
+	if (argc >= 2 && strcmp(argv[0], "backend") == 0)
+		return backend_cmd(rc, cfg, argc, argv);
 	if (argc == 3 && strcmp(argv[0], "user") == 0 &&
 	    (strcmp(argv[1], "add") == 0 || strcmp(argv[1], "passwd") == 0))
 		return user_set(rc, cfg, argv[2], strcmp(argv[1], "add") == 0);

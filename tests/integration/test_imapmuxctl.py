@@ -2,9 +2,7 @@
 route get/set/del, move (route + kick on two instances sharing Redis, the
 next login on the new backend), kick, user add/passwd, who (sessions of one
 or two instances from their stats ports; a dead one named), usage and exit
-codes.
-
-Not yet covered (not built yet): backend drain/undrain.
+codes. backend drain/undrain/list: tests/integration/test_drain.py.
 """
 
 import os
