@@ -17,8 +17,12 @@ endif
 # up in a normal build or the other way round.
 BUILD_STAMP := .build-flags
 BUILD_FLAGS := $(strip $(CC) $(CPPFLAGS) $(ALL_CFLAGS))
+# `make deb` alone builds in a copy with a stamp of its own: this tree's
+# stamp stays as its objects were built (a SANITIZE=1 tree stays one).
+ifneq ($(if $(MAKECMDGOALS),$(filter-out deb,$(MAKECMDGOALS)),all),)
 ifneq ($(BUILD_FLAGS),$(strip $(shell cat $(BUILD_STAMP) 2>/dev/null)))
 $(shell printf '%s\n' '$(BUILD_FLAGS)' > $(BUILD_STAMP))
+endif
 endif
 
 # The stamp is written by $(shell) above, after make has read the directory:
@@ -242,7 +246,10 @@ deb:
 	  git ls-files -z --cached --others --exclude-standard | \
 	    tar --null --ignore-failed-read -T - -cf - 2>/dev/null; \
 	else tar --exclude=./build --exclude=./.git -cf - .; fi | tar -xf - -C $(DEB_DIR)/src/imapmux
-	cd $(DEB_DIR)/src/imapmux && dpkg-buildpackage -b -us -uc -J$(DEB_JOBS)
+	@# The package is built with Debian's compiler and flags only: no SANITIZE=1,
+	@# CC= or OPT= of this make's command line or environment reaches the copy.
+	cd $(DEB_DIR)/src/imapmux && unset MAKEFLAGS MFLAGS MAKELEVEL SANITIZE CC OPT && \
+	  dpkg-buildpackage -b -us -uc -J$(DEB_JOBS)
 	mv $(DEB_DIR)/src/*.deb $(DEB_DIR)/src/*.buildinfo $(DEB_DIR)/src/*.changes $(DEB_DIR)/
 	rm -rf $(DEB_DIR)/src
 	@ls $(DEB_DIR)/imapmux_*.deb
