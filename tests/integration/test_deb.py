@@ -21,6 +21,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import time
 
 import pytest
 
@@ -38,6 +39,17 @@ UNIT = "/lib/systemd/system/imapmux.service"
 def _run(argv, timeout=60, **kw):
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL, **kw)
+
+
+def _dpkg(*args):
+    """dpkg ARGS, waiting (at most a minute) while another dpkg or apt holds
+    its lock: other work on this machine may be installing packages."""
+    for _ in range(30):
+        r = _run(["dpkg"] + list(args), timeout=300)
+        if r.returncode == 0 or "lock" not in r.stderr:
+            return r
+        time.sleep(2)
+    return r
 
 
 def _dpkg_installed(pkg):
@@ -194,7 +206,7 @@ def test_install_run_as_imapmux_and_purge(deb, dovecot, tmp_path):
     before = _snapshot()
     mux = None
     try:
-        r = _run(["dpkg", "-i", deb], timeout=300)
+        r = _dpkg("-i", deb)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "not started" in r.stdout, r.stdout
 
@@ -255,7 +267,7 @@ def test_install_run_as_imapmux_and_purge(deb, dovecot, tmp_path):
         assert mux.wait(15) == 0, mux.log_tail_text()
         mux = None
 
-        r = _run(["dpkg", "--purge", "imapmux"], timeout=300)
+        r = _dpkg("--purge", "imapmux")
         assert r.returncode == 0, r.stdout + r.stderr
         assert not _dpkg_installed("imapmux")
         for gone in ("/usr/sbin/imapmux", "/usr/sbin/imapmuxctl", "/etc/imapmux", UNIT,
@@ -266,6 +278,6 @@ def test_install_run_as_imapmux_and_purge(deb, dovecot, tmp_path):
             print(mux.log_tail_text(40))
             mux.stop()
         if _dpkg_installed("imapmux"):
-            _run(["dpkg", "--purge", "imapmux"], timeout=300)
+            _dpkg("--purge", "imapmux")
         _restore(before)
     assert _snapshot() == before
