@@ -24,6 +24,7 @@
 
 #include "cryptpool.h"
 #include "pool.h"
+#include "proxyproto.h"
 #include "redis.h"
 #include "route.h"
 #include "sess.h"
@@ -409,6 +410,18 @@ static int login_set_id(struct session *s)
 	return backend_set_id(s->bk, args);
 }
 
+/* send_proxy: the client's addresses (the PROXY header's where one was
+ * read) ahead of everything on b, a connection made for this session. */
+static int login_set_proxy(struct session *s, struct backend *b)
+{
+	uint8_t hdr[PROXYPROTO_BUILD_MAX];
+	int n = proxyproto_build(s->bcfg->send_proxy == CFG_SEND_PROXY_V1 ? 1 : 2,
+	                         s->port != 0 ? s->ip : NULL, s->port, s->lip, s->lport, hdr,
+	                         sizeof(hdr));
+
+	return n < 0 ? -1 : backend_set_proxy(b, hdr, (size_t)n);
+}
+
 /* Log in on b, which this session owns now. */
 static void login_send(struct session *s, struct backend *b)
 {
@@ -419,6 +432,12 @@ static void login_send(struct session *s, struct backend *b)
 
 	s->bk = b;
 	STAT_INC(&s->w->stats, backend_logins);
+	if (bc->send_proxy != CFG_SEND_PROXY_NO && login_set_proxy(s, b) < 0) {
+		/* Only a connection opened for this login can carry its header. */
+		backend_destroy_later(&s->w->reaper, &s->bk);
+		login_fail(s, LOGIN_UNAVAILABLE, false, "cannot give the backend a PROXY header");
+		return;
+	}
 	/* First: a connection that is ready sends its login at once. */
 	r = bc->forward_id ? login_set_id(s) : 0;
 	if (r == 0 && (cfg->auth == CFG_AUTH_REDIS || l->plen == 0))
