@@ -26,6 +26,10 @@ PKGS="$PKGS groff"
 # fail2ban: deploy/fail2ban/filter.d/imapmux.conf is checked with fail2ban-regex
 # against real log lines (test_logs.py); policy-rc.d below keeps its server off.
 PKGS="$PKGS fail2ban"
+# make deb (debian/, debhelper) and its test (test_deb.py), which installs the
+# package: its Depends (ssl-cert for the snakeoil certificate, systemd for
+# systemd-sysusers) and what the test runs (setpriv is in util-linux).
+PKGS="$PKGS debhelper dpkg-dev fakeroot ssl-cert systemd"
 CYRUS_DIR=/usr/local/lib/imapmux-cyrus
 
 installed() {

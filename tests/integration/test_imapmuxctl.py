@@ -88,13 +88,6 @@ def test_kick_counts_receivers(make_mux, redis, prefix, rdv_a, rdv_b, ca_ctx):
     assert b"* BYE [UNAVAILABLE] Session terminated" in got, got
 
 
-def test_man_page_has_no_groff_warnings():
-    page = os.path.join(os.path.dirname(os.path.dirname(HERE)), "doc", "imapmuxctl.8")
-    p = subprocess.run(["groff", "-man", "-ww", "-z", page], capture_output=True, text=True,
-                       timeout=20, env=dict(os.environ, LC_ALL="C.UTF-8"))
-    assert p.returncode == 0 and p.stderr == "", p.stderr
-
-
 def test_user_add_then_passwd_with_auth_redis(make_mux, redis, prefix, rdv_a, ca_ctx):
     from conftest_redis import libcrypt_check, try_login
     m = make_mux(backends=[("a", backend(rdv_a))],
