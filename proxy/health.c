@@ -86,7 +86,7 @@ static struct {
 static void hc_set_up(struct hc_target *t, bool up)
 {
 	t->up = up;
-	atomic_store_explicit(&hc.rt->backend_up[t->index], up, memory_order_relaxed);
+	runtime_set_backend_up(hc.rt, t->index, up);
 }
 
 /* Count one probe's outcome; flip the verdict when a run is long enough. */
@@ -230,7 +230,7 @@ static struct hc_target *hc_targets_new(struct runtime *rt, const struct hc_targ
 			t->ok_run = o->ok_run;
 			t->fail_run = o->fail_run;
 		}
-		atomic_store_explicit(&rt->backend_up[i], t->up, memory_order_relaxed);
+		runtime_set_backend_up(rt, i, t->up);
 		/* The first probe at once, so that a dead backend is found early. */
 		ev_timer_init(&t->tick, hc_tick_cb, 0., t->cfg->check_interval);
 		t->tick.data = t;
