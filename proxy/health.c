@@ -325,6 +325,9 @@ int health_start(struct runtime *rt)
 		log_error("health checks already running");
 		return -1;
 	}
+	/* The runtime in force starts and changes here (health_reload): the
+	 * stats thread reads backend and listener names from it. */
+	runtime_publish(rt);
 	memset(&hc, 0, sizeof(hc));
 	pthread_mutex_init(&hc.lock, NULL);
 	/* NOSIGMASK: libev must not touch the signal mask the thread inherits. */
@@ -373,6 +376,7 @@ void health_reload(struct runtime *rt)
 {
 	struct runtime *prev;
 
+	runtime_publish(rt);
 	if (!hc.running)
 		return;
 	pthread_mutex_lock(&hc.lock);
@@ -403,6 +407,7 @@ void health_reload(struct runtime *rt)
 
 void health_stop(void)
 {
+	runtime_publish(NULL);
 	if (!hc.running)
 		return;
 	pthread_mutex_lock(&hc.lock);

@@ -429,6 +429,34 @@ void runtime_set_backend_up(struct runtime *rt, size_t i, bool up)
 		atomic_store_explicit(&slot_up[rt->backend_slot[i]], up, memory_order_relaxed);
 }
 
+/* ---- the runtime in force ------------------------------------------------ */
+
+/* One reference, swapped under cur_lock; readers take their own reference
+ * under it, so a reload cannot free what a reader is rendering. */
+static pthread_mutex_t cur_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct runtime *cur_rt;
+
+void runtime_publish(struct runtime *rt)
+{
+	struct runtime *old;
+
+	pthread_mutex_lock(&cur_lock);
+	old = cur_rt;
+	cur_rt = rt != NULL ? runtime_ref(rt) : NULL;
+	pthread_mutex_unlock(&cur_lock);
+	runtime_unref(&old);
+}
+
+struct runtime *runtime_current(void)
+{
+	struct runtime *rt;
+
+	pthread_mutex_lock(&cur_lock);
+	rt = cur_rt != NULL ? runtime_ref(cur_rt) : NULL;
+	pthread_mutex_unlock(&cur_lock);
+	return rt;
+}
+
 struct runtime *runtime_new(struct cfg *cfg, char *err, size_t errlen)
 {
 	struct runtime *rt = calloc(1, sizeof(*rt));

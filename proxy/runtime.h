@@ -39,6 +39,14 @@ struct runtime *runtime_new(struct cfg *cfg, char *err, size_t errlen);
 struct runtime *runtime_ref(struct runtime *rt);
 void runtime_unref(struct runtime **rtp);
 
+/* The runtime in force, for threads that are given none (the stats
+ * thread's /metrics and /status): runtime_publish (the health thread's
+ * owner, at start and after each reload; NULL at the end) keeps a reference
+ * to rt and drops the one it had; runtime_current returns a new reference
+ * (runtime_unref it), or NULL before the first and after the last. */
+void runtime_publish(struct runtime *rt);
+struct runtime *runtime_current(void);
+
 /* Index of backend b within rt->cfg->backends. */
 size_t runtime_backend_index(const struct runtime *rt, const struct cfg_backend *b);
 

@@ -44,6 +44,16 @@ _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
 _META = re.compile(r"^# (HELP|TYPE) (%s) (.*)$" % _NAME)
 
 
+def histogram_family(name, types):
+    """The family a sample belongs to: a histogram's _bucket, _sum and _count
+    samples belong to the histogram's name."""
+    for suffix in ("_bucket", "_sum", "_count"):
+        base = name[:-len(suffix)]
+        if name.endswith(suffix) and types.get(base) == "histogram":
+            return base
+    return name
+
+
 def parse_exposition(text):
     """Parse Prometheus text format 0.0.4 strictly enough to catch a broken
     exposition. Returns (samples, types): samples maps (name, labels) to a
@@ -68,7 +78,8 @@ def parse_exposition(text):
         m = _SAMPLE.match(line)
         assert m, "bad sample line %r" % line
         name, labels_text, value = m.groups()
-        assert name in types and name in helps, "%s has no HELP/TYPE before it" % name
+        family = histogram_family(name, types)
+        assert family in types and family in helps, "%s has no HELP/TYPE before it" % name
         labels = ()
         if labels_text:
             inner = labels_text[1:-1]
