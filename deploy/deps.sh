@@ -26,6 +26,9 @@ PKGS="$PKGS groff"
 # fail2ban: deploy/fail2ban/filter.d/imapmux.conf is checked with fail2ban-regex
 # against real log lines (test_logs.py); policy-rc.d below keeps its server off.
 PKGS="$PKGS fail2ban"
+# chromium: the status page (GET /) is rendered in headless Chromium and
+# screenshotted (test_status_page.py).
+PKGS="$PKGS chromium"
 CYRUS_DIR=/usr/local/lib/imapmux-cyrus
 
 installed() {
