@@ -27,8 +27,8 @@ PKGS="$PKGS groff"
 # against real log lines (test_logs.py); policy-rc.d below keeps its server off.
 PKGS="$PKGS fail2ban"
 # chromium: the status page (GET /) is rendered in headless Chromium and
-# screenshotted (test_status_page.py).
-PKGS="$PKGS chromium"
+# screenshotted (test_status_page.py); python3-pil reads the screenshot back.
+PKGS="$PKGS chromium python3-pil"
 CYRUS_DIR=/usr/local/lib/imapmux-cyrus
 
 installed() {

@@ -241,7 +241,7 @@ const char status_page_html[] =
     ".up{background:#1e8e3e;color:#fff}.down{background:#c5221f;color:#fff}\n"
     ".badge{display:inline-block;padding:.1em .6em;border-radius:1em;font-weight:600}\n"
     ".draining{background:#e37400;color:#fff}.accepting{background:#1e8e3e;color:#fff}\n"
-    ".off{background:#888;color:#fff}\n"
+    ".off{background:#888;color:#fff}.card b.badge{font-size:1.2em;margin:.35em 0}\n"
     "#err{color:#b00020;margin-top:1em}\n"
     "</style></head><body>\n"
     "<h1>imapmux <span id=\"ver\"></span> <span id=\"state\" class=\"badge\"></span></h1>\n"
