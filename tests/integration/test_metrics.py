@@ -21,11 +21,14 @@ import urllib.request
 
 import pytest
 
+import conftest
 import lab
 from conftest import backend_section, password, wait_until
 
 pytest.register_assert_rewrite("conftest_redis")
-from conftest_redis import redis_section  # noqa: E402
+from conftest_redis import (  # noqa: E402
+    USERS_R, backend, crypt_hash, rd_password, redis_section, set_password, set_route,
+    try_login)
 
 pytest_plugins = ["conftest_redis"]
 
@@ -558,3 +561,63 @@ def test_readme_table_lists_exactly_the_metrics(make_mux, dovecot, redis, prefix
     assert set(table) - set(types) == set(), "in README's table, not in /metrics"
     wrong = {n: (table[n], t) for n, t in types.items() if table[n] != t}
     assert not wrong, "README type vs /metrics TYPE: %r" % wrong
+
+
+def test_lockouts_counted_by_kind(make_mux, redis, prefix, rdv_a, ca_ctx):
+    """auth = redis with auth_fail_limit = 2 (as test_bruteforce.py): a user
+    whose budget is spent is refused once more (kind="user"), an address
+    whose budget is spent likewise (kind="ip"); both refusals, answered
+    before any backend was chosen, count under backend=""."""
+    for u in USERS_R[:4]:
+        set_password(redis, prefix, u, crypt_hash(rd_password(u), "$6$"))
+    port = lab.free_port()
+    m = make_mux(backends=[("a", backend(rdv_a))], routing={"lookup": "static", "fallback": "a"},
+                 redis=redis_section(redis, prefix),
+                 imapmux={"stats_listen": "127.0.0.1:%d" % port, "auth": "redis",
+                          "auth_fail_limit": 2, "auth_fail_window": "30s",
+                          "auth_fail_delay": "10ms"})
+    lab.wait_listening(port, timeout=10, proc=m.proc)
+    u1, u2, u3, u4 = USERS_R[:4]
+
+    def no(user, pw, src):
+        tagged = try_login(m, ca_ctx, user, pw, source=src)
+        assert tagged.startswith(b"l NO [AUTHENTICATIONFAILED]"), (user, src, tagged)
+
+    # u1's budget from two addresses, then u1 with the right password: user.
+    no(u1, "wrong", "127.0.0.2")
+    no(u1, "wrong", "127.0.0.3")
+    s = scrape(port)
+    assert value(s, "imapmux_login_lockouts_total", kind="user") == 0
+    no(u1, rd_password(u1), "127.0.0.4")
+    s = wait_value(port, "imapmux_login_lockouts_total", 1, kind="user")
+    assert value(s, "imapmux_login_lockouts_total", kind="ip") == 0
+    # 127.0.0.5's budget with two other users, then a third user from it: ip.
+    no(u2, "wrong", "127.0.0.5")
+    no(u3, "wrong", "127.0.0.5")
+    no(u4, rd_password(u4), "127.0.0.5")
+    s = wait_value(port, "imapmux_login_lockouts_total", 1, kind="ip")
+    assert value(s, "imapmux_login_lockouts_total", kind="user") == 1
+    # 4 wrong passwords + 2 lockouts, all before routing; nothing under a.
+    assert value(s, "imapmux_backend_client_logins_total", backend="", result="auth_failed") == 6
+    assert value(s, "imapmux_backend_client_logins_total", backend="a", result="auth_failed") == 0
+    check_histogram(s, "imapmux_login_duration_seconds", 6, backend="")
+
+
+def test_route_sources(make_mux, dovecot, redis, prefix, ca_ctx):
+    """lookup = redis, one worker: a user with a route in Redis is routed by
+    Redis, then by the worker's cache; one without goes to the fallback."""
+    users = list(conftest.USERS)[:2]
+    set_route(redis, prefix, users[0], "a")
+    m, port = start_stats_mux(make_mux, imapmux={"workers": 1},
+                              redis=redis_section(redis, prefix),
+                              routing={"lookup": "redis", "fallback": "a", "cache_ttl": 60})
+    wait_value(port, "imapmux_redis_up", 1)
+
+    def src(name):
+        return ("imapmux_routes_total", (("source", name),))
+    for u in (users[0], users[0], users[1]):
+        c = imap_login(m, ca_ctx, u, password(u))
+        assert c is not None, u
+        c.logout()
+    s = _wait_counts(port, {src("redis"): 1, src("cache"): 1, src("fallback"): 1})
+    assert [s[src(x)] for x in ("redis", "cache", "fallback", "static")] == [1, 1, 1, 0], s
