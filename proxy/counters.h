@@ -107,7 +107,7 @@ struct stats {
 	atomic_ulong route_redis;      /* routes read from Redis */
 	atomic_ulong route_cache;      /* ... from the worker's route cache */
 	atomic_ulong route_fallback;   /* ... none found (or Redis down): fallback */
-	atomic_ulong route_static;     /* lookup = none: fallback straight away */
+	atomic_ulong route_static;     /* lookup = static: fallback straight away */
 	struct stats_backend bk[STATS_BACKENDS + 1]; /* per slot; [STATS_NO_SLOT] the overflow */
 	struct stats_hist login_noslot; /* logins answered before any backend was chosen */
 };

@@ -5,6 +5,16 @@
  * GET /metrics and owns the HTTP side.
  *
  *   counters[0..n) --stats_collect (relaxed loads, summed)--> metrics_render --> text
+ *   backend slots (runtime.h: names, health) ------------------^
+ *   runtime_current() ([redis] configured or not) -------------^
+ *
+ * Per-backend families have one series per backend slot, labelled with the
+ * slot's name (escaped: label_value): a name keeps its slot for the life of
+ * the process, so its counters survive reloads. Histograms are kept as
+ * per-bucket counts (counters.h) and made cumulative here, after the sum
+ * over the workers, so that a scrape's buckets never decrease along le.
+ * README's metrics table lists every family (test_metrics.py holds them
+ * equal).
  */
 #include "metrics.h"
 
