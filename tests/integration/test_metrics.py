@@ -27,7 +27,7 @@ from conftest import backend_section, password, wait_until
 
 pytest.register_assert_rewrite("conftest_redis")
 from conftest_redis import (  # noqa: E402
-    USERS_R, backend, crypt_hash, rd_password, redis_section, set_password, set_route,
+    USERS_R, backend, connect, crypt_hash, rd_password, redis_section, set_password, set_route,
     try_login)
 
 pytest_plugins = ["conftest_redis"]
@@ -621,3 +621,31 @@ def test_route_sources(make_mux, dovecot, redis, prefix, ca_ctx):
         c.logout()
     s = _wait_counts(port, {src("redis"): 1, src("cache"): 1, src("fallback"): 1})
     assert [s[src(x)] for x in ("redis", "cache", "fallback", "static")] == [1, 1, 1, 0], s
+
+
+def test_pool_waiters_gauge(make_mux, dovecot, ca_ctx):
+    """As test_pool.py's pool_wait scenario, on one worker with pool_max = 1:
+    while one session holds the only connection, a second login waits for
+    it (waiters 1); the first one's LOGOUT frees the slot (reuse_ttl = 0),
+    the waiting login gets a connection and waiters is 0 again."""
+    m, port = start_stats_mux(make_mux, imapmux={"workers": 1}, backends=[
+        ("a", backend_section(dovecot, pool_max=1, pool_wait="10s", reuse_ttl=0))])
+    first = imap_login(m, ca_ctx, "alice", password("alice"))
+    second = None
+    try:
+        s = wait_value(port, "imapmux_backend_pool_connections", 1, backend="a", state="in_use")
+        assert value(s, "imapmux_backend_pool_waiters", backend="a") == 0
+        second = connect(m.imaps_port, ca_ctx)
+        second.cmd_send("w", 'LOGIN alice "%s"' % password("alice"))
+        wait_value(port, "imapmux_backend_pool_waiters", 1, backend="a")
+        first.logout()
+        first = None
+        _, tagged = second.read_until_tagged("w", timeout=10)
+        assert tagged.startswith(b"w OK"), tagged
+        s = wait_value(port, "imapmux_backend_pool_waiters", 0, backend="a")
+        assert value(s, "imapmux_backend_pool_connections", backend="a", state="in_use") == 1
+    finally:
+        if first is not None:
+            first.logout()
+        if second is not None:
+            second.close()
