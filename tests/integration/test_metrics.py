@@ -27,8 +27,8 @@ from conftest import backend_section, password, wait_until
 
 pytest.register_assert_rewrite("conftest_redis")
 from conftest_redis import (  # noqa: E402
-    USERS_R, backend, connect, crypt_hash, rd_password, redis_section, set_password, set_route,
-    try_login)
+    USERS_R, backend, connect, crypt_hash, rd_password, redis_section, restart_redis,
+    set_password, set_route, try_login)
 
 pytest_plugins = ["conftest_redis"]
 
@@ -510,9 +510,9 @@ def test_redis_link_gauge(make_mux, dovecot, fresh_redis, prefix):
     wait_value(port, "imapmux_redis_up", 1)
     s = scrape(port)
     assert value(s, "imapmux_redis_reconnects_total") == 0
-    fresh_redis.stop()
+    fresh_redis.proc.kill_hard()  # SIGKILL: no goodbye on the connections
     wait_value(port, "imapmux_redis_up", 0)
-    fresh_redis.start()
+    restart_redis(fresh_redis)
     s = wait_value(port, "imapmux_redis_up", 1, timeout=15)
     assert value(s, "imapmux_redis_reconnects_total") >= 1
 
