@@ -30,6 +30,9 @@ PKGS="$PKGS fail2ban"
 # package: its Depends (ssl-cert for the snakeoil certificate, systemd for
 # systemd-sysusers) and what the test runs (setpriv is in util-linux).
 PKGS="$PKGS debhelper dpkg-dev fakeroot ssl-cert systemd"
+# chromium: the status page (GET /) is rendered in headless Chromium and
+# screenshotted (test_status_page.py); python3-pil reads the screenshot back.
+PKGS="$PKGS chromium python3-pil"
 CYRUS_DIR=/usr/local/lib/imapmux-cyrus
 
 installed() {

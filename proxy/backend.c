@@ -83,6 +83,55 @@ static const unsigned bk_moves[] = {
 };
 
 /* Every state change goes through here. */
+/* The class b counts in now (counters.h). */
+static enum stats_conn_class bk_class(const struct backend *b)
+{
+	if (b->state == BK_FAILED)
+		return STATS_CONN_NONE;
+	if (b->st_watcher)
+		return STATS_CONN_WATCHER;
+	switch (b->state) {
+	case BK_READY:
+		return STATS_CONN_IDLE;
+	case BK_LOGIN:
+	case BK_LOGIN_CAPS:
+		return STATS_CONN_LOGIN;
+	case BK_ATTACHED:
+		return STATS_CONN_IN_USE;
+	case BK_HELD:
+		return STATS_CONN_HELD;
+	case BK_UNAUTH:
+		return STATS_CONN_RETURNING;
+	default:
+		return STATS_CONN_CONNECTING;
+	}
+}
+
+/* Move b's count to the class its state says (to: forced, NONE at the end). */
+static void bk_recount(struct backend *b, enum stats_conn_class to)
+{
+	if (b->st == NULL)
+		return;
+	stats_conn_move(b->st, b->st_class, to);
+	b->st_class = to;
+}
+
+void backend_count_in(struct backend *b, struct stats_backend *sb)
+{
+	bk_recount(b, STATS_CONN_NONE);
+	b->st = sb;
+	b->st_class = STATS_CONN_NONE;
+	bk_recount(b, bk_class(b));
+	if (sb != NULL)
+		STAT_INC(sb, connects);
+}
+
+void backend_count_as_watcher(struct backend *b)
+{
+	b->st_watcher = true;
+	bk_recount(b, bk_class(b));
+}
+
 void bk_enter(struct backend *b, enum bk_state to)
 {
 	if (to != BK_FAILED && !(bk_moves[b->state] & TO(to))) {
@@ -91,6 +140,11 @@ void bk_enter(struct backend *b, enum bk_state to)
 		assert(!"illegal backend state move");
 	}
 	b->state = to;
+	bk_recount(b, bk_class(b));
+	if (to == BK_READY && !b->st_connected && b->st != NULL) {
+		b->st_connected = true;
+		stats_hist_observe(&b->st->connect_seconds, ev_time() - b->st_started);
+	}
 }
 
 /* This module reads the stream (see backend.h). */
@@ -253,6 +307,7 @@ struct backend *backend_new(struct ev_loop *loop, const struct cfg_backend *cfg,
                             unsigned long sid, backend_done_cb *done, void *owner)
 {
 	struct backend *b;
+	double started = ev_time();
 	int fd;
 
 	fd = conn_socket_connect((const struct sockaddr *)&cfg->addr.ss, cfg->addr.len);
@@ -274,6 +329,8 @@ struct backend *backend_new(struct ev_loop *loop, const struct cfg_backend *cfg,
 	b->done = done;
 	b->owner = owner;
 	b->state = BK_CONNECTING;
+	b->st_class = STATS_CONN_NONE;
+	b->st_started = started;
 	cmdq_init(&b->cmds);
 	conn_init(&b->conn, loop, fd, BK_BUF_SIZE, BK_BUF_SIZE, bk_io, b);
 	b->conn.connecting = true;
@@ -737,6 +794,7 @@ void backend_destroy(struct backend **bp)
 		return;
 	*bp = NULL;
 	bk_close(b);
+	bk_recount(b, STATS_CONN_NONE);
 	if (b->hooks != NULL && b->hooks->gone != NULL)
 		b->hooks->gone(b->hooks_ctx, b);
 	bk_forget_caps(b);

@@ -49,6 +49,7 @@
 #include "cfg.h"
 #include "cmdq.h"
 #include "conn.h"
+#include "counters.h"
 #include "imap_args.h"
 #include "imap_tok.h"
 #include "list.h"
@@ -143,12 +144,29 @@ struct backend {
 	backend_done_cb *done;
 	void *owner;
 	unsigned long sid; /* session id for logs */
+
+	/* /metrics: the worker's counters of this backend (NULL: not counted,
+	 * a health probe), the class it is counted in there, and when its
+	 * connect began (for the connect histogram, observed once at READY) */
+	struct stats_backend *st;
+	enum stats_conn_class st_class;
+	bool st_watcher;
+	bool st_connected;
+	double st_started;
 };
 
 /* Start connecting to backend cfg. Returns NULL on immediate failure (no
  * callback then). */
 struct backend *backend_new(struct ev_loop *loop, const struct cfg_backend *cfg, SSL_CTX *ctx,
                             unsigned long sid, backend_done_cb *done, void *owner);
+
+/* Count b in sb (one worker's counters of its backend, counters.h): its
+ * connection class as it moves, its connect time once READY. The thread of
+ * b's loop writes sb only. */
+void backend_count_in(struct backend *b, struct stats_backend *sb);
+
+/* Count b as a watcher's connection from now on, whatever its state. */
+void backend_count_as_watcher(struct backend *b);
 
 /* Report gone/caps through hooks (ctx passed back); NULL: report nothing. */
 void backend_set_hooks(struct backend *b, const struct backend_hooks *hooks, void *ctx);

@@ -86,7 +86,7 @@ static struct {
 static void hc_set_up(struct hc_target *t, bool up)
 {
 	t->up = up;
-	atomic_store_explicit(&hc.rt->backend_up[t->index], up, memory_order_relaxed);
+	runtime_set_backend_up(hc.rt, t->index, up);
 }
 
 /* Count one probe's outcome; flip the verdict when a run is long enough. */
@@ -230,7 +230,7 @@ static struct hc_target *hc_targets_new(struct runtime *rt, const struct hc_targ
 			t->ok_run = o->ok_run;
 			t->fail_run = o->fail_run;
 		}
-		atomic_store_explicit(&rt->backend_up[i], t->up, memory_order_relaxed);
+		runtime_set_backend_up(rt, i, t->up);
 		/* The first probe at once, so that a dead backend is found early. */
 		ev_timer_init(&t->tick, hc_tick_cb, 0., t->cfg->check_interval);
 		t->tick.data = t;
@@ -325,6 +325,9 @@ int health_start(struct runtime *rt)
 		log_error("health checks already running");
 		return -1;
 	}
+	/* The runtime in force starts and changes here (health_reload): the
+	 * stats thread reads backend and listener names from it. */
+	runtime_publish(rt);
 	memset(&hc, 0, sizeof(hc));
 	pthread_mutex_init(&hc.lock, NULL);
 	/* NOSIGMASK: libev must not touch the signal mask the thread inherits. */
@@ -373,6 +376,7 @@ void health_reload(struct runtime *rt)
 {
 	struct runtime *prev;
 
+	runtime_publish(rt);
 	if (!hc.running)
 		return;
 	pthread_mutex_lock(&hc.lock);
@@ -403,6 +407,7 @@ void health_reload(struct runtime *rt)
 
 void health_stop(void)
 {
+	runtime_publish(NULL);
 	if (!hc.running)
 		return;
 	pthread_mutex_lock(&hc.lock);

@@ -55,6 +55,12 @@ struct login {
 	enum login_result result;
 	bool keep_key; /* see login_req */
 	login_done_cb *done;
+	/* /metrics: a client's LOGIN or AUTHENTICATE (not a wake's login) is
+	 * timed from login_start to its answer, and counted by result under
+	 * the backend it was routed to (slot; STATS_NO_SLOT before that) */
+	bool client;
+	double started;
+	unsigned slot;
 };
 
 static void login_free(struct session *s)
@@ -87,6 +93,18 @@ void login_abort(struct session *s)
 	login_free(s);
 }
 
+/* A client's login is answered now: time it under its backend. */
+static void login_observe(struct session *s, const struct login *l)
+{
+	struct stats *st = &s->w->stats;
+
+	if (!l->client)
+		return;
+	stats_hist_observe(l->slot == STATS_NO_SLOT ? &st->login_noslot
+	                                            : &st->bk[l->slot].login_seconds,
+	                   ev_time() - l->started);
+}
+
 /* The login failed: free it, then tell the caller. */
 static void login_answer(struct session *s)
 {
@@ -94,6 +112,7 @@ static void login_answer(struct session *s)
 	enum login_result r = l->result;
 	login_done_cb *done = l->done;
 
+	login_observe(s, l);
 	login_free(s);
 	done(s, r, NULL, false);
 }
@@ -101,8 +120,12 @@ static void login_answer(struct session *s)
 /* Logged in on b: the attempt frees its place, the caller takes b. */
 static void login_succeed(struct session *s, struct backend *b, bool reused)
 {
-	login_done_cb *done = s->login->done;
+	struct login *l = s->login;
+	login_done_cb *done = l->done;
 
+	if (l->client)
+		STAT_INC(&s->w->stats.bk[l->slot], logins_ok);
+	login_observe(s, l);
 	login_release(s);
 	login_free(s);
 	s->bk = NULL;
@@ -279,6 +302,10 @@ static void login_fail(struct session *s, enum login_result r, bool count, const
 		STAT_INC(&s->w->stats, logins_unavailable);
 	else
 		STAT_INC(&s->w->stats, logins_auth_failed);
+	if (l->client && r == LOGIN_UNAVAILABLE)
+		STAT_INC(&s->w->stats.bk[l->slot], logins_unavailable);
+	else if (l->client)
+		STAT_INC(&s->w->stats.bk[l->slot], logins_failed);
 	l->result = r;
 	l->req = NULL;
 	l->job = NULL;
@@ -332,6 +359,7 @@ static void login_backend(struct session *s, const struct cfg_backend *bc)
 		return;
 	}
 	i = runtime_backend_index(s->rt, bc);
+	l->slot = s->rt->backend_slot[i];
 	if (!runtime_backend_up(s->rt, i)) {
 		login_fail(s, LOGIN_UNAVAILABLE, false, "routed backend is down");
 		return;
@@ -479,6 +507,10 @@ static void login_route_reply(void *arg, const redisReply *rep)
 		if (bc == NULL)
 			sess_log(s, LOG_LVL_WARN, "route names an unknown backend: using fallback");
 	}
+	if (bc != NULL)
+		STAT_INC(&s->w->stats, route_redis);
+	else
+		STAT_INC(&s->w->stats, route_fallback);
 	if (rep != NULL && rep->type != REDIS_REPLY_ERROR && cfg->cache_ttl > 0) {
 		double now = ev_now(s->w->loop);
 		int val = bc ? (int)runtime_backend_index(s->rt, bc) : -1;
@@ -497,28 +529,29 @@ static void login_route(struct session *s)
 	int val;
 
 	if (cfg->lookup != CFG_LOOKUP_REDIS) {
+		STAT_INC(&s->w->stats, route_static);
 		login_backend(s, login_fallback(s));
 		return;
 	}
 	if (s->w->routes != NULL &&
 	    ttlmap_get(s->w->routes, l->user, l->ulen, ev_now(s->w->loop), &val) == 0) {
+		STAT_INC(&s->w->stats, route_cache);
 		login_backend(s, val >= 0 && (size_t)val < cfg->nbackends ? &cfg->backends[val]
 		                                                          : login_fallback(s));
 		return;
 	}
-	if (r == NULL) {
-		login_backend(s, login_fallback(s));
-		return;
-	}
-	if (sess_key(s, "route:", l->user, l->ulen, key, &klen) < 0) {
+	if (r == NULL || sess_key(s, "route:", l->user, l->ulen, key, &klen) < 0) {
+		STAT_INC(&s->w->stats, route_fallback);
 		login_backend(s, login_fallback(s));
 		return;
 	}
 	const char *argv[2] = {"GET", key};
 	size_t argvlen[2] = {3, klen};
 	l->req = rds_command(r, login_route_reply, s, 2, argv, argvlen);
-	if (l->req == NULL) /* Redis down: the fallback still works */
+	if (l->req == NULL) { /* Redis down: the fallback still works */
+		STAT_INC(&s->w->stats, route_fallback);
 		login_backend(s, login_fallback(s));
+	}
 }
 
 static void login_verified(void *arg, int result)
@@ -620,6 +653,10 @@ static void login_check_reply(void *arg, const redisReply *rep)
 			break;
 		case 1:
 		case 2:
+			if (rep->integer == 1)
+				STAT_INC(&s->w->stats, lockouts_ip);
+			else
+				STAT_INC(&s->w->stats, lockouts_user);
 			login_fail(s, LOGIN_AUTH_FAILED, false,
 			           rep->integer == 1 ? "too many failures from this address"
 			                             : "too many failures for this user");
@@ -718,6 +755,9 @@ int login_start(struct session *s, const struct login_req *rq)
 	l->plen = rq->plen;
 	l->done = rq->done;
 	l->keep_key = rq->keep_key;
+	l->client = !rq->verified;
+	l->started = ev_time();
+	l->slot = STATS_NO_SLOT;
 	ev_init(&l->delay, login_delay_cb);
 	l->delay.data = s;
 	ev_init(&l->retry, login_retry_cb);

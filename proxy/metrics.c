@@ -5,18 +5,34 @@
  * GET /metrics and owns the HTTP side.
  *
  *   counters[0..n) --stats_collect (relaxed loads, summed)--> metrics_render --> text
+ *   backend slots (runtime.h: names, health) ------------------^
+ *   runtime_current() ([redis] configured or not) -------------^
+ *
+ * Per-backend families have one series per backend slot, labelled with the
+ * slot's name (escaped: label_value): a name keeps its slot for the life of
+ * the process, so its counters survive reloads. Histograms are kept as
+ * per-bucket counts (counters.h) and made cumulative here, after the sum
+ * over the workers, so that a scrape's buckets never decrease along le.
+ * README's metrics table lists every family (test_metrics.py holds them
+ * equal).
  */
 #include "metrics.h"
 
 #include <dirent.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "counters.h"
+#include "runtime.h"
 #include "zone.h"
+
+#ifndef IMAPMUX_VERSION
+#define IMAPMUX_VERSION "0.1.0" /* as in sess.h */
+#endif
 
 /* ------------------------------------------------------------------------
  * text: a growing string for the response, with a sticky failure flag so
@@ -125,6 +141,10 @@ struct stats_sum {
 	unsigned long watchers_lost;
 	unsigned long parks, wakes_client, wakes_change, wakes_failed, park_answers,
 	    park_keepalives, tls_shed;
+	long redis_up; /* workers whose Redis command link is up */
+	unsigned long redis_reconnects;
+	unsigned long lockouts_ip, lockouts_user;
+	unsigned long route_redis, route_cache, route_fallback, route_static;
 };
 
 #define LOAD(st, field) atomic_load_explicit(&(st)->field, memory_order_relaxed)
@@ -166,6 +186,14 @@ static void stats_collect(struct stats_sum *s, const struct stats *const *counte
 		s->watchers_up += LOAD(st, watchers_up);
 		s->watchers_lost += LOAD(st, watchers_lost);
 		s->line_too_long += LOAD(st, line_too_long);
+		s->redis_up += LOAD(st, redis_up);
+		s->redis_reconnects += LOAD(st, redis_reconnects);
+		s->lockouts_ip += LOAD(st, lockouts_ip);
+		s->lockouts_user += LOAD(st, lockouts_user);
+		s->route_redis += LOAD(st, route_redis);
+		s->route_cache += LOAD(st, route_cache);
+		s->route_fallback += LOAD(st, route_fallback);
+		s->route_static += LOAD(st, route_static);
 	}
 }
 
@@ -222,6 +250,200 @@ static void gauge(struct text *t, const char *name, const char *help, long v)
 	text_printf(t, "%s %ld\n", name, v);
 }
 
+/* ------------------------------------------------------------------------
+ * per backend: one series per backend slot (runtime.h), labelled with the
+ * slot's name; a name keeps its slot, so its counters, across reloads
+ */
+
+/* v as a label value (text format 0.0.4: backslash, double quote and line
+ * feed escaped), between the quotes the caller writes. */
+static void label_value(struct text *t, const char *v)
+{
+	for (; *v != '\0'; v++) {
+		if (*v == '\\')
+			text_append(t, "\\\\", 2);
+		else if (*v == '"')
+			text_append(t, "\\\"", 2);
+		else if (*v == '\n')
+			text_append(t, "\\n", 2);
+		else
+			text_append(t, v, 1);
+	}
+}
+
+/* name{backend="slot's name" — the caller goes on with more labels or '}'.
+ * STATS_NO_SLOT is backend="": no backend chosen (or past the slots). */
+static void bk_series(struct text *t, const char *name, const char *suffix, unsigned slot)
+{
+	text_printf(t, "%s%s{backend=\"", name, suffix);
+	if (slot != STATS_NO_SLOT)
+		label_value(t, runtime_slot_name(slot));
+	text_append(t, "\"", 1);
+}
+
+/* The sum over the workers of the field at off in slot's struct stats_backend. */
+static long bk_sum(const struct stats *const *counters, unsigned n, unsigned slot, size_t off)
+{
+	long sum = 0;
+
+	for (unsigned i = 0; i < n; i++) {
+		const char *sb = (const char *)&counters[i]->bk[slot];
+
+		sum += atomic_load_explicit((const atomic_long *)(sb + off), memory_order_relaxed);
+	}
+	return sum;
+}
+
+#define BK_SUM(slot, field) bk_sum(counters, n, slot, offsetof(struct stats_backend, field))
+
+/* A gauge or counter family with one sample per slot. */
+static void bk_family(struct text *t, const struct stats *const *counters, unsigned n,
+                      const char *name, const char *type, const char *help, size_t off)
+{
+	unsigned nslots = runtime_slots();
+
+	metric_head(t, name, type, help);
+	for (unsigned slot = 0; slot < nslots; slot++) {
+		long v = bk_sum(counters, n, slot, off);
+
+		bk_series(t, name, "", slot);
+		/* A gauge summed from loads made at different moments can dip
+		 * below zero for an instant. */
+		text_printf(t, "} %ld\n", v < 0 ? 0 : v);
+	}
+}
+
+/*
+ * One histogram series: buckets summed over the workers (each loaded once),
+ * then made cumulative, so that they never decrease along le and the +Inf
+ * bucket is the count. hist_off: where the struct stats_hist is in a
+ * struct stats.
+ */
+static void hist_series(struct text *t, const struct stats *const *counters, unsigned n,
+                        const char *name, unsigned slot, size_t hist_off)
+{
+	static const double bounds[STATS_HIST_N] = STATS_HIST_BOUNDS;
+	unsigned long b[STATS_HIST_N + 1] = {0}, sum_us = 0, cum = 0;
+
+	for (unsigned i = 0; i < n; i++) {
+		const struct stats_hist *h =
+		    (const struct stats_hist *)((const char *)counters[i] + hist_off);
+
+		for (unsigned j = 0; j <= STATS_HIST_N; j++)
+			b[j] += atomic_load_explicit(&h->bucket[j], memory_order_relaxed);
+		sum_us += atomic_load_explicit(&h->sum_us, memory_order_relaxed);
+	}
+	for (unsigned j = 0; j <= STATS_HIST_N; j++) {
+		cum += b[j];
+		bk_series(t, name, "_bucket", slot);
+		if (j < STATS_HIST_N)
+			text_printf(t, ",le=\"%g\"} %lu\n", bounds[j], cum);
+		else
+			text_printf(t, ",le=\"+Inf\"} %lu\n", cum);
+	}
+	bk_series(t, name, "_sum", slot);
+	text_printf(t, "} %.6f\n", (double)sum_us / 1e6);
+	bk_series(t, name, "_count", slot);
+	text_printf(t, "} %lu\n", cum);
+}
+
+#define BK_HIST_OFF(slot, field)                                                                   \
+	(offsetof(struct stats, bk) + (slot) * sizeof(struct stats_backend) +                      \
+	 offsetof(struct stats_backend, field))
+
+static void render_backends(struct text *t, const struct stats *const *counters, unsigned n)
+{
+	static const char *const class_names[STATS_CONN_N] = {
+	    [STATS_CONN_CONNECTING] = "connecting",
+	    [STATS_CONN_IDLE] = "idle",
+	    [STATS_CONN_LOGIN] = "login",
+	    [STATS_CONN_IN_USE] = "in_use",
+	    [STATS_CONN_HELD] = "held",
+	    [STATS_CONN_RETURNING] = "returning",
+	    [STATS_CONN_WATCHER] = "watcher",
+	};
+	unsigned nslots = runtime_slots();
+	const char *name;
+
+	name = "imapmux_backend_up";
+	metric_head(t, name, "gauge",
+	            "1 while the backend passes its health checks (or is not checked), else 0.");
+	for (unsigned slot = 0; slot < nslots; slot++) {
+		bk_series(t, name, "", slot);
+		text_printf(t, "} %d\n", runtime_slot_up(slot) ? 1 : 0);
+	}
+
+	name = "imapmux_backend_connections";
+	metric_head(t, name, "gauge",
+	            "Backend connections of client sessions, pools and watchers now, by state.");
+	for (unsigned slot = 0; slot < nslots; slot++) {
+		for (unsigned c = 0; c < STATS_CONN_N; c++) {
+			long v =
+			    bk_sum(counters, n, slot,
+			           offsetof(struct stats_backend, conns) + c * sizeof(atomic_long));
+			bk_series(t, name, "", slot);
+			text_printf(t, ",state=\"%s\"} %ld\n", class_names[c], v < 0 ? 0 : v);
+		}
+	}
+	bk_family(t, counters, n, "imapmux_backend_connections_opened_total", "counter",
+	          "Backend connections opened, per backend.",
+	          offsetof(struct stats_backend, connects));
+
+	/* Logins answered before a backend was chosen count under backend="". */
+	name = "imapmux_backend_client_logins_total";
+	metric_head(t, name, "counter",
+	            "Client logins (LOGIN, AUTHENTICATE) by the backend they were routed to "
+	            "(\"\": answered before one was chosen) and result.");
+	for (unsigned slot = 0; slot <= nslots; slot++) {
+		unsigned sl = slot == nslots ? STATS_NO_SLOT : slot;
+
+		bk_series(t, name, "", sl);
+		text_printf(t, ",result=\"ok\"} %ld\n", BK_SUM(sl, logins_ok));
+		bk_series(t, name, "", sl);
+		text_printf(t, ",result=\"auth_failed\"} %ld\n", BK_SUM(sl, logins_failed));
+		bk_series(t, name, "", sl);
+		text_printf(t, ",result=\"unavailable\"} %ld\n", BK_SUM(sl, logins_unavailable));
+	}
+
+	bk_family(t, counters, n, "imapmux_backend_reuse_hits_total", "counter",
+	          "Client logins served by a backend session kept after an earlier LOGOUT.",
+	          offsetof(struct stats_backend, reuse_hits));
+
+	name = "imapmux_backend_pool_connections";
+	metric_head(t, name, "gauge",
+	            "The worker pools' connections now: idle (greeted, ready), opening "
+	            "(connecting or coming back), in_use (lent to a session or kept for reuse).");
+	for (unsigned slot = 0; slot < nslots; slot++) {
+		long idle = BK_SUM(slot, pool_idle), opening = BK_SUM(slot, pool_opening);
+		long in_use = BK_SUM(slot, pool_total) - idle - opening;
+
+		bk_series(t, name, "", slot);
+		text_printf(t, ",state=\"idle\"} %ld\n", idle < 0 ? 0 : idle);
+		bk_series(t, name, "", slot);
+		text_printf(t, ",state=\"opening\"} %ld\n", opening < 0 ? 0 : opening);
+		bk_series(t, name, "", slot);
+		text_printf(t, ",state=\"in_use\"} %ld\n", in_use < 0 ? 0 : in_use);
+	}
+	bk_family(t, counters, n, "imapmux_backend_pool_waiters", "gauge",
+	          "Logins waiting for a pool connection (the pool at pool_max).",
+	          offsetof(struct stats_backend, pool_waiters));
+
+	name = "imapmux_login_duration_seconds";
+	metric_head(t, name, "histogram",
+	            "Client logins from the command read to its tagged answer, by backend "
+	            "(\"\": answered before one was chosen).");
+	for (unsigned slot = 0; slot < nslots; slot++)
+		hist_series(t, counters, n, name, slot, BK_HIST_OFF(slot, login_seconds));
+	hist_series(t, counters, n, name, STATS_NO_SLOT, offsetof(struct stats, login_noslot));
+
+	name = "imapmux_backend_connect_duration_seconds";
+	metric_head(t, name, "histogram",
+	            "Backend connections from the connect to READY (TCP, TLS, greeting, "
+	            "capabilities).");
+	for (unsigned slot = 0; slot < nslots; slot++)
+		hist_series(t, counters, n, name, slot, BK_HIST_OFF(slot, connect_seconds));
+}
+
 /*
  * The exposition (text format 0.0.4). Process metrics that cannot be read
  * are left out rather than shown with a made-up value.
@@ -230,12 +452,18 @@ void metrics_render(struct text *t, const struct stats *const *counters, unsigne
                     double start_time)
 {
 	struct stats_sum s;
+	struct runtime *rt;
 	unsigned long fds;
 	unsigned long long rss;
 	const char *name;
 
 	stats_collect(&s, counters, n);
+	rt = runtime_current();
 	gauge(t, "imapmux_up", "1 while imapmux serves metrics.", 1);
+	metric_head(t, "imapmux_build_info", "gauge", "Always 1; the version in a label.");
+	text_printf(t, "imapmux_build_info{version=\"");
+	label_value(t, IMAPMUX_VERSION);
+	text_printf(t, "\"} 1\n");
 	gauge(t, "imapmux_workers", "Worker threads.", (long)n);
 	counter(t, "imapmux_connections_total", "Client connections accepted.", s.conns_total);
 	gauge(t, "imapmux_sessions", "Client sessions open now.", s.sessions_active);
@@ -320,6 +548,31 @@ void metrics_render(struct text *t, const struct stats *const *counters, unsigne
 	counter(t, "imapmux_lines_too_long_total",
 	        "Sessions closed because a command line after login exceeded max_line_length.",
 	        s.line_too_long);
+
+	name = "imapmux_login_lockouts_total";
+	metric_head(t, name, "counter",
+	            "Logins refused by the brute-force limits, by whose failure budget was spent.");
+	text_printf(t, "%s{kind=\"ip\"} %lu\n", name, s.lockouts_ip);
+	text_printf(t, "%s{kind=\"user\"} %lu\n", name, s.lockouts_user);
+	name = "imapmux_routes_total";
+	metric_head(
+	    t, name, "counter",
+	    "Backends chosen for logins, by where the route came from: redis, the "
+	    "worker's cache, fallback (no route, or Redis down), static (lookup = static).");
+	text_printf(t, "%s{source=\"redis\"} %lu\n", name, s.route_redis);
+	text_printf(t, "%s{source=\"cache\"} %lu\n", name, s.route_cache);
+	text_printf(t, "%s{source=\"fallback\"} %lu\n", name, s.route_fallback);
+	text_printf(t, "%s{source=\"static\"} %lu\n", name, s.route_static);
+	if (rt != NULL && rt->cfg->has_redis) {
+		gauge(t, "imapmux_redis_up",
+		      "1 while every worker's Redis command connection is up, else 0.",
+		      s.redis_up >= (long)n && n > 0 ? 1 : 0);
+		counter(t, "imapmux_redis_reconnects_total",
+		        "Redis command connections made again after one was lost.",
+		        s.redis_reconnects);
+	}
+	render_backends(t, counters, n);
+	runtime_unref(&rt);
 
 	if (proc_open_fds(&fds) == 0) {
 		metric_head(t, "process_open_fds", "gauge", "Number of open file descriptors.");

@@ -61,6 +61,7 @@ struct pool {
 	unsigned nopening;
 	unsigned total;
 	struct list_node waiters; /* logins waiting for a slot (pool_wait.node), oldest first */
+	struct stats_backend *st; /* the worker's counters of this backend (/metrics) */
 	ev_timer refill;          /* backoff and idle-age sweeps */
 	double backoff;
 	double backoff_until;          /* no refill before this time (after failures) */
@@ -105,10 +106,13 @@ static void disown(struct pool *p, struct backend *b)
 	if (!is_owned(b))
 		return;
 	list_remove(&b->pool_node);
-	if (b->pool_idle)
+	if (b->pool_idle) {
 		p->nidle--;
-	else
+		STAT_DEC(p->st, pool_idle);
+	} else {
 		p->nopening--;
+		STAT_DEC(p->st, pool_opening);
+	}
 	b->pool_idle = false;
 }
 
@@ -118,6 +122,7 @@ static void idle_push(struct pool *p, struct backend *b)
 	b->pool_idle = true;
 	b->pool_since = ev_now(p->w->loop);
 	p->nidle++;
+	STAT_INC(p->st, pool_idle);
 }
 
 static void opening_push(struct pool *p, struct backend *b)
@@ -125,6 +130,7 @@ static void opening_push(struct pool *p, struct backend *b)
 	list_push_front(&p->opening, &b->pool_node);
 	b->pool_idle = false;
 	p->nopening++;
+	STAT_INC(p->st, pool_opening);
 }
 
 static struct backend *idle_first(const struct pool *p)
@@ -209,7 +215,9 @@ static struct backend *pool_open(struct pool *p, unsigned long sid, backend_done
 	b->pool = p;
 	backend_set_hooks(b, &pool_hooks, p);
 	p->total++;
+	STAT_INC(p->st, pool_total);
 	STAT_INC(&p->w->stats, backend_connects);
+	backend_count_in(b, p->st);
 	return b;
 }
 
@@ -285,6 +293,8 @@ struct pool *pool_of(struct worker *w, struct runtime *rt, const struct cfg_back
 		if (p == NULL)
 			return NULL;
 		p->w = w;
+		/* A name keeps its slot: the pool (found by name) keeps its counters. */
+		p->st = &w->stats.bk[rt->backend_slot[i]];
 		list_init(&p->idle);
 		list_init(&p->opening);
 		list_init(&p->waiters);
@@ -365,6 +375,7 @@ int pool_acquire(struct pool *p, unsigned long sid, backend_done_cb *done, void 
 	wt->done = done;
 	wt->owner = owner;
 	list_push_back(&p->waiters, &wt->node);
+	STAT_INC(p->st, pool_waiters);
 	*wait_r = wt;
 	wait_arm(wt);
 	return -2;
@@ -373,6 +384,7 @@ int pool_acquire(struct pool *p, unsigned long sid, backend_done_cb *done, void 
 static void wait_unlink(struct pool_wait *wt)
 {
 	list_remove(&wt->node);
+	STAT_DEC(wt->p->st, pool_waiters);
 	ev_timer_stop(wt->p->w->loop, &wt->timer);
 }
 
@@ -556,6 +568,7 @@ static void pool_hook_gone(void *ctx, struct backend *b)
 		return;
 	disown(p, b);
 	p->total--;
+	STAT_DEC(p->st, pool_total);
 	pool_serve_waiters(p);
 	pool_refill(p);
 }

@@ -16,6 +16,7 @@
 #include <arpa/inet.h>
 #include <hiredis/async.h>
 #include <netinet/in.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +59,10 @@ struct link {
 
 struct rds {
 	struct ev_loop *loop;
+	/* /metrics (rds_count_in): 1 while the command link is up, and its
+	 * reconnections; NULL: not counted */
+	atomic_long *up_gauge;
+	atomic_ulong *reconnects;
 	char host[INET6_ADDRSTRLEN];
 	int port;
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -83,6 +88,8 @@ static void link_schedule_retry(struct link *l)
 
 	l->state = LINK_DOWN;
 	l->ac = NULL;
+	if (!l->is_sub && r->up_gauge != NULL)
+		atomic_store_explicit(r->up_gauge, 0, memory_order_relaxed);
 	if (r->closing)
 		return;
 	ev_timer_stop(r->loop, &l->retry);
@@ -183,6 +190,11 @@ static void connected_cb(const redisAsyncContext *ac, int status)
 	}
 	l->state = LINK_UP;
 	l->backoff = RETRY_MIN;
+	if (!l->is_sub && r->up_gauge != NULL) {
+		atomic_store_explicit(r->up_gauge, 1, memory_order_relaxed);
+		if (l->was_up)
+			atomic_fetch_add_explicit(r->reconnects, 1, memory_order_relaxed);
+	}
 	log_info("redis %s: %s connection up", r->addr_text, l->is_sub ? "subscriber" : "command");
 	l->was_up = true;
 	if (l->is_sub)
@@ -374,6 +386,13 @@ void rds_cancel(struct rds_req *req)
 	ev_timer_stop(req->r->loop, &req->deadline);
 }
 
+void rds_count_in(struct rds *r, atomic_long *up, atomic_ulong *reconnects)
+{
+	r->up_gauge = up;
+	r->reconnects = reconnects;
+	atomic_store_explicit(up, r->cmd.state == LINK_UP, memory_order_relaxed);
+}
+
 void rds_destroy(struct rds **rp)
 {
 	struct rds *r = *rp;
@@ -382,6 +401,8 @@ void rds_destroy(struct rds **rp)
 		return;
 	*rp = NULL;
 	r->closing = true;
+	if (r->up_gauge != NULL)
+		atomic_store_explicit(r->up_gauge, 0, memory_order_relaxed);
 	ev_timer_stop(r->loop, &r->cmd.retry);
 	ev_timer_stop(r->loop, &r->sub.retry);
 	/* redisAsyncFree answers every pending request with NULL; their

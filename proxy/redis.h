@@ -16,6 +16,7 @@
 
 #include <ev.h>
 #include <hiredis/hiredis.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -39,6 +40,11 @@ typedef void rds_event_cb(void *arg, const char *kind, const char *arg1, size_t 
 struct rds *rds_new(struct ev_loop *loop, const struct cfg *cfg, rds_event_cb *on_event,
                     void *event_arg);
 void rds_destroy(struct rds **rp);
+
+/* Keep *up at 1 while the command connection is up, 0 otherwise (also
+ * after rds_destroy), and count its reconnections in *reconnects: the
+ * worker's counters (counters.h), written on r's loop thread only. */
+void rds_count_in(struct rds *r, atomic_long *up, atomic_ulong *reconnects);
 
 /* True while the command connection is up (connected, AUTH/SELECT done). */
 bool rds_up(const struct rds *r);

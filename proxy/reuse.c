@@ -263,6 +263,8 @@ struct backend *reuse_take(struct worker *w, const struct cfg_backend *b_cfg,
 		e->defer.fn = entry_reap;
 		reaper_defer(&w->reaper, &e->defer);
 		b->cfg = b_cfg; /* the entry's runtime may go with the entry */
+		if (b->st != NULL)
+			STAT_INC(b->st, reuse_hits);
 		return b;
 	}
 	return NULL;

@@ -27,6 +27,7 @@
 #include "runtime.h"
 
 #include <openssl/err.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -377,6 +378,85 @@ fail:
 	return NULL;
 }
 
+/* ---- backend slots ------------------------------------------------------- */
+
+/* Written under slot_lock by runtime_new (the main thread), read by any
+ * thread: a slot's name is complete before nslots counts it (release). */
+static pthread_mutex_t slot_lock = PTHREAD_MUTEX_INITIALIZER;
+static char slot_names[STATS_BACKENDS][CFG_NAME_MAX];
+static atomic_bool slot_up[STATS_BACKENDS];
+static atomic_uint nslots;
+
+static unsigned slot_of(const char *name)
+{
+	unsigned n, slot = STATS_NO_SLOT;
+
+	pthread_mutex_lock(&slot_lock);
+	n = atomic_load_explicit(&nslots, memory_order_relaxed);
+	for (unsigned i = 0; i < n && slot == STATS_NO_SLOT; i++) {
+		if (strcmp(slot_names[i], name) == 0)
+			slot = i;
+	}
+	if (slot == STATS_NO_SLOT && n < STATS_BACKENDS) {
+		snprintf(slot_names[n], sizeof(slot_names[n]), "%s", name);
+		atomic_store_explicit(&slot_up[n], true, memory_order_relaxed);
+		atomic_store_explicit(&nslots, n + 1, memory_order_release);
+		slot = n;
+	}
+	pthread_mutex_unlock(&slot_lock);
+	return slot;
+}
+
+unsigned runtime_slots(void)
+{
+	return atomic_load_explicit(&nslots, memory_order_acquire);
+}
+
+const char *runtime_slot_name(unsigned slot)
+{
+	return slot < runtime_slots() ? slot_names[slot] : "";
+}
+
+bool runtime_slot_up(unsigned slot)
+{
+	return slot < STATS_BACKENDS && atomic_load_explicit(&slot_up[slot], memory_order_relaxed);
+}
+
+void runtime_set_backend_up(struct runtime *rt, size_t i, bool up)
+{
+	atomic_store_explicit(&rt->backend_up[i], up, memory_order_relaxed);
+	if (rt->backend_slot[i] < STATS_BACKENDS)
+		atomic_store_explicit(&slot_up[rt->backend_slot[i]], up, memory_order_relaxed);
+}
+
+/* ---- the runtime in force ------------------------------------------------ */
+
+/* One reference, swapped under cur_lock; readers take their own reference
+ * under it, so a reload cannot free what a reader is rendering. */
+static pthread_mutex_t cur_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct runtime *cur_rt;
+
+void runtime_publish(struct runtime *rt)
+{
+	struct runtime *old;
+
+	pthread_mutex_lock(&cur_lock);
+	old = cur_rt;
+	cur_rt = rt != NULL ? runtime_ref(rt) : NULL;
+	pthread_mutex_unlock(&cur_lock);
+	runtime_unref(&old);
+}
+
+struct runtime *runtime_current(void)
+{
+	struct runtime *rt;
+
+	pthread_mutex_lock(&cur_lock);
+	rt = cur_rt != NULL ? runtime_ref(cur_rt) : NULL;
+	pthread_mutex_unlock(&cur_lock);
+	return rt;
+}
+
 struct runtime *runtime_new(struct cfg *cfg, char *err, size_t errlen)
 {
 	struct runtime *rt = calloc(1, sizeof(*rt));
@@ -391,13 +471,17 @@ struct runtime *runtime_new(struct cfg *cfg, char *err, size_t errlen)
 	rt->listen_ctx = calloc(cfg->nlistens + 1, sizeof(SSL_CTX *));
 	rt->backend_ctx = calloc(cfg->nbackends + 1, sizeof(SSL_CTX *));
 	rt->backend_up = calloc(cfg->nbackends + 1, sizeof(atomic_bool));
-	if (rt->listen_ctx == NULL || rt->backend_ctx == NULL || rt->backend_up == NULL) {
+	rt->backend_slot = calloc(cfg->nbackends + 1, sizeof(unsigned));
+	if (rt->listen_ctx == NULL || rt->backend_ctx == NULL || rt->backend_up == NULL ||
+	    rt->backend_slot == NULL) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
 	/* Optimistic: a fresh start must not refuse everyone before the first check. */
-	for (size_t i = 0; i < cfg->nbackends; i++)
+	for (size_t i = 0; i < cfg->nbackends; i++) {
 		atomic_init(&rt->backend_up[i], true);
+		rt->backend_slot[i] = slot_of(cfg->backends[i].name);
+	}
 	if (check_policy_alone(cfg, &cfg->tls_policy, "[imapmux]", err, errlen) < 0)
 		goto fail;
 	for (size_t i = 0; i < cfg->nlistens; i++) {
@@ -456,6 +540,7 @@ void runtime_unref(struct runtime **rtp)
 	free(rt->listen_ctx);
 	free(rt->backend_ctx);
 	free(rt->backend_up);
+	free(rt->backend_slot);
 	cfg_destroy(&rt->cfg);
 	free(rt);
 }

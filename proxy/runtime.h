@@ -20,6 +20,7 @@
 #include <stddef.h>
 
 #include "cfg.h"
+#include "counters.h"
 
 struct runtime {
 	atomic_int refs;
@@ -27,6 +28,8 @@ struct runtime {
 	SSL_CTX **listen_ctx;    /* per cfg->listens[i]; NULL when tls = none */
 	SSL_CTX **backend_ctx;   /* per cfg->backends[i]; NULL when tls = none */
 	atomic_bool *backend_up; /* per cfg->backends[i]: passes its health checks; starts true */
+	unsigned *backend_slot;  /* per cfg->backends[i]: its counters' slot (counters.h), or
+	                          * STATS_NO_SLOT past STATS_BACKENDS names */
 };
 
 /* Build TLS contexts for cfg. Takes ownership of cfg (also on failure).
@@ -35,6 +38,14 @@ struct runtime *runtime_new(struct cfg *cfg, char *err, size_t errlen);
 
 struct runtime *runtime_ref(struct runtime *rt);
 void runtime_unref(struct runtime **rtp);
+
+/* The runtime in force, for threads that are given none (the stats
+ * thread's /metrics and /status): runtime_publish (the health thread's
+ * owner, at start and after each reload; NULL at the end) keeps a reference
+ * to rt and drops the one it had; runtime_current returns a new reference
+ * (runtime_unref it), or NULL before the first and after the last. */
+void runtime_publish(struct runtime *rt);
+struct runtime *runtime_current(void);
 
 /* Index of backend b within rt->cfg->backends. */
 size_t runtime_backend_index(const struct runtime *rt, const struct cfg_backend *b);
@@ -45,6 +56,21 @@ static inline bool runtime_backend_up(const struct runtime *rt, size_t i)
 {
 	return atomic_load_explicit(&rt->backend_up[i], memory_order_relaxed);
 }
+
+/* Record backend i's health verdict: rt->backend_up[i] and its slot's
+ * (runtime_slot_up). The health thread only. */
+void runtime_set_backend_up(struct runtime *rt, size_t i, bool up);
+
+/*
+ * The backend slots: one per backend name any runtime_new has seen, never
+ * given back, so that a name keeps its slot (its counters) across reloads.
+ * Any thread may read them, without a lock: runtime_slots() counts those
+ * whose name is set (it never changes afterwards).
+ */
+unsigned runtime_slots(void);
+const char *runtime_slot_name(unsigned slot);
+/* The last health verdict for the slot's backend (true until one). */
+bool runtime_slot_up(unsigned slot);
 
 /* The CAPABILITY list clients see before login: depends on the listener's
  * TLS mode, whether TLS is active and whether plaintext auth is allowed. */

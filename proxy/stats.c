@@ -425,7 +425,8 @@ static void conn_respond(struct stats_conn *c, int status, enum route route)
 			text_append(&body, status_page_html, strlen(status_page_html));
 		} else if (route == ROUTE_STATUS) {
 			ctype = "application/json";
-			status_render(&body, srv.counters, srv.ncounters, srv.start_time);
+			status_render(&body, srv.counters, srv.ncounters, srv.start_time,
+			              atomic_load_explicit(&draining, memory_order_relaxed));
 		} else {
 			ctype = "text/plain; version=0.0.4";
 			metrics_render(&body, srv.counters, srv.ncounters, srv.start_time);

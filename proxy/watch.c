@@ -591,6 +591,7 @@ static void watch_login(struct watch *wt, struct backend *b)
 	const struct cfg_backend *bc = wt->bc;
 
 	wt->b = b;
+	backend_count_as_watcher(b);
 	STAT_INC(&wt->w->stats, backend_logins);
 	if (backend_login_as(b, (const char *)wt->user, wt->ulen, bc->master_user,
 	                     strlen(bc->master_user), bc->master_password,

@@ -294,6 +294,8 @@ static void *worker_main(void *arg)
 	/* Made here: they belong to this thread's loop. */
 	if (cfg->has_redis) {
 		w->rds = rds_new(w->loop, cfg, on_event, w);
+		if (w->rds != NULL)
+			rds_count_in(w->rds, &w->stats.redis_up, &w->stats.redis_reconnects);
 		w->routes = ttlmap_new(100000, random_seed());
 		if (w->rds == NULL || w->routes == NULL)
 			log_error("worker %d: cannot set up Redis; logins needing it will fail",
