@@ -88,7 +88,8 @@ UNIT_OBJS_watch_box := proxy/watch.o proxy/pool.o proxy/backend.o proxy/backend_
                        proxy/conn.o proxy/reaper.o proxy/runtime.o
 UNIT_LIBS_watch_box := -lssl -lcrypto
 # GET /sessions' requests and JSON, the workers played by the test (no thread, no loop).
-UNIT_OBJS_sessions_api := proxy/sessions_api.o proxy/metrics.o
+UNIT_OBJS_sessions_api := proxy/sessions_api.o proxy/metrics.o proxy/runtime.o
+UNIT_LIBS_sessions_api := -lssl -lcrypto
 # test_cryptpool includes proxy/cryptpool.c itself (it reaches the statics).
 tests/unit/test_cryptpool: proxy/cryptpool.c proxy/cryptpool.h
 
