@@ -64,6 +64,7 @@ struct stats_backend {
 	atomic_long pool_opening;          /* ... connecting for the pool (gauge) */
 	atomic_long pool_total;            /* ... all it counts (gauge) */
 	atomic_long pool_waiters;          /* logins waiting for a slot at pool_max (gauge) */
+	atomic_long drained;               /* 1 while this worker has it drained (drain.c) */
 	struct stats_hist login_seconds;   /* LOGIN/AUTHENTICATE read to its tagged answer */
 	struct stats_hist connect_seconds; /* backend_new to READY: TCP, TLS, greeting */
 };

@@ -15,6 +15,18 @@
 #define RETRY_SOON  0.5 /* the command link not up yet, or the read timed out */
 #define RETRY_LATER 5.0
 
+/* The drained gauge of name's slot, where the configuration in force has
+ * it (a name it does not have has no series). */
+static void mark(struct worker *w, const char *name, bool on)
+{
+	const struct cfg_backend *bc = cfg_backend_find(w->rt->cfg, name);
+
+	if (bc == NULL)
+		return;
+	unsigned slot = w->rt->backend_slot[runtime_backend_index(w->rt, bc)];
+	atomic_store_explicit(&w->stats.bk[slot].drained, on ? 1 : 0, memory_order_relaxed);
+}
+
 static bool name_ok(const char *name, size_t len)
 {
 	return len > 0 && len < CFG_NAME_MAX && memchr(name, '\0', len) == NULL;
@@ -24,6 +36,8 @@ static bool name_ok(const char *name, size_t len)
 static void drain_apply(struct worker *w, const char *name)
 {
 	unsigned n = session_backend_drain(w, name);
+
+	mark(w, name, true);
 	unsigned kept = reuse_drop_backend(w, name);
 	unsigned idle = pool_drain(w, name);
 
@@ -72,7 +86,11 @@ void drain_event(struct worker *w, bool on, const char *name, size_t len)
 		if (set_add(&w->drained, name, len))
 			drain_apply(w, w->drained.name[w->drained.n - 1]);
 	} else if (set_del(&w->drained, name, len)) {
-		log_info("worker %d: backend %.*s undrained", w->id, (int)len, name);
+		char copy[CFG_NAME_MAX];
+		memcpy(copy, name, len);
+		copy[len] = '\0';
+		mark(w, copy, false);
+		log_info("worker %d: backend %s undrained", w->id, copy);
 		pool_prefill(w, w->rt);
 	}
 }
@@ -116,6 +134,7 @@ static void load_reply(void *arg, const redisReply *rep)
 	}
 	for (size_t i = 0; i < was.n; i++)
 		if (!worker_drained(w, was.name[i])) {
+			mark(w, was.name[i], false);
 			log_info("worker %d: backend %s undrained", w->id, was.name[i]);
 			undrained = true;
 		}

@@ -373,6 +373,15 @@ static void render_backends(struct text *t, const struct stats *const *counters,
 		text_printf(t, "} %d\n", runtime_slot_up(slot) ? 1 : 0);
 	}
 
+	name = "imapmux_backend_drained";
+	metric_head(t, name, "gauge",
+	            "1 while an operator has the backend drained (imapmuxctl backend NAME drain), "
+	            "else 0.");
+	for (unsigned slot = 0; slot < nslots; slot++) {
+		bk_series(t, name, "", slot);
+		text_printf(t, "} %d\n", BK_SUM(slot, drained) > 0 ? 1 : 0);
+	}
+
 	name = "imapmux_backend_connections";
 	metric_head(t, name, "gauge",
 	            "Backend connections of client sessions, pools and watchers now, by state.");

@@ -9,7 +9,7 @@
  *    "sessions":{"total","logged_in","parked","by_state":{...}},
  *    "redis":{"configured","address","up","workers_up"},
  *    "listeners":[{"name","address","tls"}],
- *    "backends":[{"name","address","health","connections":{...},
+ *    "backends":[{"name","address","health","drained","connections":{...},
  *                 "pool":{"idle","opening","in_use","waiters"},"logins":{...}}]}
  *
  * Every string that comes from the configuration (names, addresses) goes
@@ -147,8 +147,9 @@ static void render_backend(struct text *t, const struct stats *const *counters, 
 	json_string(t, b->name);
 	text_append(t, ",\"address\":", 11);
 	json_string(t, b->addr.text);
-	text_printf(t, ",\"tls\":\"%s\",\"health\":\"%s\",\"connections\":{", tls_name(b->tls),
-	            runtime_backend_up(rt, i) ? "up" : "down");
+	text_printf(t, ",\"tls\":\"%s\",\"health\":\"%s\",\"drained\":%s,\"connections\":{",
+	            tls_name(b->tls), runtime_backend_up(rt, i) ? "up" : "down",
+	            gauge_sum(counters, n, BK_OFF(slot, drained)) > 0 ? "true" : "false");
 	for (unsigned c = 0; c < STATS_CONN_N; c++) {
 		long v = gauge_sum(counters, n, BK_OFF(slot, conns) + c * sizeof(atomic_long));
 
@@ -277,6 +278,7 @@ const char status_page_html[] =
     "set('workers',j.instance.workers);set('uptime',dur(j.instance.uptime));\n"
     "rows('backends',j.backends,function(tr,b){cell(tr,b.name);cell(tr,b.address);\n"
     "var h=cell(tr,'');var s=document.createElement('span');s.className='badge '+b.health;s.textContent=b.health;h.appendChild(s);\n"
+    "if(b.drained){var d=document.createElement('span');d.className='badge draining';d.textContent='drained';h.appendChild(document.createTextNode(' '));h.appendChild(d);}\n"
     "cell(tr,b.connections.total,'n');cell(tr,b.connections.in_use,'n');cell(tr,b.pool.idle,'n');cell(tr,b.pool.in_use,'n');\n"
     "cell(tr,b.pool.waiters,'n');cell(tr,b.logins.ok,'n');cell(tr,b.logins.auth_failed+b.logins.unavailable,'n');});\n"
     "rows('listeners',j.listeners,function(tr,l){cell(tr,l.name);cell(tr,l.address);cell(tr,l.tls);cell(tr,l.proxy_protocol?'yes':'no');});\n"

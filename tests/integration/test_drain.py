@@ -206,3 +206,28 @@ def test_parked_kept_and_pooled_connections_go_at_once_and_pools_refill_on_undra
                "the pool refilled after undrain")
     c = _login(m, ca_ctx, "r14")
     c.close()
+
+
+def test_drained_shows_in_metrics_and_status(make_mux, redis, prefix, rdv_a, rdv_b):
+    import json
+    import urllib.request
+    stats = lab.free_port()
+    m = _mux(make_mux, redis, prefix, rdv_a, rdv_b,
+             imapmux={"workers": 2, "stats_listen": "127.0.0.1:%d" % stats})
+    wait_subscribed(redis, prefix, 2)
+
+    def status():
+        with urllib.request.urlopen("http://127.0.0.1:%d/status" % stats, timeout=5) as r:
+            return {b["name"]: b["drained"] for b in json.load(r)["backends"]}
+
+    assert _metric(stats, 'imapmux_backend_drained{backend="a"}') == 0
+    assert status() == {"a": False, "b": False}
+    assert ctl(m.conf_path, "backend", "a", "drain").returncode == 0
+    wait_until(lambda: _metric(stats, 'imapmux_backend_drained{backend="a"}') == 1, 5,
+               "the drained gauge")
+    assert _metric(stats, 'imapmux_backend_drained{backend="b"}') == 0
+    assert status() == {"a": True, "b": False}
+    assert ctl(m.conf_path, "backend", "a", "undrain").returncode == 0
+    # Each worker undrains for itself: 0 once both have.
+    wait_until(lambda: status() == {"a": False, "b": False}, 5, "undrained in /status")
+    assert _metric(stats, 'imapmux_backend_drained{backend="a"}') == 0
