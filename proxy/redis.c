@@ -153,8 +153,10 @@ static const char *const link_names[] = {
 static void link_start(struct link *l);
 static const struct target *link_target(const struct link *l);
 
-/* A failure of l: at warn for the first few since it was last up. */
-__attribute__((format(printf, 2, 3))) static void link_warn(struct link *l, const char *fmt, ...)
+/* A failure of l, at level (warn or error) for the first few since it was
+ * last up, then at debug. */
+__attribute__((format(printf, 3, 4))) static void link_fail_log(struct link *l, bool error,
+                                                                const char *fmt, ...)
 {
 	char msg[768];
 	va_list ap;
@@ -162,14 +164,20 @@ __attribute__((format(printf, 2, 3))) static void link_warn(struct link *l, cons
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	if (l->loud < LOUD_FAILURES) {
-		l->loud++;
+	if (l->loud >= LOUD_FAILURES) {
+		log_debug("redis %s: %s connection: %s", l->r->label, link_names[l->kind], msg);
+		return;
+	}
+	l->loud++;
+	if (error)
+		log_error("redis %s: %s connection: %s%s", l->r->label, link_names[l->kind], msg,
+		          l->loud == LOUD_FAILURES ? " (further failures logged at debug)" : "");
+	else
 		log_warn("redis %s: %s connection: %s%s", l->r->label, link_names[l->kind], msg,
 		         l->loud == LOUD_FAILURES ? " (further failures logged at debug)" : "");
-	} else {
-		log_debug("redis %s: %s connection: %s", l->r->label, link_names[l->kind], msg);
-	}
 }
+
+#define link_warn(l, ...) link_fail_log((l), false, __VA_ARGS__)
 
 static void target_from_addr(const struct cfg_addr *a, struct target *t)
 {
@@ -508,12 +516,11 @@ static void setup_reply(struct link *l, redisAsyncContext *ac, const redisReply 
 		return;
 	if (rep->type == REDIS_REPLY_ERROR) {
 		if (strcmp(what, "AUTH") == 0 && r->username != NULL)
-			log_error("redis %s: %s connection: AUTH as user '%s' at %s failed: %s",
-			          r->label, link_names[l->kind], r->username, link_target(l)->text,
-			          rep->str);
+			link_fail_log(l, true, "AUTH as user '%s' at %s failed: %s", r->username,
+			              link_target(l)->text, rep->str);
 		else
-			log_error("redis %s: %s connection: %s at %s failed: %s", r->label,
-			          link_names[l->kind], what, link_target(l)->text, rep->str);
+			link_fail_log(l, true, "%s at %s failed: %s", what, link_target(l)->text,
+			              rep->str);
 		link_leave(l, fail_delay(l));
 		return;
 	}

@@ -1,10 +1,13 @@
 /*
  * rds — one worker's link to Redis: a command connection and a subscriber
- * connection, both hiredis async on the worker's libev loop.
+ * connection, both hiredis async on the worker's libev loop; with [redis]
+ * sentinels, both to the master that Redis Sentinel names, and a third
+ * connection to a sentinel that announces failovers.
  *
  *   session --rds_command()--> [cmd conn] --reply--> cb(arg, reply)
  *                               deadline timer --> cb(arg, NULL)
  *   [sub conn] SUBSCRIBE <prefix>events --> on_event(arg, "kick", user)
+ *   [sentinel] SENTINEL get-master-addr-by-name, SUBSCRIBE +switch-master
  *
  * Nothing here blocks: connections are made by address (no name lookups),
  * lost connections come back from a timer with backoff (never from inside
@@ -38,7 +41,8 @@ struct rds *rds_new(struct ev_loop *loop, const struct cfg *cfg, rds_event_cb *o
                     void *event_arg);
 void rds_destroy(struct rds **rp);
 
-/* True while the command connection is up (connected, AUTH/SELECT done). */
+/* True while the command connection is up (connected, AUTH/SELECT done; with
+ * sentinels, ROLE said "master"). */
 bool rds_up(const struct rds *r);
 
 /* The key prefix (e.g. "imapmux:"). */
