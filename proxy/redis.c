@@ -100,7 +100,7 @@ enum link_state {
 	                  * the deadline */
 	LINK_UP,         /* ac takes commands / delivers messages; step stopped */
 	LINK_LEAVING,    /* ac (if not NULL) to be freed by step, which then waits
-	                  * after seconds and goes on from DOWN */
+	                  * l->after seconds and goes on from DOWN */
 };
 
 struct link {
@@ -113,7 +113,6 @@ struct link {
 	double after;   /* LEAVING: the wait before the next attempt */
 	unsigned setup; /* CONNECTING: setup replies still to come */
 	unsigned loud;  /* failures logged at warn since the link was last up */
-	bool was_up;
 	/* sentinel mode */
 	size_t ask;           /* the sentinel to ask (or to watch) next */
 	size_t asked;         /* sentinels asked in this round without an answer */
@@ -319,7 +318,6 @@ static void link_up(struct link *l)
 	l->backoff = RETRY_MIN;
 	l->asked = 0;
 	l->loud = 0;
-	l->was_up = true;
 	if (l->kind == LINK_WATCH) {
 		log_info("redis %s: watching sentinel %s for failovers", r->label,
 		         r->sentinels[l->ask].text);

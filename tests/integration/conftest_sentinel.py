@@ -18,6 +18,9 @@ a few seconds. Test modules load the fixtures with
       .wait_replicated(key, value)  until every live replica holds key = value
       .cleanup()
   sentinel_group          a function-scoped SentinelGroup() started for the test
+                          (for tests that kill a node)
+  shared_sentinel_group   a module-scoped one, for tests that leave every node up
+                          (each test keeps to its own key prefix)
   ACL_USER, ACL_PASSWORD  the ACL user of SentinelGroup(acl=True) and acl_redis
   acl_redis               a redis-server whose default user is off and whose only
                           user is ACL_USER (`on >pw ~* &* +@all`)
@@ -256,6 +259,13 @@ def sentinel_group(request):
     yield g
     if _failed(request):
         print(g.logs())
+    g.cleanup()
+
+
+@pytest.fixture(scope="module")
+def shared_sentinel_group():
+    g = SentinelGroup().start()
+    yield g
     g.cleanup()
 
 

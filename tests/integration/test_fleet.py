@@ -14,7 +14,9 @@ master, a replica, three sentinels: conftest_sentinel.py) and two Dovecots.
   (e) the Redis master killed: after the failover, logins that need Redis
       (routes, uncached, fallback = deny) work again
 
-Each test has a fleet of its own; every wait is bounded.
+Each test has a fleet of its own (instances, HAProxy, a Redis key prefix);
+the Sentinel group is the module's, except for (e), which kills its master.
+Every wait is bounded.
 """
 
 import json
@@ -118,13 +120,26 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(make_mux, sentinel_group, prefix, rdv_a, rdv_b, cert, key, request):
-    f = Fleet(make_mux, sentinel_group, prefix, rdv_a, rdv_b, cert, key)
-    yield f
+def make_fleet(make_mux, prefix, rdv_a, rdv_b, cert, key, request):
+    fleets = []
+
+    def make(group):
+        f = Fleet(make_mux, group, prefix, rdv_a, rdv_b, cert, key)
+        fleets.append(f)
+        return f
+    yield make
     rep = getattr(request.node, "rep_call", None)
-    if rep is None or rep.failed:
-        print("--- haproxy ---\n" + "\n".join(f.haproxy_log().splitlines()[-30:]))
-    f.cleanup()
+    for f in fleets:
+        if rep is None or rep.failed:
+            print("--- haproxy ---\n" + "\n".join(f.haproxy_log().splitlines()[-30:]))
+            print(f.group.logs())
+        f.cleanup()
+
+
+@pytest.fixture
+def fleet(make_fleet, shared_sentinel_group):
+    """A fleet on the module's Sentinel group (no Redis node is killed)."""
+    return make_fleet(shared_sentinel_group)
 
 
 def direct(m, ca_ctx, client_ip):
@@ -219,7 +234,8 @@ def test_d_a_killed_instance_is_taken_out(fleet, ca_ctx):
     assert "imapmux2 is DOWN" not in fleet.haproxy_log()
 
 
-def test_e_logins_survive_a_redis_failover(fleet, ca_ctx):
+def test_e_logins_survive_a_redis_failover(make_fleet, sentinel_group, ca_ctx):
+    fleet = make_fleet(sentinel_group)
     g = fleet.group
     fleet.route("r25", "b")
     g.wait_replicated(fleet.prefix + "route:r25", "b")

@@ -88,9 +88,9 @@ def test_config_check_of_the_sentinel_keys(make_mux, rdv_a):
 # ---------------------------------------------------------------------------
 # discovery and failover
 
-def test_routes_read_from_the_master_the_sentinels_name(make_mux, sentinel_group, prefix,
-                                                         rdv_a, rdv_b, ca_ctx):
-    g = sentinel_group
+def test_routes_read_from_the_master_the_sentinels_name(make_mux, shared_sentinel_group,
+                                                         prefix, rdv_a, rdv_b, ca_ctx):
+    g = shared_sentinel_group
     dvs = {"a": rdv_a, "b": rdv_b}
     m = _mux(make_mux, sentinel_redis(g, prefix), rdv_a, rdv_b)
     g.master.command("SET", prefix + "route:r10", "b")
