@@ -159,6 +159,36 @@ def test_failover_is_followed(make_mux, sentinel_group, prefix, rdv_a, rdv_b, ca
     assert b"* BYE [UNAVAILABLE]" in got, got
 
 
+def test_forced_failover_with_the_old_master_alive(make_mux, sentinel_group, prefix, rdv_a,
+                                                  rdv_b, ca_ctx):
+    """SENTINEL FAILOVER: the old master stays up and takes connections;
+    both links end on the new master: imapmux's writes (the brute-force
+    counter, EVAL) land there and its subscription is there, none is left
+    on the old one."""
+    g = sentinel_group
+    dvs = {"a": rdv_a, "b": rdv_b}
+    m = _mux(make_mux, sentinel_redis(g, prefix), rdv_a, rdv_b)
+    g.master.command("SET", prefix + "route:r16", "b")
+    g.wait_replicated(prefix + "route:r16", "b")
+    assert placed_on(m, ca_ctx, "r16", dv_password("r16"), dvs) == "b"
+    old = g.master
+    assert g.sentinels[0].command("SENTINEL", "FAILOVER", MASTER_NAME) == "OK"
+    new = g.wait_failover(old)
+    moved = "moved from 127.0.0.1:%d to 127.0.0.1:%d" % (old.port, new.port)
+    wait_until(lambda: ("command connection " + moved) in m.log_text()
+               and ("subscriber connection " + moved) in m.log_text(),
+               FOLLOW_TIMEOUT, lambda: "imapmux logs the move (%s)" % m.log_tail_text(30))
+    assert old.alive()   # (the sentinels make it a replica later, in their own time)
+    assert placed_on(m, ca_ctx, "r16", dv_password("r16"), dvs) == "b"
+    # A failed login is counted by a script that writes: on the new master.
+    assert try_login(m, ca_ctx, "r16", "wrong").startswith(b"l NO [AUTHENTICATIONFAILED]")
+    wait_until(lambda: new.command("GET", prefix + "authfail:user:r16") == "1", 5,
+               "the failure counted on the new master")
+    wait_until(lambda: int(new.command("PUBSUB", "NUMSUB", prefix + "events")[1]) == 1, 5,
+               "imapmux subscribed on the new master")
+    assert int(old.command("PUBSUB", "NUMSUB", prefix + "events")[1]) == 0
+
+
 # ---------------------------------------------------------------------------
 # ACL users
 
