@@ -284,8 +284,8 @@ static void link_later(struct link *l, double delay)
 	ev_timer_start(r->loop, &l->step);
 }
 
-/* Called from inside one of l->ac's callbacks: free it from step, then
- * wait after seconds and go on. */
+/* Free l->ac from step (this may be inside one of its callbacks, where it
+ * must not be freed), then wait after seconds and go on. */
 static void link_leave(struct link *l, double after)
 {
 	struct rds *r = l->r;
@@ -348,8 +348,6 @@ static void link_setup_done(struct link *l)
  * sentinels again, at once. */
 static void link_rediscover(struct link *l)
 {
-	struct rds *r = l->r;
-
 	l->have_master = false;
 	l->backoff = RETRY_MIN;
 	l->asked = 0;
@@ -363,12 +361,7 @@ static void link_rediscover(struct link *l)
 	case LINK_ASKING:
 	case LINK_CONNECTING:
 	case LINK_UP:
-		/* Not inside this context's callbacks: free it from the loop. */
-		l->state = LINK_LEAVING;
-		l->after = 0.;
-		ev_timer_stop(r->loop, &l->step);
-		ev_timer_set(&l->step, 0., 0.);
-		ev_timer_start(r->loop, &l->step);
+		link_leave(l, 0.);
 		break;
 	}
 }
