@@ -17,8 +17,12 @@ endif
 # up in a normal build or the other way round.
 BUILD_STAMP := .build-flags
 BUILD_FLAGS := $(strip $(CC) $(CPPFLAGS) $(ALL_CFLAGS))
+# `make deb` alone builds in a copy with a stamp of its own: this tree's
+# stamp stays as its objects were built (a SANITIZE=1 tree stays one).
+ifneq ($(if $(MAKECMDGOALS),$(filter-out deb,$(MAKECMDGOALS)),all),)
 ifneq ($(BUILD_FLAGS),$(strip $(shell cat $(BUILD_STAMP) 2>/dev/null)))
 $(shell printf '%s\n' '$(BUILD_FLAGS)' > $(BUILD_STAMP))
+endif
 endif
 
 # The stamp is written by $(shell) above, after make has read the directory:
@@ -35,7 +39,7 @@ UNIT_SRC   := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN   := $(UNIT_SRC:.c=)
 
 .PHONY: all deps test unit valgrind integration demo demo-stop bench clean lint format layering install \
-        fuzz fuzz-build
+        fuzz fuzz-build deb
 
 CTL_BIN := tools/imapmuxctl
 
@@ -83,6 +87,8 @@ UNIT_LIBS_tls13 := -lssl -lcrypto
 UNIT_OBJS_watch_box := proxy/watch.o proxy/pool.o proxy/backend.o proxy/backend_login.o proxy/cmdq.o \
                        proxy/conn.o proxy/reaper.o proxy/runtime.o
 UNIT_LIBS_watch_box := -lssl -lcrypto
+# GET /sessions' requests and JSON, the workers played by the test (no thread, no loop).
+UNIT_OBJS_sessions_api := proxy/sessions_api.o proxy/metrics.o
 # test_cryptpool includes proxy/cryptpool.c itself (it reaches the statics).
 tests/unit/test_cryptpool: proxy/cryptpool.c proxy/cryptpool.h
 
@@ -210,10 +216,12 @@ DOCDIR  ?= $(PREFIX)/share/doc/imapmux
 SYSTEMD_UNIT_DIR ?=
 INSTALL ?= install
 install: all
-	$(INSTALL) -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR)/fail2ban/filter.d \
+	$(INSTALL) -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 \
+	  $(DESTDIR)$(DOCDIR)/fail2ban/filter.d \
 	  $(DESTDIR)$(DOCDIR)/fail2ban/jail.d $(DESTDIR)$(DOCDIR)/dovecot
 	$(INSTALL) -m 0755 proxy/imapmux $(DESTDIR)$(SBINDIR)/imapmux
 	$(INSTALL) -m 0755 $(CTL_BIN) $(DESTDIR)$(SBINDIR)/imapmuxctl
+	$(INSTALL) -m 0644 $(wildcard doc/*.5) $(DESTDIR)$(MANDIR)/man5/
 	$(INSTALL) -m 0644 $(wildcard doc/*.8) $(DESTDIR)$(MANDIR)/man8/
 	$(INSTALL) -m 0644 README.md doc/SPEC.md proxy.conf deploy/imapmux.service $(DESTDIR)$(DOCDIR)/
 	$(INSTALL) -m 0644 deploy/fail2ban/filter.d/imapmux.conf $(DESTDIR)$(DOCDIR)/fail2ban/filter.d/
@@ -223,6 +231,31 @@ install: all
 	  echo "$(INSTALL) -D -m 0644 deploy/imapmux.service $(DESTDIR)$(SYSTEMD_UNIT_DIR)/imapmux.service"; \
 	  $(INSTALL) -D -m 0644 deploy/imapmux.service $(DESTDIR)$(SYSTEMD_UNIT_DIR)/imapmux.service; fi
 
+# make deb: a Debian binary package (debian/, debhelper) of the tree as it
+# is, uncommitted edits and new files included, built in a copy under
+# $(DEB_DIR)/src so that the tree's own objects stay as they are and nothing
+# lands outside build/: $(DEB_DIR)/imapmux_VERSION_ARCH.deb (beside it the
+# -dbgsym package, .buildinfo and .changes). Root is not needed
+# (Rules-Requires-Root: no); the build dependencies are (make deps).
+DEB_DIR  := build/deb
+DEB_JOBS ?= 2
+deb:
+	@command -v dpkg-buildpackage >/dev/null || \
+	  { echo "make deb: dpkg-buildpackage is missing (make deps)" >&2; exit 2; }
+	rm -rf $(DEB_DIR)
+	mkdir -p $(DEB_DIR)/src/imapmux
+	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	  git ls-files -z --cached --others --exclude-standard | \
+	    tar --null --ignore-failed-read -T - -cf - 2>/dev/null; \
+	else tar --exclude=./build --exclude=./.git -cf - .; fi | tar -xf - -C $(DEB_DIR)/src/imapmux
+	@# The package is built with Debian's compiler and flags only: no SANITIZE=1,
+	@# CC= or OPT= of this make's command line or environment reaches the copy.
+	cd $(DEB_DIR)/src/imapmux && unset MAKEFLAGS MFLAGS MAKELEVEL SANITIZE CC OPT && \
+	  dpkg-buildpackage -b -us -uc -J$(DEB_JOBS)
+	mv $(DEB_DIR)/src/*.deb $(DEB_DIR)/src/*.buildinfo $(DEB_DIR)/src/*.changes $(DEB_DIR)/
+	rm -rf $(DEB_DIR)/src
+	@ls $(DEB_DIR)/imapmux_*.deb
+
 clean:
 	rm -f common/*.o common/libcommon.a proxy/*.o proxy/imapmux $(CTL_BIN) $(UNIT_BIN) $(BUILD_STAMP)
-	rm -rf tests/integration/__pycache__ build/fuzz
+	rm -rf tests/integration/__pycache__ build/fuzz $(DEB_DIR)

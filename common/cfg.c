@@ -81,6 +81,7 @@ enum val_type {
 	V_SEPARATOR, /* char[CFG_SEPARATOR_MAX], printable ASCII without space */
 	V_UCASE,     /* enum cfg_ucase: fold | keep */
 	V_WATCH,     /* enum cfg_watch: auto | notify | idle | events */
+	V_SENDPROXY, /* enum cfg_send_proxy: no | v1 | v2 */
 };
 
 #define KF_REQUIRED 0x1u /* the section is incomplete without it */
@@ -192,6 +193,7 @@ static const struct key_def backend_keys[] = {
     {"watch", V_WATCH, BF(watch), 0, 0, 0},
     {"watch_refresh", V_DURATION, BF(watch_refresh), KF_POSITIVE, 0, 29 * 60},
     {"forward_id", V_BOOL, BF(forward_id), 0, 0, 0},
+    {"send_proxy", V_SENDPROXY, BF(send_proxy), 0, 0, 0},
     {"ciphers", V_STRING, BF(tls_policy.ciphers), 0, 0, 0},
     {"ciphersuites", V_STRING, BF(tls_policy.ciphersuites), 0, 0, 0},
     {"curves", V_STRING, BF(tls_policy.curves), 0, 0, 0},
@@ -240,6 +242,12 @@ static const char *const watch_names[] = {
     [CFG_WATCH_NOTIFY] = "notify",
     [CFG_WATCH_IDLE] = "idle",
     [CFG_WATCH_EVENTS] = "events",
+};
+
+static const char *const send_proxy_names[] = {
+    [CFG_SEND_PROXY_NO] = "no",
+    [CFG_SEND_PROXY_V1] = "v1",
+    [CFG_SEND_PROXY_V2] = "v2",
 };
 
 static const char *const ucase_names[] = {
@@ -1013,6 +1021,14 @@ static int set_value(struct parser *p, const struct key_def *k, const char *v)
 		}
 		*(enum cfg_watch *)f = (enum cfg_watch)i;
 		break;
+	case V_SENDPROXY:
+		i = parse_keyword(v, send_proxy_names, ARRAY_SIZE(send_proxy_names));
+		if (i < 0) {
+			set_err(p, p->line, "bad value '%s' for %s (no, v1, v2)", v, k->name);
+			return -1;
+		}
+		*(enum cfg_send_proxy *)f = (enum cfg_send_proxy)i;
+		break;
 	}
 	return 0;
 }
@@ -1172,6 +1188,46 @@ static int check_redis(struct parser *p)
 	return 0;
 }
 
+/*
+ * send_proxy: the header names one client, so every connection must be
+ * made for one client and closed with it. Connections kept for other
+ * clients are refused when asked for (pool_min_idle, reuse_ttl,
+ * unauthenticate = yes written out), and the defaults that keep them
+ * (reuse_ttl = 300, unauthenticate = yes) do not apply.
+ */
+static int send_proxy_check(struct parser *p, struct cfg_backend *b)
+{
+	static const char *const why = "each connection carries one client's address";
+	int line;
+
+	if (b->pool_min_idle > 0) {
+		set_err(
+		    p, key_line(p, "pool_min_idle"),
+		    "pool_min_idle %u cannot go with send_proxy in %s (%s: no idle connections)",
+		    b->pool_min_idle, p->label, why);
+		return -1;
+	}
+	line = key_line(p, "reuse_ttl");
+	if (line != 0 && b->reuse_ttl > 0) {
+		set_err(p, line,
+		        "reuse_ttl cannot go with send_proxy in %s (%s: no kept sessions; set 0)",
+		        p->label, why);
+		return -1;
+	}
+	line = key_line(p, "unauthenticate");
+	if (line != 0 && b->unauthenticate) {
+		set_err(
+		    p, line,
+		    "unauthenticate = yes cannot go with send_proxy in %s (%s: no return to the "
+		    "pool)",
+		    p->label, why);
+		return -1;
+	}
+	b->reuse_ttl = 0;
+	b->unauthenticate = false;
+	return 0;
+}
+
 /* The checks that need a whole section: required keys and pairs. */
 static int close_section(struct parser *p)
 {
@@ -1210,6 +1266,8 @@ static int close_section(struct parser *p)
 			        b->pool_max, p->label);
 			return -1;
 		}
+		if (b->send_proxy != CFG_SEND_PROXY_NO && send_proxy_check(p, b) < 0)
+			return -1;
 		/* One without the other can only be a mistake. */
 		if ((b->master_user == NULL) != (b->master_password == NULL)) {
 			set_err(p, p->sec_line, "missing %s in %s (%s is set)",

@@ -73,6 +73,12 @@ enum cfg_watch {
 	CFG_WATCH_EVENTS, /* no watcher: `mbox USER MAILBOX` from the Redis events channel */
 };
 
+enum cfg_send_proxy {
+	CFG_SEND_PROXY_NO,
+	CFG_SEND_PROXY_V1, /* PROXY protocol header, text */
+	CFG_SEND_PROXY_V2, /* ... binary */
+};
+
 struct cfg_addr {
 	struct sockaddr_storage ss; /* AF_INET, AF_INET6 or AF_UNIX */
 	socklen_t len;
@@ -156,6 +162,8 @@ struct cfg_backend {
 	enum cfg_watch watch;             /* watch = auto | notify | idle | events */
 	bool forward_id;                  /* forward_id = yes: ID (x-originating-ip ...) before
 	                                   * each login made for a client */
+	enum cfg_send_proxy send_proxy;   /* send_proxy = no | v1 | v2: a PROXY header first on
+	                                   * every connection (needs a connection per client) */
 	double watch_refresh;             /* watch_refresh = 25m (at most 29m): a watcher's IDLE
 	                                   * is ended and begun again this often */
 	int line;

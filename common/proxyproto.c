@@ -27,6 +27,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 
 static const uint8_t v2_sig[12] = {0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d,
@@ -378,4 +379,78 @@ int proxyproto_parse(const uint8_t *p, size_t len, struct proxyproto_result *r, 
 	if (p[0] == '\r')
 		return parse_v2(p, len, r, consumed_r, err_r);
 	return fail(err_r, "not a PROXY protocol header");
+}
+
+/* ---- building ------------------------------------------------------------ */
+
+/* ip as 16 bytes of IPv6 (IPv4 mapped), and whether it was IPv4. */
+static int addr16(const char *ip, uint8_t out[16], bool *v4_r)
+{
+	struct in_addr a4;
+
+	if (inet_pton(AF_INET, ip, &a4) == 1) {
+		memset(out, 0, 10);
+		out[10] = out[11] = 0xff;
+		memcpy(out + 12, &a4, 4);
+		*v4_r = true;
+		return 0;
+	}
+	*v4_r = false;
+	return inet_pton(AF_INET6, ip, out) == 1 ? 0 : -1;
+}
+
+int proxyproto_build(int version, const char *src_ip, unsigned sport, const char *dst_ip,
+                     unsigned dport, uint8_t *out, size_t outlen)
+{
+	static const uint8_t sig[12] = {'\r', '\n', '\r', '\n', 0,   '\r',
+	                                '\n', 'Q',  'U',  'I',  'T', '\n'};
+	uint8_t s16[16], d16[16];
+	bool s4 = false, d4 = false, v4;
+	size_t n;
+
+	if (src_ip != NULL && (addr16(src_ip, s16, &s4) < 0 || addr16(dst_ip, d16, &d4) < 0 ||
+	                       sport > 65535 || dport > 65535))
+		return -1;
+	v4 = s4 && d4;
+	if (version == 1) {
+		char st[INET6_ADDRSTRLEN], dt[INET6_ADDRSTRLEN];
+		int w;
+		if (src_ip == NULL) {
+			w = snprintf((char *)out, outlen, "PROXY UNKNOWN\r\n");
+		} else {
+			if (inet_ntop(v4 ? AF_INET : AF_INET6, v4 ? s16 + 12 : s16, st,
+			              sizeof(st)) == NULL ||
+			    inet_ntop(v4 ? AF_INET : AF_INET6, v4 ? d16 + 12 : d16, dt,
+			              sizeof(dt)) == NULL)
+				return -1;
+			w = snprintf((char *)out, outlen, "PROXY %s %s %s %u %u\r\n",
+			             v4 ? "TCP4" : "TCP6", st, dt, sport, dport);
+		}
+		return w < 0 || (size_t)w >= outlen ? -1 : w;
+	}
+	if (version != 2)
+		return -1;
+	n = src_ip == NULL ? 16 : v4 ? 16 + 12 : 16 + 36;
+	if (outlen < n)
+		return -1;
+	memcpy(out, sig, sizeof(sig));
+	if (src_ip == NULL) {
+		out[12] = 0x20; /* version 2, LOCAL */
+		out[13] = 0x00; /* UNSPEC */
+		out[14] = out[15] = 0;
+		return (int)n;
+	}
+	out[12] = 0x21;             /* version 2, PROXY */
+	out[13] = v4 ? 0x11 : 0x21; /* TCP over IPv4 / IPv6 */
+	out[14] = (uint8_t)((n - 16) >> 8);
+	out[15] = (uint8_t)(n - 16);
+	size_t alen = v4 ? 4 : 16;
+	memcpy(out + 16, v4 ? s16 + 12 : s16, alen);
+	memcpy(out + 16 + alen, v4 ? d16 + 12 : d16, alen);
+	uint8_t *pp = out + 16 + 2 * alen;
+	pp[0] = (uint8_t)(sport >> 8);
+	pp[1] = (uint8_t)sport;
+	pp[2] = (uint8_t)(dport >> 8);
+	pp[3] = (uint8_t)dport;
+	return (int)n;
 }

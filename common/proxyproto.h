@@ -83,4 +83,19 @@ __attribute__((warn_unused_result)) int proxyproto_parse(const uint8_t *p, size_
                                                          struct proxyproto_result *r,
                                                          size_t *consumed_r, const char **err_r);
 
+/* Longest header proxyproto_build writes (v1 TCP6 with both ports). */
+#define PROXYPROTO_BUILD_MAX PROXYPROTO_V1_MAX
+
+/*
+ * Write the header a proxy sends before a client's stream (version 1 or 2):
+ * from src_ip:sport (the client) to dst_ip:dport (where it connected),
+ * numeric IPv4 or IPv6 text; an IPv4 address beside an IPv6 one is sent as
+ * IPv4-mapped IPv6, since both must be of one family. src_ip NULL: the
+ * proxy's own connection (v1 "PROXY UNKNOWN", v2 LOCAL). Returns the length
+ * written to out (at most PROXYPROTO_BUILD_MAX), or -1 when an address does
+ * not parse or out is too small.
+ */
+int proxyproto_build(int version, const char *src_ip, unsigned sport, const char *dst_ip,
+                     unsigned dport, uint8_t *out, size_t outlen);
+
 #endif

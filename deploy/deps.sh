@@ -30,6 +30,10 @@ PKGS="$PKGS fail2ban"
 # real Sentinels and a real HAProxy with deploy/haproxy.cfg; policy-rc.d below
 # keeps their system services off.
 PKGS="$PKGS redis-sentinel haproxy"
+# make deb (debian/, debhelper) and its test (test_deb.py), which installs the
+# package: its Depends (ssl-cert for the snakeoil certificate, systemd for
+# systemd-sysusers) and what the test runs (setpriv is in util-linux).
+PKGS="$PKGS debhelper dpkg-dev fakeroot ssl-cert systemd"
 CYRUS_DIR=/usr/local/lib/imapmux-cyrus
 
 installed() {

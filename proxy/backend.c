@@ -44,12 +44,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "caps.h"
 #include "imap_args.h"
 #include "imap_login.h"
 #include "log.h"
+#include "proxyproto.h"
 
 #define BK_BUF_SIZE (32 * 1024)
 #define BK_MAX_LINE (16 * 1024)
@@ -283,6 +285,43 @@ struct backend *backend_new(struct ev_loop *loop, const struct cfg_backend *cfg,
 	ev_timer_start(loop, &b->timer);
 	conn_update(&b->conn);
 	return b;
+}
+
+int backend_set_proxy(struct backend *b, const uint8_t *hdr, size_t len)
+{
+	uint8_t *copy;
+
+	if (b->state != BK_CONNECTING || b->proxy_hdr != NULL || (copy = malloc(len)) == NULL)
+		return -1;
+	memcpy(copy, hdr, len);
+	b->proxy_hdr = copy;
+	b->proxy_hdr_len = len;
+	return 0;
+}
+
+/* Connected: the PROXY header goes first, before TLS and IMAP, in one write
+ * to an empty socket buffer (it is at most 107 bytes). */
+static int bk_send_proxy(struct backend *b)
+{
+	uint8_t local[PROXYPROTO_BUILD_MAX];
+	const uint8_t *p = b->proxy_hdr;
+	size_t len = b->proxy_hdr_len;
+	ssize_t n;
+
+	if (p == NULL) {
+		int l = proxyproto_build(b->cfg->send_proxy == CFG_SEND_PROXY_V1 ? 1 : 2, NULL, 0,
+		                         NULL, 0, local, sizeof(local));
+		if (l < 0)
+			return -1;
+		p = local;
+		len = (size_t)l;
+	}
+	do
+		n = send(b->conn.fd, p, len, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	free(b->proxy_hdr);
+	b->proxy_hdr = NULL;
+	return n == (ssize_t)len ? 0 : -1;
 }
 
 void backend_set_hooks(struct backend *b, const struct backend_hooks *hooks, void *ctx)
@@ -534,6 +573,10 @@ static void bk_io(struct conn *c, void *arg)
 				bk_fail(b, b->conn.errmsg);
 				return;
 			}
+			if (b->cfg->send_proxy != CFG_SEND_PROXY_NO && bk_send_proxy(b) < 0) {
+				bk_fail(b, "cannot send the PROXY header");
+				return;
+			}
 			if (b->cfg->tls == CFG_TLS_IMPLICIT) {
 				if (bk_start_tls(b) < 0)
 					return;
@@ -697,6 +740,7 @@ void backend_destroy(struct backend **bp)
 	if (b->hooks != NULL && b->hooks->gone != NULL)
 		b->hooks->gone(b->hooks_ctx, b);
 	bk_forget_caps(b);
+	free(b->proxy_hdr);
 	free(b);
 }
 

@@ -123,8 +123,11 @@ struct backend {
 	size_t user_len;
 	char *pass;
 	size_t pass_len;
-	char *plain_b64; /* AUTHENTICATE PLAIN without SASL-IR: the response, sent on "+" */
-	char *id_args;   /* ID's argument list, sent before the login (backend_set_id) */
+	char *plain_b64;    /* AUTHENTICATE PLAIN without SASL-IR: the response, sent on "+" */
+	char *id_args;      /* ID's argument list, sent before the login (backend_set_id) */
+	uint8_t *proxy_hdr; /* send_proxy: the client's PROXY header (backend_set_proxy);
+	                     * NULL: the proxy's own (LOCAL / UNKNOWN) */
+	size_t proxy_hdr_len;
 
 	bool notify_ready; /* call done(BK_RES_OK) on READY when no login is pending */
 	bool returning;    /* going back to the pool through UNAUTHENTICATE */
@@ -149,6 +152,13 @@ struct backend *backend_new(struct ev_loop *loop, const struct cfg_backend *cfg,
 
 /* Report gone/caps through hooks (ctx passed back); NULL: report nothing. */
 void backend_set_hooks(struct backend *b, const struct backend_hooks *hooks, void *ctx);
+
+/* send_proxy: the PROXY header to send first, for the client this
+ * connection is made for (copied). Only before it is connected: -1 after,
+ * or without memory. Without one, the header says LOCAL (v2) or UNKNOWN
+ * (v1): a connection of the proxy's own (health check, watcher). */
+__attribute__((warn_unused_result)) int backend_set_proxy(struct backend *b, const uint8_t *hdr,
+                                                          size_t len);
 
 /* Send "ID args" (RFC 2971) ahead of the next login, where the backend
  * offers ID: the client's addresses, for the backend's logs and limits

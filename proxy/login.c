@@ -24,6 +24,7 @@
 
 #include "cryptpool.h"
 #include "pool.h"
+#include "proxyproto.h"
 #include "redis.h"
 #include "route.h"
 #include "sess.h"
@@ -295,7 +296,9 @@ static void login_fail(struct session *s, enum login_result r, bool count, const
 
 static bool backend_usable(size_t i, void *arg)
 {
-	return runtime_backend_up(arg, i);
+	const struct session *s = arg;
+
+	return runtime_backend_up(s->rt, i) && !worker_drained(s->w, s->rt->cfg->backends[i].name);
 }
 
 static const struct cfg_backend *login_fallback(struct session *s)
@@ -307,7 +310,7 @@ static const struct cfg_backend *login_fallback(struct session *s)
 	case CFG_FALLBACK_BACKEND:
 		return cfg_backend_find(cfg, cfg->fallback_backend);
 	case CFG_FALLBACK_HASH:
-		return route_rendezvous_among(cfg, l->user, l->ulen, backend_usable, s->rt);
+		return route_rendezvous_among(cfg, l->user, l->ulen, backend_usable, s);
 	case CFG_FALLBACK_DENY:
 		break;
 	}
@@ -331,6 +334,10 @@ static void login_backend(struct session *s, const struct cfg_backend *bc)
 	i = runtime_backend_index(s->rt, bc);
 	if (!runtime_backend_up(s->rt, i)) {
 		login_fail(s, LOGIN_UNAVAILABLE, false, "routed backend is down");
+		return;
+	}
+	if (worker_drained(s->w, bc->name)) {
+		login_fail(s, LOGIN_UNAVAILABLE, false, "routed backend is drained");
 		return;
 	}
 	s->bcfg = bc;
@@ -403,6 +410,18 @@ static int login_set_id(struct session *s)
 	return backend_set_id(s->bk, args);
 }
 
+/* send_proxy: the client's addresses (the PROXY header's where one was
+ * read) ahead of everything on b, a connection made for this session. */
+static int login_set_proxy(struct session *s, struct backend *b)
+{
+	uint8_t hdr[PROXYPROTO_BUILD_MAX];
+	int n = proxyproto_build(s->bcfg->send_proxy == CFG_SEND_PROXY_V1 ? 1 : 2,
+	                         s->port != 0 ? s->ip : NULL, s->port, s->lip, s->lport, hdr,
+	                         sizeof(hdr));
+
+	return n < 0 ? -1 : backend_set_proxy(b, hdr, (size_t)n);
+}
+
 /* Log in on b, which this session owns now. */
 static void login_send(struct session *s, struct backend *b)
 {
@@ -413,6 +432,12 @@ static void login_send(struct session *s, struct backend *b)
 
 	s->bk = b;
 	STAT_INC(&s->w->stats, backend_logins);
+	if (bc->send_proxy != CFG_SEND_PROXY_NO && login_set_proxy(s, b) < 0) {
+		/* Only a connection opened for this login can carry its header. */
+		backend_destroy_later(&s->w->reaper, &s->bk);
+		login_fail(s, LOGIN_UNAVAILABLE, false, "cannot give the backend a PROXY header");
+		return;
+	}
 	/* First: a connection that is ready sends its login at once. */
 	r = bc->forward_id ? login_set_id(s) : 0;
 	if (r == 0 && (cfg->auth == CFG_AUTH_REDIS || l->plen == 0))

@@ -35,6 +35,7 @@
 #include "log.h"
 #include "runtime.h"
 #include "sdnotify.h"
+#include "sessions_api.h"
 #include "stats.h"
 #include "worker.h"
 #include "zone.h"
@@ -384,6 +385,8 @@ int main(int argc, char **argv)
 		} else {
 			for (unsigned i = 0; i < started; i++)
 				counters[i] = &workers[i].stats;
+			/* GET /sessions asks the workers themselves (by message). */
+			sessions_api_set_workers(worker_sessions_post, workers, started);
 			rc = stats_start(&rt->cfg->stats_listen, counters, started);
 		}
 		free(counters);

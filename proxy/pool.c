@@ -215,7 +215,8 @@ static struct backend *pool_open(struct pool *p, unsigned long sid, backend_done
 
 static void pool_refill(struct pool *p)
 {
-	if (p->closing || p->w->draining || ev_now(p->w->loop) < p->backoff_until)
+	if (p->closing || p->w->draining || ev_now(p->w->loop) < p->backoff_until ||
+	    worker_drained(p->w, p->cfg->name))
 		return;
 	while (p->nidle + p->nopening < pool_min(p) && p->total < pool_max(p) &&
 	       runtime_backend_up(p->rt, p->index)) {
@@ -491,6 +492,7 @@ void pool_put_back(struct pool *p, struct backend *b, bool unselect)
 	/* Settings reloaded since it was opened, or the worker is ending:
 	 * close it instead. */
 	if (p->closing || p->w->draining || b->cfg != p->cfg ||
+	    worker_drained(p->w, p->cfg->name) ||
 	    backend_unauthenticate(b, unselect, pool_conn_done, p) < 0) {
 		backend_logout_and_destroy_later(&p->w->reaper, &b);
 		return;
@@ -579,6 +581,18 @@ static void pool_close_owned(struct pool *p, bool now)
 			}
 		}
 	}
+}
+
+unsigned pool_drain(struct worker *w, const char *name)
+{
+	struct pool *p = pool_find(w, name);
+	unsigned n = 0;
+
+	if (p == NULL)
+		return 0;
+	n = p->nidle + p->nopening;
+	pool_close_owned(p, false);
+	return n;
 }
 
 void pool_close_all(struct worker *w)

@@ -72,6 +72,11 @@ void pool_put_back(struct pool *p, struct backend *b, bool unselect);
  * a refill, or one coming back through UNAUTHENTICATE) and open no more. */
 void pool_close_all(struct worker *w);
 
+/* Backend name was drained: close what its pool owns (idle connections,
+ * those opening); pool_refill opens none while it stays drained. Returns
+ * how many were closed. */
+unsigned pool_drain(struct worker *w, const char *name);
+
 /* Free every pool of w, after every counted backend is gone (worker exit). */
 void pool_destroy_all(struct worker *w);
 

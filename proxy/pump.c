@@ -39,6 +39,9 @@ void pump_attach(struct session *s, struct backend *b, bool reused)
 	backend_attach(b, sess_backend_io, s);
 	sess_reply(s, "%s OK [CAPABILITY %s] Logged in", s->tag, caps);
 	sess_to(s, SESS_PROXYING);
+	/* Drained while this login was under way: it leaves at once. */
+	if (worker_drained(s->w, s->bcfg->name))
+		s->draining = s->bk_drain = true;
 	STAT_INC(&s->w->stats, logins_ok);
 	if (reused)
 		STAT_INC(&s->w->stats, sessions_reused);

@@ -425,12 +425,14 @@ static void parse_event(struct rds *r, const char *p, size_t len)
 		a2 = sp2 + 1;
 		l2 = l1 - (size_t)(a2 - a1);
 		l1 = (size_t)(sp2 - a1);
-	} else if (strcmp(kind, "kick") != 0 && strcmp(kind, "route") != 0) {
+	} else if (strcmp(kind, "kick") != 0 && strcmp(kind, "route") != 0 &&
+	           strcmp(kind, "drain") != 0 && strcmp(kind, "undrain") != 0) {
 		log_warn("redis: ignoring unknown event '%s'", kind);
 		return;
 	}
 	if (l1 == 0) {
-		log_warn("redis: ignoring %s event without a user", kind);
+		log_warn("redis: ignoring %s event without a %s", kind,
+		         kind[0] == 'd' || kind[0] == 'u' ? "backend" : "user");
 		return;
 	}
 	r->on_event(r->event_arg, kind, a1, l1, a2, l2);

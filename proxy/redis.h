@@ -31,8 +31,10 @@ struct rds_req;
  * was lost; otherwise owned by hiredis and valid only during the call. */
 typedef void rds_reply_cb(void *arg, const redisReply *reply);
 
-/* An event from the channel: kind is "kick", "route" or "mbox"; arg1 the
- * user; arg2 the mailbox for "mbox" (else NULL, 0). Not NUL-terminated. */
+/* An event from the channel: kind is "kick", "route" or "mbox" (arg1 the
+ * user; arg2 the mailbox for "mbox", else NULL, 0), "drain" or "undrain"
+ * (arg1 a backend name), or "resync" (subscribed again: events may have been
+ * missed). Not NUL-terminated. */
 typedef void rds_event_cb(void *arg, const char *kind, const char *arg1, size_t len1,
                           const char *arg2, size_t len2);
 

@@ -23,6 +23,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -58,6 +59,19 @@ static void secret_init(void)
 		log_error("reuse: no random secret; session reuse keys are weaker");
 }
 
+/* A key no other will equal (a kept session is then neither stored under
+ * it nor found): random, and unique among these by a counter even if the
+ * random bytes cannot be had. */
+static void unmatchable_key(uint8_t key_r[REUSE_KEY_LEN])
+{
+	static atomic_ulong count;
+	unsigned long n = atomic_fetch_add(&count, 1);
+
+	if (getrandom(key_r, REUSE_KEY_LEN, 0) != (ssize_t)REUSE_KEY_LEN)
+		memset(key_r, 0xa5, REUSE_KEY_LEN);
+	memcpy(key_r, &n, sizeof(n));
+}
+
 void reuse_key(const char *backend, const uint8_t *user, size_t ulen, const uint8_t *sec,
                size_t slen, uint8_t key_r[REUSE_KEY_LEN])
 {
@@ -67,8 +81,7 @@ void reuse_key(const char *backend, const uint8_t *user, size_t ulen, const uint
 
 	pthread_once(&secret_once, secret_init);
 	if (msg == NULL) {
-		/* Unique garbage: never equal to a real key. */
-		(void)getrandom(key_r, REUSE_KEY_LEN, 0);
+		unmatchable_key(key_r);
 		return;
 	}
 	memcpy(msg, backend, blen + 1);
@@ -76,7 +89,7 @@ void reuse_key(const char *backend, const uint8_t *user, size_t ulen, const uint
 	msg[blen + 1 + ulen] = '\0';
 	memcpy(msg + blen + 2 + ulen, sec, slen);
 	if (HMAC(EVP_sha256(), secret, sizeof(secret), msg, n, key_r, &mdlen) == NULL)
-		(void)getrandom(key_r, REUSE_KEY_LEN, 0);
+		unmatchable_key(key_r);
 	explicit_bzero(msg, n);
 	free(msg);
 }
@@ -264,6 +277,22 @@ void reuse_drop_user(struct worker *w, const char *user, size_t ulen)
 		if (e->ulen == ulen && memcmp(e->user, user, ulen) == 0)
 			entry_close(e, "user kicked");
 	}
+}
+
+unsigned reuse_drop_backend(struct worker *w, const char *backend)
+{
+	struct list_node *n, *tmp;
+	unsigned count = 0;
+
+	list_for_each_safe (n, tmp, &w->reuse) {
+		struct reuse_entry *e = list_entry(n, struct reuse_entry, node);
+		if (e->state != ENTRY_DEAD && e->b != NULL &&
+		    strcmp(e->b->cfg->name, backend) == 0) {
+			entry_close(e, "backend drained");
+			count++;
+		}
+	}
+	return count;
 }
 
 void reuse_drop_all(struct worker *w)

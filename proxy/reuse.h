@@ -56,6 +56,9 @@ void reuse_drop_all(struct worker *w);
 
 /* Close the oldest kept session of backend to free a connection slot for a
  * waiting login. Returns false if there was none. */
+/* Close the kept sessions of backend (drained). Returns how many. */
+unsigned reuse_drop_backend(struct worker *w, const char *backend);
+
 bool reuse_evict_one(struct worker *w, const char *backend);
 
 #endif

@@ -60,6 +60,7 @@
 #define KEY_ROOM            IDENT_KEY_ROOM(CFG_REDIS_PREFIX_MAX)
 #define IDLE_MIN_TIMEOUT    1800.0 /* RFC 3501 5.4: at least 30 minutes */
 #define CLOSE_FLUSH_TIMEOUT 5.0
+#define BYE_BACKEND_DRAINED "* BYE [UNAVAILABLE] Backend draining, reconnect."
 #define RUN_ROUNDS          16 /* fairness: I/O rounds per callback */
 
 struct login;
@@ -126,7 +127,8 @@ struct session {
 	unsigned inflight;     /* commands forwarded minus tagged completions */
 	bool backend_bye;      /* the backend announced its close */
 	bool backend_gone;     /* backend EOF or error: drain what it sent, then close */
-	bool draining;         /* SIGTERM: close at the next quiet point */
+	bool draining;         /* SIGTERM or backend drain: close at the next quiet point */
+	bool bk_drain;         /* ... because the operator drained its backend (drain.h) */
 	bool counted_proxying; /* included in stats.sessions_proxying */
 
 	/* reuse after LOGOUT (reuse.c) */

@@ -38,6 +38,7 @@
 #include "mbox_feed.h"
 #include "proxyproto.h"
 #include "sess.h"
+#include "sessions_api.h"
 #include "zone.h"
 
 static unsigned long next_session_id(void)
@@ -572,7 +573,10 @@ static void sess_run(struct session *s)
 				continue;
 			}
 			if (s->draining && pump_quiet(s)) {
-				sess_close(s, "shutdown", "* BYE Server shutting down.");
+				if (s->bk_drain)
+					sess_close(s, "backend drained", BYE_BACKEND_DRAINED);
+				else
+					sess_close(s, "shutdown", "* BYE Server shutting down.");
 				continue;
 			}
 		} else if (s->client.eof && s->state != SESS_CLOSING && s->state != SESS_LOGIN &&
@@ -883,6 +887,30 @@ void session_drain_all(struct worker *w, bool force)
 	}
 }
 
+unsigned session_backend_drain(struct worker *w, const char *name)
+{
+	struct list_node *n, *tmp;
+	unsigned count = 0;
+
+	list_for_each_safe (n, tmp, &w->sessions) {
+		struct session *s = list_entry(n, struct session, node);
+		/* Only sessions on a backend, or parked on one: a session back
+		 * in PREAUTH (UNAUTHENTICATE) may still name its last one, and a
+		 * login under way is caught when it attaches (pump_attach). */
+		if ((s->state != SESS_PROXYING && s->state != SESS_PARKED &&
+		     s->state != SESS_WAKING) ||
+		    s->bcfg == NULL || strcmp(s->bcfg->name, name) != 0)
+			continue;
+		s->draining = true;
+		s->bk_drain = true;
+		if (s->state != SESS_PROXYING || pump_quiet(s))
+			sess_close(s, "backend drained", BYE_BACKEND_DRAINED);
+		sess_run(s);
+		count++;
+	}
+	return count;
+}
+
 void session_kick(struct worker *w, const char *user, size_t len)
 {
 	struct list_node *node, *tmp;
@@ -910,4 +938,81 @@ void session_cancel_all(struct worker *w)
 
 	list_for_each (n, &w->sessions)
 		login_abort(list_entry(n, struct session, node));
+}
+
+/* ---- GET /sessions -------------------------------------------------------- */
+
+/* The stable names /sessions and `imapmuxctl who` show (README "Control
+ * tool"), fewer than the states: what an operator tells apart. */
+static const char *sess_api_state(const struct session *s)
+{
+	switch (s->state) {
+	case SESS_NEW:
+	case SESS_PROXYHDR:
+	case SESS_HANDSHAKE:
+		return "connecting";
+	case SESS_PREAUTH:
+	case SESS_STARTTLS:
+		return "preauth";
+	case SESS_LOGIN:
+		return "authenticating";
+	case SESS_PROXYING:
+		return "logged_in";
+	case SESS_PARKED:
+		return "parked";
+	case SESS_WAKING:
+		return "waking";
+	case SESS_CLOSING:
+	case SESS_DEAD:
+		break;
+	}
+	return "closing";
+}
+
+static bool sess_logged_in(const struct session *s)
+{
+	return s->state == SESS_PROXYING || s->state == SESS_PARKED || s->state == SESS_WAKING;
+}
+
+void session_snapshot(struct worker *w, struct sessions_req *rq)
+{
+	uint8_t want[IDENT_USER_MAX];
+	size_t wlen = 0;
+	bool filter = sessions_req_filter(rq, want, &wlen);
+	struct list_node *n;
+	ev_tstamp now = ev_now(w->loop);
+
+	/* The filter names the user as a kick would (username_case). */
+	if (filter)
+		ident_user_norm(want, wlen, w->rt->cfg->username_case == CFG_UCASE_FOLD, want);
+	list_for_each (n, &w->sessions) {
+		const struct session *s = list_entry(n, struct session, node);
+		struct sessions_row r;
+		bool in = sess_logged_in(s);
+
+		if (s->state == SESS_DEAD)
+			continue;
+		if (filter && (!in || s->uname_len != wlen || memcmp(s->uname, want, wlen) != 0))
+			continue;
+		memset(&r, 0, sizeof(r));
+		r.id = s->id;
+		r.worker = w->id;
+		snprintf(r.client, sizeof(r.client), "%s", s->peer);
+		snprintf(r.listener, sizeof(r.listener), "%s", s->lcfg->name);
+		snprintf(r.tls, sizeof(r.tls), "%s", sess_tls_version(s));
+		r.state = sess_api_state(s);
+		r.in_idle =
+		    (s->state == SESS_PROXYING && (s->px == PX_IDLING || s->px == PX_PARK_DONE)) ||
+		    park_idling(s);
+		if (in) {
+			r.user_len = s->uname_len;
+			memcpy(r.user, s->uname, s->uname_len);
+			if (s->bcfg != NULL)
+				snprintf(r.backend, sizeof(r.backend), "%s", s->bcfg->name);
+		}
+		r.since = s->started;
+		r.idle = now - (s->last_activity > s->started ? s->last_activity : s->started);
+		if (sessions_req_add(rq, &r) < 0)
+			break; /* full: the answer says truncated */
+	}
 }

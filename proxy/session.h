@@ -11,6 +11,7 @@
 
 struct worker;
 struct session;
+struct sessions_req;
 
 /* Take over accepted fd on listener index lidx of w->rt. */
 void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr *peer,
@@ -21,6 +22,10 @@ void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr
 void session_drain_all(struct worker *w, bool force);
 
 /* Close every session of user[0..len) with "* BYE [UNAVAILABLE]" (kick event). */
+/* Backend name was drained: its sessions get BYE (proxied ones at their
+ * next quiet point). Returns how many were told to leave. */
+unsigned session_backend_drain(struct worker *w, const char *name);
+
 void session_kick(struct worker *w, const char *user, size_t len);
 
 /* MAILBOX of user changed (an `mbox` event, a watcher; mbox NULL: any of
@@ -30,6 +35,10 @@ void session_mbox_changed(struct worker *w, const uint8_t *user, size_t ulen, co
 /* Events may have been missed (Redis came back): every parked session
  * reads its mailbox again. */
 void session_wake_parked(struct worker *w);
+
+/* Copy a row of each of w's sessions (of the request's user only, when it
+ * names one) into rq, until it is full (sessions_api.h). */
+void session_snapshot(struct worker *w, struct sessions_req *rq);
 
 /* Drop every pending Redis request and password check (worker shutdown). */
 void session_cancel_all(struct worker *w);

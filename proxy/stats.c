@@ -8,6 +8,9 @@
  *     socket, bind, listen                 accept -> conn
  *     ev_loop_new, pthread_create  --->      READING -> WRITING -> LINGERING -> closed
  *                                            GET /metrics: metrics_render (metrics.c)
+ *                                          READING -> GATHERING -> WRITING ...
+ *                                            GET /sessions: the workers asked by message
+ *                                            (sessions_api.c), sessions_done or deadline
  *   stats_stop: ev_async --------------->  ev_break
  *     join, then close and free what is left
  *
@@ -18,9 +21,14 @@
  *    atomic loads: each worker is its counters' only writer, the counters
  *    are independent, and a scrape need not be a consistent snapshot
  *    across them. The caller keeps them in place until stats_stop.
+ *    Sessions are never read from here: GET /sessions asks each worker
+ *    for a copy of its own (sessions_api.h) and waits for the answers
+ *    without blocking, at most SESSIONS_WAIT, at most STATS_MAX_GATHERS
+ *    requests at once.
  *  - Everything a client controls is bounded: at most STATS_MAX_CONNS
  *    connections, a request head of at most STATS_HEAD_MAX bytes,
- *    STATS_CONN_TIMEOUT seconds from accept to close, STATS_LINGER_MAX
+ *    STATS_CONN_TIMEOUT seconds from accept (from the request, once a
+ *    GET /sessions has waited for the workers) to close, STATS_LINGER_MAX
  *    bytes discarded after the response. Nothing here blocks, and any byte
  *    sequence gets an answer or a close.
  *  - Idle clients cannot hold the slots: a connection accepted into a full
@@ -57,6 +65,7 @@
 #include "list.h"
 #include "log.h"
 #include "metrics.h"
+#include "sessions_api.h"
 #include "status.h"
 
 #define STATS_MAX_CONNS         64
@@ -66,11 +75,14 @@
 #define STATS_LINGER_MAX        65536
 #define STATS_ACCEPT_BATCH      64
 #define STATS_FULL_WARN_EVERY   60.0
+#define STATS_MAX_GATHERS       4 /* GET /sessions being gathered at once */
 
 enum conn_state {
 	CONN_READING, /* reading the request head: no blank line yet, head_len <= STATS_HEAD_MAX */
 	CONN_WRITING, /* the response is in out, out_off < out_len; the write watcher runs */
 	CONN_LINGERING, /* response sent, SHUT_WR done: reading and dropping input until EOF */
+	CONN_GATHERING, /* GET /sessions: the workers are asked (rq); no I/O watcher, the
+	                 * deadline at gather_at + SESSIONS_WAIT (sessions_api.h) */
 };
 
 struct stats_conn {
@@ -87,6 +99,8 @@ struct stats_conn {
 	size_t discarded;      /* bytes dropped while LINGERING */
 	char *out;             /* the response (malloc'd) while WRITING */
 	size_t out_len, out_off;
+	struct sessions_req *rq; /* while GATHERING */
+	double gather_at;        /* ev_now when the workers were asked */
 	char head[STATS_HEAD_MAX];
 };
 
@@ -105,6 +119,8 @@ static struct {
 	unsigned long evicted;  /* connections closed to make room, since the last warning */
 	double start_time;      /* wall clock at stats_start, seconds since the epoch */
 	double last_full_warn;  /* ev_now of the last "all slots in use" warning */
+	ev_async sessions_done; /* a GET /sessions has all its workers' answers */
+	unsigned ngathering;    /* connections GATHERING */
 } srv = {.fd = -1};
 
 /* What a 200 answers with. */
@@ -113,7 +129,11 @@ enum route {
 	ROUTE_STATUS,  /* GET /status: JSON (status.c) */
 	ROUTE_PAGE,    /* GET /: the HTML page that shows /status (status.c) */
 	ROUTE_HEALTH,  /* GET /health: 200 "ok" while logins are taken, 503 draining */
+	ROUTE_WHO,     /* GET /sessions[?user=NAME]: JSON, asked of the workers (sessions_api.c) */
 };
+
+static void conn_gather(struct stats_conn *c, size_t len);
+static void conn_sessions_answer(struct stats_conn *c);
 
 /* Set once by SIGTERM's drain (main thread), read by the stats thread. */
 static _Atomic bool draining;
@@ -252,6 +272,10 @@ static int request_status(const char *head, size_t len, enum route *route_r)
 		*route_r = ROUTE_STATUS;
 		return 200;
 	}
+	if (path_end - path == 9 && memcmp(path, "/sessions", 9) == 0) {
+		*route_r = ROUTE_WHO;
+		return 200;
+	}
 	return 404;
 }
 
@@ -261,6 +285,10 @@ static int request_status(const char *head, size_t len, enum route *route_r)
 
 static void conn_close(struct stats_conn *c)
 {
+	if (c->rq != NULL) {
+		sessions_req_release(&c->rq);
+		srv.ngathering--;
+	}
 	ev_io_stop(srv.loop, &c->io);
 	ev_timer_stop(srv.loop, &c->deadline);
 	close(c->fd);
@@ -278,11 +306,15 @@ static void conn_close(struct stats_conn *c)
  */
 static void conn_arm(struct stats_conn *c)
 {
-	double at = c->accepted + STATS_CONN_TIMEOUT;
+	/* A GET /sessions that waited for the workers still gets its full
+	 * time to be sent. */
+	double at = (c->gather_at > c->accepted ? c->gather_at : c->accepted) + STATS_CONN_TIMEOUT;
 	double left;
 
 	if (c->state == CONN_READING && c->hurried)
 		at = c->accepted + STATS_BUSY_HEAD_TIMEOUT;
+	else if (c->state == CONN_GATHERING)
+		at = c->gather_at + SESSIONS_WAIT;
 	if (at == c->deadline_at && ev_is_active(&c->deadline))
 		return;
 	c->deadline_at = at;
@@ -298,7 +330,8 @@ static void conn_set_state(struct stats_conn *c, enum conn_state state)
 	c->state = state;
 	ev_io_stop(srv.loop, &c->io);
 	ev_io_set(&c->io, c->fd, state == CONN_WRITING ? EV_WRITE : EV_READ);
-	ev_io_start(srv.loop, &c->io);
+	if (state != CONN_GATHERING)
+		ev_io_start(srv.loop, &c->io);
 	conn_arm(c);
 }
 
@@ -471,7 +504,10 @@ static void conn_read(struct stats_conn *c)
 				enum route route = ROUTE_METRICS;
 				int status = request_status(c->head, i + 1, &route);
 
-				conn_respond(c, status, route);
+				if (status == 200 && route == ROUTE_WHO)
+					conn_gather(c, i + 1);
+				else
+					conn_respond(c, status, route);
 				return;
 			}
 			c->line_start = i + 1;
@@ -496,6 +532,8 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
 	case CONN_LINGERING:
 		conn_linger(c);
 		break;
+	case CONN_GATHERING:
+		break; /* no I/O watcher in this state */
 	}
 }
 
@@ -505,6 +543,13 @@ static void conn_deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
 
 	(void)loop;
 	(void)revents;
+	if (c->state == CONN_GATHERING) {
+		/* Answer with the workers that did: the rest are named in it. */
+		log_warn("stats: GET /sessions: a worker did not answer within %.0fs",
+		         SESSIONS_WAIT);
+		conn_sessions_answer(c);
+		return;
+	}
 	log_debug("stats: connection timed out (%s)",
 	          c->state != CONN_READING ? "response not taken"
 	          : c->hurried             ? "no request head within the busy deadline"
@@ -542,6 +587,8 @@ static int conn_evict_rank(const struct stats_conn *c)
 		return 1; /* answered: only waiting for the client's close */
 	case CONN_WRITING:
 		return 2; /* the response is under way, to a client slow to read it */
+	case CONN_GATHERING:
+		return 2; /* a whole request, being answered */
 	}
 	return 2;
 }
@@ -555,6 +602,8 @@ static const char *conn_state_name(enum conn_state state)
 		return "writing";
 	case CONN_LINGERING:
 		return "lingering";
+	case CONN_GATHERING:
+		return "gathering";
 	}
 	return "?";
 }
@@ -606,6 +655,132 @@ static struct stats_conn *conn_new(int fd)
 	if (srv.nconns > STATS_MAX_CONNS / 2)
 		conns_hurry();
 	return c;
+}
+
+/* ------------------------------------------------------------------------
+ * GET /sessions: asked of the workers, answered when all have (or at the
+ * deadline, naming those that have not)
+ */
+
+/* Send status with body (taken: freed here) as ctype; reason for the
+ * status line. May free c. */
+static void conn_respond_text(struct stats_conn *c, int status, const char *reason,
+                              const char *ctype, struct text *body)
+{
+	struct text out;
+
+	text_init(&out, body->len + 256);
+	text_printf(&out,
+	            "HTTP/1.0 %d %s\r\n"
+	            "Content-Type: %s\r\n"
+	            "Content-Length: %zu\r\n"
+	            "Connection: close\r\n"
+	            "\r\n",
+	            status, reason, ctype, body->len);
+	text_append(&out, body->p, body->len);
+	free(body->p);
+	body->p = NULL;
+	if (body->failed || out.failed) {
+		log_error("stats: out of memory answering /sessions");
+		free(out.p);
+		conn_close(c);
+		return;
+	}
+	log_debug("stats: request answered %d", status);
+	c->out = out.p;
+	c->out_len = out.len;
+	c->out_off = 0;
+	conn_write(c);
+}
+
+static void conn_respond_plain(struct stats_conn *c, int status, const char *reason,
+                               const char *line)
+{
+	struct text body;
+
+	text_init(&body, 256);
+	text_printf(&body, "%s\n", line);
+	conn_respond_text(c, status, reason, "text/plain; charset=utf-8", &body);
+}
+
+/* The workers' rows so far, as the answer (may free c). */
+static void conn_sessions_answer(struct stats_conn *c)
+{
+	struct text body;
+
+	text_init(&body, 4096);
+	sessions_render(&body, c->rq, srv.start_time);
+	sessions_req_release(&c->rq);
+	srv.ngathering--;
+	conn_respond_text(c, 200, "OK", "application/json", &body);
+}
+
+/* From a worker's thread, under the request's lock: only a signal. */
+static void sessions_notify(void *arg)
+{
+	(void)arg;
+	ev_async_send(srv.loop, &srv.sessions_done);
+}
+
+static void sessions_done_cb(struct ev_loop *loop, ev_async *a, int revents)
+{
+	struct list_node *n, *tmp;
+
+	(void)loop;
+	(void)a;
+	(void)revents;
+	/* conn_sessions_answer may free c, and no other connection. */
+	list_for_each_safe (n, tmp, &srv.conns) {
+		struct stats_conn *c = list_entry(n, struct stats_conn, node);
+
+		if (c->state == CONN_GATHERING && sessions_req_complete(c->rq))
+			conn_sessions_answer(c);
+	}
+}
+
+/* The query of the request line's target in head[0..len) (NULL, 0: none).
+ * request_status has found the line well-formed: "METHOD SP target SP ...". */
+static void request_query(const char *head, size_t len, const char **q_r, size_t *len_r)
+{
+	const char *sp = memchr(head, ' ', len);
+	const char *t = sp + 1, *end = memchr(t, ' ', len - (size_t)(t - head));
+	const char *qm = memchr(t, '?', (size_t)(end - t));
+
+	*q_r = qm != NULL ? qm + 1 : NULL;
+	*len_r = qm != NULL ? (size_t)(end - qm - 1) : 0;
+}
+
+/* GET /sessions, its head c->head[0..len): check the query, ask every
+ * worker, wait (may free c). */
+static void conn_gather(struct stats_conn *c, size_t len)
+{
+	uint8_t user[IDENT_USER_MAX];
+	size_t ulen = 0, qlen;
+	bool has_user = false;
+	const char *q;
+	char err[160];
+
+	request_query(c->head, len, &q, &qlen);
+	if (sessions_query_parse(q, qlen, user, &ulen, &has_user, err, sizeof(err)) < 0) {
+		conn_respond_plain(c, 400, "Bad Request", err);
+		return;
+	}
+	if (srv.ngathering >= STATS_MAX_GATHERS) {
+		conn_respond_plain(c, 503, "Service Unavailable",
+		                   "too many GET /sessions at once; try again");
+		return;
+	}
+	c->rq = sessions_req_new(SESSIONS_MAX, user, ulen, has_user, sessions_notify, NULL);
+	if (c->rq == NULL) {
+		conn_respond_plain(c, 500, "Internal Server Error", "out of memory");
+		return;
+	}
+	srv.ngathering++;
+	c->gather_at = ev_now(srv.loop);
+	conn_set_state(c, CONN_GATHERING);
+	sessions_req_post(c->rq);
+	if (sessions_req_complete(c->rq)) /* no workers to ask */
+		conn_sessions_answer(c);
 }
 
 /* ------------------------------------------------------------------------
@@ -753,6 +928,9 @@ int stats_start(const struct cfg_addr *addr, const struct stats *const *counters
 	ev_timer_init(&srv.accept_pause, accept_pause_cb, 1., 0.);
 	ev_async_init(&srv.stop, stop_cb);
 	ev_async_start(srv.loop, &srv.stop);
+	ev_async_init(&srv.sessions_done, sessions_done_cb);
+	ev_async_start(srv.loop, &srv.sessions_done);
+	srv.ngathering = 0;
 
 	err = pthread_create(&srv.thread, NULL, stats_thread, NULL);
 	if (err != 0) {
@@ -795,6 +973,7 @@ void stats_stop(void)
 	ev_io_stop(srv.loop, &srv.accept_io);
 	ev_timer_stop(srv.loop, &srv.accept_pause);
 	ev_async_stop(srv.loop, &srv.stop);
+	ev_async_stop(srv.loop, &srv.sessions_done);
 	ev_loop_destroy(srv.loop);
 	srv.loop = NULL;
 	close(srv.fd);

@@ -20,12 +20,14 @@
 #include <unistd.h>
 
 #include "cryptpool.h"
+#include "drain.h"
 #include "ident.h"
 #include "log.h"
 #include "pool.h"
 #include "redis.h"
 #include "reuse.h"
 #include "session.h"
+#include "sessions_api.h"
 #include "ttlmap.h"
 #include "watch.h"
 
@@ -155,15 +157,32 @@ static void wake_cb(struct ev_loop *loop, ev_async *a, int revents)
 {
 	struct worker *w = a->data;
 	struct runtime *rt;
+	struct list_node reqs;
 	bool drain, stop;
 
 	(void)revents;
+	list_init(&reqs);
 	pthread_mutex_lock(&w->lock);
 	rt = w->new_rt;
 	w->new_rt = NULL;
 	drain = w->cmd_drain;
 	stop = w->cmd_stop;
+	while (!list_empty(&w->sessions_reqs)) {
+		struct list_node *n = list_first(&w->sessions_reqs);
+
+		list_remove(n);
+		list_push_back(&reqs, n);
+	}
 	pthread_mutex_unlock(&w->lock);
+
+	/* GET /sessions: answered from here, this thread's sessions' owner. */
+	while (!list_empty(&reqs)) {
+		struct sessions_slot *slot = list_first_entry(&reqs, struct sessions_slot, node);
+
+		list_remove(&slot->node);
+		session_snapshot(w, slot->rq);
+		sessions_slot_done(slot);
+	}
 
 	if (rt != NULL) {
 		runtime_unref(&w->rt);
@@ -187,6 +206,7 @@ int worker_init(struct worker *w, int id, struct runtime *rt, const int *fds, si
 		return -1;
 	w->rt = runtime_ref(rt);
 	pthread_mutex_init(&w->lock, NULL);
+	list_init(&w->sessions_reqs);
 	w->listeners = calloc(nfds ? nfds : 1, sizeof(*w->listeners));
 	if (w->listeners == NULL)
 		return -1;
@@ -215,6 +235,7 @@ int worker_init(struct worker *w, int id, struct runtime *rt, const int *fds, si
 	w->drain_timer.data = w;
 	ev_init(&w->accept_pause, accept_pause_cb);
 	w->accept_pause.data = w;
+	drain_init(w);
 	ev_init(&w->trim_timer, trim_cb);
 	w->trim_timer.data = w;
 	listeners_set(w, true);
@@ -247,7 +268,10 @@ static void on_event(void *arg, const char *kind, const char *a1, size_t l1, con
 		/* Events may have been missed while unsubscribed. */
 		if (w->routes != NULL)
 			ttlmap_clear(w->routes);
+		drain_resync(w);
 		session_wake_parked(w);
+	} else if (strcmp(kind, "drain") == 0 || strcmp(kind, "undrain") == 0) {
+		drain_event(w, kind[0] == 'd', a1, l1);
 	} else if (strcmp(kind, "mbox") == 0) {
 		session_mbox_changed(w, user, l1, (const uint8_t *)a2, l2);
 	}
@@ -280,6 +304,7 @@ static void *worker_main(void *arg)
 		log_error("worker %d: cannot set up password checks", w->id);
 	pool_prefill(w, w->rt);
 	ev_run(w->loop, 0);
+	drain_stop(w);
 	session_cancel_all(w);
 	watch_close_all(w);
 	pool_close_all(w);
@@ -332,6 +357,21 @@ void worker_post_stop(struct worker *w)
 	worker_post(w, NULL, false, true);
 }
 
+void worker_post_sessions(struct worker *w, struct sessions_slot *slot)
+{
+	pthread_mutex_lock(&w->lock);
+	list_push_back(&w->sessions_reqs, &slot->node);
+	pthread_mutex_unlock(&w->lock);
+	ev_async_send(w->loop, &w->wake);
+}
+
+void worker_sessions_post(void *arg, unsigned i, struct sessions_slot *slot)
+{
+	struct worker *all = arg;
+
+	worker_post_sessions(&all[i], slot);
+}
+
 void worker_destroy(struct worker *w)
 {
 	/* Sessions still open at a hard stop: their sockets close with the
@@ -341,6 +381,14 @@ void worker_destroy(struct worker *w)
 			close(w->listeners[i].fd);
 	}
 	free(w->listeners);
+	/* Asked after the loop ended (a drain): never answered. */
+	while (w->loop != NULL && !list_empty(&w->sessions_reqs)) {
+		struct sessions_slot *slot =
+		    list_first_entry(&w->sessions_reqs, struct sessions_slot, node);
+
+		list_remove(&slot->node);
+		sessions_slot_drop(slot);
+	}
 	if (w->new_rt != NULL)
 		runtime_unref(&w->new_rt);
 	runtime_unref(&w->rt);

@@ -10,6 +10,8 @@
 
 #include "worker_state.h"
 
+struct sessions_slot;
+
 /* Set up worker id with listening fds (one per listener, ownership taken). */
 int worker_init(struct worker *w, int id, struct runtime *rt, const int *fds, size_t nfds);
 int worker_start(struct worker *w);
@@ -20,5 +22,12 @@ void worker_destroy(struct worker *w);
 void worker_post_reload(struct worker *w, struct runtime *rt);
 void worker_post_drain(struct worker *w);
 void worker_post_stop(struct worker *w);
+
+/* From the stats thread (GET /sessions): w answers slot from its own
+ * thread (session_snapshot, then sessions_slot_done). worker_sessions_post
+ * is the same for worker i of the array arg, a sessions_post_fn
+ * (sessions_api.h). */
+void worker_post_sessions(struct worker *w, struct sessions_slot *slot);
+void worker_sessions_post(void *arg, unsigned i, struct sessions_slot *slot);
 
 #endif

@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "hmap.h"
 #include "list.h"
@@ -23,6 +24,7 @@
 #include "stats.h"
 
 struct rds;
+struct rds_req;
 struct ttlmap;
 struct crypt_port;
 struct reuse_entry;
@@ -44,6 +46,20 @@ struct watch_box {
 	bool closed;
 	bool inited; /* lock, msgs and async are set up (watch_init) */
 	ev_async async;
+};
+
+/*
+ * The backends an operator drained (drain.c: the Redis set <prefix>drained,
+ * kept current by drain/undrain events): no new logins are routed there and
+ * pools open nothing to them. Read by any module on the worker's thread.
+ */
+#define DRAINED_MAX 64
+
+struct drained {
+	size_t n;
+	char name[DRAINED_MAX][CFG_NAME_MAX];
+	struct rds_req *load; /* SMEMBERS in flight */
+	ev_timer retry;       /* ... or the next try */
 };
 
 struct listener {
@@ -74,6 +90,7 @@ struct worker {
 	struct stats stats;       /* written by this worker only */
 	struct rds *rds;          /* Redis, when [redis] is configured */
 	struct ttlmap *routes;    /* cached user routes (lookup = redis) */
+	struct drained drained;   /* drained backends (drain.c) */
 	struct crypt_port *crypt; /* password checks come back here (auth = redis) */
 	struct list_node reuse;   /* kept backend sessions (reuse.c), newest first */
 	struct hmap reuse_idx;    /* ... the same, by key (reuse.c) */
@@ -91,6 +108,16 @@ struct worker {
 	struct runtime *new_rt; /* reload: swap in */
 	bool cmd_drain;
 	bool cmd_stop;
+	struct list_node sessions_reqs; /* GET /sessions: struct sessions_slot, to answer */
 };
+
+/* Whether the operator drained backend name (see struct drained). */
+static inline bool worker_drained(const struct worker *w, const char *name)
+{
+	for (size_t i = 0; i < w->drained.n; i++)
+		if (strcmp(w->drained.name[i], name) == 0)
+			return true;
+	return false;
+}
 
 #endif

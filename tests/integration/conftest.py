@@ -30,6 +30,7 @@ its own, so that modules can share one Dovecot.
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -43,6 +44,7 @@ sys.path.insert(0, os.path.join(REPO, "deploy"))
 sys.path.insert(0, HERE)
 
 import lab  # noqa: E402
+import imapc  # noqa: E402
 
 MASTER_PASSWORD = "it-master-Secret-93"
 
@@ -317,6 +319,30 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
     # Never leave a child behind, whatever happens to the run.
     signal.signal(signal.SIGTERM, lambda *a: (lab.stop_all(), os._exit(143)))
+
+
+def login_via(port, user, header, source=None, timeout=10.0):
+    """A plain client on port that sends header (a PROXY header, or b"")
+    first, then LOGINs as user (a lab user); the logged-in imapc.Client."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                 source_address=(source, 0) if source else None)
+    s.sendall(header)
+    c = imapc.Client(0, timeout=timeout, connect=False)
+    c.sock = s
+    assert c.greeting().startswith(b"* OK")
+    _, t = c.cmd("l", "LOGIN %s %s" % (imapc.quote(user), imapc.quote(password(user))))
+    assert t.startswith(b"l OK"), t
+    return c
+
+
+def dovecot_login_line(dv, user, since):
+    """Dovecot's imap-login line for user's login, written after offset since."""
+    def line():
+        text = dv.log_text()[since:]
+        got = [l for l in text.splitlines() if "imap-login: Info: Login: user=<%s>" % user in l]
+        return got[-1] if got else None
+    return wait_until(line, 5, lambda: "Dovecot's login line for %s in %r"
+                      % (user, dv.log_text()[since:][-3000:]))
 
 
 def wait_until(pred, timeout, what, interval=0.05):

@@ -8,16 +8,13 @@ PROXY header's address where one was read. Checked in Dovecot's own log.
 """
 
 import re
-import socket
 import time
 
 import pytest
 
-import imapc
 import lab
-from conftest import MASTER_PASSWORD, USERS, backend_section, password, wait_until
-
-TIMEOUT = 10.0
+from conftest import (MASTER_PASSWORD, USERS, backend_section, dovecot_login_line, login_via,
+                      wait_until)
 
 
 @pytest.fixture(scope="module")
@@ -42,24 +39,7 @@ def _mux(make_mux, dv, cert, key, **bk):
 
 
 def _login_via(m, user, header):
-    s = socket.create_connection(("127.0.0.1", m.imap_port), timeout=TIMEOUT)
-    s.sendall(header)
-    c = imapc.Client(0, timeout=TIMEOUT, connect=False)
-    c.sock = s
-    assert c.greeting().startswith(b"* OK")
-    _, t = c.cmd("l", "LOGIN %s %s" % (imapc.quote(user), imapc.quote(password(user))))
-    assert t.startswith(b"l OK"), t
-    return c
-
-
-def _login_line(dv, user, since):
-    """Dovecot's imap-login line for user's login, written after offset since."""
-    def line():
-        text = dv.log_text()[since:]
-        got = [l for l in text.splitlines() if "imap-login: Info: Login: user=<%s>" % user in l]
-        return got[-1] if got else None
-    return wait_until(line, 5, lambda: "Dovecot's login line for %s in %r"
-                      % (user, dv.log_text()[since:][-3000:]))
+    return login_via(m.imap_port, user, header)
 
 
 def test_client_address_reaches_dovecot_through_a_proxy_header(make_mux, trusting_dovecot,
@@ -68,7 +48,7 @@ def test_client_address_reaches_dovecot_through_a_proxy_header(make_mux, trustin
     m = _mux(make_mux, dv, cert, key)
     since = len(dv.log_text())
     c = _login_via(m, "alice", b"PROXY TCP4 203.0.113.9 127.0.0.1 41000 143\r\n")
-    line = _login_line(dv, "alice", since)
+    line = dovecot_login_line(dv, "alice", since)
     assert "rip=203.0.113.9" in line, line
     assert "lip=127.0.0.1" in line, line
     assert re.search(r"session=<imapmux-\d+>", line), line
@@ -84,14 +64,14 @@ def test_without_a_header_the_socket_peer_and_with_forward_id_no_nothing(make_mu
     since = len(dv.log_text())
     # PROXY v1 UNKNOWN: the connection's own endpoints
     c = _login_via(m, "bob", b"PROXY UNKNOWN\r\n")
-    line = _login_line(dv, "bob", since)
+    line = dovecot_login_line(dv, "bob", since)
     assert "rip=127.0.0.1" in line and re.search(r"session=<imapmux-\d+>", line), line
     c.close()
 
     m2 = _mux(make_mux, dv, cert, key, forward_id="no")
     since = len(dv.log_text())
     c = _login_via(m2, "carol", b"PROXY TCP4 198.51.100.7 127.0.0.1 42000 143\r\n")
-    line = _login_line(dv, "carol", since)
+    line = dovecot_login_line(dv, "carol", since)
     assert "198.51.100.7" not in line and "rip=127.0.0.1" in line, line
     assert "imapmux-" not in line, line
     c.close()
@@ -108,7 +88,7 @@ def test_pooled_connection_gets_each_clients_address(make_mux, trusting_dovecot,
     for user, ip in (("alice", "192.0.2.21"), ("bob", "192.0.2.22")):
         clients.append(_login_via(m, user, b"PROXY TCP4 %s 127.0.0.1 43000 143\r\n"
                                   % ip.encode()))
-        line = _login_line(dv, user, since)
+        line = dovecot_login_line(dv, user, since)
         assert "rip=%s" % ip in line, line
     for c in clients:
         c.close()

@@ -8,12 +8,17 @@ Each is read from a real imapmux logging a real login to the lab Dovecot."""
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
+
+import pytest
 
 import lab
 from conftest import password, wait_until
 import imapc
+
+pytest_plugins = ["conftest_redis"]
 
 TIMEOUT = 8.0
 
@@ -23,6 +28,20 @@ def login_once(m):
     assert c.greeting().startswith(b"* OK")
     c.login("alice", password("alice"))
     c.close()
+
+
+def datagrams_until(srv, text, rounds=50):
+    """Datagrams from srv (a socket with a timeout) until one holds text:
+    bounded, at most rounds datagrams or timeouts."""
+    got = []
+    for _ in range(rounds):
+        try:
+            got.append(srv.recv(4096).decode())
+        except socket.timeout:
+            pass
+        if any(text in g for g in got):
+            break
+    return got
 
 
 def test_json_lines_parse_and_carry_level_and_message(make_mux):
@@ -46,14 +65,7 @@ def test_syslog_lines_reach_the_socket_with_facility_mail(make_mux, tmp_path):
     try:
         m = make_mux(imapmux={"log": "syslog", "log_socket": path}, plaintext_auth=True)
         login_once(m)
-        got = []
-        for _ in range(50):        # bounded: at most 50 datagrams or 50 s
-            try:
-                got.append(srv.recv(4096).decode())
-            except socket.timeout:
-                pass
-            if any("login ok" in g for g in got):
-                break
+        got = datagrams_until(srv, "login ok")
         ok = [g for g in got if "login ok" in g]
         assert ok, got
         # <PRI> = facility mail (2) * 8 + severity info (6); then a
@@ -115,6 +127,17 @@ def summary(text, **match):
     return out
 
 
+def logout_summary(m, c, port):
+    """LOGOUT on c (from local port), then its session's summary line."""
+    c.send(b"z LOGOUT\r\n")
+    c.read_until_tagged("z")
+    c.close()
+    client = "127.0.0.1:%d" % port
+    wait_until(lambda: summary(m.log_text(), client=client), 5, "the session's summary line")
+    (kv,) = summary(m.log_text(), client=client)
+    return kv
+
+
 def test_session_summary_line_for_a_login_and_logout(make_mux, ca_ctx):
     """One key=value line a session: client, listener, TLS, user, method,
     backend, reuse, parks, duration, bytes both sides, how it ended."""
@@ -126,12 +149,7 @@ def test_session_summary_line_for_a_login_and_logout(make_mux, ca_ctx):
     c.send(b"s SELECT INBOX\r\n")
     _, t = c.read_until_tagged("s")
     assert t.startswith(b"s OK"), t
-    c.send(b"z LOGOUT\r\n")
-    c.read_until_tagged("z")
-    c.close()
-    client = "127.0.0.1:%d" % port
-    wait_until(lambda: summary(m.log_text(), client=client), 5, "the session's summary line")
-    (kv,) = summary(m.log_text(), client=client)
+    kv = logout_summary(m, c, port)
     assert kv["listener"] == "imap" and kv["tls"] == "none", kv
     assert kv["user"] == "alice" and kv["method"] == "login" and kv["backend"] == "a", kv
     assert kv["reused"] == "no" and kv["parked"] == "0", kv
@@ -234,3 +252,94 @@ def test_syslog_unreachable_lines_go_to_stderr(make_mux, tmp_path):
     login_once(m)
     wait_until(lambda: "login ok" in m.log_text(), 5, "the login's line on stderr")
     assert not re.search(r"^<\d+>", m.log_text(), re.M), m.log_text()
+
+
+def test_log_settings_follow_a_reload(make_mux, tmp_path):
+    """SIGHUP applies log_format and log like any other key: text, then
+    JSON on stderr, then syslog to a socket, each from the next line on."""
+    m = make_mux(plaintext_auth=True)
+    login_once(m)
+    make_mux.rewrite(m, imapmux={"log_format": "json"}, plaintext_auth=True)
+    m.signal(signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in m.log_text(), 5, "the reload")
+    login_once(m)
+    wait_until(lambda: m.log_text().count("login ok") == 2, 5, "the second login's line")
+    text = m.log_text()
+    before, after = text.split("configuration reloaded", 1)
+    assert not before.splitlines()[0].startswith("{"), before
+    later = [json.loads(l) for l in after.splitlines()[1:] if l.strip()]
+    assert any("login ok" in d["msg"] for d in later), after
+
+    path = str(tmp_path / "log.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)
+    srv.settimeout(1.0)
+    try:
+        make_mux.rewrite(m, imapmux={"log": "syslog", "log_socket": path},
+                         plaintext_auth=True)
+        m.signal(signal.SIGHUP)
+        login_once(m)
+        got = datagrams_until(srv, "login ok")
+        assert any("login ok" in g for g in got), got
+        assert m.log_text().count("login ok") == 2, m.log_text()
+    finally:
+        srv.close()
+
+
+def test_syslog_socket_that_appears_later_gets_the_lines(make_mux, tmp_path):
+    """log = syslog while nothing listens at log_socket: stderr; once the
+    socket is there (syslog started late), the lines go to it."""
+    path = str(tmp_path / "late.sock")
+    m = make_mux(imapmux={"log": "syslog", "log_socket": path}, plaintext_auth=True)
+    login_once(m)
+    wait_until(lambda: "login ok" in m.log_text(), 5, "the first login on stderr")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)
+    srv.settimeout(1.0)
+    try:
+        got = []
+        for _ in range(20):        # bounded: 20 logins, each waiting at most 1 s
+            login_once(m)
+            try:
+                while True:
+                    got.append(srv.recv(4096).decode())
+            except socket.timeout:
+                pass
+            if any("login ok" in g for g in got):
+                break
+        assert any("login ok" in g and g.startswith("<22>") for g in got), got
+    finally:
+        srv.close()
+
+
+def test_summary_counts_backend_bytes_of_every_attach_across_a_park(make_mux, fresh_dovecot,
+                                                                    redis, prefix, ca_ctx):
+    """A session that parks and wakes has had two backend connections: the
+    summary's backend bytes are both's, not the last one's."""
+    import parklib
+    user, body = "park24", b"x" * 40000
+    d = parklib.reset_inbox(fresh_dovecot, user, [])
+    msg = b"Subject: big\r\n\r\n" + body + b"\r\n"
+    d.send(b"a APPEND INBOX {%d}\r\n" % len(msg))
+    assert d.readline().startswith(b"+")
+    d.send(msg + b"\r\n")
+    _, t = d.read_until_tagged("a")
+    assert t.startswith(b"a OK"), t
+    d.close()
+    m = parklib.mux(make_mux, fresh_dovecot, redis, prefix, "events")
+    c = parklib.login(m, ca_ctx, user)
+    port = c.sock.getsockname()[1]
+    parklib.ok(c, "s", "SELECT INBOX")
+    parklib.ok(c, "f1", "FETCH 1 BODY.PEEK[]")        # 40 KB from the first backend session
+    c.send(b"i IDLE\r\n")
+    assert c.readline().startswith(b"+")
+    parklib.wait_parked(m, 1)
+    c.send(b"DONE\r\n")
+    _, t = c.read_until_tagged("i")
+    assert t.startswith(b"i OK"), t
+    parklib.ok(c, "f2", "FETCH 1 BODY.PEEK[]")        # the wake's backend session: 40 KB more
+    kv = logout_summary(m, c, port)
+    assert int(kv["parked"]) >= 1, kv
+    assert int(kv["backend_in"]) > 2 * len(body), kv
+    assert int(kv["client_out"]) > 2 * len(body), kv
+    assert int(kv["backend_out"]) >= len(b"f1 FETCH 1 BODY.PEEK[]\r\n") * 2, kv

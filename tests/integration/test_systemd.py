@@ -11,7 +11,9 @@ import subprocess
 
 import pytest
 
+import imapc
 import lab
+from conftest import password
 
 
 def _recv(sock, timeout=10):
@@ -56,6 +58,33 @@ def test_ready_reloading_stopping(make_mux, tmp_path, abstract):
         msg = _recv(sock)
         assert msg["STOPPING"] == "1", msg
         assert p.wait(timeout=15) == 0
+    finally:
+        p.stop()
+        sock.close()
+
+
+def test_sigint_stops_at_once_saying_stopping(make_mux, tmp_path, dovecot):
+    """SIGINT: STOPPING with "stopping", and no drain: a logged-in session
+    that would hold a SIGTERM's drain open does not hold this one."""
+    path, imaps_port, imap_port = make_mux.conf(imapmux={"shutdown_timeout": "30s"},
+                                                plaintext_auth=True)
+    name = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(name)
+    p = lab.Proc([lab.IMAPMUX, "-c", path], "imapmux", log_path=str(tmp_path / "mux.log"),
+                 env=dict(os.environ, NOTIFY_SOCKET=name))
+    try:
+        assert _recv(sock)["READY"] == "1"
+        c = imapc.Client(imap_port, timeout=10)
+        c.greeting()
+        c.login("alice", password("alice"))
+        c.send(b"a APPEND INBOX {100}\r\n")   # mid-literal: never quiet
+        assert c.readline().startswith(b"+")
+        p.signal(signal.SIGINT)
+        msg = _recv(sock)
+        assert msg["STOPPING"] == "1" and msg["STATUS"] == "stopping", msg
+        assert p.wait(timeout=10) == 0      # not the 30 s drain
+        c.close()
     finally:
         p.stop()
         sock.close()

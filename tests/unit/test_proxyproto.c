@@ -572,6 +572,75 @@ static void test_bounded(void **state)
 	check_invalid(buf, sizeof(buf), 16 + 12 + 337 * 3, "v2: truncated TLV");
 }
 
+/* What proxyproto_build writes, read back by the parser. */
+static void roundtrip(int version, const char *src, unsigned sport, const char *dst, unsigned dport,
+                      int family, const char *want_src, const char *want_dst)
+{
+	uint8_t out[PROXYPROTO_BUILD_MAX];
+	struct proxyproto_result r;
+	size_t used = 0;
+	const char *err = NULL;
+	char text[INET6_ADDRSTRLEN];
+	int n = proxyproto_build(version, src, sport, dst, dport, out, sizeof(out));
+
+	assert_true(n > 0 && (size_t)n <= sizeof(out));
+	assert_int_equal(proxyproto_parse(out, (size_t)n, &r, &used, &err), 0);
+	assert_int_equal((int)used, n);
+	assert_int_equal(r.version, version);
+	assert_int_equal(r.family, family);
+	assert_int_equal(r.command,
+	                 src == NULL && version == 2 ? PROXYPROTO_CMD_LOCAL : PROXYPROTO_CMD_PROXY);
+	if (family == AF_INET) {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)&r.src;
+		const struct sockaddr_in *b = (const struct sockaddr_in *)&r.dst;
+		assert_string_equal(inet_ntop(AF_INET, &a->sin_addr, text, sizeof(text)), want_src);
+		assert_string_equal(inet_ntop(AF_INET, &b->sin_addr, text, sizeof(text)), want_dst);
+		assert_int_equal(ntohs(a->sin_port), sport);
+		assert_int_equal(ntohs(b->sin_port), dport);
+	} else if (family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&r.src;
+		const struct sockaddr_in6 *b = (const struct sockaddr_in6 *)&r.dst;
+		assert_string_equal(inet_ntop(AF_INET6, &a->sin6_addr, text, sizeof(text)),
+		                    want_src);
+		assert_string_equal(inet_ntop(AF_INET6, &b->sin6_addr, text, sizeof(text)),
+		                    want_dst);
+		assert_int_equal(ntohs(a->sin6_port), sport);
+		assert_int_equal(ntohs(b->sin6_port), dport);
+	}
+}
+
+static void test_build(void **state)
+{
+	uint8_t out[PROXYPROTO_BUILD_MAX];
+
+	(void)state;
+	for (int v = 1; v <= 2; v++) {
+		roundtrip(v, "192.0.2.1", 56324, "198.51.100.2", 993, AF_INET, "192.0.2.1",
+		          "198.51.100.2");
+		roundtrip(v, "2001:db8::1", 1, "2001:db8::2", 65535, AF_INET6, "2001:db8::1",
+		          "2001:db8::2");
+		/* Mixed families: both as IPv6, the IPv4 one mapped. */
+		roundtrip(v, "192.0.2.1", 5, "2001:db8::2", 143, AF_INET6, "::ffff:192.0.2.1",
+		          "2001:db8::2");
+		roundtrip(v, NULL, 0, NULL, 0, AF_UNSPEC, NULL, NULL);
+	}
+	assert_int_equal(
+	    proxyproto_build(1, "192.0.2.1", 56324, "198.51.100.2", 993, out, sizeof(out)), 45);
+	assert_memory_equal(out, "PROXY TCP4 192.0.2.1 198.51.100.2 56324 993\r\n", 45);
+	/* The longest v1 line fits the bound. */
+	assert_true(proxyproto_build(1, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535,
+	                             "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535, out,
+	                             sizeof(out)) > 0);
+	assert_int_equal(proxyproto_build(2, "10.0.0.1", 1, "10.0.0.2", 2, out, 27), -1);
+	assert_int_equal(proxyproto_build(1, "10.0.0.1", 1, "10.0.0.2", 2, out, 20), -1);
+	assert_int_equal(proxyproto_build(1, "10.0.0.256", 1, "10.0.0.2", 2, out, sizeof(out)), -1);
+	assert_int_equal(proxyproto_build(2, "host.example", 1, "10.0.0.2", 2, out, sizeof(out)),
+	                 -1);
+	assert_int_equal(proxyproto_build(2, "10.0.0.1", 65536, "10.0.0.2", 2, out, sizeof(out)),
+	                 -1);
+	assert_int_equal(proxyproto_build(3, NULL, 0, NULL, 0, out, sizeof(out)), -1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -581,6 +650,7 @@ int main(void)
 	    cmocka_unit_test(test_v2_tcp6),    cmocka_unit_test(test_v2_local),
 	    cmocka_unit_test(test_v2_tlvs),    cmocka_unit_test(test_v2_unspec),
 	    cmocka_unit_test(test_v2_invalid), cmocka_unit_test(test_bounded),
+	    cmocka_unit_test(test_build),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
