@@ -36,6 +36,7 @@ import lab
 pytest.register_assert_rewrite("conftest_redis")
 from conftest_redis import (  # noqa: E402
     backend, connect, dv_password, login_cmd, placed_on, try_login, wait_until)
+from conftest import dovecot_login_line  # noqa: E402
 from conftest_sentinel import MASTER_NAME  # noqa: E402
 
 pytest_plugins = ["conftest_redis", "conftest_sentinel"]
@@ -164,17 +165,12 @@ def test_a_login_through_haproxy_carries_the_client_address(fleet, ca_ctx):
     fleet.route("r20", "b")
     dv = fleet.dvs["b"]
     since = len(dv.log_text())
-    assert placed_on(fleet.front, ca_ctx, "r20", dv_password("r20"), fleet.dvs,
-                     source="127.0.0.2") == "b"
-
-    def dovecot_line():
-        # imapmux's login (forward_id names its session), not the test's own
-        # look at the mailbox afterwards.
-        got = [ln for ln in dv.log_text()[since:].splitlines()
-               if "imap-login: Info: Login: user=<r20>" in ln and "session=<imapmux-" in ln]
-        return got[0] if got else None
-    line = wait_until(dovecot_line, 5, "Dovecot's login line for r20 from imapmux")
-    assert "rip=127.0.0.2" in line, line
+    with connect(fleet.front.imaps_port, ca_ctx, source="127.0.0.2") as c:
+        assert _login(c, "r20", dv_password("r20")).startswith(b"l OK")
+        c.cmd("o", "LOGOUT")
+    # On backend b (the route), with HAProxy's client as rip.
+    line = dovecot_login_line(dv, "r20", since)
+    assert "rip=127.0.0.2" in line and "session=<imapmux-" in line, line
     # imapmux's own record names the client too (whichever instance had it).
     logs = "".join(m.log_text() for m in fleet.muxes)
     assert re.search(r"event=session_end .*client=127\.0\.0\.2:\d+ .*user=r20", logs), logs[-3000:]
