@@ -10,7 +10,8 @@ master, a replica, three sentinels: conftest_sentinel.py) and two Dovecots.
   (c) brute-force counters are shared: failures through one instance lock
       the user out on the other
   (d) one instance killed: HAProxy's health check marks it down and logins
-      go on through the other
+      go on through the other; one SIGTERMed while a session is in a command:
+      its /health says 503, HAProxy takes it out, the command completes
   (e) the Redis master killed: after the failover, logins that need Redis
       (routes, uncached, fallback = deny) work again
 
@@ -23,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -79,7 +81,7 @@ class Fleet:
                        "prefix": prefix, "timeout": "1s"},
                 imapmux={"workers": 1, "auth": "backend", "auth_fail_delay": 0,
                          "auth_fail_limit": LIMIT, "auth_fail_window": "1m",
-                         "stats_listen": "127.0.0.1:%d" % stats, "shutdown_timeout": 2})
+                         "stats_listen": "127.0.0.1:%d" % stats, "shutdown_timeout": 10})
             m.imaps_port, m.stats_port = port, stats
             lab.wait_listening([stats], timeout=10, proc=m.proc)
             self.muxes.append(m)
@@ -228,6 +230,34 @@ def test_d_a_killed_instance_is_taken_out(fleet, ca_ctx):
     for _ in range(4):
         assert placed_on(fleet.front, ca_ctx, "r24", dv_password("r24"), fleet.dvs) == "b"
     assert "imapmux2 is DOWN" not in fleet.haproxy_log()
+
+
+def test_d_a_draining_instance_fails_its_health_check(fleet, ca_ctx):
+    """SIGTERM with a session in the middle of a command: the instance drains
+    (waits for it) and answers /health with 503; HAProxy takes it out for
+    that (Layer 7) while the session finishes its command."""
+    fleet.route("r26", "a")
+    m1, m2 = fleet.muxes
+    c = direct(m2, ca_ctx, "192.0.2.60")
+    assert _login(c, "r26", dv_password("r26")).startswith(b"l OK")
+    msg = b"Subject: drain\r\n\r\nbody\r\n"
+    c.send(b"ap APPEND INBOX {%d}\r\n" % len(msg))
+    assert c.readline().startswith(b"+"), "continuation for the literal"
+    c.send(msg[:5])
+    m2.signal(signal.SIGTERM)
+    wait_until(lambda: re.search(r"imapmux2 is DOWN, reason: Layer7 wrong status, code: 503",
+                                 fleet.haproxy_log()), 8,
+               lambda: "HAProxy sees imapmux2's 503 (%s)" % fleet.haproxy_log()[-1500:])
+    assert m2.alive(), "imapmux2 still drains (the APPEND is not done)"
+    before = m2.log_text().count("event=session_end")
+    assert placed_on(fleet.front, ca_ctx, "r26", dv_password("r26"), fleet.dvs) == "a"
+    assert m2.log_text().count("event=session_end") == before   # m1 had it
+    c.send(msg[5:] + b"\r\n")
+    _, tagged = c.read_until_tagged("ap")
+    assert tagged.startswith(b"ap OK"), tagged
+    c.close()
+    assert m2.wait(10) is not None, "imapmux2 exits once its last session is gone"
+    m2.expect_exit = True
 
 
 def test_e_logins_survive_a_redis_failover(make_fleet, sentinel_group, ca_ctx):
