@@ -50,10 +50,12 @@
 #include <hiredis/async.h>
 #include <netinet/in.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-parameter"
@@ -804,8 +806,10 @@ struct rds *rds_new(struct ev_loop *loop, const struct cfg *cfg, rds_event_cb *o
 		for (size_t i = 0; i < n; i++)
 			target_from_addr(&cfg->redis_sentinels.addrs[i], &r->sentinels[i]);
 		snprintf(r->label, sizeof(r->label), "master %s", r->master_name);
-		/* Spread the workers' first questions over the sentinels. */
-		r->cmd.ask = r->sub.ask = r->watch.ask = (size_t)rand() % n;
+		/* Spread the first questions of the workers (their struct rds
+		 * differ) and of the instances (their pids) over the sentinels. */
+		r->cmd.ask = r->sub.ask = r->watch.ask =
+		    (size_t)(((uintptr_t)r >> 6) ^ (uintptr_t)getpid()) % n;
 	} else {
 		target_from_addr(&cfg->redis_addr, &r->addr);
 		snprintf(r->label, sizeof(r->label), "%s", r->addr.text);
