@@ -209,19 +209,22 @@ struct cfg {
 	                                   * every [listen] and [backend] section */
 
 	/* [redis] */
-	bool has_redis;                       /* the section is present */
-	struct cfg_addr redis_addr;           /* address = 127.0.0.1:6379 | unix:/path (not with
-	                             * sentinels) */
-	struct cfg_addr_list redis_sentinels; /* sentinels = host:port, ...: ask these Redis
-	                                       * Sentinels for the master (n = 0: not set) */
-	char *redis_master_name; /* master_name = the Sentinel master's name (needed with,
-	                             * and only with, sentinels) */
-	char *redis_prefix;      /* prefix = imapmux: (at most CFG_REDIS_PREFIX_MAX bytes) */
-	char *redis_username;    /* username = (optional) Redis 6 ACL user: AUTH USER PASSWORD;
-	                             * needs password */
-	char *redis_password;    /* password = (optional) */
-	unsigned redis_db;       /* db = 0 */
-	double redis_timeout;    /* timeout = 2s: deadline of every Redis command */
+	bool has_redis; /* the section is present */
+	/* address = 127.0.0.1:6379 | unix:/path (not with sentinels) */
+	struct cfg_addr redis_addr;
+	/* sentinels = host:port, ...: the Redis Sentinels asked for the master
+	 * (n = 0: not set, address is the server) */
+	struct cfg_addr_list redis_sentinels;
+	/* master_name = the master's name at the sentinels (needed with, and
+	 * only with, sentinels) */
+	char *redis_master_name;
+	char *redis_prefix; /* prefix = imapmux: (at most CFG_REDIS_PREFIX_MAX bytes) */
+	/* username = (optional) Redis 6 ACL user, AUTH USER PASSWORD; needs password */
+	char *redis_username;
+	char *redis_password; /* password = (optional) */
+	unsigned redis_db;    /* db = 0 */
+	double redis_timeout; /* timeout = 2s: deadline of every Redis command, connection
+	                       * attempt and question to a sentinel */
 
 	/* [routing] */
 	enum cfg_lookup lookup;     /* lookup = static */
