@@ -72,6 +72,7 @@ enum val_type {
 	V_LOG_TO,    /* enum log_target */
 	V_ADDR,      /* struct cfg_addr, host:port or [v6]:port */
 	V_ADDR_UNIX, /* struct cfg_addr, which may also be unix:/path */
+	V_ADDR_LIST, /* struct cfg_addr_list: host:port, host:port, ... (max = most entries) */
 	V_STRING,    /* char *, owned */
 	V_TLS,       /* enum cfg_tls */
 	V_AUTH,      /* enum cfg_auth */
@@ -97,6 +98,7 @@ struct key_def {
 	 * V_UINT: the range. V_DURATION: max, when not 0, is the longest
 	 * value in whole seconds (min unused: KF_POSITIVE says "more than 0").
 	 * V_STRING: max, when not 0, is the longest value in bytes.
+	 * V_ADDR_LIST: max is the most addresses.
 	 */
 	unsigned min, max;
 };
@@ -150,7 +152,10 @@ static const struct key_def listen_keys[] = {
 
 static const struct key_def redis_keys[] = {
     {"address", V_ADDR_UNIX, CF(redis_addr), 0, 0, 0},
+    {"sentinels", V_ADDR_LIST, CF(redis_sentinels), 0, 0, CFG_SENTINELS_MAX},
+    {"master_name", V_STRING, CF(redis_master_name), 0, 0, CFG_REDIS_NAME_MAX},
     {"prefix", V_STRING, CF(redis_prefix), KF_EMPTY_OK, 0, CFG_REDIS_PREFIX_MAX},
+    {"username", V_STRING, CF(redis_username), 0, 0, CFG_REDIS_NAME_MAX},
     {"password", V_STRING, CF(redis_password), 0, 0, 0},
     /* Redis parses SELECT's index as a signed 32-bit number. */
     {"db", V_UINT, CF(redis_db), 0, 0, 2147483647u},
@@ -652,6 +657,9 @@ void cfg_destroy(struct cfg **cfgp)
 	free(c->backends);
 	free(c->path);
 	free(c->redis_prefix);
+	free(c->redis_sentinels.addrs);
+	free(c->redis_master_name);
+	free(c->redis_username);
 	free(c->user);
 	free(c->group);
 	free(c->log_socket);
@@ -779,6 +787,64 @@ static int check_readable(struct parser *p, const struct key_def *k, const char 
 	return 0;
 }
 
+/*
+ * "host:port, host:port, ..." into *l: each entry as parse_addr takes it
+ * (no unix sockets), at most k->max of them, none twice. *l is empty on
+ * entry (a repeated key is refused before this) and set only on success.
+ */
+static int parse_addr_list(struct parser *p, const struct key_def *k, const char *v,
+                           struct cfg_addr_list *l)
+{
+	struct cfg_addr *a = calloc(k->max, sizeof(*a));
+	char item[CFG_LINE_MAX + 1], why[256];
+	const char *s = v, *end;
+	size_t n = 0, len;
+
+	if (a == NULL) {
+		set_err(p, p->line, "out of memory");
+		return -1;
+	}
+	for (;; s = end + 1) {
+		end = strchr(s, ',');
+		len = end != NULL ? (size_t)(end - s) : strlen(s);
+		while (len > 0 && is_space(*s)) {
+			s++;
+			len--;
+		}
+		while (len > 0 && is_space(s[len - 1]))
+			len--;
+		if (len == 0) {
+			set_err(p, p->line, "empty entry in %s", k->name);
+			goto fail;
+		}
+		if (n == k->max) {
+			set_err(p, p->line, "more than %u addresses in %s", k->max, k->name);
+			goto fail;
+		}
+		memcpy(item, s, len);
+		item[len] = '\0';
+		if (parse_addr(item, false, &a[n], why, sizeof(why)) < 0) {
+			set_err(p, p->line, "bad address '%s' in %s: %s", item, k->name, why);
+			goto fail;
+		}
+		for (size_t i = 0; i < n; i++) {
+			if (a[i].len == a[n].len && memcmp(&a[i].ss, &a[n].ss, a[n].len) == 0) {
+				set_err(p, p->line, "'%s' is listed twice in %s", item, k->name);
+				goto fail;
+			}
+		}
+		n++;
+		if (end == NULL)
+			break;
+	}
+	l->addrs = a;
+	l->n = n;
+	return 0;
+fail:
+	free(a);
+	return -1;
+}
+
 /* Parse value v for key k into its field of the open section. */
 static int set_value(struct parser *p, const struct key_def *k, const char *v)
 {
@@ -859,6 +925,10 @@ static int set_value(struct parser *p, const struct key_def *k, const char *v)
 			set_err(p, p->line, "bad address '%s' for %s: %s", v, k->name, why);
 			return -1;
 		}
+		break;
+	case V_ADDR_LIST:
+		if (parse_addr_list(p, k, v, (struct cfg_addr_list *)f) < 0)
+			return -1;
 		break;
 	case V_STRING:
 		if (k->max != 0 && strlen(v) > k->max) {
@@ -1075,6 +1145,50 @@ static void note_policy_lines(const struct parser *p, struct cfg_tls_policy *tp)
 }
 
 /*
+ * [redis]: with sentinels the master's address comes from Sentinel, so an
+ * address as well could only be a leftover (which one would win?);
+ * sentinels and master_name make sense only together; an ACL user always
+ * has a password (AUTH USER PASSWORD). Names go into commands as single
+ * arguments, but Sentinel and ACL names never hold spaces or control bytes.
+ */
+static int check_redis(struct parser *p)
+{
+	const struct cfg *c = p->cfg;
+	int sl = key_line(p, "sentinels"), ml = key_line(p, "master_name");
+	int al = key_line(p, "address"), ul = key_line(p, "username");
+
+	if (sl != 0 && al != 0) {
+		set_err(p, al > sl ? al : sl,
+		        "address and sentinels exclude each other in [redis] (with sentinels, "
+		        "Sentinel names the master)");
+		return -1;
+	}
+	if (sl != 0 && ml == 0) {
+		set_err(p, sl, "sentinels needs master_name in [redis]");
+		return -1;
+	}
+	if (ml != 0 && sl == 0) {
+		set_err(p, ml, "master_name needs sentinels in [redis]");
+		return -1;
+	}
+	if (ml != 0 && !printable_word(c->redis_master_name)) {
+		set_err(p, ml, "bad master_name '%s' (printable ASCII without spaces)",
+		        c->redis_master_name);
+		return -1;
+	}
+	if (ul != 0 && !printable_word(c->redis_username)) {
+		set_err(p, ul, "bad username '%s' (printable ASCII without spaces)",
+		        c->redis_username);
+		return -1;
+	}
+	if (ul != 0 && c->redis_password == NULL) {
+		set_err(p, ul, "username needs password in [redis]");
+		return -1;
+	}
+	return 0;
+}
+
+/*
  * send_proxy: the header names one client, so every connection must be
  * made for one client and closed with it. Connections kept for other
  * clients are refused when asked for (pool_min_idle, reuse_ttl,
@@ -1163,8 +1277,11 @@ static int close_section(struct parser *p)
 			return -1;
 		}
 		break;
-	case SEC_NONE:
 	case SEC_REDIS:
+		if (check_redis(p) < 0)
+			return -1;
+		break;
+	case SEC_NONE:
 	case SEC_ROUTING:
 	case SEC_COUNT:
 		break;

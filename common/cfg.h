@@ -48,6 +48,12 @@ enum cfg_ucase {
 /* [redis] prefix: at most this many bytes (every key is built from it). */
 #define CFG_REDIS_PREFIX_MAX 64
 
+/* [redis] sentinels: at most this many addresses. */
+#define CFG_SENTINELS_MAX 16
+
+/* [redis] master_name and username: at most this many bytes. */
+#define CFG_REDIS_NAME_MAX 128
+
 enum cfg_lookup {
 	CFG_LOOKUP_STATIC,
 	CFG_LOOKUP_REDIS,
@@ -77,6 +83,12 @@ struct cfg_addr {
 	struct sockaddr_storage ss; /* AF_INET, AF_INET6 or AF_UNIX */
 	socklen_t len;
 	char text[300]; /* as written in the file, for logs */
+};
+
+/* A comma-separated list of host:port addresses (owned array). */
+struct cfg_addr_list {
+	struct cfg_addr *addrs;
+	size_t n;
 };
 
 /*
@@ -197,12 +209,22 @@ struct cfg {
 	                                   * every [listen] and [backend] section */
 
 	/* [redis] */
-	bool has_redis;             /* the section is present */
-	struct cfg_addr redis_addr; /* address = 127.0.0.1:6379 | unix:/path */
-	char *redis_prefix;         /* prefix = imapmux: (at most CFG_REDIS_PREFIX_MAX bytes) */
-	char *redis_password;       /* password = (optional) */
-	unsigned redis_db;          /* db = 0 */
-	double redis_timeout;       /* timeout = 2s: deadline of every Redis command */
+	bool has_redis; /* the section is present */
+	/* address = 127.0.0.1:6379 | unix:/path (not with sentinels) */
+	struct cfg_addr redis_addr;
+	/* sentinels = host:port, ...: the Redis Sentinels asked for the master
+	 * (n = 0: not set, address is the server) */
+	struct cfg_addr_list redis_sentinels;
+	/* master_name = the master's name at the sentinels (needed with, and
+	 * only with, sentinels) */
+	char *redis_master_name;
+	char *redis_prefix; /* prefix = imapmux: (at most CFG_REDIS_PREFIX_MAX bytes) */
+	/* username = (optional) Redis 6 ACL user, AUTH USER PASSWORD; needs password */
+	char *redis_username;
+	char *redis_password; /* password = (optional) */
+	unsigned redis_db;    /* db = 0 */
+	double redis_timeout; /* timeout = 2s: deadline of every Redis command, connection
+	                       * attempt and question to a sentinel */
 
 	/* [routing] */
 	enum cfg_lookup lookup;     /* lookup = static */
@@ -222,7 +244,9 @@ struct cfg {
  * problem is not on one line, e.g. "file: no [listen] section").
  * Cross-checks: at least one listener and one backend; section names unique
  * per kind; fallback NAME names a backend; lookup = static needs fallback =
- * NAME or hash; lookup = redis or auth = redis need [redis]; auth = redis
+ * NAME or hash; lookup = redis or auth = redis need [redis]; [redis]
+ * sentinels and master_name come together and exclude address; username
+ * needs password; auth = redis
  * needs master_user and master_password on every backend; a TLS listener
  * needs cert and key; the files named must be readable; master_user and
  * master_password come together; pool_min_idle <= pool_max.

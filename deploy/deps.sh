@@ -26,6 +26,10 @@ PKGS="$PKGS groff"
 # fail2ban: deploy/fail2ban/filter.d/imapmux.conf is checked with fail2ban-regex
 # against real log lines (test_logs.py); policy-rc.d below keeps its server off.
 PKGS="$PKGS fail2ban"
+# redis-sentinel, haproxy: the fleet tests (test_sentinel.py, test_fleet.py) run
+# real Sentinels and a real HAProxy with deploy/haproxy.cfg; policy-rc.d below
+# keeps their system services off.
+PKGS="$PKGS redis-sentinel haproxy"
 # make deb (debian/, debhelper) and its test (test_deb.py), which installs the
 # package: its Depends (ssl-cert for the snakeoil certificate, systemd for
 # systemd-sysusers) and what the test runs (setpriv is in util-linux).

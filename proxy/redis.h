@@ -1,10 +1,13 @@
 /*
  * rds — one worker's link to Redis: a command connection and a subscriber
- * connection, both hiredis async on the worker's libev loop.
+ * connection, both hiredis async on the worker's libev loop; with [redis]
+ * sentinels, both to the master that Redis Sentinel names, and a third
+ * connection to a sentinel that announces failovers.
  *
  *   session --rds_command()--> [cmd conn] --reply--> cb(arg, reply)
  *                               deadline timer --> cb(arg, NULL)
  *   [sub conn] SUBSCRIBE <prefix>events --> on_event(arg, "kick", user)
+ *   [sentinel] SENTINEL get-master-addr-by-name, SUBSCRIBE +switch-master
  *
  * Nothing here blocks: connections are made by address (no name lookups),
  * lost connections come back from a timer with backoff (never from inside
@@ -46,7 +49,8 @@ void rds_destroy(struct rds **rp);
  * worker's counters (counters.h), written on r's loop thread only. */
 void rds_count_in(struct rds *r, atomic_long *up, atomic_ulong *reconnects);
 
-/* True while the command connection is up (connected, AUTH/SELECT done). */
+/* True while the command connection is up (connected, AUTH/SELECT done; with
+ * sentinels, ROLE said "master"). */
 bool rds_up(const struct rds *r);
 
 /* The key prefix (e.g. "imapmux:"). */

@@ -17,9 +17,11 @@
  *                                       -> GET /sessions[?user=USER] of each
  *                                          instance's stats port, one table
  *
- * Exit: 0 ok, 1 failure (message on stderr), 2 usage. Reads [redis] address,
- * prefix and password from the imapmux configuration (common/cfg.c); the
- * password never appears in argv or output.
+ * Exit: 0 ok, 1 failure (message on stderr), 2 usage. Reads [redis] address
+ * (or sentinels and master_name: the master is asked of the sentinels, in
+ * turn, and checked with ROLE), prefix, username, password and db from the
+ * imapmux configuration (common/cfg.c); the password never appears in argv
+ * or output.
  */
 #include <arpa/inet.h>
 #include <crypt.h>
@@ -54,25 +56,13 @@ static void usage(FILE *f)
 	           "CONFIG defaults to " DEFAULT_CONFIG ".\n");
 }
 
-/* Connect to cfg's Redis (or override HOST:PORT), AUTH and SELECT. NULL with
- * a message on stderr. */
-static redisContext *ctl_connect(const struct cfg *cfg, const char *override)
+/* A blocking connection to a (bounded by tv); NULL with a message. */
+static redisContext *ctl_open(const struct cfg_addr *a, struct timeval tv)
 {
-	struct cfg_addr a;
-	const struct sockaddr *sa;
-	redisContext *rc;
+	const struct sockaddr *sa = (const struct sockaddr *)&a->ss;
 	char host[INET6_ADDRSTRLEN];
-	struct timeval tv = {5, 0};
+	redisContext *rc;
 
-	if (override != NULL) {
-		if (cfg_parse_addr(override, false, &a) < 0) {
-			fprintf(stderr, "imapmuxctl: bad --redis address '%s'\n", override);
-			return NULL;
-		}
-	} else {
-		a = cfg->redis_addr;
-	}
-	sa = (const struct sockaddr *)&a.ss;
 	if (sa->sa_family == AF_UNIX) {
 		rc = redisConnectUnixWithTimeout(((const struct sockaddr_un *)sa)->sun_path, tv);
 	} else if (sa->sa_family == AF_INET) {
@@ -85,36 +75,172 @@ static redisContext *ctl_connect(const struct cfg *cfg, const char *override)
 		rc = redisConnectWithTimeout(host, ntohs(in6->sin6_port), tv);
 	}
 	if (rc == NULL || rc->err) {
-		fprintf(stderr, "imapmuxctl: redis %s: %s\n", a.text,
+		fprintf(stderr, "imapmuxctl: redis %s: %s\n", a->text,
 		        rc ? rc->errstr : "out of memory");
 		redisFree(rc);
 		return NULL;
 	}
-	if (cfg->redis_password != NULL) {
-		const char *argv[2] = {"AUTH", cfg->redis_password};
-		size_t len[2] = {4, strlen(cfg->redis_password)};
-		redisReply *r = redisCommandArgv(rc, 2, argv, len);
-		int bad = r == NULL || r->type == REDIS_REPLY_ERROR;
-		if (bad)
-			fprintf(stderr, "imapmuxctl: redis AUTH failed\n");
+	/* Every reply within tv too, not only the connect. */
+	if (redisSetTimeout(rc, tv) != REDIS_OK) {
+		fprintf(stderr, "imapmuxctl: redis %s: cannot set a timeout\n", a->text);
+		redisFree(rc);
+		return NULL;
+	}
+	return rc;
+}
+
+/* One setup command (AUTH, SELECT, ROLE): the reply, or NULL with a
+ * message saying what and where (never the arguments: AUTH's hold the
+ * password). */
+static redisReply *ctl_setup(redisContext *rc, const char *where, const char *what, int argc,
+                             const char **argv)
+{
+	size_t len[3];
+	redisReply *r;
+
+	for (int i = 0; i < argc; i++)
+		len[i] = strlen(argv[i]);
+	r = redisCommandArgv(rc, argc, argv, len);
+	if (r == NULL) {
+		fprintf(stderr, "imapmuxctl: redis %s: %s: %s\n", where, what, rc->errstr);
+		return NULL;
+	}
+	if (r->type == REDIS_REPLY_ERROR) {
+		fprintf(stderr, "imapmuxctl: redis %s: %s failed: %s\n", where, what, r->str);
 		freeReplyObject(r);
-		if (bad) {
-			redisFree(rc);
-			return NULL;
+		return NULL;
+	}
+	return r;
+}
+
+/*
+ * Connect to a, then AUTH ([redis] username and password), SELECT db, and
+ * with must_be_master, check with ROLE that a is the master. NULL with a
+ * message on stderr.
+ */
+static redisContext *ctl_connect_at(const struct cfg *cfg, const struct cfg_addr *a,
+                                    struct timeval tv, bool must_be_master)
+{
+	redisContext *rc = ctl_open(a, tv);
+	redisReply *r;
+	char auth_what[200], db[16];
+
+	if (rc == NULL)
+		return NULL;
+	if (cfg->redis_password != NULL) {
+		const char *argv[3] = {"AUTH", cfg->redis_password, NULL};
+		int argc = 2;
+		snprintf(auth_what, sizeof(auth_what), "AUTH");
+		if (cfg->redis_username != NULL) {
+			argv[1] = cfg->redis_username;
+			argv[2] = cfg->redis_password;
+			argc = 3;
+			snprintf(auth_what, sizeof(auth_what), "AUTH as user '%s'",
+			         cfg->redis_username);
 		}
+		r = ctl_setup(rc, a->text, auth_what, argc, argv);
+		if (r == NULL)
+			goto fail;
+		freeReplyObject(r);
 	}
 	if (cfg->redis_db != 0) {
-		redisReply *r = redisCommand(rc, "SELECT %u", cfg->redis_db);
-		int bad = r == NULL || r->type == REDIS_REPLY_ERROR;
-		if (bad)
-			fprintf(stderr, "imapmuxctl: redis SELECT failed\n");
+		snprintf(db, sizeof(db), "%u", cfg->redis_db);
+		const char *argv[2] = {"SELECT", db};
+		r = ctl_setup(rc, a->text, "SELECT", 2, argv);
+		if (r == NULL)
+			goto fail;
 		freeReplyObject(r);
-		if (bad) {
-			redisFree(rc);
-			return NULL;
+	}
+	if (must_be_master) {
+		const char *argv[1] = {"ROLE"};
+		bool master;
+		r = ctl_setup(rc, a->text, "ROLE", 1, argv);
+		if (r == NULL)
+			goto fail;
+		master = r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+		         r->element[0]->type == REDIS_REPLY_STRING &&
+		         strcmp(r->element[0]->str, "master") == 0;
+		freeReplyObject(r);
+		if (!master) {
+			fprintf(stderr, "imapmuxctl: redis %s is not the master\n", a->text);
+			goto fail;
 		}
 	}
 	return rc;
+fail:
+	redisFree(rc);
+	return NULL;
+}
+
+/*
+ * Sentinel: ask each sentinel in turn for master_name's address and connect
+ * there, until one such master says it is the master. NULL with a message
+ * for each sentinel that did not lead to it.
+ */
+static redisContext *ctl_connect_sentinels(const struct cfg *cfg, struct timeval tv)
+{
+	const struct cfg_addr_list *sl = &cfg->redis_sentinels;
+
+	for (size_t i = 0; i < sl->n; i++) {
+		const char *argv[3] = {"SENTINEL", "get-master-addr-by-name",
+		                       cfg->redis_master_name};
+		redisContext *sc = ctl_open(&sl->addrs[i], tv), *rc;
+		redisReply *r;
+		struct cfg_addr master;
+		char text[300];
+
+		if (sc == NULL)
+			continue;
+		r = ctl_setup(sc, sl->addrs[i].text, "SENTINEL get-master-addr-by-name", 3, argv);
+		redisFree(sc);
+		if (r == NULL)
+			continue;
+		if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+		    r->element[0]->type != REDIS_REPLY_STRING ||
+		    r->element[1]->type != REDIS_REPLY_STRING) {
+			fprintf(stderr, "imapmuxctl: sentinel %s does not know master %s\n",
+			        sl->addrs[i].text, cfg->redis_master_name);
+			freeReplyObject(r);
+			continue;
+		}
+		snprintf(text, sizeof(text), strchr(r->element[0]->str, ':') ? "[%s]:%s" : "%s:%s",
+		         r->element[0]->str, r->element[1]->str);
+		freeReplyObject(r);
+		if (cfg_parse_addr(text, false, &master) < 0) {
+			fprintf(stderr, "imapmuxctl: sentinel %s names a bad master address '%s'\n",
+			        sl->addrs[i].text, text);
+			continue;
+		}
+		rc = ctl_connect_at(cfg, &master, tv, true);
+		if (rc != NULL)
+			return rc;
+	}
+	fprintf(stderr, "imapmuxctl: no sentinel led to master %s\n", cfg->redis_master_name);
+	return NULL;
+}
+
+/* Connect to cfg's Redis: the override HOST:PORT, the address, or the
+ * master the sentinels name; AUTH and SELECT. NULL with a message on
+ * stderr. */
+static redisContext *ctl_connect(const struct cfg *cfg, const char *override)
+{
+	struct timeval tv = {5, 0};
+	struct cfg_addr a;
+
+	if (override != NULL) {
+		if (cfg_parse_addr(override, false, &a) < 0) {
+			fprintf(stderr, "imapmuxctl: bad --redis address '%s'\n", override);
+			return NULL;
+		}
+		return ctl_connect_at(cfg, &a, tv, false);
+	}
+	if (cfg->redis_sentinels.n > 0) {
+		/* Each connection and reply within [redis] timeout. */
+		tv.tv_sec = (time_t)cfg->redis_timeout;
+		tv.tv_usec = (suseconds_t)((cfg->redis_timeout - (double)tv.tv_sec) * 1e6);
+		return ctl_connect_sentinels(cfg, tv);
+	}
+	return ctl_connect_at(cfg, &cfg->redis_addr, tv, false);
 }
 
 /* One binary-safe command: cmd, then PREFIX+kind+user as a key (kind NULL:

@@ -403,6 +403,9 @@ static void test_defaults(void **state)
 	assert_inet(&c->redis_addr, AF_INET, "127.0.0.1", 6379);
 	assert_string_equal(c->redis_prefix, "imapmux:");
 	assert_null(c->redis_password);
+	assert_null(c->redis_username);
+	assert_int_equal(c->redis_sentinels.n, 0);
+	assert_null(c->redis_master_name);
 	assert_int_equal(c->redis_db, 0);
 	assert_true(c->redis_timeout == 2);
 	assert_int_equal(c->lookup, CFG_LOOKUP_STATIC);
@@ -952,6 +955,35 @@ static void test_ident_keys(void **state)
 	cfg_destroy(&c);
 }
 
+/* [redis] with Sentinel: the list in order, each entry resolved; the ACL user. */
+static void test_redis_sentinels(void **state)
+{
+	struct cfg *c;
+
+	(void)state;
+	c = load_ok("[redis]\n"
+	            "sentinels = 127.0.0.1:26379,[::1]:26380 ,  127.0.0.2:26381\n"
+	            "master_name = mymaster\n"
+	            "username = imapmux\n"
+	            "password = pw\n" TAIL);
+	assert_int_equal(c->redis_sentinels.n, 3);
+	assert_inet(&c->redis_sentinels.addrs[0], AF_INET, "127.0.0.1", 26379);
+	assert_inet(&c->redis_sentinels.addrs[1], AF_INET6, "::1", 26380);
+	assert_inet(&c->redis_sentinels.addrs[2], AF_INET, "127.0.0.2", 26381);
+	assert_string_equal(c->redis_sentinels.addrs[1].text, "[::1]:26380");
+	assert_string_equal(c->redis_master_name, "mymaster");
+	assert_string_equal(c->redis_username, "imapmux");
+	cfg_destroy(&c);
+	/* One sentinel is a list too; username with a plain address. */
+	c = load_ok("[redis]\nsentinels = 127.0.0.1:1\nmaster_name = m\n" TAIL);
+	assert_int_equal(c->redis_sentinels.n, 1);
+	cfg_destroy(&c);
+	c = load_ok("[redis]\naddress = 127.0.0.1:1\nusername = u\npassword = p\n" TAIL);
+	assert_string_equal(c->redis_username, "u");
+	assert_int_equal(c->redis_sentinels.n, 0);
+	cfg_destroy(&c);
+}
+
 struct err_case {
 	const char *text;
 	bool tail; /* append TAIL, so that only the error under test remains */
@@ -1090,6 +1122,31 @@ static const struct err_case err_cases[] = {
     {"[redis]\nprefix = " N64 "x\n", true, 2, "bad value for prefix: 65 bytes (at most 64)"},
     {"[redis]\n\nprefix = \"" N64 " \"\n", true, 3, "bad value for prefix: 65 bytes (at most 64)"},
     {"[redis]\nprefix = " N64 N64 "\n", true, 2, "bad value for prefix: 128 bytes (at most 64)"},
+    {"[redis]\nsentinels = 127.0.0.1:26379\n", true, 2, "sentinels needs master_name in [redis]"},
+    {"[redis]\nmaster_name = m\n", true, 2, "master_name needs sentinels in [redis]"},
+    {"[redis]\naddress = 127.0.0.1:1\nsentinels = 127.0.0.1:2\nmaster_name = m\n", true, 3,
+     "address and sentinels exclude each other in [redis] (with sentinels, Sentinel names the "
+     "master)"},
+    {"[redis]\nsentinels = 127.0.0.1:2\nmaster_name = m\naddress = 127.0.0.1:1\n", true, 4,
+     "address and sentinels exclude each other in [redis] (with sentinels, Sentinel names the "
+     "master)"},
+    {"[redis]\nsentinels = 127.0.0.1:1,, 127.0.0.1:2\n", true, 2, "empty entry in sentinels"},
+    {"[redis]\nsentinels = 127.0.0.1:1,\n", true, 2, "empty entry in sentinels"},
+    {"[redis]\nsentinels = 127.0.0.1:1, unix:/x\n", true, 2,
+     "bad address 'unix:/x' in sentinels: unix sockets are not allowed here"},
+    {"[redis]\nsentinels = 127.0.0.1\n", true, 2,
+     "bad address '127.0.0.1' in sentinels: missing port"},
+    {"[redis]\nsentinels = 127.0.0.1:1 , 127.0.0.1:1\n", true, 2,
+     "'127.0.0.1:1' is listed twice in sentinels"},
+    {"[redis]\nsentinels = 127.0.0.1:1,127.0.0.1:2,127.0.0.1:3,127.0.0.1:4,127.0.0.1:5,"
+     "127.0.0.1:6,127.0.0.1:7,127.0.0.1:8,127.0.0.1:9,127.0.0.1:10,127.0.0.1:11,127.0.0.1:12,"
+     "127.0.0.1:13,127.0.0.1:14,127.0.0.1:15,127.0.0.1:16,127.0.0.1:17\n",
+     true, 2, "more than 16 addresses in sentinels"},
+    {"[redis]\nsentinels = 127.0.0.1:1\nmaster_name = \"my master\"\n", true, 3,
+     "bad master_name 'my master' (printable ASCII without spaces)"},
+    {"[redis]\nusername = imapmux\n", true, 2, "username needs password in [redis]"},
+    {"[redis]\nusername = \"a b\"\npassword = x\n", true, 2,
+     "bad username 'a b' (printable ASCII without spaces)"},
     {"[routing]\nlookup = ldap\n", true, 2, "bad value 'ldap' for lookup (static, redis)"},
     {"[routing]\nfallback = \"b a\"\n", true, 2,
      "bad value 'b a' for fallback (hash, deny or a backend name)"},
@@ -1420,16 +1477,27 @@ static void test_shipped_conf(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_duration),       cmocka_unit_test(test_bool),
-	    cmocka_unit_test(test_addr_ipv4),      cmocka_unit_test(test_addr_ipv6),
-	    cmocka_unit_test(test_addr_unix),      cmocka_unit_test(test_addr_bad),
-	    cmocka_unit_test(test_addr_name),      cmocka_unit_test(test_defaults),
-	    cmocka_unit_test(test_every_key),      cmocka_unit_test(test_comments_and_quotes),
-	    cmocka_unit_test(test_order_and_find), cmocka_unit_test(test_cross_ok),
-	    cmocka_unit_test(test_errors),         cmocka_unit_test(test_line_limits),
-	    cmocka_unit_test(test_open_errors),    cmocka_unit_test(test_err_buffer),
-	    cmocka_unit_test(test_relative_paths), cmocka_unit_test(test_destroy_null),
-	    cmocka_unit_test(test_shipped_conf),   cmocka_unit_test(test_tls_policy_inherit),
+	    cmocka_unit_test(test_duration),
+	    cmocka_unit_test(test_bool),
+	    cmocka_unit_test(test_addr_ipv4),
+	    cmocka_unit_test(test_addr_ipv6),
+	    cmocka_unit_test(test_addr_unix),
+	    cmocka_unit_test(test_addr_bad),
+	    cmocka_unit_test(test_addr_name),
+	    cmocka_unit_test(test_defaults),
+	    cmocka_unit_test(test_every_key),
+	    cmocka_unit_test(test_comments_and_quotes),
+	    cmocka_unit_test(test_order_and_find),
+	    cmocka_unit_test(test_cross_ok),
+	    cmocka_unit_test(test_errors),
+	    cmocka_unit_test(test_redis_sentinels),
+	    cmocka_unit_test(test_line_limits),
+	    cmocka_unit_test(test_open_errors),
+	    cmocka_unit_test(test_err_buffer),
+	    cmocka_unit_test(test_relative_paths),
+	    cmocka_unit_test(test_destroy_null),
+	    cmocka_unit_test(test_shipped_conf),
+	    cmocka_unit_test(test_tls_policy_inherit),
 	    cmocka_unit_test(test_ident_keys),
 	};
 
