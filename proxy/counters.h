@@ -52,6 +52,22 @@ enum stats_conn_class {
 	STATS_CONN_NONE = STATS_CONN_N, /* not counted (failed, or not counted at all) */
 };
 
+/* The state label of a connection class (metrics and /status). */
+static inline const char *stats_conn_class_name(enum stats_conn_class c)
+{
+	static const char *const names[STATS_CONN_N] = {
+	    [STATS_CONN_CONNECTING] = "connecting",
+	    [STATS_CONN_IDLE] = "idle",
+	    [STATS_CONN_LOGIN] = "login",
+	    [STATS_CONN_IN_USE] = "in_use",
+	    [STATS_CONN_HELD] = "held",
+	    [STATS_CONN_RETURNING] = "returning",
+	    [STATS_CONN_WATCHER] = "watcher",
+	};
+
+	return c < STATS_CONN_N ? names[c] : "none";
+}
+
 /* What a worker counts of one backend (one slot). */
 struct stats_backend {
 	atomic_long conns[STATS_CONN_N];   /* connections by class (gauges) */

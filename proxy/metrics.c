@@ -353,15 +353,6 @@ static void hist_series(struct text *t, const struct stats *const *counters, uns
 
 static void render_backends(struct text *t, const struct stats *const *counters, unsigned n)
 {
-	static const char *const class_names[STATS_CONN_N] = {
-	    [STATS_CONN_CONNECTING] = "connecting",
-	    [STATS_CONN_IDLE] = "idle",
-	    [STATS_CONN_LOGIN] = "login",
-	    [STATS_CONN_IN_USE] = "in_use",
-	    [STATS_CONN_HELD] = "held",
-	    [STATS_CONN_RETURNING] = "returning",
-	    [STATS_CONN_WATCHER] = "watcher",
-	};
 	unsigned nslots = runtime_slots();
 	const char *name;
 
@@ -391,7 +382,8 @@ static void render_backends(struct text *t, const struct stats *const *counters,
 			    bk_sum(counters, n, slot,
 			           offsetof(struct stats_backend, conns) + c * sizeof(atomic_long));
 			bk_series(t, name, "", slot);
-			text_printf(t, ",state=\"%s\"} %ld\n", class_names[c], v < 0 ? 0 : v);
+			text_printf(t, ",state=\"%s\"} %ld\n", stats_conn_class_name(c),
+			            v < 0 ? 0 : v);
 		}
 	}
 	bk_family(t, counters, n, "imapmux_backend_connections_opened_total", "counter",

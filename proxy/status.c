@@ -130,15 +130,6 @@ static const char *tls_name(enum cfg_tls tls)
 static void render_backend(struct text *t, const struct stats *const *counters, unsigned n,
                            const struct runtime *rt, size_t i)
 {
-	static const char *const class_names[STATS_CONN_N] = {
-	    [STATS_CONN_CONNECTING] = "connecting",
-	    [STATS_CONN_IDLE] = "idle",
-	    [STATS_CONN_LOGIN] = "login",
-	    [STATS_CONN_IN_USE] = "in_use",
-	    [STATS_CONN_HELD] = "held",
-	    [STATS_CONN_RETURNING] = "returning",
-	    [STATS_CONN_WATCHER] = "watcher",
-	};
 	const struct cfg_backend *b = &rt->cfg->backends[i];
 	unsigned slot = rt->backend_slot[i];
 	long total = 0;
@@ -154,7 +145,7 @@ static void render_backend(struct text *t, const struct stats *const *counters, 
 		long v = gauge_sum(counters, n, BK_OFF(slot, conns) + c * sizeof(atomic_long));
 
 		total += v;
-		text_printf(t, "\"%s\":%ld,", class_names[c], v);
+		text_printf(t, "\"%s\":%ld,", stats_conn_class_name(c), v);
 	}
 	long idle = gauge_sum(counters, n, BK_OFF(slot, pool_idle));
 	long opening = gauge_sum(counters, n, BK_OFF(slot, pool_opening));
