@@ -932,12 +932,16 @@ void session_kick(struct worker *w, const char *user, size_t len)
 		         (int)(len > 64 ? 64 : len), user);
 }
 
-void session_cancel_all(struct worker *w)
+void session_stop_all(struct worker *w)
 {
-	struct list_node *n;
+	struct list_node *n, *tmp;
 
-	list_for_each (n, &w->sessions)
-		login_abort(list_entry(n, struct session, node));
+	list_for_each_safe (n, tmp, &w->sessions) {
+		struct session *s = list_entry(n, struct session, node);
+
+		sess_close(s, "stopped", NULL); /* logs the end, drops the login */
+		sess_free_later(s);             /* no flush: the loop is gone */
+	}
 }
 
 /* ---- GET /sessions -------------------------------------------------------- */

@@ -40,7 +40,9 @@ void session_wake_parked(struct worker *w);
  * names one) into rq, until it is full (sessions_api.h). */
 void session_snapshot(struct worker *w, struct sessions_req *rq);
 
-/* Drop every pending Redis request and password check (worker shutdown). */
-void session_cancel_all(struct worker *w);
+/* The worker's loop has ended (a hard stop: SIGINT, or a drain past its
+ * deadline): every session still open ends now, its end logged, with no
+ * goodbye; their memory goes with the next reaper run. */
+void session_stop_all(struct worker *w);
 
 #endif

@@ -307,7 +307,7 @@ static void *worker_main(void *arg)
 	pool_prefill(w, w->rt);
 	ev_run(w->loop, 0);
 	drain_stop(w);
-	session_cancel_all(w);
+	session_stop_all(w);
 	watch_close_all(w);
 	pool_close_all(w);
 	reuse_drop_all(w);

@@ -278,6 +278,10 @@ def test_log_settings_follow_a_reload(make_mux, tmp_path):
         make_mux.rewrite(m, imapmux={"log": "syslog", "log_socket": path},
                          plaintext_auth=True)
         m.signal(signal.SIGHUP)
+        # The reload is applied when it says so (the signal alone may still
+        # find the old settings: a login before it logs to stderr).
+        got = datagrams_until(srv, "configuration reloaded")
+        assert any("configuration reloaded" in g for g in got), got
         login_once(m)
         got = datagrams_until(srv, "login ok")
         assert any("login ok" in g for g in got), got
