@@ -468,6 +468,8 @@ ssl = {ssl}
 {ssl_settings}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+# Any byte in user names (the default set is ASCII only): UTF-8 logins.
+auth_username_chars =
 auth_master_user_separator = *
 auth_failure_delay = 0
 auth_cache_size = 0

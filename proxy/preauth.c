@@ -173,6 +173,125 @@ out:
 	explicit_bzero(raw, sizeof(raw));
 }
 
+/* Which answer to AUTHENTICATE the client owes (s->sasl). */
+enum sasl_step {
+	SASL_NONE,
+	SASL_PLAIN,      /* "+ " sent: the PLAIN response */
+	SASL_LOGIN_USER, /* "+ VXNlcm5hbWU6" ("Username:") sent */
+	SASL_LOGIN_PASS, /* "+ UGFzc3dvcmQ6" ("Password:") sent; the name heads s->cmd */
+};
+
+static void sasl_clear(struct session *s)
+{
+	s->sasl_ulen = 0;
+	s->sasl = SASL_NONE;
+}
+
+/* SASL LOGIN (draft-murchison-sasl-login, what Outlook and many phones
+ * offer): the user name, then the password, each base64 in its own
+ * response; with SASL-IR the initial response is the user name. Between
+ * the two the decoded name heads s->cmd (cmd_done keeps it). */
+static void sess_sasl_login(struct session *s, const uint8_t *b64, size_t len)
+{
+	uint8_t raw[1024];
+	size_t rawlen = 0;
+
+	if (len == 1 && b64[0] == '=')
+		len = 0;
+	if (b64_decode((const char *)b64, len, raw, sizeof(raw), &rawlen) < 0) {
+		sasl_clear(s);
+		sess_bad(s, s->tag, strlen(s->tag), "Invalid base64 data in AUTHENTICATE.");
+		goto out;
+	}
+	if (s->sasl != SASL_LOGIN_PASS) {
+		/* The name is never longer than its base64 form, which cmd holds
+		 * (the command or this response): it goes in place. */
+		memcpy(s->cmd.data + s->cmd.start, raw, rawlen);
+		s->sasl_ulen = (uint16_t)rawlen;
+		s->sasl = SASL_LOGIN_PASS;
+		sess_reply(s, "+ UGFzc3dvcmQ6");
+		goto out;
+	}
+	const uint8_t *user = s->cmd.data + s->cmd.start;
+	size_t ulen = s->sasl_ulen;
+	sasl_clear(s);
+	s->method = "authenticate";
+	sess_start_login(s, user, ulen, raw, rawlen);
+out:
+	explicit_bzero(raw, sizeof(raw));
+}
+
+/* AUTHENTICATE mech [initial-response]: PLAIN and LOGIN. */
+static void sess_cmd_authenticate(struct session *s, const struct imap_cmd *c)
+{
+	const char *tag = s->tag;
+
+	if (c->nargs < 1 || c->nargs > 2 || c->args[0].type != IMAP_ARG_ATOM ||
+	    (c->nargs == 2 && c->args[1].type != IMAP_ARG_ATOM)) {
+		sess_bad(s, tag, strlen(tag), "Invalid arguments.");
+		return;
+	}
+	if (sess_refuse_plaintext(s, tag))
+		return;
+	const struct imap_arg *mech = &c->args[0];
+	const struct imap_arg *ir = c->nargs == 2 ? &c->args[1] : NULL;
+	if (imap_word_eq(mech->data, mech->len, "PLAIN")) {
+		if (ir != NULL) {
+			sess_sasl_plain(s, ir->data, ir->len);
+		} else {
+			sess_reply(s, "+ ");
+			s->sasl = SASL_PLAIN;
+		}
+	} else if (imap_word_eq(mech->data, mech->len, "LOGIN")) {
+		s->sasl = SASL_LOGIN_USER;
+		if (ir != NULL)
+			sess_sasl_login(s, ir->data, ir->len);
+		else
+			sess_reply(s, "+ VXNlcm5hbWU6");
+	} else {
+		sess_reply(s, "%s NO Unsupported authentication mechanism.", tag);
+	}
+}
+
+/* Printable ASCII of v[0..len), at most cap - 1 bytes, for a log field. */
+static void id_field_text(char *out, size_t cap, const struct imap_arg *v)
+{
+	size_t n = 0;
+
+	if (v->type != IMAP_ARG_QUOTED && v->type != IMAP_ARG_LITERAL && v->type != IMAP_ARG_ATOM) {
+		out[0] = '\0';
+		return;
+	}
+	for (size_t i = 0; i < v->len && n + 1 < cap; i++)
+		out[n++] = (v->data[i] >= 0x20 && v->data[i] < 0x7f) ? (char)v->data[i] : '?';
+	out[n] = '\0';
+}
+
+/* Log what the client says it is (RFC 2971 "name" and "version"): operators
+ * tell clients apart by it. */
+static void id_log(struct session *s, const struct imap_cmd *c)
+{
+	char name[65] = "", version[65] = "", id[32];
+
+	if (!log_enabled(LOG_LVL_INFO) || c->nargs < 2)
+		return;
+	for (size_t i = 1; i + 2 < c->nargs; i += 2) {
+		const struct imap_arg *f = &c->args[i], *v = &c->args[i + 1];
+		if (v->type == IMAP_ARG_ATOM && imap_word_eq(v->data, v->len, "NIL"))
+			continue;
+		if (imap_word_eq(f->data, f->len, "name"))
+			id_field_text(name, sizeof(name), v);
+		else if (imap_word_eq(f->data, f->len, "version"))
+			id_field_text(version, sizeof(version), v);
+	}
+	snprintf(id, sizeof(id), "S-%lu", s->id);
+	const struct log_field fl[] = {
+	    {"event", "client_id", false}, {"session", id, false},      {"client", s->peer, false},
+	    {"name", name, false},         {"version", version, false},
+	};
+	log_fields(LOG_LVL_INFO, "client id", fl, sizeof(fl) / sizeof(fl[0]));
+}
+
 static bool id_args_ok(const struct imap_cmd *c)
 {
 	size_t i, pairs = 0;
@@ -255,6 +374,7 @@ static void sess_preauth_command(struct session *s)
 			sess_bad(s, tag, strlen(tag), "Invalid ID arguments.");
 			return;
 		}
+		id_log(s, &c);
 		sess_reply(s, "* ID (\"name\" \"%s\" \"version\" \"%s\")", IMAPMUX_NAME,
 		           IMAPMUX_VERSION);
 		sess_reply(s, "%s OK ID completed.", tag);
@@ -270,46 +390,112 @@ static void sess_preauth_command(struct session *s)
 		s->method = "login";
 		sess_start_login(s, c.args[0].data, c.args[0].len, c.args[1].data, c.args[1].len);
 	} else if (imap_word_eq(name, nlen, "AUTHENTICATE")) {
-		if (c.nargs < 1 || c.nargs > 2 || c.args[0].type != IMAP_ARG_ATOM ||
-		    (c.nargs == 2 && c.args[1].type != IMAP_ARG_ATOM)) {
-			sess_bad(s, tag, strlen(tag), "Invalid arguments.");
-			return;
-		}
-		if (sess_refuse_plaintext(s, tag))
-			return;
-		if (!imap_word_eq(c.args[0].data, c.args[0].len, "PLAIN")) {
-			sess_reply(s, "%s NO Unsupported authentication mechanism.", tag);
-			return;
-		}
-		if (c.nargs == 2) {
-			sess_sasl_plain(s, c.args[1].data, c.args[1].len);
-		} else {
-			sess_reply(s, "+ ");
-			s->sasl_wait = true;
-		}
+		sess_cmd_authenticate(s, &c);
 	} else {
 		sess_bad(s, tag, strlen(tag), "Unknown command or not valid before login.");
 	}
 }
 
-/* The client's answer to "+ " in AUTHENTICATE: one line, base64 or "*". */
-static void sess_sasl_response(struct session *s, const uint8_t *line, size_t len)
+/* The client's answer to a "+" of AUTHENTICATE: one line, base64 or "*". */
+static void sess_sasl_response(struct session *s)
 {
-	s->sasl_wait = false;
+	size_t keep = s->sasl == SASL_LOGIN_PASS ? s->sasl_ulen : 0;
+	const uint8_t *line = s->cmd.data + s->cmd.start + keep;
+	size_t len = buf_len(&s->cmd) - keep;
+
 	while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
 		len--;
 	if (len == 1 && line[0] == '*') {
+		sasl_clear(s);
 		sess_reply(s, "%s BAD Authentication aborted by client.", s->tag);
 		return;
 	}
-	sess_sasl_plain(s, line, len);
+	if (s->sasl == SASL_PLAIN) {
+		s->sasl = SASL_NONE;
+		sess_sasl_plain(s, line, len);
+	} else {
+		sess_sasl_login(s, line, len);
+	}
+}
+
+/* Wipe the command just run (credentials may be in it); an ID's widened
+ * buffer goes back to the usual size. */
+static void cmd_done(struct session *s)
+{
+	size_t keep = s->sasl == SASL_LOGIN_PASS ? s->sasl_ulen : 0;
+
+	if (s->cmd.data != NULL) {
+		/* Compacted first: the kept name is at the front, the rest wiped. */
+		if (s->cmd.start > 0) {
+			memmove(s->cmd.data, s->cmd.data + s->cmd.start, keep);
+			s->cmd.end -= s->cmd.start;
+			s->cmd.start = 0;
+		}
+		explicit_bzero(s->cmd.data + keep, s->cmd.cap - keep);
+		s->cmd.end = keep;
+	}
+	if (keep > 0) {
+		s->cmd_part = 0;
+		return;
+	}
+	buf_consume(&s->cmd, buf_len(&s->cmd));
+	if (s->cmd.cap != PREAUTH_MAX_CMD) {
+		buf_free(&s->cmd);
+		buf_init(&s->cmd, PREAUTH_MAX_CMD);
+		s->w->wide_cmds--;
+	}
+	s->cmd_part = 0;
 }
 
 void preauth_cmd_reset(struct session *s)
 {
-	if (s->cmd.data != NULL)
-		explicit_bzero(s->cmd.data, s->cmd.cap);
-	buf_consume(&s->cmd, buf_len(&s->cmd));
+	sasl_clear(s); /* first: nothing is kept */
+	cmd_done(s);
+}
+
+void preauth_tok_init(struct session *s)
+{
+	/* Fragments: an ID's line may be longer than client.in; every other
+	 * line part is held to PREAUTH_MAX_LINE by preauth_input. */
+	struct imap_tok_limits lim = {.max_line = PREAUTH_ID_MAX,
+	                              .frag_size = STREAM_FRAG,
+	                              .max_literal = PREAUTH_MAX_LITERAL};
+	imap_tok_init(&s->ctok, IMAP_TOK_COMMANDS, &lim);
+}
+
+/* Is the command being assembled (its start in cmd, or in p when cmd is
+ * still empty) an ID? Only an ID may pass PREAUTH_MAX_LINE and _CMD. */
+static bool cmd_is_id(const struct session *s, const uint8_t *p, size_t n)
+{
+	if (!buf_is_empty(&s->cmd)) {
+		p = buf_head(&s->cmd);
+		n = buf_len(&s->cmd);
+	}
+	const uint8_t *sp = memchr(p, ' ', n);
+	if (sp == NULL || s->sasl != SASL_NONE)
+		return false;
+	size_t left = n - (size_t)(sp + 1 - p);
+	return left >= 3 && imap_word_eq(sp + 1, 2, "ID") &&
+	       (sp[3] == ' ' || sp[3] == '\r' || sp[3] == '\n');
+}
+
+/* Give an ID command the room RFC 2971 allows it, while fewer than
+ * PREAUTH_ID_WIDE sessions of the worker hold such room: many clients
+ * sending long IDs at once cannot take more than that. */
+static int cmd_widen(struct session *s)
+{
+	struct buf wide;
+
+	if (s->cmd.cap >= PREAUTH_ID_MAX || s->w->wide_cmds >= PREAUTH_ID_WIDE)
+		return -1;
+	buf_init(&wide, PREAUTH_ID_MAX);
+	if (buf_append(&wide, buf_head(&s->cmd), buf_len(&s->cmd)) < 0)
+		return -1;
+	explicit_bzero(s->cmd.data, s->cmd.cap);
+	buf_free(&s->cmd);
+	s->cmd = wide;
+	s->w->wide_cmds++;
+	return 0;
 }
 
 /* Take complete pre-login commands from client.in. True on progress. */
@@ -333,31 +519,48 @@ bool preauth_input(struct session *s)
 			return true;
 		}
 		progress = true;
-		if (s->sasl_wait) {
-			if (u.type != IMAP_TOK_LINE || !u.last) {
-				sess_close(s, "bad AUTHENTICATE response",
-				           "* BYE Invalid AUTHENTICATE response.");
+		if (s->sasl != SASL_NONE && u.type == IMAP_TOK_LINE && !u.last) {
+			sess_close(s, "bad AUTHENTICATE response",
+			           "* BYE Invalid AUTHENTICATE response.");
+			return true;
+		}
+		bool id = false;
+		if (u.type != IMAP_TOK_LITERAL) {
+			s->cmd_part += (uint32_t)u.len;
+			id = s->cmd_part > PREAUTH_MAX_LINE && cmd_is_id(s, p, u.len);
+			if (s->cmd_part > PREAUTH_MAX_LINE && !id) {
+				sess_close(s, "line too long", "* BYE line too long.");
 				return true;
 			}
-			uint8_t line[PREAUTH_MAX_LINE];
-			memcpy(line, p, u.len);
-			imap_tok_consume(&s->ctok, &u, u.len);
-			buf_consume(&s->client.in, u.len);
-			sess_sasl_response(s, line, u.len);
-			explicit_bzero(line, u.len);
-			continue;
 		}
 		if (buf_append(&s->cmd, p, u.len) < 0) {
-			sess_close(s, "command too long", "* BYE Command too long.");
-			return true;
+			if (!id && !cmd_is_id(s, p, u.len)) {
+				sess_close(s, "command too long", "* BYE Command too long.");
+				return true;
+			}
+			if (s->cmd.cap < PREAUTH_ID_MAX && s->w->wide_cmds >= PREAUTH_ID_WIDE) {
+				sess_close(
+				    s, "too many long IDs at once",
+				    "* BYE [UNAVAILABLE] Too busy for a long ID, try again.");
+				return true;
+			}
+			if (cmd_widen(s) < 0 || buf_append(&s->cmd, p, u.len) < 0) {
+				sess_close(s, "command too long", "* BYE Command too long.");
+				return true;
+			}
 		}
 		imap_tok_consume(&s->ctok, &u, u.len);
 		buf_consume(&s->client.in, u.len);
+		if (u.type == IMAP_TOK_LINE)
+			s->cmd_part = 0;
 		if (u.type == IMAP_TOK_LINE && u.has_literal && !u.lit_nonsync && u.literal > 0)
 			sess_reply(s, "+ Ready for literal data.");
 		if (u.type == IMAP_TOK_LINE && u.last) {
-			sess_preauth_command(s);
-			preauth_cmd_reset(s);
+			if (s->sasl != SASL_NONE)
+				sess_sasl_response(s);
+			else
+				sess_preauth_command(s);
+			cmd_done(s);
 		}
 	}
 	return progress;

@@ -556,8 +556,8 @@ const char *runtime_preauth_caps(const struct cfg_listen *l, int tls_active)
 {
 	if (tls_active || l->allow_plaintext_auth) {
 		if (l->tls == CFG_TLS_STARTTLS && !tls_active)
-			return CAPS_BASE " STARTTLS SASL-IR AUTH=PLAIN";
-		return CAPS_BASE " SASL-IR AUTH=PLAIN";
+			return CAPS_BASE " STARTTLS SASL-IR AUTH=PLAIN AUTH=LOGIN";
+		return CAPS_BASE " SASL-IR AUTH=PLAIN AUTH=LOGIN";
 	}
 	if (l->tls == CFG_TLS_STARTTLS)
 		return CAPS_BASE " STARTTLS LOGINDISABLED";

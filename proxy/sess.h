@@ -47,8 +47,13 @@
 #define PREAUTH_MAX_LINE    8192  /* one line part before login */
 #define PREAUTH_MAX_LITERAL 4096  /* one literal before login */
 #define PREAUTH_MAX_CMD     16384 /* a whole command before login */
-#define PREAUTH_MAX_BAD     10    /* invalid commands before we hang up */
-#define REPLY_ROOM          2048  /* room kept for one proxy reply */
+/* An ID command before login may be longer: RFC 2971 allows 30 pairs of
+ * 30-octet fields and 1,024-octet values, up to ~64 KiB quoted with escapes.
+ * Only an ID widens the command buffer to this, for that command alone. */
+#define PREAUTH_ID_MAX  (64 * 1024 + 1024)
+#define PREAUTH_ID_WIDE 256  /* widened buffers at once per worker: 16.25 MiB */
+#define PREAUTH_MAX_BAD 10   /* invalid commands before we hang up */
+#define REPLY_ROOM      2048 /* room kept for one proxy reply */
 /* ... before login: the login OK carries the backend's capabilities */
 #define PREAUTH_ROOM        (CAPS_MAX + 512)
 #define CAPLINE_MAX         (CAPS_MAX + 1024) /* a capability response from the backend */
@@ -111,7 +116,9 @@ struct session {
 	struct imap_tok ctok; /* client stream (re-initialised at login) */
 	struct buf cmd;       /* the command being assembled */
 	unsigned nbad;
-	bool sasl_wait; /* AUTHENTICATE sent "+ ": next line is the response */
+	uint32_t cmd_part;  /* bytes of the command's current line part so far */
+	uint16_t sasl_ulen; /* AUTHENTICATE LOGIN: the decoded user name heads cmd */
+	uint8_t sasl;       /* enum sasl_step (preauth.c): which AUTHENTICATE answer is due */
 	char tag[TAG_MAX + 1];
 
 	/* after login (pump.c) */
@@ -205,6 +212,8 @@ bool preauth_input(struct session *s);
 void preauth_tls_up(struct session *s);
 /* Wipe the command buffer. */
 void preauth_cmd_reset(struct session *s);
+/* The client stream's tokenizer before login (its bounds). */
+void preauth_tok_init(struct session *s);
 
 /* ---- login.c ------------------------------------------------------------ */
 

@@ -75,7 +75,7 @@ static void sess_reap(struct defer *d)
 
 	conn_close(&s->client);
 	free(s->phdr);
-	explicit_bzero(s->cmd.data ? s->cmd.data : (uint8_t *)s->tag, s->cmd.data ? s->cmd.cap : 1);
+	preauth_cmd_reset(s); /* wipes what a login left there */
 	buf_free(&s->cmd);
 	buf_free(&s->local);
 	buf_free(&s->capline);
@@ -539,10 +539,7 @@ static void sess_run(struct session *s)
 			}
 			s->starttls_done = true;
 			sess_to(s, SESS_HANDSHAKE);
-			imap_tok_init(
-			    &s->ctok, IMAP_TOK_COMMANDS,
-			    &(struct imap_tok_limits){.max_line = PREAUTH_MAX_LINE,
-			                              .max_literal = PREAUTH_MAX_LITERAL});
+			preauth_tok_init(s);
 			progress = true;
 		}
 		if (s->state == SESS_CLOSING && conn_out_idle(&s->client)) {
@@ -834,9 +831,7 @@ void session_accept(struct worker *w, size_t lidx, int fd, const struct sockaddr
 	conn_init(&s->client, w->loop, fd, CLIENT_IN_SIZE, CLIENT_OUT_SIZE, sess_client_io, s);
 	buf_init(&s->cmd, PREAUTH_MAX_CMD);
 	buf_init(&s->local, LOCAL_SIZE);
-	struct imap_tok_limits lim = {.max_line = PREAUTH_MAX_LINE,
-	                              .max_literal = PREAUTH_MAX_LITERAL};
-	imap_tok_init(&s->ctok, IMAP_TOK_COMMANDS, &lim);
+	preauth_tok_init(s);
 	imap_tok_init(&s->btok, IMAP_TOK_RESPONSES, NULL);
 	ev_timer_init(&s->timer, sess_timeout, s->rt->cfg->preauth_timeout, 0.);
 	s->timer.data = s;

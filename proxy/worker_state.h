@@ -86,6 +86,7 @@ struct worker {
 	struct reaper reaper;  /* what callbacks marked dead, freed before the loop sleeps */
 	struct list_node sessions; /* all live sessions (session.c) */
 	size_t nsessions;
+	unsigned wide_cmds; /* sessions holding a widened pre-login ID buffer (preauth.c) */
 	bool draining;
 	struct stats stats;       /* written by this worker only */
 	struct rds *rds;          /* Redis, when [redis] is configured */

@@ -52,6 +52,9 @@ MASTER_PASSWORD = "it-master-Secret-93"
 # strings and literals (stored hashed: passwd-file cannot hold every byte).
 QUOTED_USER = "quoted"
 QUOTED_PASSWORD = 'p a"ss\\ w0rd'
+# UTF-8 in both (RFC 9051 allows it; SASL carries it as is).
+UTF8_USER = "jürgen.ßøn"
+UTF8_PASSWORD = "pässwörd-✓-Ωmega"
 # The password whose every form must stay out of imapmux's log.
 CANARY_USER = "canary"
 CANARY_PASSWORD = "Zq7-Canary-Pw-4417-xyzzy"
@@ -71,6 +74,8 @@ def password(user):
         return QUOTED_PASSWORD
     if user == CANARY_USER:
         return CANARY_PASSWORD
+    if user == UTF8_USER:
+        return UTF8_PASSWORD
     return "pw-%s-Kx9" % user
 
 
@@ -78,6 +83,7 @@ USERS = {u: password(u) for u in _PLAIN_USERS}
 USERS["crypt"] = (password("crypt"), "SHA512-CRYPT")
 USERS[QUOTED_USER] = (QUOTED_PASSWORD, "SHA512-CRYPT")
 USERS[CANARY_USER] = (CANARY_PASSWORD, "SHA512-CRYPT")
+USERS[UTF8_USER] = (UTF8_PASSWORD, "SHA512-CRYPT")
 
 # Cyrus has the same users (passwords in a sasldb, whatever the scheme) and
 # two Cyrus admins: Cyrus 3.6 offers UNAUTHENTICATE to admins only.
