@@ -55,6 +55,9 @@ QUOTED_PASSWORD = 'p a"ss\\ w0rd'
 # UTF-8 in both (RFC 9051 allows it; SASL carries it as is).
 UTF8_USER = "jürgen.ßøn"
 UTF8_PASSWORD = "pässwörd-✓-Ωmega"
+# Cyrus 3.6 refuses non-ASCII user names ("invalid user"): an ASCII name
+# with the UTF-8 password for it.
+UTF8PW_USER = "utf8pw"
 # The password whose every form must stay out of imapmux's log.
 CANARY_USER = "canary"
 CANARY_PASSWORD = "Zq7-Canary-Pw-4417-xyzzy"
@@ -74,7 +77,7 @@ def password(user):
         return QUOTED_PASSWORD
     if user == CANARY_USER:
         return CANARY_PASSWORD
-    if user == UTF8_USER:
+    if user in (UTF8_USER, UTF8PW_USER):
         return UTF8_PASSWORD
     return "pw-%s-Kx9" % user
 
@@ -84,6 +87,7 @@ USERS["crypt"] = (password("crypt"), "SHA512-CRYPT")
 USERS[QUOTED_USER] = (QUOTED_PASSWORD, "SHA512-CRYPT")
 USERS[CANARY_USER] = (CANARY_PASSWORD, "SHA512-CRYPT")
 USERS[UTF8_USER] = (UTF8_PASSWORD, "SHA512-CRYPT")
+USERS[UTF8PW_USER] = (UTF8_PASSWORD, "SHA512-CRYPT")
 
 # Cyrus has the same users (passwords in a sasldb, whatever the scheme) and
 # two Cyrus admins: Cyrus 3.6 offers UNAUTHENTICATE to admins only.

@@ -11,7 +11,7 @@ import json
 import select
 
 import imapc
-from conftest import UTF8_PASSWORD, UTF8_USER, password, wait_until
+from conftest import UTF8_PASSWORD, UTF8_USER, UTF8PW_USER, password, wait_until
 
 
 def b64(s):
@@ -288,3 +288,29 @@ def test_long_ids_at_once_are_bounded_per_worker(make_mux):
     finally:
         for c in clients:
             c.close()
+
+
+def test_utf8_and_sasl_login_through_to_cyrus(make_mux, cyrus, ca_ctx):
+    """The same logins against the second backend kind: Cyrus IMAP takes
+    the UTF-8 password and the LOGIN mechanism's result (Cyrus 3.6 refuses
+    non-ASCII user names itself, directly too: an ASCII name here)."""
+    from conftest import backend_section
+    m = make_mux(backends=[("c", backend_section(cyrus))])
+    for user, pw in [(UTF8PW_USER, UTF8_PASSWORD), ("alice", password("alice"))]:
+        c = imapc.Client(m.imaps_port, tls=ca_ctx)
+        c.greeting()
+        c.send(b"l AUTHENTICATE LOGIN\r\n")
+        assert c.readline().startswith(b"+")
+        c.send(b64(user) + "\r\n")
+        assert c.readline().startswith(b"+")
+        c.send(b64(pw) + "\r\n")
+        _, tagged = c.read_until_tagged("l")
+        assert tagged.startswith(b"l OK"), (user, tagged)
+        _, tagged = c.cmd("s", "SELECT INBOX")
+        assert tagged.startswith(b"s OK"), (user, tagged)
+        c.close()
+        c = imapc.Client(m.imaps_port, tls=ca_ctx)
+        c.greeting()
+        _, tagged = c.cmd("l", "LOGIN %s %s" % (imapc.quote(user), imapc.quote(pw + "x")))
+        assert tagged.startswith(b"l NO [AUTHENTICATIONFAILED]"), (user, tagged)
+        c.close()
