@@ -20,25 +20,27 @@ import subprocess
 import sys
 
 # client name (as in README's table and the test names, test_<name>_...):
-# (Debian package, what the tests make it do). Order is the table's.
+# (Debian package, backends, what the tests make it do). Order is the table's.
 CLIENTS = {
-    "imaplib": ("libpython3.11-stdlib",
-                "IMAP4_SSL and IMAP4 + STARTTLS: LOGIN, SELECT, SEARCH, FETCH, STORE, "
-                "EXPUNGE, APPEND, LOGOUT"),
-    "curl": ("curl",
+    "imaplib": ("libpython3.11-stdlib", "Dovecot, Cyrus",
+                "IMAP4_SSL, and IMAP4 + starttls(): LOGIN, SELECT, SEARCH, FETCH (BODY[] "
+                "byte-exact), STORE, EXPUNGE, APPEND, LOGOUT"),
+    "curl": ("curl", "Dovecot, Cyrus",
              "imaps:// LIST, SEARCH and FETCH by UID (byte-exact), APPEND (-T), STORE (-X); "
              "imap:// with --ssl-reqd (STARTTLS); refused without it, and with another CA"),
-    "mbsync": ("isync",
-               "Channel INBOX <-> Maildir, Sync All, Expunge Both: pull, then flags, a deletion "
-               "and a new message pushed back (IMAPS, then STARTTLS)"),
-    "fetchmail": ("fetchmail",
-                  "--mda into a Maildir, sslcertck + sslcertfile; keep (IMAPS), then delete "
-                  "(STARTTLS), then flush"),
-    "offlineimap": ("offlineimap3",
-                    "one-shot (-o) INBOX sync to a Maildir (IMAPS), then both ways (STARTTLS)"),
-    "neomutt": ("neomutt",
-                "under script(1) (it needs a terminal): a flag set over STARTTLS, then every "
-                "message saved to an mbox and deleted over IMAPS"),
+    "mbsync": ("isync", "Dovecot, Cyrus",
+               "a Channel INBOX <-> Maildir (Sync All, Expunge Both): pull over IMAPS, then a "
+               "flag change, a deletion and a new message pushed (and one pulled) over "
+               "STARTTLS; refuses another CA"),
+    "fetchmail": ("fetchmail", "Dovecot, Cyrus",
+                  "--mda into a Maildir, sslcertck + sslcertfile: --keep over IMAPS, delete "
+                  "after delivery over STARTTLS, then --flush"),
+    "offlineimap": ("offlineimap3", "Dovecot, Cyrus",
+                    "one-shot (-o) INBOX <-> Maildir sync over IMAPS, twice: pull, then a "
+                    "deletion and a new message pushed and one pulled"),
+    "neomutt": ("neomutt", "Dovecot, Cyrus",
+                "push'd keys under script(1) (it needs a terminal): a flag set over STARTTLS, "
+                "then every message saved to a local mbox and deleted over IMAPS"),
 }
 
 DPKG_QUERY = "/usr/bin/dpkg-query"
@@ -247,11 +249,11 @@ def readme_rows(readme_text):
 def table_rows(results=None):
     """README table rows from dpkg-query; results: {client: text}."""
     results = results or {}
-    lines = ["| Client | Debian package | Exercised through imapmux | Result |",
-             "|---|---|---|---|"]
-    for name, (pkg, what) in CLIENTS.items():
-        lines.append("| `%s` | `%s` %s | %s | %s |"
-                     % (name, pkg, package_version(pkg) or "(not installed)", what,
+    lines = ["| Client | Debian package | Backends | Exercised through imapmux | Result |",
+             "|---|---|---|---|---|"]
+    for name, (pkg, backends, what) in CLIENTS.items():
+        lines.append("| `%s` | `%s` %s | %s | %s | %s |"
+                     % (name, pkg, package_version(pkg) or "(not installed)", backends, what,
                         results.get(name, "passes")))
     return "\n".join(lines)
 

@@ -1,9 +1,9 @@
 """Real IMAP clients, from Debian packages, through imapmux (README "Client
 compatibility"; issue #13): Python's imaplib, curl, mbsync (isync),
-fetchmail, offlineimap3 and neomutt, each a scripted session against the
-real Dovecot of the module (imaplib and curl also against the real Cyrus),
-on imapmux's implicit-TLS port and, where the client can, STARTTLS on its
-plain port.
+fetchmail, offlineimap3 and neomutt, each a scripted session through
+imapmux against the module's real Dovecot and again against its real Cyrus
+(the `server` fixture), on imapmux's implicit-TLS port and, where the
+client can, STARTTLS on its plain port.
 
 Every check is of the outcome, not of the exit status alone: what the
 backend holds afterwards, read straight from it (clientlib.inbox: subjects,
@@ -15,6 +15,7 @@ refuse another one); HOME is in tmp_path, so no user configuration is read.
 """
 
 import imaplib
+import inspect
 import os
 import re
 import shutil
@@ -194,11 +195,11 @@ def _mbsync_conf(path, port, ssltype, user, cafile, near):
     return str(path)
 
 
-def test_mbsync_pull_and_push(make_mux, dovecot, cert, other_cert, home):
+def test_mbsync_pull_and_push(make_mux, server, cert, other_cert, home):
     """mbsync resolves localhost (it checks DNS names only, not IP SANs)."""
     user = "dave"
-    reset(dovecot, user, ["m-one", "m-two", "m-three"])
-    m = start(make_mux, dovecot)
+    reset(server, user, ["m-one", "m-two", "m-three"])
+    m = start(make_mux, server)
     mbsync = binary("mbsync")
     near = home / "Mail"
     near.mkdir()
@@ -219,11 +220,11 @@ def test_mbsync_pull_and_push(make_mux, dovecot, cert, other_cert, home):
     with open(os.path.join(folder, "new", "1.local.lab"), "wb") as f:
         f.write(message("m-local"))
     clientlib.age_dirs(folder)
-    dovecot.append(user, message("m-far"))
+    server.append(user, message("m-far"))
 
     rc2 = _mbsync_conf(home / "starttls.rc", m.imap_port, "STARTTLS", user, cert, near)
     run([mbsync, "-c", rc2, "-a"], home)
-    rows = inbox(dovecot, user)
+    rows = inbox(server, user)
     assert [(r[1], r[2]) for r in rows] == [
         ("m-one", {"\\Flagged", "\\Seen"}), ("m-three", set()), ("m-far", set()),
         ("m-local", set())], rows
@@ -248,11 +249,11 @@ def _fetchmail_rc(path, port, tls, user, cafile, home, mda):
     return str(path)
 
 
-def test_fetchmail_keep_delete_flush(make_mux, dovecot, cert, home):
+def test_fetchmail_keep_delete_flush(make_mux, server, cert, home):
     """fetchmail's exit status 1 means "no mail"."""
     user = "erin"
-    reset(dovecot, user, ["f-one", "f-two"])
-    m = start(make_mux, dovecot)
+    reset(server, user, ["f-one", "f-two"])
+    m = start(make_mux, server)
     fetchmail = binary("fetchmail")
     box = home / "Maildir"
     for sub in ("tmp", "new", "cur"):
@@ -268,17 +269,17 @@ def test_fetchmail_keep_delete_flush(make_mux, dovecot, cert, home):
 
     run(common + ["-f", rc1, "--keep"], home)
     assert maildir_messages(str(box)) == {"f-one": "", "f-two": ""}
-    assert [(r[1], r[2]) for r in inbox(dovecot, user)] == [
+    assert [(r[1], r[2]) for r in inbox(server, user)] == [
         ("f-one", {"\\Seen"}), ("f-two", {"\\Seen"})]
 
-    dovecot.append(user, message("f-three"))
+    server.append(user, message("f-three"))
     run(common + ["-f", rc2], home)       # new mail only, deleted once delivered
     assert sorted(maildir_messages(str(box))) == ["f-one", "f-three", "f-two"]
-    assert subjects(inbox(dovecot, user)) == ["f-one", "f-two"]
+    assert subjects(inbox(server, user)) == ["f-one", "f-two"]
 
     r = run(common + ["-f", rc2, "--flush"], home, check=False)
     assert r.returncode == 1, r           # nothing new; the old ones flushed
-    assert inbox(dovecot, user) == []
+    assert inbox(server, user) == []
     assert sorted(maildir_messages(str(box))) == ["f-one", "f-three", "f-two"]
     through_mux(m, user, ["imaps", "imap", "imap"])
 
@@ -286,40 +287,45 @@ def test_fetchmail_keep_delete_flush(make_mux, dovecot, cert, home):
 # ---------------------------------------------------------------------------
 # offlineimap3
 
-def _offlineimap_conf(path, port, tls, user, cafile, home):
-    tls_lines = ("ssl = yes\n" if tls == "implicit" else "ssl = no\nstarttls = yes\n")
+def _offlineimap_conf(path, port, user, cafile, home):
     path.write_text(
         "[general]\naccounts = lab\nmetadata = %s/oi-meta\n\n"
         "[Account lab]\nlocalrepository = near\nremoterepository = far\n\n"
         "[Repository near]\ntype = Maildir\nlocalfolders = %s/oi\n\n"
         "[Repository far]\ntype = IMAP\nremotehost = localhost\nremoteport = %d\n"
-        "remoteuser = %s\nremotepass = %s\n%ssslcacertfile = %s\n"
+        "remoteuser = %s\nremotepass = %s\nssl = yes\nsslcacertfile = %s\n"
         "folderfilter = lambda f: f == 'INBOX'\n"
-        % (home, home, port, user, password(user), tls_lines, cafile))
+        % (home, home, port, user, password(user), cafile))
     return str(path)
 
 
-def test_offlineimap_one_shot_sync(make_mux, dovecot, cert, home):
+def test_offlineimap_one_shot_sync(make_mux, server, cert, home):
+    """Implicit TLS only: offlineimap3's imaplib2 (0.0~git20211018) hangs in
+    about one STARTTLS session in twenty, straight on Dovecot as through
+    imapmux (after `tag OK Begin TLS negotiation now.` and the handshake,
+    its first command is never answered or never sent; README "Client
+    compatibility")."""
     user = "frank"
-    reset(dovecot, user, ["o-one", "o-two", "o-three"])
-    m = start(make_mux, dovecot)
+    reset(server, user, ["o-one", "o-two", "o-three"])
+    m = start(make_mux, server)
     oi = binary("offlineimap")
     folder = str(home / "oi" / "INBOX")
-    rc1 = _offlineimap_conf(home / "imaps.rc", m.imaps_port, "implicit", user, cert, home)
-    run([oi, "-c", rc1, "-o", "-u", "basic"], home)
+    rc = _offlineimap_conf(home / "offlineimaprc", m.imaps_port, user, cert, home)
+    run([oi, "-c", rc, "-o", "-u", "basic"], home)
     assert maildir_messages(folder) == {"o-one": "", "o-two": "", "o-three": ""}
 
     os.unlink(maildir_file(folder, "o-two"))
     with open(os.path.join(folder, "new", "1.local.lab:2,S"), "wb") as f:
         f.write(message("o-local"))
-    dovecot.append(user, message("o-far"))
-    rc2 = _offlineimap_conf(home / "starttls.rc", m.imap_port, "starttls", user, cert, home)
-    run([oi, "-c", rc2, "-o", "-u", "basic"], home)
-    rows = inbox(dovecot, user)
+    server.append(user, message("o-far"))
+    run([oi, "-c", rc, "-o", "-u", "basic"], home)
+    rows = inbox(server, user)
     assert [(r[1], r[2]) for r in rows] == [
         ("o-one", set()), ("o-three", set()), ("o-far", set()), ("o-local", {"\\Seen"})], rows
-    assert sorted(maildir_messages(folder)) == ["o-far", "o-local", "o-one", "o-three"]
-    through_mux(m, user, ["imaps", "imap"])
+    assert rows[3][3] == message("o-local")
+    assert maildir_messages(folder) == {"o-one": "", "o-three": "", "o-far": "",
+                                        "o-local": "S"}
+    through_mux(m, user, ["imaps", "imaps"])
 
 
 # ---------------------------------------------------------------------------
@@ -347,24 +353,24 @@ def _neomutt(home, rc, url, keys):
     return run([binary("script"), "-qec", cmd, "/dev/null"], home, TERM="vt100")
 
 
-def test_neomutt_batch_flag_save_delete(make_mux, dovecot, cert, home):
+def test_neomutt_batch_flag_save_delete(make_mux, server, cert, home):
     user = "grace"
     binary("neomutt")
-    reset(dovecot, user, ["n-one", "n-two", "n-three"])
-    m = start(make_mux, dovecot)
+    reset(server, user, ["n-one", "n-two", "n-three"])
+    m = start(make_mux, server)
     (home / "mail").mkdir()
     rc = _neomutt_rc(home / "muttrc", user, cert, home)
 
     _neomutt(home, rc, "imap://localhost:%d/INBOX" % m.imap_port,
              "<tag-pattern>~s n-two<enter><tag-prefix><flag-message><sync-mailbox><quit>")
-    assert [(r[1], r[2]) for r in inbox(dovecot, user)] == [
+    assert [(r[1], r[2]) for r in inbox(server, user)] == [
         ("n-one", set()), ("n-two", {"\\Flagged"}), ("n-three", set())]
 
     saved = home / "mail" / "saved"
     _neomutt(home, rc, "imaps://localhost:%d/INBOX" % m.imaps_port,
              "<tag-pattern>~A<enter><tag-prefix><save-message>%s<enter><quit>" % saved)
     assert clientlib.mbox_subjects(str(saved)) == ["n-one", "n-two", "n-three"]
-    assert inbox(dovecot, user) == []
+    assert inbox(server, user) == []
     through_mux(m, user, ["imap", "imaps"])
 
 
@@ -375,9 +381,17 @@ def test_readme_matrix_lists_every_client_tested():
     with open(os.path.join(REPO, "README.md")) as f:
         rows = clientlib.readme_rows(f.read())
     assert list(rows) == list(CLIENTS), (list(rows), list(CLIENTS))
-    for name, (pkg, _) in CLIENTS.items():
+    for name, (pkg, _, _) in CLIENTS.items():
         assert rows[name][1].startswith("`%s` " % pkg), rows[name]
         assert len(rows[name][1].split()) == 2, rows[name]     # package and a version
-    tested = {n[len("test_"):].split("_")[0] for n in globals() if n.startswith("test_")}
-    tested.discard("readme")
-    assert tested == set(CLIENTS), tested
+    # every client has tests, on the backends the table names
+    backends = {}
+    for n, f in globals().items():
+        if n.startswith("test_") and not n.startswith("test_readme_"):
+            params = inspect.signature(f).parameters
+            b = "Dovecot, Cyrus" if "server" in params else "Dovecot"
+            backends.setdefault(n[len("test_"):].split("_")[0], set()).add(b)
+    assert set(backends) == set(CLIENTS), backends
+    for name, (_, b, _) in CLIENTS.items():
+        assert backends[name] == {b}, (name, backends[name])
+        assert rows[name][2] == b, rows[name]
