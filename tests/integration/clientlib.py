@@ -196,6 +196,47 @@ def maildir_messages(folder):
     return out
 
 
+def maildir_copies(folder):
+    """{subject: bytes} of a Maildir folder's messages."""
+    out = {}
+    for sub in ("new", "cur"):
+        d = os.path.join(folder, sub)
+        for name in os.listdir(d) if os.path.isdir(d) else ():
+            with open(os.path.join(d, name), "rb") as f:
+                raw = f.read()
+            out[subject_of(raw)] = raw
+    return out
+
+
+def mbox_copies(path):
+    """{subject: bytes} of an mbox file's messages (without the From_ line)."""
+    import mailbox
+    box = mailbox.mbox(path, create=False)
+    try:
+        return {m.get("Subject"): box.get_bytes(k) for k, m in box.items()}
+    finally:
+        box.close()
+
+
+def same_message(local, raw):
+    """Is local (a client's copy) the message raw (the backend's bytes),
+    byte for byte up to line endings (CRLF or LF), the client free to add
+    header fields (Received:, Status:, X-TUID: ...)?"""
+    def lf(b):
+        return b.replace(b"\r\n", b"\n")
+    lh, sep1, lb = lf(local).partition(b"\n\n")
+    rh, sep2, rb = lf(raw).partition(b"\n\n")
+    return sep1 == sep2 and lb == rb and set(rh.split(b"\n")) <= set(lh.split(b"\n"))
+
+
+def assert_copies(copies, rows):
+    """Every backend message (inbox rows) has its intact copy in copies
+    ({subject: bytes})."""
+    for _, subj, _, raw in rows:
+        assert subj in copies, (subj, sorted(copies))
+        assert same_message(copies[subj], raw), (subj, copies[subj], raw)
+
+
 def maildir_file(folder, subject):
     """The path of the message with that subject in a Maildir folder."""
     for sub in ("new", "cur"):

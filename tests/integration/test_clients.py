@@ -232,6 +232,7 @@ def test_mbsync_pull_and_push(make_mux, server, cert, other_cert, home):
     assert re.sub(rb"X-TUID: \S+\r\n", b"", rows[3][3]) == message("m-local"), rows[3][3]
     assert maildir_messages(folder) == {"m-one": "FS", "m-three": "", "m-far": "",
                                         "m-local": ""}
+    clientlib.assert_copies(clientlib.maildir_copies(folder), rows[:3])    # those pulled
     through_mux(m, user, ["imaps", "imap"])
 
 
@@ -269,11 +270,14 @@ def test_fetchmail_keep_delete_flush(make_mux, server, cert, home):
 
     run(common + ["-f", rc1, "--keep"], home)
     assert maildir_messages(str(box)) == {"f-one": "", "f-two": ""}
+    clientlib.assert_copies(clientlib.maildir_copies(str(box)), inbox(server, user))
     assert [(r[1], r[2]) for r in inbox(server, user)] == [
         ("f-one", {"\\Seen"}), ("f-two", {"\\Seen"})]
 
     server.append(user, message("f-three"))
+    three = inbox(server, user)[2:]
     run(common + ["-f", rc2], home)       # new mail only, deleted once delivered
+    clientlib.assert_copies(clientlib.maildir_copies(str(box)), three)
     assert sorted(maildir_messages(str(box))) == ["f-one", "f-three", "f-two"]
     assert subjects(inbox(server, user)) == ["f-one", "f-two"]
 
@@ -325,6 +329,7 @@ def test_offlineimap_one_shot_sync(make_mux, server, cert, home):
     assert rows[3][3] == message("o-local")
     assert maildir_messages(folder) == {"o-one": "", "o-three": "", "o-far": "",
                                         "o-local": "S"}
+    clientlib.assert_copies(clientlib.maildir_copies(folder), rows)
     through_mux(m, user, ["imaps", "imaps"])
 
 
@@ -367,9 +372,11 @@ def test_neomutt_batch_flag_save_delete(make_mux, server, cert, home):
         ("n-one", set()), ("n-two", {"\\Flagged"}), ("n-three", set())]
 
     saved = home / "mail" / "saved"
+    before = inbox(server, user)
     _neomutt(home, rc, "imaps://localhost:%d/INBOX" % m.imaps_port,
              "<tag-pattern>~A<enter><tag-prefix><save-message>%s<enter><quit>" % saved)
     assert clientlib.mbox_subjects(str(saved)) == ["n-one", "n-two", "n-three"]
+    clientlib.assert_copies(clientlib.mbox_copies(str(saved)), before)
     assert inbox(server, user) == []
     through_mux(m, user, ["imap", "imaps"])
 
