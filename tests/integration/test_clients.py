@@ -345,8 +345,8 @@ def _neomutt_rc(path, user, cafile, home):
         "set header_cache = \"\"\nset message_cachedir = \"\"\n"
         "set folder = %s/mail\nset mbox_type = mbox\nset sort = mailbox-order\n"
         "set confirmcreate = no\nset confirmappend = no\nset delete = yes\nset move = no\n"
-        "set quit = yes\nset mark_old = no\nset sleep_time = 0\nset mail_check_stats = no\nset timeout = 5\n"
-        "set imap_keepalive = 30\n"
+        "set quit = yes\nset mark_old = no\nset sleep_time = 0\nset mail_check_stats = no\n"
+        "set timeout = 5\nset imap_keepalive = 30\n"
         % (user, password(user), cafile, home, home))
     return str(path)
 
