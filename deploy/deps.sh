@@ -37,6 +37,10 @@ PKGS="$PKGS debhelper dpkg-dev fakeroot ssl-cert systemd"
 # chromium: the status page (GET /) is rendered in headless Chromium and
 # screenshotted (test_status_page.py); python3-pil reads the screenshot back.
 PKGS="$PKGS chromium python3-pil"
+# isync (mbsync), fetchmail, offlineimap3, neomutt: the real-client matrix
+# (test_clients.py, README "Client compatibility"); curl and Python's imaplib
+# come with the packages above, script(1) with bsdutils (essential).
+PKGS="$PKGS isync fetchmail offlineimap3 neomutt"
 CYRUS_DIR=/usr/local/lib/imapmux-cyrus
 
 installed() {
