@@ -136,3 +136,12 @@ bool caps_has(const char *list, size_t len, const char *cap)
 	}
 	return false;
 }
+
+bool caps_nonsync_ok(const char *list, size_t len, uint64_t size)
+{
+	if (caps_has(list, len, "LITERAL+"))
+		return true;
+	if (size > CAPS_LITERAL_MINUS_MAX)
+		return false;
+	return caps_has(list, len, "LITERAL-") || caps_has(list, len, "IMAP4rev2");
+}

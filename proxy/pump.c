@@ -433,8 +433,13 @@ bool pump_c2b(struct session *s)
 			} else if (!name_ok(h.w1, h.w1_len) ||
 			           (u.type == IMAP_TOK_FRAGMENT && h.w1 + h.w1_len == p + u.len)) {
 				refuse = "BAD Invalid command name.";
-			} else {
-				refuse = pump_refusal(&h);
+			} else if ((refuse = pump_refusal(&h)) == NULL && announces &&
+			           u.lit_nonsync &&
+			           !caps_nonsync_ok(s->bk->caps, strlen(s->bk->caps), u.literal)) {
+				/* RFC 7888 4: what a LITERAL- (or plain) server must
+				 * answer. The backend would see only the {n} made of
+				 * it; the proxy knows n and skips the literal. */
+				refuse = "BAD [TOOBIG] Non-synchronizing literal too large.";
 			}
 			if (refuse != NULL) {
 				if (buf_room(&s->local) < REPLY_ROOM / 2)

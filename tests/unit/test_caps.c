@@ -218,6 +218,37 @@ static void test_has(void **state)
 	assert_true(caps_has("IDLEX", 4, "IDLE"));
 }
 
+/* RFC 7888: LITERAL+ any size, LITERAL- (and IMAP4rev2) up to 4096, else none. */
+static void test_nonsync_ok(void **state)
+{
+	static const struct {
+		const char *caps;
+		uint64_t size;
+		bool ok;
+	} cases[] = {
+	    {"IMAP4rev1 LITERAL+ IDLE", 0, true},
+	    {"IMAP4rev1 LITERAL+ IDLE", 1u << 30, true},
+	    {"IMAP4rev1 literal+", 5000, true},
+	    {"IMAP4rev1 LITERAL- IDLE", 4096, true},
+	    {"IMAP4rev1 LITERAL- IDLE", 4097, false},
+	    {"IMAP4rev1 LITERAL- LITERAL+", 4097, true},
+	    {"IMAP4rev2 IDLE", 4096, true},
+	    {"IMAP4rev2 IDLE", 4097, false},
+	    {"IMAP4rev1 IDLE", 0, false},
+	    {"IMAP4rev1 IDLE", 1, false},
+	    {"IMAP4rev1 LITERAL++ XLITERAL-", 1, false},
+	    {"", 1, false},
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		bool ok = caps_nonsync_ok(cases[i].caps, strlen(cases[i].caps), cases[i].size);
+		if (ok != cases[i].ok)
+			fail_msg("case %zu (%s, %llu): %d", i, cases[i].caps,
+			         (unsigned long long)cases[i].size, ok);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -225,6 +256,7 @@ int main(void)
 	    cmocka_unit_test(test_outcap_small),    cmocka_unit_test(test_is_hidden),
 	    cmocka_unit_test(test_filter_table),    cmocka_unit_test(test_filter_embedded_nul),
 	    cmocka_unit_test(test_filter_prefixes), cmocka_unit_test(test_has),
+	    cmocka_unit_test(test_nonsync_ok),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
