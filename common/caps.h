@@ -45,4 +45,12 @@ bool caps_has(const char *list, size_t len, const char *cap);
  */
 bool caps_nonsync_ok(const char *list, size_t len, uint64_t size);
 
+/*
+ * The answer (after the tag) to a command with such a literal the server
+ * does not allow, or NULL when caps_nonsync_ok(): "BAD [TOOBIG] ..." where
+ * the server has the LITERAL- bound (RFC 7888 section 4), a plain "BAD ..."
+ * where it offers no non-synchronizing literals at all.
+ */
+const char *caps_nonsync_refusal(const char *list, size_t len, uint64_t size);
+
 #endif

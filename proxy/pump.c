@@ -434,12 +434,12 @@ bool pump_c2b(struct session *s)
 			           (u.type == IMAP_TOK_FRAGMENT && h.w1 + h.w1_len == p + u.len)) {
 				refuse = "BAD Invalid command name.";
 			} else if ((refuse = pump_refusal(&h)) == NULL && announces &&
-			           u.lit_nonsync &&
-			           !caps_nonsync_ok(s->bk->caps, strlen(s->bk->caps), u.literal)) {
+			           u.lit_nonsync) {
 				/* RFC 7888 4: what a LITERAL- (or plain) server must
 				 * answer. The backend would see only the {n} made of
 				 * it; the proxy knows n and skips the literal. */
-				refuse = "BAD [TOOBIG] Non-synchronizing literal too large.";
+				refuse = caps_nonsync_refusal(s->bk->caps, strlen(s->bk->caps),
+				                              u.literal);
 			}
 			if (refuse != NULL) {
 				if (buf_room(&s->local) < REPLY_ROOM / 2)

@@ -378,10 +378,49 @@ def test_literal_minus_limit(make_mux, dv_literal_minus, ca_ctx):
     assert t.startswith(b"a3 BAD [TOOBIG]"), (untagged, t)
     _, t = send_append(c, "a4", [big], nonsync=False)
     assert t.startswith(b"a4 OK"), t
+    # Past the first line part the backend holds the command already: the
+    # {n+} stays the {n} imapmux makes of it, and the backend takes it as
+    # it takes any synchronizing literal (README "IMAP extensions").
+    c.send(b"a5 APPEND INBOX {3+}\r\nabc {%d+}\r\n" % len(big) + big + b"\r\n")
+    _, t = c.read_until_tagged("a5")
+    assert t.startswith(b"a5 OK"), t
+    ok(c, "n", "NOOP")
+    n = int(re.search(rb"\* (\d+) EXISTS", b"".join(ok(d, "s", "SELECT INBOX"))).group(1))
+    assert n == 4
+    assert [body_of(d, i + 1, "b%d" % i) for i in range(4)] == [fit, big, b"abc", big]
+    logout(c)
+    d.close()
+
+
+@pytest.fixture(scope="module")
+def dv_no_literal():
+    d = lab.Dovecot(USERS, master_password=MASTER_PASSWORD, name="dovecot-nolit",
+                    extra_conf="imap_capability = IMAP4rev1 ID ENABLE IDLE UNSELECT "
+                               "MULTIAPPEND\n")
+    d.start()
+    yield d
+    d.cleanup()
+
+
+def test_no_nonsync_literals_offered(make_mux, dv_no_literal, ca_ctx):
+    """A backend listing neither LITERAL+ nor LITERAL- (Dovecot with its
+    capability list set: it would still take {3+} directly, unannounced):
+    imapmux goes by what is offered, answers `BAD` and skips the literal,
+    which an RFC 3501 server would read as commands. Synchronizing
+    literals pass."""
+    server, user = dv_no_literal, "frank"
+    d = reset_inbox(server, user, [])
+    m = start(make_mux, server)
+    c, caps = login(m, ca_ctx, user)
+    assert not {"LITERAL+", "LITERAL-"} & caps, caps
+    untagged, t = send_append(c, "a1", [b"abc"])
+    assert (untagged, t) == (
+        [], b"a1 BAD Non-synchronizing literals are not supported by this server.\r\n")
+    _, t = send_append(c, "a2", [b"Subject: s\r\n\r\nx\r\n"] * 2, nonsync=False)
+    assert t.startswith(b"a2 OK"), t
     ok(c, "n", "NOOP")
     n = int(re.search(rb"\* (\d+) EXISTS", b"".join(ok(d, "s", "SELECT INBOX"))).group(1))
     assert n == 2
-    assert body_of(d, 1) == fit and body_of(d, 2, "b2") == big
     logout(c)
     d.close()
 

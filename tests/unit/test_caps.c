@@ -246,7 +246,17 @@ static void test_nonsync_ok(void **state)
 		if (ok != cases[i].ok)
 			fail_msg("case %zu (%s, %llu): %d", i, cases[i].caps,
 			         (unsigned long long)cases[i].size, ok);
+		const char *why =
+		    caps_nonsync_refusal(cases[i].caps, strlen(cases[i].caps), cases[i].size);
+		assert_true((why == NULL) == cases[i].ok);
 	}
+	assert_string_equal(
+	    caps_nonsync_refusal("IMAP4rev1 LITERAL-", sizeof("IMAP4rev1 LITERAL-") - 1, 4097),
+	    "BAD [TOOBIG] Non-synchronizing literal too large.");
+	assert_string_equal(caps_nonsync_refusal("IMAP4rev2", sizeof("IMAP4rev2") - 1, 4097),
+	                    "BAD [TOOBIG] Non-synchronizing literal too large.");
+	assert_string_equal(caps_nonsync_refusal("IMAP4rev1 IDLE", sizeof("IMAP4rev1 IDLE") - 1, 1),
+	                    "BAD Non-synchronizing literals are not supported by this server.");
 }
 
 int main(void)
