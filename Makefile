@@ -174,7 +174,7 @@ valgrind: $(UNIT_BIN)
 	@command -v $(VALGRIND) >/dev/null || { echo "make valgrind: valgrind is missing (make deps)" >&2; exit 2; }
 	@set -e; for t in $(UNIT_BIN); do \
 		if ldd ./$$t | grep -q libasan; then echo "make valgrind: $$t is a SANITIZE=1 build; make clean first" >&2; exit 2; fi; \
-		echo "== valgrind $$t"; $(VALGRIND) $(VALGRIND_FLAGS) ./$$t; done
+		echo "== valgrind $$t"; UNIT_UNDER_VALGRIND=1 $(VALGRIND) $(VALGRIND_FLAGS) ./$$t; done
 
 integration: proxy/imapmux
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
