@@ -509,8 +509,17 @@ bool preauth_input(struct session *s)
 		const uint8_t *p = buf_head(&s->client.in);
 		int r = imap_tok_next(&s->ctok, p, buf_len(&s->client.in), &u);
 
-		if (r == -2)
+		if (r == -2) {
+			/* The bytes waiting are the start of a line part shorter than
+			 * a fragment: past PREAUTH_MAX_LINE already, it ends here, as
+			 * soon as the excess byte arrived. */
+			size_t len = buf_len(&s->client.in);
+			if (s->cmd_part + len > PREAUTH_MAX_LINE && !cmd_is_id(s, p, len)) {
+				sess_close(s, "line too long", "* BYE line too long.");
+				return true;
+			}
 			break;
+		}
 		if (r < 0) {
 			const char *e = imap_tok_error(&s->ctok);
 			char bye[128];

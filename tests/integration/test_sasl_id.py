@@ -92,6 +92,14 @@ def test_id_past_its_bound_and_other_long_lines_are_refused(client_tls):
     c.send(b"n NOOP " + b"x" * 9000 + b"\r\n")
     assert c.readline().startswith(b"* BYE line too long"), "9 KiB NOOP"
     assert c.expect_closed(5) == b""
+    # As soon as the excess byte is there, without waiting for a line end
+    # (or for a whole 4 KiB fragment of the line).
+    for n in (8300, 12300):
+        c = client_tls()
+        c.greeting()
+        c.send(b"n NOOP " + b"x" * n)
+        assert c.readline(timeout=5).startswith(b"* BYE line too long"), n
+        assert c.expect_closed(5) == b""
     c = client_tls()
     c.greeting()
     c.send(b'i ID ("name" "' + b"v" * 70000 + b'")\r\n')
