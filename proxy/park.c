@@ -200,6 +200,7 @@ void park_free(struct session *s)
 
 	if (p == NULL)
 		return;
+	conn_compress_idle(&s->client, false);
 	if (p->linked)
 		hmap_remove(&s->w->parked, &p->hnode);
 	park_count(s, false);
@@ -481,6 +482,8 @@ static bool park_settle(struct session *s)
 	buf_free(&s->local);
 	buf_free(&s->capline);
 	sess_to(s, SESS_PARKED);
+	/* A compressed client: its deflater goes until the next reply (conn.h). */
+	conn_compress_idle(&s->client, true);
 	p->phase = PARK_PARKED;
 	park_count(s, true);
 	STAT_INC(&s->w->stats, parks);
