@@ -796,13 +796,14 @@ int conn_compress_start(struct conn *c)
 	return 0;
 }
 
-void conn_compress_idle(struct conn *c, bool idle)
+bool conn_compress_idle(struct conn *c, bool idle)
 {
 	if (c->z == NULL)
-		return;
+		return false;
 	c->z->idle = idle;
 	if (idle)
 		z_maybe_shed(c);
+	return !c->z->def_on;
 }
 
 static void z_free(struct conn *c)

@@ -135,9 +135,10 @@ __attribute__((warn_unused_result)) int conn_compress_start(struct conn *c);
  * history, so its blocks continue the peer's inflate stream as they are:
  * the deflater is set up again, empty, for the next bytes to send.
  * The inflater cannot be freed: the peer's next bytes may refer back to
- * anything it sent in the last 32 KB.
+ * anything it sent in the last 32 KB. True when c is compressed and holds
+ * no deflater now.
  */
-void conn_compress_idle(struct conn *c, bool idle);
+bool conn_compress_idle(struct conn *c, bool idle);
 
 /* Re-arm the watchers for what the owner and OpenSSL need now. */
 void conn_update(struct conn *c);
