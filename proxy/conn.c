@@ -67,8 +67,8 @@ struct conn_z {
 };
 
 /* imapmux's deflater: see conn.h for why these. */
-#define Z_OUT_LEVEL 1
-#define Z_OUT_WBITS 12
+#define Z_OUT_LEVEL    1
+#define Z_OUT_WBITS    12
 #define Z_OUT_MEMLEVEL 5
 
 static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)

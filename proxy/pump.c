@@ -638,8 +638,7 @@ static size_t pump_filter_caps_line(const uint8_t *p, size_t len, char *out, siz
 	size_t tail = len - (size_t)(end - p);
 	memcpy(out, p, prefix);
 	long n = caps_filter((const char *)start, caplen, out + prefix, outcap - prefix);
-	if (n < 0 ||
-	    (elen == 0 && (size_t)n == caplen && memcmp(out + prefix, start, caplen) == 0))
+	if (n < 0 || (elen == 0 && (size_t)n == caplen && memcmp(out + prefix, start, caplen) == 0))
 		return 0;
 	memcpy(out + prefix + (size_t)n, extra, elen);
 	n += (long)elen;
