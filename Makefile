@@ -81,6 +81,9 @@ UNIT_LIBS_backend_cmd := -lssl -lcrypto -lz
 UNIT_OBJS_pool_acct := proxy/pool.o proxy/backend.o proxy/backend_login.o proxy/cmdq.o proxy/conn.o proxy/reaper.o \
                        proxy/runtime.o
 UNIT_LIBS_pool_acct := -lssl -lcrypto -lz
+# COMPRESS=DEFLATE in the conn layer, over a socketpair, zlib as the peer.
+UNIT_OBJS_compress := proxy/conn.o
+UNIT_LIBS_compress := -lssl -lcrypto -lz
 # TLS 1.3 records sealed and opened here against OpenSSL's own client.
 UNIT_LIBS_tls13 := -lssl -lcrypto
 # Watchers shared by two hand-built workers through their mailboxes, against a fake backend.

@@ -491,8 +491,11 @@ static bool park_settle(struct session *s)
 	if (log_enabled(LOG_LVL_DEBUG))
 		sess_log(s, LOG_LVL_DEBUG,
 		         give ? "parked (backend session kept)" : "parked (backend closed)");
-	if (unz && log_enabled(LOG_LVL_DEBUG))
-		sess_log(s, LOG_LVL_DEBUG, "parked: COMPRESS deflate state freed");
+	if (unz) {
+		s->w->freed++; /* worth a malloc_trim (worker.c) */
+		if (log_enabled(LOG_LVL_DEBUG))
+			sess_log(s, LOG_LVL_DEBUG, "parked: COMPRESS deflate state freed");
+	}
 	ev_tstamp now = ev_now(s->w->loop);
 	p->keepalive_at = now + s->rt->cfg->park_keepalive;
 	park_timeout(s);
