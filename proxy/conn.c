@@ -643,6 +643,9 @@ int conn_read(struct conn *c)
 			break;
 		progress = true;
 	}
+	/* buf_tail allocated it for a read that found nothing */
+	if (buf_is_empty(&c->z->zin))
+		buf_release(&c->z->zin);
 	return progress ? 0 : -2;
 }
 
