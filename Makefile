@@ -134,6 +134,12 @@ FUZZ_LIBS_preauth := -lssl -lcrypto -lev -lhiredis -lpthread -lz
 $(FUZZ_DIR)/fuzz_preauth: CPPFLAGS += -Iproxy
 $(FUZZ_DIR)/fuzz_preauth: $(FUZZ_OBJS_preauth)
 
+# A compressed conn (COMPRESS=DEFLATE) reading hostile client bytes, over a socketpair.
+FUZZ_OBJS_compress := $(FUZZ_DIR)/proxy/conn.o
+FUZZ_LIBS_compress := -lssl -lcrypto -lev -lz
+$(FUZZ_DIR)/fuzz_compress: CPPFLAGS += -Iproxy
+$(FUZZ_DIR)/fuzz_compress: $(FUZZ_OBJS_compress)
+
 # The TLS 1.3 record layer of a conn after conn_shed_tls, over a socketpair.
 FUZZ_OBJS_tls13 := $(FUZZ_DIR)/proxy/conn.o
 FUZZ_LIBS_tls13 := -lssl -lcrypto -lev -lz

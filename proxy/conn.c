@@ -583,7 +583,8 @@ static int z_inflate(struct conn *c)
 		}
 		if (room == 0)
 			break;
-		z->inf.next_in = (Bytef *)buf_head(&z->zin);
+		/* an empty buffer may have no storage (zlib takes NULL with 0) */
+		z->inf.next_in = have > 0 ? (Bytef *)buf_head(&z->zin) : Z_NULL;
 		z->inf.avail_in = have > UINT32_MAX ? UINT32_MAX : (uInt)have;
 		z->inf.next_out = p;
 		z->inf.avail_out = room > UINT32_MAX ? UINT32_MAX : (uInt)room;
@@ -721,7 +722,7 @@ static int z_deflate(struct conn *c)
 		}
 		if (room == 0)
 			break;
-		z->def.next_in = (Bytef *)buf_head(&c->out);
+		z->def.next_in = have > 0 ? (Bytef *)buf_head(&c->out) : Z_NULL;
 		z->def.avail_in = have > UINT32_MAX ? UINT32_MAX : (uInt)have;
 		z->def.next_out = p;
 		z->def.avail_out = room > UINT32_MAX ? UINT32_MAX : (uInt)room;
