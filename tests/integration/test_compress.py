@@ -7,7 +7,9 @@ after login offer COMPRESS=DEFLATE once (none before login); `COMPRESS
 DEFLATE` is answered by imapmux with an uncompressed OK and both ways are
 compressed from the next byte: SELECT, a 300 KB APPEND literal and its
 FETCH, IDLE; bytes pipelined after the COMPRESS line are inflated, not
-parsed; COMPRESS again gets NO [COMPRESSIONACTIVE], a wrong argument BAD;
+parsed (also behind a command still in flight, whose answer comes first,
+plain); COMPRESS again gets NO [COMPRESSIONACTIVE], a wrong argument BAD,
+UNAUTHENTICATE BAD with the stream still compressed;
 a parked session frees its deflater and, woken, goes on with a fresh one
 that the client's one decompressor keeps reading; a kept backend reused
 by a later compressed session; LOGOUT's words compressed; corrupt input
@@ -133,6 +135,9 @@ def test_offered_once_after_login_then_bulk_both_ways(mux, ca_ctx):
 
     _, t = c.cmd("z2", "COMPRESS DEFLATE")
     assert t.startswith(b"z2 NO [COMPRESSIONACTIVE]"), t
+    # UNAUTHENTICATE is imapmux's to refuse; the connection stays compressed
+    _, t = c.cmd("u", "UNAUTHENTICATE")
+    assert t.startswith(b"u BAD"), t
     _ok(c, "n", "NOOP")
     # LOGOUT's BYE and OK are compressed too: compression lasts the connection
     c.cmd_send("o", "LOGOUT")
@@ -163,7 +168,10 @@ def test_pipelined_after_compress_is_inflated(mux, ca_ctx):
     c, _ = _client(mux, ca_ctx, "carol")
     comp = zlib.compressobj(6, zlib.DEFLATED, -15)
     tail = comp.compress(b"n1 NOOP\r\nn2 SELECT INBOX\r\n") + comp.flush(zlib.Z_SYNC_FLUSH)
-    c.send(b"z compress deflate\r\n" + tail)
+    # behind a command still in flight: its answer first, plain, then the OK
+    c.send(b"n0 NOOP\r\nz compress deflate\r\n" + tail)
+    line = c.readline()
+    assert line.startswith(b"n0 OK"), line
     line = c.readline()
     assert line == b"z OK DEFLATE active\r\n", line
     z = ZSock(c.sock)
