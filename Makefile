@@ -183,10 +183,14 @@ valgrind: $(UNIT_BIN)
 	@command -v $(VALGRIND) >/dev/null || { echo "make valgrind: valgrind is missing (make deps)" >&2; exit 2; }
 	@set -e; for t in $(UNIT_BIN); do \
 		if ldd ./$$t | grep -q libasan; then echo "make valgrind: $$t is a SANITIZE=1 build; make clean first" >&2; exit 2; fi; \
-		echo "== valgrind $$t"; $(VALGRIND) $(VALGRIND_FLAGS) ./$$t; done
+		echo "== valgrind $$t"; UNIT_UNDER_VALGRIND=1 $(VALGRIND) $(VALGRIND_FLAGS) ./$$t; done
 
+# JOBS=N: N pytest-xdist workers, a test file each at a time (module
+# fixtures stay whole; lab.free_port gives each worker its own port range).
+JOBS ?= 1
+XDIST = $(if $(filter-out 1,$(JOBS)),-n $(JOBS) --dist loadfile)
 integration: proxy/imapmux
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q -p no:cacheprovider $(XDIST) tests/integration $(PYTEST_ARGS)
 
 demo: deps all
 	@sh deploy/demo.sh start

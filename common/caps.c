@@ -136,3 +136,21 @@ bool caps_has(const char *list, size_t len, const char *cap)
 	}
 	return false;
 }
+
+bool caps_nonsync_ok(const char *list, size_t len, uint64_t size)
+{
+	if (caps_has(list, len, "LITERAL+"))
+		return true;
+	if (size > CAPS_LITERAL_MINUS_MAX)
+		return false;
+	return caps_has(list, len, "LITERAL-") || caps_has(list, len, "IMAP4rev2");
+}
+
+const char *caps_nonsync_refusal(const char *list, size_t len, uint64_t size)
+{
+	if (caps_nonsync_ok(list, len, size))
+		return NULL;
+	if (caps_has(list, len, "LITERAL-") || caps_has(list, len, "IMAP4rev2"))
+		return "BAD [TOOBIG] Non-synchronizing literal too large.";
+	return "BAD Non-synchronizing literals are not supported by this server.";
+}

@@ -48,6 +48,16 @@ enum ann_state {
 	ANN_CLOSED_CR, /* ... and a CR: only LF may follow */
 };
 
+/* Where a status response's resp-text-code stands (RFC 3501 7.1: "[" right
+ * after the status word and its SP, up to "]"). Inside it quotes and
+ * literals count, as in any other response; the free text after it is
+ * never looked at. */
+enum code_state {
+	CODE_NONE = 0, /* free text (or no status response): nothing to scan */
+	CODE_MAYBE,    /* the status word and its SP: a "[" now opens a code */
+	CODE_IN,       /* inside the code: scan_lexical() runs, "]" ends it */
+};
+
 /* Literal sizes are uint64_t but must fit a signed 64-bit off_t/ssize_t. */
 #define LITERAL_SIZE_MAX ((uint64_t)INT64_MAX)
 
@@ -77,6 +87,7 @@ static void start_logical_line(struct imap_tok *t)
 {
 	t->at_line_start = true;
 	t->line_text = false;
+	t->code = CODE_NONE;
 	t->head = t->dir == IMAP_TOK_RESPONSES ? HEAD_START : HEAD_DONE;
 	t->word_len = 0;
 	t->word_long = false;
@@ -137,6 +148,15 @@ static void scan_head(struct imap_tok *t, uint8_t c)
 	/* HEAD_WORD. '[' ends it too, for servers that send "* OK[ALERT]". */
 	if (c == ' ' || c == '\r' || c == '[') {
 		head_decide(t);
+		if (t->line_text) {
+			t->code = c == '[' ? CODE_IN : c == ' ' ? CODE_MAYBE : CODE_NONE;
+			/* The tag and word went through scan_lexical(): a code
+			 * starts with nothing open ("x\"y NO [..." has no quote). */
+			t->in_quote = false;
+			t->quote_esc = false;
+			t->ann = ANN_NONE;
+			t->ann_tilde = false;
+		}
 	} else if (t->word_len < sizeof(t->word) - 1) {
 		/* ASCII only: toupper() would depend on the locale. */
 		t->word[t->word_len++] = (char)(c >= 'a' && c <= 'z' ? c - 'a' + 'A' : c);
@@ -218,6 +238,24 @@ static void scan_lexical(struct imap_tok *t, uint8_t c)
 	}
 }
 
+/* Feed one byte (not LF) of a status response's text after its head. */
+static void scan_code(struct imap_tok *t, uint8_t c)
+{
+	if (t->code == CODE_MAYBE) {
+		t->code = c == '[' ? CODE_IN : CODE_NONE;
+		return;
+	}
+	if (t->code != CODE_IN)
+		return;
+	if (c == ']' && !t->in_quote) {
+		t->code = CODE_NONE;
+		t->ann = ANN_NONE;
+		t->ann_tilde = false;
+		return;
+	}
+	scan_lexical(t, c);
+}
+
 /* A LF ended the current line part after n bytes: build the LINE unit. */
 static int finish_line(struct imap_tok *t, size_t n, struct imap_tok_unit *u_r)
 {
@@ -229,7 +267,8 @@ static int finish_line(struct imap_tok *t, size_t n, struct imap_tok_unit *u_r)
 		head_decide(t);
 	t->head = HEAD_DONE;
 
-	literal = !t->line_text && (t->ann == ANN_CLOSED || t->ann == ANN_CLOSED_CR);
+	literal = (!t->line_text || t->code == CODE_IN) &&
+	          (t->ann == ANN_CLOSED || t->ann == ANN_CLOSED_CR);
 	if (literal) {
 		if (t->ann_overflow)
 			return fail(t, "literal size too large");
@@ -300,6 +339,8 @@ int imap_tok_next(struct imap_tok *t, const uint8_t *p, size_t len, struct imap_
 			return finish_line(t, i + 1, u_r);
 		if (t->head != HEAD_DONE)
 			scan_head(t, c);
+		else if (t->line_text)
+			scan_code(t, c);
 		/* Free text is never interpreted: skip quotes and {n}. */
 		if (!t->line_text)
 			scan_lexical(t, c);

@@ -32,7 +32,14 @@
  * backslash escapes), and, in the RESPONSES direction, never in the free text
  * of status responses (tag or "*" followed by OK, NO, BAD, BYE or PREAUTH)
  * nor in continuation requests ("+ ..."): servers put human text there and a
- * text ending in "{5}" must not swallow the next response.
+ * text ending in "{5}" must not swallow the next response. The response code
+ * that may open a status response's text ("[" right after the status word,
+ * up to the first "]" outside a quoted string) is not free text: RFC 3501
+ * lets astrings, hence literals, stand in it, e.g.
+ *
+ *   "a1 NO [BADCHARSET ({5}\r\n" "UTF-8" ")] Unknown charset\r\n"
+ *
+ * and the tokenizer follows such a literal (the LINE's text stays true).
  */
 #ifndef IMAPMUX_IMAP_TOK_H
 #define IMAPMUX_IMAP_TOK_H
@@ -90,6 +97,7 @@ struct imap_tok {
 	bool in_literal;
 	uint64_t lit_left;
 	bool line_text;  /* RESPONSES: current logical line is free text */
+	int code;        /* RESPONSES: where a status response's [code] stands */
 	size_t part_len; /* bytes of the current line part seen in earlier FRAGMENTs */
 
 	/* lexical state inside a line part */

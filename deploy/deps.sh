@@ -40,6 +40,13 @@ PKGS="$PKGS debhelper dpkg-dev fakeroot ssl-cert systemd"
 # chromium: the status page (GET /) is rendered in headless Chromium and
 # screenshotted (test_status_page.py); python3-pil reads the screenshot back.
 PKGS="$PKGS chromium python3-pil"
+# python3-pytest-xdist: `make integration JOBS=2` (CI's SANITIZE=1 pass runs
+# its test files two at a time).
+PKGS="$PKGS python3-pytest-xdist"
+# isync (mbsync), fetchmail, offlineimap3, neomutt: the real-client matrix
+# (test_clients.py, README "Client compatibility"); curl and Python's imaplib
+# come with the packages above, script(1) with bsdutils (essential).
+PKGS="$PKGS isync fetchmail offlineimap3 neomutt"
 CYRUS_DIR=/usr/local/lib/imapmux-cyrus
 
 installed() {

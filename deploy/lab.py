@@ -82,6 +82,19 @@ def _bindable(port):
         s.close()
 
 
+def _port_slice(first, last):
+    """This process's share of [first, last]: under pytest-xdist (make
+    integration JOBS=N) each worker draws from its own slice, so that two
+    workers never pick the same port between its check and its bind."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count < 2:
+        return first, last
+    i = int(worker[2:]) % count
+    size = (last - first + 1) // count
+    return first + i * size, first + (i + 1) * size - 1
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that nothing uses now and that this process
     has not handed out before. Taken below the kernel's ephemeral range
@@ -90,8 +103,9 @@ def free_port():
     import random
     lo, _ = _ephemeral_range()
     if lo > 21000:
+        first, last = _port_slice(20000, lo - 1)
         for _ in range(200):
-            port = random.randint(20000, lo - 1)
+            port = random.randint(first, last)
             if port not in _handed_out and _bindable(port):
                 _handed_out.add(port)
                 return port

@@ -505,8 +505,13 @@ bool pump_c2b(struct session *s)
 				if (s->client.z != NULL && s->state == SESS_PROXYING)
 					continue;
 				return true;
-			} else {
-				refuse = pump_refusal(&h);
+			} else if ((refuse = pump_refusal(&h)) == NULL && announces &&
+			           u.lit_nonsync) {
+				/* RFC 7888 4: what a LITERAL- (or plain) server must
+				 * answer. The backend would see only the {n} made of
+				 * it; the proxy knows n and skips the literal. */
+				refuse = caps_nonsync_refusal(s->bk->caps, strlen(s->bk->caps),
+				                              u.literal);
 			}
 			if (refuse != NULL) {
 				if (buf_room(&s->local) < REPLY_ROOM / 2)

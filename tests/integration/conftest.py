@@ -31,6 +31,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -325,8 +326,20 @@ def client_tls(mux, ca_ctx):
         c.close()
 
 
+def sanitized_build():
+    """Is the imapmux under test an ASan/UBSan build (make SANITIZE=1)?"""
+    try:
+        r = subprocess.run(["ldd", lab.IMAPMUX], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return b"libasan" in r.stdout
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line(
+        "markers", "nosan: checks nothing ASan or UBSan would see (packaging, documents, a "
+        "browser, timing): skipped when the build is SANITIZE=1, which CI runs second")
     # Never leave a child behind, whatever happens to the run.
     signal.signal(signal.SIGTERM, lambda *a: (lab.stop_all(), os._exit(143)))
 
@@ -457,3 +470,13 @@ def links_asan(pid):
     """Is process pid an AddressSanitizer build (RSS means little there)?"""
     with open("/proc/%d/maps" % pid) as f:
         return "libasan" in f.read()
+
+
+def pytest_collection_modifyitems(config, items):
+    if not any(item.get_closest_marker("nosan") for item in items) or not sanitized_build():
+        return
+    skip = pytest.mark.skip(reason="nosan: run by the plain build's pass")
+    for item in items:
+        if item.get_closest_marker("nosan"):
+            item.add_marker(skip)
+

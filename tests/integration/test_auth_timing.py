@@ -26,6 +26,9 @@ from conftest_redis import (  # noqa: E402
     backend, connect, crypt_hash, libcrypt_check, login_cmd, rd_password, redis_section,
     set_password)
 
+# timing: the sanitizers' overhead is not the proxy's
+pytestmark = pytest.mark.nosan
+
 # The fixtures prefix and rdv_a.
 pytest_plugins = ["conftest_redis"]
 

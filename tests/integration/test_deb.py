@@ -29,6 +29,9 @@ import imapc
 import lab
 from conftest import password
 
+# packaging: the .deb is built from the sources with Debian's flags, never the sanitized binary
+pytestmark = pytest.mark.nosan
+
 DEB_DIR = os.path.join(lab.REPO, "build", "deb")
 CONF = "/etc/imapmux/imapmux.conf"
 SNAKEOIL_CERT = "/etc/ssl/certs/ssl-cert-snakeoil.pem"

@@ -15,6 +15,9 @@ import pytest
 
 import lab
 
+# documents: the manual pages
+pytestmark = pytest.mark.nosan
+
 DOC = os.path.join(lab.REPO, "doc")
 CFG_C = os.path.join(lab.REPO, "common", "cfg.c")
 CONF_5 = os.path.join(DOC, "imapmux.conf.5")

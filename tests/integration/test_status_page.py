@@ -247,6 +247,7 @@ def png_info(path):
     return w, h, (len(colours) if colours is not None else 1 << 16)
 
 
+@pytest.mark.nosan  # a browser: the page it renders is served by the tests above
 def test_status_page_in_headless_chromium(make_mux, dovecot, fresh_dovecot, ca_ctx, tmp_path):
     """GET / in a real browser: once the page's fetch of /status has run, the
     DOM names both backends with their health (b's Dovecot stopped: down)

@@ -218,6 +218,47 @@ static void test_has(void **state)
 	assert_true(caps_has("IDLEX", 4, "IDLE"));
 }
 
+/* RFC 7888: LITERAL+ any size, LITERAL- (and IMAP4rev2) up to 4096, else none. */
+static void test_nonsync_ok(void **state)
+{
+	static const struct {
+		const char *caps;
+		uint64_t size;
+		bool ok;
+	} cases[] = {
+	    {"IMAP4rev1 LITERAL+ IDLE", 0, true},
+	    {"IMAP4rev1 LITERAL+ IDLE", 1u << 30, true},
+	    {"IMAP4rev1 literal+", 5000, true},
+	    {"IMAP4rev1 LITERAL- IDLE", 4096, true},
+	    {"IMAP4rev1 LITERAL- IDLE", 4097, false},
+	    {"IMAP4rev1 LITERAL- LITERAL+", 4097, true},
+	    {"IMAP4rev2 IDLE", 4096, true},
+	    {"IMAP4rev2 IDLE", 4097, false},
+	    {"IMAP4rev1 IDLE", 0, false},
+	    {"IMAP4rev1 IDLE", 1, false},
+	    {"IMAP4rev1 LITERAL++ XLITERAL-", 1, false},
+	    {"", 1, false},
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		bool ok = caps_nonsync_ok(cases[i].caps, strlen(cases[i].caps), cases[i].size);
+		if (ok != cases[i].ok)
+			fail_msg("case %zu (%s, %llu): %d", i, cases[i].caps,
+			         (unsigned long long)cases[i].size, ok);
+		const char *why =
+		    caps_nonsync_refusal(cases[i].caps, strlen(cases[i].caps), cases[i].size);
+		assert_true((why == NULL) == cases[i].ok);
+	}
+	assert_string_equal(
+	    caps_nonsync_refusal("IMAP4rev1 LITERAL-", sizeof("IMAP4rev1 LITERAL-") - 1, 4097),
+	    "BAD [TOOBIG] Non-synchronizing literal too large.");
+	assert_string_equal(caps_nonsync_refusal("IMAP4rev2", sizeof("IMAP4rev2") - 1, 4097),
+	                    "BAD [TOOBIG] Non-synchronizing literal too large.");
+	assert_string_equal(caps_nonsync_refusal("IMAP4rev1 IDLE", sizeof("IMAP4rev1 IDLE") - 1, 1),
+	                    "BAD Non-synchronizing literals are not supported by this server.");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -225,6 +266,7 @@ int main(void)
 	    cmocka_unit_test(test_outcap_small),    cmocka_unit_test(test_is_hidden),
 	    cmocka_unit_test(test_filter_table),    cmocka_unit_test(test_filter_embedded_nul),
 	    cmocka_unit_test(test_filter_prefixes), cmocka_unit_test(test_has),
+	    cmocka_unit_test(test_nonsync_ok),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

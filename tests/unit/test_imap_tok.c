@@ -767,6 +767,82 @@ static void test_text_responses(void **state)
 	}
 }
 
+/*
+ * A status response's code may hold literals (RFC 3501: BADCHARSET's
+ * astrings); its free text never does. The stream goes on in step: the
+ * next response is found where it starts.
+ */
+static void test_code_literals(void **state)
+{
+	static const struct {
+		const char *s;
+		bool lit;
+		uint64_t n;
+	} cases[] = {
+	    {"a1 NO [BADCHARSET ({5}\r\n", true, 5}, {"a1 NO [BADCHARSET ({5+}\r\n", true, 5},
+	    {"* OK[BADCHARSET ({2}\n", true, 2},     {"* NO [X-FOO \"]{3}\" {3}\r\n", true, 3},
+	    {"* bad [X ~{4}\r\n", true, 4},          {"* OK [ALERT] {3}\r\n", false, 0},
+	    {"* OK [X \"{3}\"] {3}\r\n", false, 0},  {"* OK  [X {2}\r\n", false, 0},
+	    {"* OK x [X {2}\r\n", false, 0},         {"+ [X {2}\r\n", false, 0},
+	    {"* OKAY [X {2}\r\n", true, 2},          {"* OK [X \"{2}\r\n", false, 0},
+	};
+	static const char s[] = "a1 NO [BADCHARSET ({5}\r\nUTF-8 {3}\r\nx\"z)] Unknown {4}\r\n"
+	                        "* OK [X ~{2}\r\n\0\n] ok\r\n"
+	                        "a2 OK done {3}\r\n";
+	static const struct {
+		enum imap_tok_type type;
+		size_t len;
+		bool first, last, text, lit;
+		uint64_t n;
+	} want[] = {
+	    {IMAP_TOK_LINE, 24, true, false, true, true, 5},
+	    {IMAP_TOK_LITERAL, 5, false, false, false, false, 0},
+	    {IMAP_TOK_LINE, 6, false, false, true, true, 3},
+	    {IMAP_TOK_LITERAL, 3, false, false, false, false, 0},
+	    {IMAP_TOK_LINE, 16, false, true, true, false, 0},
+	    {IMAP_TOK_LINE, 14, true, false, true, true, 2},
+	    {IMAP_TOK_LITERAL, 2, false, false, false, false, 0},
+	    {IMAP_TOK_LINE, 6, false, true, true, false, 0},
+	    {IMAP_TOK_LINE, 16, true, true, true, false, 0},
+	};
+	struct imap_tok_limits frag = {0, 4, 0};
+	struct run r;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct imap_tok t;
+		struct imap_tok_unit u;
+		size_t n = strlen(cases[i].s);
+
+		imap_tok_init(&t, IMAP_TOK_RESPONSES, NULL);
+		u = expect_unit(&t, cases[i].s, n, IMAP_TOK_LINE, n);
+		if (u.has_literal != cases[i].lit || u.literal != cases[i].n)
+			fail_msg("case %zu (%s): has_literal=%d literal=%llu", i, cases[i].s,
+			         u.has_literal, (unsigned long long)u.literal);
+		check_splits(cases[i].s, n, IMAP_TOK_RESPONSES, NULL);
+	}
+
+	drive(S(s), IMAP_TOK_RESPONSES, NULL, NULL, &r);
+	assert_int_equal(r.rc, -2);
+	assert_int_equal(r.consumed, sizeof(s) - 1);
+	assert_true(r.boundary);
+	assert_int_equal(r.n, sizeof(want) / sizeof(want[0]));
+	for (i = 0; i < r.n; i++) {
+		assert_int_equal(r.recs[i].type, want[i].type);
+		assert_int_equal(r.recs[i].len, want[i].len);
+		assert_int_equal(r.recs[i].first, want[i].first);
+		assert_int_equal(r.recs[i].last, want[i].last);
+		assert_int_equal(r.recs[i].text, want[i].text);
+		assert_int_equal(r.recs[i].has_literal, want[i].lit);
+		assert_int_equal(r.recs[i].literal, want[i].n);
+	}
+	assert_true(r.recs[5].binary);
+	run_free(&r);
+	check_splits(S(s), IMAP_TOK_RESPONSES, NULL);
+	check_splits(S(s), IMAP_TOK_RESPONSES, &frag);
+}
+
 /* A text response's head is found again after a FETCH with literals. */
 static void test_response_stream(void **state)
 {
@@ -1581,7 +1657,7 @@ int main(void)
 	    cmocka_unit_test(test_literal_overflow),   cmocka_unit_test(test_hostile),
 	    cmocka_unit_test(test_peek_and_sticky),    cmocka_unit_test(test_boundary),
 	    cmocka_unit_test(test_cancel_literal),     cmocka_unit_test(test_linear),
-	    cmocka_unit_test(test_random_streams),
+	    cmocka_unit_test(test_random_streams),     cmocka_unit_test(test_code_literals),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -51,6 +51,15 @@ struct scheme {
 	unsigned long count; /* cost for crypt_gensalt; 0 = libxcrypt's default */
 };
 
+/* Under memcheck (make valgrind sets UNIT_UNDER_VALGRIND) libxcrypt's own
+ * work runs ~50x slower and is not this code: the costly schemes (default
+ * yescrypt, 20,000 rounds) and most cross-checks are left to the plain and
+ * SANITIZE=1 runs, which do them all. */
+static bool light(void)
+{
+	return getenv("UNIT_UNDER_VALGRIND") != NULL;
+}
+
 static const struct scheme schemes[] = {
     {"$y$", 0},     /* yescrypt at the default cost, as Debian's passwd writes it */
     {"$y$", 3},     /* a cheaper yescrypt: other parameters in the setting */
@@ -73,6 +82,9 @@ static void test_generated_roundtrip(void **state)
 {
 	(void)state;
 	for (size_t s = 0; s < NSCHEMES; s++) {
+		if (light() && (schemes[s].count == 0 ? strcmp(schemes[s].prefix, "$y$") == 0
+		                                      : schemes[s].count > 10000))
+			continue;
 		for (size_t p = 0; p < NPASSWORDS; p++) {
 			const char *pw = passwords[p];
 			char hash[CRYPT_OUTPUT_SIZE];
@@ -84,7 +96,7 @@ static void test_generated_roundtrip(void **state)
 
 			/* Every other password of the table is wrong for this hash. */
 			for (size_t q = 0; q < NPASSWORDS; q++) {
-				if (q != p)
+				if (q != p && (!light() || q == (p + 1) % NPASSWORDS))
 					assert_int_equal(verify(passwords[q], hash), 0);
 			}
 			/* One byte more, one byte less, one byte changed. */
@@ -157,6 +169,8 @@ static void test_vectors(void **state)
 		assert_int_equal(verify(vectors[i].password, vectors[i].hash), 1);
 		/* ...and every other vector's password is wrong, unless it is the same. */
 		for (size_t j = 0; j < NVECTORS; j++) {
+			if (light() && j != (i + 1) % NVECTORS)
+				continue;
 			if (strcmp(vectors[j].password, vectors[i].password) != 0)
 				assert_int_equal(verify(vectors[j].password, vectors[i].hash), 0);
 		}
