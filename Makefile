@@ -5,7 +5,7 @@ CFLAGS  ?= $(OPT) -g
 WARN    := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wmissing-prototypes -Wstrict-prototypes
 CPPFLAGS += -D_GNU_SOURCE -Icommon
 ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) $(SAN_FLAGS) -pthread
-LDLIBS_PROXY = -lssl -lcrypto -lev -lhiredis -lcrypt -lpthread -lm
+LDLIBS_PROXY = -lssl -lcrypto -lev -lhiredis -lcrypt -lpthread -lm -lz
 PYTHON  ?= /usr/bin/python3
 
 ifeq ($(SANITIZE),1)
@@ -76,17 +76,20 @@ UNIT_OBJS_sess_state := proxy/sess_state.o
 UNIT_OBJS_reaper := proxy/reaper.o
 # The backend command channel, over a real socket and loop (no pool, no worker).
 UNIT_OBJS_backend_cmd := proxy/backend.o proxy/backend_login.o proxy/cmdq.o proxy/conn.o proxy/reaper.o
-UNIT_LIBS_backend_cmd := -lssl -lcrypto
+UNIT_LIBS_backend_cmd := -lssl -lcrypto -lz
 # A worker's pool, counted, against a fake backend (no session, no worker thread).
 UNIT_OBJS_pool_acct := proxy/pool.o proxy/backend.o proxy/backend_login.o proxy/cmdq.o proxy/conn.o proxy/reaper.o \
                        proxy/runtime.o
-UNIT_LIBS_pool_acct := -lssl -lcrypto
+UNIT_LIBS_pool_acct := -lssl -lcrypto -lz
+# COMPRESS=DEFLATE in the conn layer, over a socketpair, zlib as the peer.
+UNIT_OBJS_compress := proxy/conn.o
+UNIT_LIBS_compress := -lssl -lcrypto -lz
 # TLS 1.3 records sealed and opened here against OpenSSL's own client.
 UNIT_LIBS_tls13 := -lssl -lcrypto
 # Watchers shared by two hand-built workers through their mailboxes, against a fake backend.
 UNIT_OBJS_watch_box := proxy/watch.o proxy/pool.o proxy/backend.o proxy/backend_login.o proxy/cmdq.o \
                        proxy/conn.o proxy/reaper.o proxy/runtime.o
-UNIT_LIBS_watch_box := -lssl -lcrypto
+UNIT_LIBS_watch_box := -lssl -lcrypto -lz
 # GET /sessions' requests and JSON, the workers played by the test (no thread, no loop).
 UNIT_OBJS_sessions_api := proxy/sessions_api.o proxy/metrics.o proxy/runtime.o
 UNIT_LIBS_sessions_api := -lssl -lcrypto
@@ -127,13 +130,19 @@ $(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_DIR)/libfuzz.a $(FUZZ_HDR)
 # The pre-login command handler runs through the real session code: every
 # proxy/ object but main.o, built with the fuzz flags.
 FUZZ_OBJS_preauth := $(patsubst %.c,$(FUZZ_DIR)/%.o,$(filter-out proxy/main.c,$(PROXY_SRC)))
-FUZZ_LIBS_preauth := -lssl -lcrypto -lev -lhiredis -lpthread
+FUZZ_LIBS_preauth := -lssl -lcrypto -lev -lhiredis -lpthread -lz
 $(FUZZ_DIR)/fuzz_preauth: CPPFLAGS += -Iproxy
 $(FUZZ_DIR)/fuzz_preauth: $(FUZZ_OBJS_preauth)
 
+# A compressed conn (COMPRESS=DEFLATE) reading hostile client bytes, over a socketpair.
+FUZZ_OBJS_compress := $(FUZZ_DIR)/proxy/conn.o
+FUZZ_LIBS_compress := -lssl -lcrypto -lev -lz
+$(FUZZ_DIR)/fuzz_compress: CPPFLAGS += -Iproxy
+$(FUZZ_DIR)/fuzz_compress: $(FUZZ_OBJS_compress)
+
 # The TLS 1.3 record layer of a conn after conn_shed_tls, over a socketpair.
 FUZZ_OBJS_tls13 := $(FUZZ_DIR)/proxy/conn.o
-FUZZ_LIBS_tls13 := -lssl -lcrypto -lev
+FUZZ_LIBS_tls13 := -lssl -lcrypto -lev -lz
 $(FUZZ_DIR)/fuzz_tls13: CPPFLAGS += -Iproxy
 $(FUZZ_DIR)/fuzz_tls13: $(FUZZ_OBJS_tls13)
 

@@ -118,6 +118,7 @@ static const struct key_def imapmux_keys[] = {
     {"park_idle_after", V_DURATION, CF(park_idle_after), 0, 0, 0},
     {"park_keepalive", V_DURATION, CF(park_keepalive), KF_POSITIVE, 0, 0},
     {"reuseport", V_BOOL, CF(reuseport), 0, 0, 0},
+    {"compress", V_BOOL, CF(compress), 0, 0, 0},
     {"user", V_STRING, CF(user), 0, 0, 64},
     {"group", V_STRING, CF(group), 0, 0, 64},
     {"preauth_timeout", V_DURATION, CF(preauth_timeout), KF_POSITIVE, 0, 0},
@@ -696,6 +697,7 @@ static int cfg_new(struct parser *p)
 	c->max_connections = 0; /* auto */
 	c->max_connections_per_ip = 0;
 	c->max_line_length = 65536;
+	c->compress = true;
 	c->username_case = CFG_UCASE_FOLD;
 	c->ipv6_prefix = 64;
 	c->auth_threads = 2;

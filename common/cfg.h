@@ -184,6 +184,8 @@ struct cfg {
 	double park_idle_after; /* park_idle_after = 30; 0 = never */
 	double park_keepalive;  /* park_keepalive = 2m: "* OK Still here" to parked IDLE */
 	bool reuseport; /* reuseport = no: share the listeners' ports with other processes */
+	bool compress;  /* compress = yes: COMPRESS=DEFLATE (RFC 4978) offered to logged-in
+	                 * clients, terminated in imapmux (backends stay uncompressed) */
 	char *user;     /* user = NAME: run as NAME once the sockets are bound (NULL: stay) */
 	char *group;    /* group = NAME: ... with this group (default: user's own) */
 	double preauth_timeout;   /* preauth_timeout = 60 */

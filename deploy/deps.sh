@@ -21,6 +21,9 @@ libcrypt-dev dovecot-imapd redis-server python3 python3-pytest curl openssl valg
 cyrus-common sasl2-bin libclang-rt-14-dev clang-format-14 lua-socket"
 # gdb: bench/park.py reads imapmux's struct sizes and glibc's heap figures with it.
 PKGS="$PKGS gdb"
+# zlib1g-dev: COMPRESS=DEFLATE (RFC 4978) toward clients is zlib's raw deflate
+# (proxy/conn.c), linked with -lz.
+PKGS="$PKGS zlib1g-dev"
 # groff: the man pages are checked for warnings (test_imapmuxctl.py).
 PKGS="$PKGS groff"
 # fail2ban: deploy/fail2ban/filter.d/imapmux.conf is checked with fail2ban-regex

@@ -9,7 +9,12 @@
  *   - bytes OpenSSL has already decrypted (SSL_has_pending) make
  *     conn_update() feed a read event, because no socket event will come
  *     for them;
- *   - an error is sticky: every later call returns -1.
+ *   - an error is sticky: every later call returns -1;
+ *   - with COMPRESS on (c->z), the wire bytes go through z->zin and
+ *     z->zout, and `in`/`out` hold plaintext as before: the owner sees no
+ *     difference. Bytes inflate holds back for want of room in `in`
+ *     (zin not empty, or inf_more) make conn_update feed a read event,
+ *     like SSL_has_pending.
  */
 #include "conn.h"
 
@@ -21,8 +26,10 @@
 #include <openssl/x509v3.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "tls13.h"
 #include "zone.h"
@@ -43,6 +50,40 @@ struct conn_t13 {
 	size_t woff, wlen;
 	bool ku_owed; /* the client asked for a KeyUpdate: ours goes before our next record */
 };
+
+/*
+ * COMPRESS=DEFLATE (conn_compress_start): the compressed bytes read and
+ * not yet inflated (zin), those deflated and not yet sent (zout), both
+ * buffers of the conn's own sizes, allocated only while they hold bytes.
+ */
+struct conn_z {
+	z_stream inf;
+	z_stream def;
+	bool def_on;     /* def is set up (it is freed while idle, see conn.h) */
+	bool inf_more;   /* inflate filled `in`: it may hold more output */
+	bool flush_owed; /* the last Z_SYNC_FLUSH ran out of room in zout */
+	bool idle;       /* conn_compress_idle */
+	uint8_t *arena;  /* the deflater's memory (z_arena_alloc), NULL while none */
+	size_t arena_used;
+	struct buf zin;
+	struct buf zout;
+};
+
+/* imapmux's deflater: see conn.h for why these. */
+#define Z_OUT_LEVEL    1
+#define Z_OUT_WBITS    12
+#define Z_OUT_MEMLEVEL 5
+
+/*
+ * The deflater's allocations (five, about 38 KB with the values above) all
+ * come from one mapping of its own, unmapped when it is freed: from the
+ * heap, blocks freed while the sessions around them stay (a parked
+ * session's deflater) leave holes of which malloc_trim returns only the
+ * whole pages inside, ~16 KB a session kept (measured, BENCHMARKS.md).
+ * Untouched pages of the mapping cost nothing. A zlib asking for more
+ * than the mapping holds gets the rest from malloc.
+ */
+#define Z_ARENA_SIZE (64 * 1024)
 
 static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
@@ -341,8 +382,8 @@ static ssize_t t13_read(struct conn *c, uint8_t *p, size_t room)
 	}
 }
 
-/* Send what is sealed, seal more from out: as conn_flush. */
-static int t13_flush(struct conn *c)
+/* Send what is sealed, seal more from w (out, or zout): as conn_flush. */
+static int t13_flush(struct conn *c, struct buf *w)
 {
 	struct conn_t13 *x = c->t13;
 	bool progress = false;
@@ -359,7 +400,7 @@ static int t13_flush(struct conn *c)
 			continue;
 		}
 		x->woff = x->wlen = 0;
-		if (!x->ku_owed && buf_is_empty(&c->out))
+		if (!x->ku_owed && buf_is_empty(w))
 			break;
 		if (x->w == NULL && (x->w = malloc(TLS13_MAX_PLAIN + TLS13_OVERHEAD)) == NULL) {
 			conn_fail(c, "out of memory");
@@ -373,12 +414,12 @@ static int t13_flush(struct conn *c)
 				len = -1;
 			x->ku_owed = false;
 		} else {
-			size_t k = buf_len(&c->out);
+			size_t k = buf_len(w);
 			if (k > x->t.max_plain)
 				k = x->t.max_plain;
-			len = tls13_seal(&x->t, TLS13_APPDATA, buf_head(&c->out), k, x->w);
+			len = tls13_seal(&x->t, TLS13_APPDATA, buf_head(w), k, x->w);
 			if (len > 0) {
-				buf_consume(&c->out, k);
+				buf_consume(w, k);
 				c->bytes_out += k;
 			}
 		}
@@ -411,7 +452,7 @@ bool conn_shed_tls(struct conn *c)
 	struct tls13 t;
 
 	if (c->ssl == NULL || !c->tls_server || c->handshaking || c->error || c->eof ||
-	    c->rd_wants_write || c->wr_wants_read || !buf_is_empty(&c->out))
+	    c->rd_wants_write || c->wr_wants_read || !conn_out_idle(c))
 		return false;
 	if (tls13_capture_take(c->ssl, &t) < 0)
 		return false;
@@ -439,6 +480,8 @@ int conn_use_tls13(struct conn *c, const struct tls13 *t)
 
 bool conn_out_idle(const struct conn *c)
 {
+	if (c->z != NULL && (!buf_is_empty(&c->z->zout) || c->z->flush_owed))
+		return false;
 	return buf_is_empty(&c->out) &&
 	       (c->t13 == NULL || (c->t13->woff == c->t13->wlen && !c->t13->ku_owed));
 }
@@ -464,6 +507,110 @@ static void t13_free(struct conn *c)
 	c->t13 = NULL;
 }
 
+/* One read from the socket (plain, OpenSSL or conn_shed_tls's layer):
+ * n > 0 bytes, 0 EOF, -2 again, -1 failed (c failed). */
+static ssize_t wire_read(struct conn *c, uint8_t *p, size_t room)
+{
+	if (c->t13 != NULL)
+		return t13_read(c, p, room);
+	if (c->ssl != NULL)
+		return conn_read_tls(c, p, room);
+	for (;;) {
+		ssize_t n = read(c->fd, p, room);
+		if (n >= 0)
+			return n;
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return -2;
+		if (errno == ECONNRESET)
+			return 0;
+		conn_fail(c, "read error");
+		return -1;
+	}
+}
+
+/* Read the socket into b (in, or zin) as far as there is room: 1 bytes
+ * came, 0 none now, -1 failed. Sets c->eof. */
+static int wire_fill(struct conn *c, struct buf *b)
+{
+	int got = 0;
+
+	while (!c->eof) {
+		size_t room;
+		uint8_t *p = buf_tail(b, &room);
+		ssize_t n;
+
+		if (p == NULL) {
+			conn_fail(c, "out of memory");
+			return -1;
+		}
+		if (room == 0)
+			break;
+		n = wire_read(c, p, room);
+		if (n == -1)
+			return -1;
+		if (n == -2)
+			break;
+		if (n == 0) {
+			c->eof = true;
+			return 1;
+		}
+		buf_produced(b, (size_t)n);
+		c->bytes_in += (unsigned long long)n;
+		got = 1;
+		if (b != &c->in)
+			break; /* inflate it before reading more */
+	}
+	return got;
+}
+
+/* Inflate zin into in as far as in has room: 1 progress, 0 none, -1
+ * failed (corrupt or ended stream: c failed). */
+static int z_inflate(struct conn *c)
+{
+	struct conn_z *z = c->z;
+	int got = 0;
+
+	while (!buf_is_empty(&z->zin) || z->inf_more) {
+		size_t room, have = buf_len(&z->zin);
+		uint8_t *p = buf_tail(&c->in, &room);
+		int r;
+
+		if (p == NULL) {
+			conn_fail(c, "out of memory");
+			return -1;
+		}
+		if (room == 0)
+			break;
+		/* an empty buffer may have no storage (zlib takes NULL with 0) */
+		z->inf.next_in = have > 0 ? (Bytef *)buf_head(&z->zin) : Z_NULL;
+		z->inf.avail_in = have > UINT32_MAX ? UINT32_MAX : (uInt)have;
+		z->inf.next_out = p;
+		z->inf.avail_out = room > UINT32_MAX ? UINT32_MAX : (uInt)room;
+		r = inflate(&z->inf, Z_SYNC_FLUSH);
+		size_t used = have - z->inf.avail_in, made = room - z->inf.avail_out;
+		if (r == Z_STREAM_END) {
+			conn_fail(c, "COMPRESS: the client ended its deflate stream");
+			return -1;
+		}
+		if (r != Z_OK && r != Z_BUF_ERROR) {
+			conn_fail(c, r == Z_MEM_ERROR ? "out of memory"
+			                              : "COMPRESS: corrupt data from the client");
+			return -1;
+		}
+		buf_consume(&z->zin, used);
+		buf_produced(&c->in, made);
+		z->inf_more = z->inf.avail_out == 0;
+		if (used == 0 && made == 0)
+			break;
+		got = 1;
+	}
+	if (buf_is_empty(&z->zin))
+		buf_release(&z->zin);
+	return got;
+}
+
 int conn_read(struct conn *c)
 {
 	bool progress = false;
@@ -476,48 +623,179 @@ int conn_read(struct conn *c)
 			return r;
 		progress = true;
 	}
-	while (c->want_input && !c->eof) {
-		size_t room;
-		uint8_t *p = buf_tail(&c->in, &room);
-		ssize_t n;
+	if (c->z == NULL) {
+		int r = c->want_input ? wire_fill(c, &c->in) : 0;
+		if (r == -1)
+			return -1;
+		return progress || r == 1 ? 0 : -2;
+	}
+	/* Compressed: inflate what is there, read more while in has room. */
+	while (c->want_input) {
+		int r = z_inflate(c);
+		if (r == -1)
+			return -1;
+		progress |= r == 1;
+		if (buf_room(&c->in) == 0 || !buf_is_empty(&c->z->zin) || c->eof)
+			break;
+		r = wire_fill(c, &c->z->zin);
+		if (r == -1)
+			return -1;
+		if (r == 0)
+			break;
+		progress = true;
+	}
+	/* buf_tail allocated it for a read that found nothing */
+	if (buf_is_empty(&c->z->zin))
+		buf_release(&c->z->zin);
+	return progress ? 0 : -2;
+}
 
-		if (p == NULL) {
+static voidpf z_arena_alloc(voidpf opaque, uInt items, uInt size)
+{
+	struct conn_z *z = opaque;
+	size_t n = ((size_t)items * size + 15) & ~(size_t)15;
+
+	if (z->arena == NULL) {
+		void *m = mmap(NULL, Z_ARENA_SIZE, PROT_READ | PROT_WRITE,
+		               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (m == MAP_FAILED)
+			return Z_NULL;
+		z->arena = m;
+		z->arena_used = 0;
+	}
+	if (n <= Z_ARENA_SIZE - z->arena_used) {
+		void *r = z->arena + z->arena_used;
+		z->arena_used += n;
+		return r;
+	}
+	return malloc(n);
+}
+
+static void z_arena_free(voidpf opaque, voidpf p)
+{
+	struct conn_z *z = opaque;
+	uint8_t *b = p;
+
+	if (z->arena == NULL || b < z->arena || b >= z->arena + Z_ARENA_SIZE)
+		free(p);
+}
+
+/* deflateEnd, and the deflater's mapping goes. */
+static void z_deflate_end(struct conn_z *z)
+{
+	deflateEnd(&z->def);
+	z->def_on = false;
+	if (z->arena != NULL)
+		munmap(z->arena, Z_ARENA_SIZE);
+	z->arena = NULL;
+	z->arena_used = 0;
+}
+
+/* Deflate out into zout as far as zout has room, ending with a
+ * Z_SYNC_FLUSH: 1 progress, 0 none, -1 failed. */
+static int z_deflate(struct conn *c)
+{
+	struct conn_z *z = c->z;
+	int got = 0;
+
+	while (!buf_is_empty(&c->out) || z->flush_owed) {
+		size_t room, have = buf_len(&c->out);
+		uint8_t *p;
+		int r;
+
+		if (!z->def_on) {
+			memset(&z->def, 0, sizeof(z->def));
+			z->def.zalloc = z_arena_alloc;
+			z->def.zfree = z_arena_free;
+			z->def.opaque = z;
+			z->def_on = true;
+			if (deflateInit2(&z->def, Z_OUT_LEVEL, Z_DEFLATED, -Z_OUT_WBITS,
+			                 Z_OUT_MEMLEVEL, Z_DEFAULT_STRATEGY) != Z_OK) {
+				z_deflate_end(z);
+				conn_fail(c, "out of memory");
+				return -1;
+			}
+		}
+		if ((p = buf_tail(&z->zout, &room)) == NULL) {
 			conn_fail(c, "out of memory");
 			return -1;
 		}
 		if (room == 0)
 			break;
-		if (c->ssl != NULL || c->t13 != NULL) {
-			n = c->t13 != NULL ? t13_read(c, p, room) : conn_read_tls(c, p, room);
+		z->def.next_in = have > 0 ? (Bytef *)buf_head(&c->out) : Z_NULL;
+		z->def.avail_in = have > UINT32_MAX ? UINT32_MAX : (uInt)have;
+		z->def.next_out = p;
+		z->def.avail_out = room > UINT32_MAX ? UINT32_MAX : (uInt)room;
+		r = deflate(&z->def, Z_SYNC_FLUSH);
+		if (r != Z_OK && r != Z_BUF_ERROR) {
+			conn_fail(c, "COMPRESS: deflate failed");
+			return -1;
+		}
+		size_t used = have - z->def.avail_in, made = room - z->def.avail_out;
+		buf_consume(&c->out, used);
+		buf_produced(&z->zout, made);
+		/* No room left: the flush may not be complete yet. */
+		z->flush_owed = z->def.avail_out == 0;
+		if (used == 0 && made == 0)
+			break;
+		got = 1;
+	}
+	return got;
+}
+
+/* Write b (out, or zout) to the socket: 1 progress, 0 none now, -1. */
+static int wire_flush(struct conn *c, struct buf *b)
+{
+	bool progress = false;
+
+	if (c->t13 != NULL) {
+		int r = t13_flush(c, b);
+		return r == -1 ? -1 : r == 0;
+	}
+	while (!buf_is_empty(b)) {
+		size_t len = buf_len(b);
+		ssize_t n;
+
+		if (c->ssl != NULL) {
+			int e;
+
+			ERR_clear_error();
+			n = SSL_write(c->ssl, buf_head(b), len > INT32_MAX ? INT32_MAX : (int)len);
+			if (n <= 0) {
+				e = SSL_get_error(c->ssl, (int)n);
+				if (e == SSL_ERROR_WANT_WRITE) {
+					c->wr_wants_read = false;
+					break;
+				}
+				if (e == SSL_ERROR_WANT_READ) {
+					c->wr_wants_read = true;
+					break;
+				}
+				conn_fail(c, e == SSL_ERROR_SYSCALL ? "write error" : ssl_reason());
+				return -1;
+			}
+			c->wr_wants_read = false;
+		} else {
+			n = send_some(c, buf_head(b), len);
 			if (n == -1)
 				return -1;
 			if (n == -2)
 				break;
-		} else {
-			n = read(c->fd, p, room);
-			if (n < 0) {
-				if (errno == EINTR)
-					continue;
-				if (errno == EAGAIN || errno == EWOULDBLOCK)
-					break;
-				if (errno == ECONNRESET) {
-					n = 0;
-				} else {
-					conn_fail(c, "read error");
-					return -1;
-				}
-			}
 		}
-		if (n == 0) {
-			c->eof = true;
-			progress = true;
-			break;
-		}
-		buf_produced(&c->in, (size_t)n);
-		c->bytes_in += (unsigned long long)n;
+		buf_consume(b, (size_t)n);
+		c->bytes_out += (unsigned long long)n;
 		progress = true;
 	}
-	return progress ? 0 : -2;
+	return progress;
+}
+
+/* The deflater goes while idle (conn_compress_idle) and all is sent. */
+static void z_maybe_shed(struct conn *c)
+{
+	struct conn_z *z = c->z;
+
+	if (z->idle && z->def_on && conn_out_idle(c))
+		z_deflate_end(z);
 }
 
 int conn_flush(struct conn *c)
@@ -534,44 +812,74 @@ int conn_flush(struct conn *c)
 	}
 	if (c->connecting)
 		return progress ? 0 : -2;
-	if (c->t13 != NULL)
-		return t13_flush(c);
-	while (!buf_is_empty(&c->out)) {
-		size_t len = buf_len(&c->out);
-		ssize_t n;
-
-		if (c->ssl != NULL) {
-			int e;
-
-			ERR_clear_error();
-			n = SSL_write(c->ssl, buf_head(&c->out),
-			              len > INT32_MAX ? INT32_MAX : (int)len);
-			if (n <= 0) {
-				e = SSL_get_error(c->ssl, (int)n);
-				if (e == SSL_ERROR_WANT_WRITE) {
-					c->wr_wants_read = false;
-					break;
-				}
-				if (e == SSL_ERROR_WANT_READ) {
-					c->wr_wants_read = true;
-					break;
-				}
-				conn_fail(c, e == SSL_ERROR_SYSCALL ? "write error" : ssl_reason());
-				return -1;
-			}
-			c->wr_wants_read = false;
-		} else {
-			n = send_some(c, buf_head(&c->out), len);
-			if (n == -1)
-				return -1;
-			if (n == -2)
-				break;
-		}
-		buf_consume(&c->out, (size_t)n);
-		c->bytes_out += (unsigned long long)n;
-		progress = true;
+	if (c->z == NULL) {
+		int r = wire_flush(c, &c->out);
+		if (r == -1)
+			return -1;
+		return progress || r == 1 ? 0 : -2;
 	}
+	for (;;) {
+		int d = z_deflate(c);
+		if (d == -1)
+			return -1;
+		int w = wire_flush(c, &c->z->zout);
+		if (w == -1)
+			return -1;
+		progress |= d == 1 || w == 1;
+		if (w == 0 || (buf_is_empty(&c->out) && !c->z->flush_owed))
+			break;
+	}
+	if (buf_is_empty(&c->z->zout))
+		buf_release(&c->z->zout);
+	z_maybe_shed(c);
 	return progress ? 0 : -2;
+}
+
+int conn_compress_start(struct conn *c)
+{
+	struct conn_z *z;
+	struct buf t;
+
+	if (c->z != NULL || (z = zalloc(sizeof(*z))) == NULL)
+		return -1;
+	memset(&z->inf, 0, sizeof(z->inf));
+	if (inflateInit2(&z->inf, -MAX_WBITS) != Z_OK) {
+		zfree(z, sizeof(*z));
+		return -1;
+	}
+	buf_init(&z->zin, c->in.cap);
+	buf_init(&z->zout, c->out.cap);
+	/* What is buffered now is already on the wire's terms: the client's
+	 * pipelined bytes are compressed, our OK is not. */
+	t = c->in, c->in = z->zin, z->zin = t;
+	t = c->out, c->out = z->zout, z->zout = t;
+	c->z = z;
+	return 0;
+}
+
+bool conn_compress_idle(struct conn *c, bool idle)
+{
+	if (c->z == NULL)
+		return false;
+	c->z->idle = idle;
+	if (idle)
+		z_maybe_shed(c);
+	return !c->z->def_on;
+}
+
+static void z_free(struct conn *c)
+{
+	struct conn_z *z = c->z;
+
+	if (z == NULL)
+		return;
+	inflateEnd(&z->inf);
+	if (z->def_on)
+		z_deflate_end(z);
+	buf_free(&z->zin);
+	buf_free(&z->zout);
+	zfree(z, sizeof(*z));
+	c->z = NULL;
 }
 
 int conn_connect_check(struct conn *c)
@@ -631,7 +939,8 @@ void conn_update(struct conn *c)
 		rd = input || c->wr_wants_read;
 		wr = !conn_out_idle(c) || c->rd_wants_write;
 		if (input && ((c->ssl != NULL && SSL_has_pending(c->ssl)) ||
-		              (c->t13 != NULL && t13_has_pending(c->t13))))
+		              (c->t13 != NULL && t13_has_pending(c->t13)) ||
+		              (c->z != NULL && (!buf_is_empty(&c->z->zin) || c->z->inf_more))))
 			ev_feed_event(c->loop, &c->rio, EV_READ);
 	}
 	watcher_set(c, &c->rio, rd);
@@ -648,6 +957,10 @@ void conn_release_buffers(struct conn *c)
 {
 	buf_release(&c->in);
 	buf_release(&c->out);
+	if (c->z != NULL) {
+		buf_release(&c->z->zin);
+		buf_release(&c->z->zout);
+	}
 }
 
 void conn_close(struct conn *c)
@@ -667,6 +980,7 @@ void conn_close(struct conn *c)
 		ERR_clear_error();
 	}
 	t13_free(c);
+	z_free(c);
 	if (c->fd >= 0) {
 		close(c->fd);
 		c->fd = -1;

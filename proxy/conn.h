@@ -26,12 +26,14 @@
 
 struct conn;
 struct conn_t13;
+struct conn_z;
 typedef void conn_cb(struct conn *c, void *owner);
 
 struct conn {
 	int fd;
 	SSL *ssl;             /* NULL while plaintext, and after conn_shed_tls */
 	struct conn_t13 *t13; /* TLS 1.3 carried on without OpenSSL (conn_shed_tls) */
+	struct conn_z *z;     /* COMPRESS=DEFLATE (RFC 4978) on, NULL while off */
 	struct ev_loop *loop;
 	ev_io rio;
 	ev_io wio;
@@ -104,6 +106,39 @@ __attribute__((warn_unused_result)) int conn_use_tls13(struct conn *c, const str
 /* Everything written is on the wire (out empty, and no sealed record of
  * conn_shed_tls's layer half sent). */
 bool conn_out_idle(const struct conn *c);
+
+/*
+ * COMPRESS=DEFLATE (RFC 4978) on this conn from now on, both ways, for
+ * the rest of the connection: raw deflate (no zlib header).
+ *
+ *   socket --> [zin] --inflate--> [in]        [out] --deflate--> [zout] --> socket
+ *
+ * What is in `out` now is sent as it is (the OK that starts compression);
+ * what is in `in` now (the client pipelined it after its COMPRESS line) is
+ * compressed already and is inflated. Every conn_flush ends with a
+ * Z_SYNC_FLUSH: a peer never waits for bytes held in the compressor.
+ * 0, or -1 (no memory; nothing changed).
+ *
+ * Costs per conn (zlib 1.2.13, measured in BENCHMARKS.md): the inflater
+ * takes any window the peer uses, so up to 32 KB of window plus its ~7 KB
+ * state, kept for the whole connection; the deflater is ours to choose:
+ * a 4 KB window (windowBits -12), memLevel 5 (8 KB hash, 8 KB symbol
+ * buffer), level 1 (IMAP text compresses nearly as well as at 6), about
+ * 38 KB, and only while it is needed (conn_compress_idle).
+ */
+__attribute__((warn_unused_result)) int conn_compress_start(struct conn *c);
+
+/*
+ * While `idle` is set, the deflater is freed whenever everything written
+ * has been sent (a parked session: ~38 KB back). After a Z_SYNC_FLUSH the
+ * output ends on a byte boundary and a new raw deflater starts with no
+ * history, so its blocks continue the peer's inflate stream as they are:
+ * the deflater is set up again, empty, for the next bytes to send.
+ * The inflater cannot be freed: the peer's next bytes may refer back to
+ * anything it sent in the last 32 KB. True when c is compressed and holds
+ * no deflater now.
+ */
+bool conn_compress_idle(struct conn *c, bool idle);
 
 /* Re-arm the watchers for what the owner and OpenSSL need now. */
 void conn_update(struct conn *c);

@@ -200,6 +200,7 @@ void park_free(struct session *s)
 
 	if (p == NULL)
 		return;
+	(void)conn_compress_idle(&s->client, false);
 	if (p->linked)
 		hmap_remove(&s->w->parked, &p->hnode);
 	park_count(s, false);
@@ -481,6 +482,8 @@ static bool park_settle(struct session *s)
 	buf_free(&s->local);
 	buf_free(&s->capline);
 	sess_to(s, SESS_PARKED);
+	/* A compressed client: its deflater goes until the next reply (conn.h). */
+	bool unz = conn_compress_idle(&s->client, true);
 	p->phase = PARK_PARKED;
 	park_count(s, true);
 	STAT_INC(&s->w->stats, parks);
@@ -488,6 +491,11 @@ static bool park_settle(struct session *s)
 	if (log_enabled(LOG_LVL_DEBUG))
 		sess_log(s, LOG_LVL_DEBUG,
 		         give ? "parked (backend session kept)" : "parked (backend closed)");
+	if (unz) {
+		s->w->freed++; /* worth a malloc_trim (worker.c) */
+		if (log_enabled(LOG_LVL_DEBUG))
+			sess_log(s, LOG_LVL_DEBUG, "parked: COMPRESS deflate state freed");
+	}
 	ev_tstamp now = ev_now(s->w->loop);
 	p->keepalive_at = now + s->rt->cfg->park_keepalive;
 	park_timeout(s);

@@ -14,6 +14,12 @@
  * source (conn_update arms no read watcher without room): back-pressure.
  * What the pump waits for is s->px (sess_state.h): a literal's "+", IDLE's
  * "+" and DONE, the proxy's own LOGOUT.
+ *
+ * COMPRESS DEFLATE (RFC 4978, compress = yes) is the proxy's: answered
+ * here once nothing else is in flight either way, and from its OK on the
+ * client conn inflates and deflates (conn.h); the backend's stream stays
+ * plain, since the pump reads it. Capability lists the client is shown
+ * after login carry COMPRESS=DEFLATE in place of the backend's COMPRESS=.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,7 +30,16 @@
 #include "pool.h"
 #include "sess.h"
 
+/* Room for what pump_filter_caps_line adds to a list, and its NUL. */
+#define CAPS_EXTRA_ROOM 32
+
 /* ---- attach -------------------------------------------------------------- */
+
+/* What the proxy adds to the client's capability lists after login. */
+static const char *pump_caps_extra(const struct session *s)
+{
+	return s->rt->cfg->compress ? " COMPRESS=DEFLATE" : "";
+}
 
 void pump_attach(struct session *s, struct backend *b, bool reused)
 {
@@ -37,7 +52,7 @@ void pump_attach(struct session *s, struct backend *b, bool reused)
 	if (caps_filter(b->caps, strlen(b->caps), caps, sizeof(caps)) < 0)
 		caps[0] = '\0';
 	backend_attach(b, sess_backend_io, s);
-	sess_reply(s, "%s OK [CAPABILITY %s] Logged in", s->tag, caps);
+	sess_reply(s, "%s OK [CAPABILITY %s%s] Logged in", s->tag, caps, pump_caps_extra(s));
 	sess_to(s, SESS_PROXYING);
 	/* Drained while this login was under way: it leaves at once. */
 	if (worker_drained(s->w, s->bcfg->name))
@@ -137,6 +152,7 @@ static bool name_ok(const uint8_t *w, size_t n)
  * STARTTLS: TLS toward the client is the proxy's. */
 static const char *pump_refusal(const struct imap_head *h)
 {
+	/* compress = no (with yes, pump_compress answers it) */
 	if (imap_word_eq(h->w1, h->w1_len, "COMPRESS"))
 		return "NO [CANNOT] COMPRESS is not available through this proxy.";
 	if (imap_word_eq(h->w1, h->w1_len, "UNAUTHENTICATE"))
@@ -343,6 +359,54 @@ static void pump_skip_unit(struct session *s, const struct imap_tok_unit *u)
 }
 
 /*
+ * COMPRESS from the client (compress = yes), line u with head h: 1 answered
+ * (the line is consumed), 0 not yet (wait for the other commands and the
+ * replies before it, then call again). The answer is a refusal through
+ * s->local, or "OK DEFLATE active" straight into client.out, uncompressed,
+ * with compression on from the next byte both ways (RFC 4978 3): the
+ * bytes the client sent after its line are inflated, not parsed.
+ */
+static int pump_compress(struct session *s, const struct imap_tok_unit *u,
+                         const struct imap_head *h)
+{
+	struct conn *c = &s->client;
+	const char *no = NULL;
+	size_t alen = h->rest_len;
+	char ok[TAG_MAX + 32];
+	int n;
+
+	while (alen > 0 && (h->rest[alen - 1] == '\r' || h->rest[alen - 1] == '\n'))
+		alen--;
+	if (u->type != IMAP_TOK_LINE || !u->last || u->has_literal ||
+	    !imap_word_eq(h->rest, alen, "DEFLATE") || alen != 7)
+		no = "BAD [CANNOT] Only COMPRESS DEFLATE is supported.";
+	else if (c->z != NULL)
+		no = "NO [COMPRESSIONACTIVE] DEFLATE active already.";
+	if (no != NULL) {
+		if (buf_room(&s->local) < REPLY_ROOM / 2)
+			return 0;
+		sess_reply(s, "%.*s %s", (int)h->tag_len, h->tag, no);
+		s->skip_cmd = true;
+		pump_skip_unit(s, u);
+		return 1;
+	}
+	n = snprintf(ok, sizeof(ok), "%.*s OK DEFLATE active\r\n", (int)h->tag_len, h->tag);
+	/* Everything owed to the client before the OK goes first, plain. */
+	if (s->inflight > 0 || !buf_is_empty(&s->local) || !imap_tok_at_boundary(&s->btok) ||
+	    park_holds_output(s) || buf_room(&c->out) < (size_t)n)
+		return 0;
+	imap_tok_consume(&s->ctok, u, u->len);
+	buf_consume(&c->in, u->len);
+	sess_put(&c->out, ok, (size_t)n);
+	if (conn_compress_start(c) < 0) {
+		sess_close(s, "out of memory (COMPRESS)", NULL);
+		return 1;
+	}
+	sess_log(s, LOG_LVL_INFO, "COMPRESS DEFLATE on");
+	return 1;
+}
+
+/*
  * Client to backend. True on progress.
  *
  * Every command's first line part shows its tag and name whole (else it is
@@ -433,6 +497,14 @@ bool pump_c2b(struct session *s)
 			} else if (!name_ok(h.w1, h.w1_len) ||
 			           (u.type == IMAP_TOK_FRAGMENT && h.w1 + h.w1_len == p + u.len)) {
 				refuse = "BAD Invalid command name.";
+			} else if (s->rt->cfg->compress &&
+			           imap_word_eq(h.w1, h.w1_len, "COMPRESS")) {
+				if (pump_compress(s, &u, &h) == 0)
+					break;
+				progress = true;
+				if (s->client.z != NULL && s->state == SESS_PROXYING)
+					continue;
+				return true;
 			} else if ((refuse = pump_refusal(&h)) == NULL && announces &&
 			           u.lit_nonsync) {
 				/* RFC 7888 4: what a LITERAL- (or plain) server must
@@ -553,23 +625,28 @@ static bool caps_span(const uint8_t *p, size_t len, const struct imap_head *h,
 }
 
 /* Rewrite the capability list of a whole response line so the client
- * never sees what the proxy does not carry. out needs len + 1 bytes (the
- * filtered line is never longer). Returns the new length, or 0 when the
- * line needs no change. */
-static size_t pump_filter_caps_line(const uint8_t *p, size_t len, char *out, size_t outcap)
+ * never sees what the proxy does not carry, and sees what it adds (extra,
+ * " COMPRESS=DEFLATE" or ""). out needs len + CAPS_EXTRA_ROOM bytes.
+ * Returns the new length, or 0 when the line needs no change. */
+static size_t pump_filter_caps_line(const uint8_t *p, size_t len, char *out, size_t outcap,
+                                    const char *extra)
 {
 	struct imap_head h;
 	const uint8_t *start, *end;
 
-	if (outcap < len + 1 || imap_head_parse(p, len, &h) < 0 ||
-	    !caps_span(p, len, &h, &start, &end))
+	size_t elen = strlen(extra);
+
+	if (outcap < len + CAPS_EXTRA_ROOM || elen >= CAPS_EXTRA_ROOM ||
+	    imap_head_parse(p, len, &h) < 0 || !caps_span(p, len, &h, &start, &end))
 		return 0;
 	size_t prefix = (size_t)(start - p), caplen = (size_t)(end - start);
 	size_t tail = len - (size_t)(end - p);
 	memcpy(out, p, prefix);
 	long n = caps_filter((const char *)start, caplen, out + prefix, outcap - prefix);
-	if (n < 0 || ((size_t)n == caplen && memcmp(out + prefix, start, caplen) == 0))
+	if (n < 0 || (elen == 0 && (size_t)n == caplen && memcmp(out + prefix, start, caplen) == 0))
 		return 0;
+	memcpy(out + prefix + (size_t)n, extra, elen);
+	n += (long)elen;
 	memcpy(out + prefix + (size_t)n, end, tail);
 	return prefix + (size_t)n + tail;
 }
@@ -691,14 +768,15 @@ bool pump_b2c(struct session *s)
 				sess_close(s, "backend capability response over the maximum", NULL);
 				return true;
 			}
-			if (u.type == IMAP_TOK_LINE && buf_room(&c->out) < buf_len(&s->capline) + n)
+			if (u.type == IMAP_TOK_LINE &&
+			    buf_room(&c->out) < buf_len(&s->capline) + n + CAPS_EXTRA_ROOM)
 				break;
 			sess_put(&s->capline, p, n);
 			if (u.type == IMAP_TOK_LINE) {
-				char line[CAPLINE_MAX + 1];
+				char line[CAPLINE_MAX + CAPS_EXTRA_ROOM];
 				size_t len = buf_len(&s->capline);
 				size_t nl = pump_filter_caps_line(buf_head(&s->capline), len, line,
-				                                  sizeof(line));
+				                                  sizeof(line), pump_caps_extra(s));
 				sess_put(&c->out,
 				         nl > 0 ? (const uint8_t *)line : buf_head(&s->capline),
 				         nl > 0 ? nl : len);
@@ -706,7 +784,7 @@ bool pump_b2c(struct session *s)
 				s->capline_on = false;
 			}
 		} else {
-			char line[CAPLINE_MAX + 1];
+			char line[CAPLINE_MAX + CAPS_EXTRA_ROOM];
 			size_t nl = 0;
 			if (buf_room(&c->out) < n + REPLY_ROOM)
 				break;
@@ -724,8 +802,9 @@ bool pump_b2c(struct session *s)
 					}
 					if (caps_span(p, u.len, &h, &cs, &ce)) {
 						if (u.type == IMAP_TOK_LINE) {
-							nl = pump_filter_caps_line(p, u.len, line,
-							                           sizeof(line));
+							nl = pump_filter_caps_line(
+							    p, u.len, line, sizeof(line),
+							    pump_caps_extra(s));
 						} else {
 							buf_init(&s->capline, CAPLINE_MAX);
 							sess_put(&s->capline, p, n);

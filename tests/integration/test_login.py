@@ -19,7 +19,10 @@ def assert_login_ok(tagged, tag):
     caps = imapc.caps_of(tagged)
     assert {"IMAP4REV1", "IDLE", "LITERAL+", "UIDPLUS"} <= caps, caps
     assert not caps & NOT_CARRIED_EXACT, caps
-    assert not [c for c in caps if c.startswith(NOT_CARRIED_PREFIX)], caps
+    # imapmux's own COMPRESS=DEFLATE (compress = yes) stands in for the
+    # backend's; that there is one, not two, test_compress.py counts
+    assert not [c for c in caps
+                if c.startswith(NOT_CARRIED_PREFIX) and c != "COMPRESS=DEFLATE"], caps
     return caps
 
 

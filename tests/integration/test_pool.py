@@ -168,8 +168,11 @@ def round_trip(m, ca_ctx, user, pw=None):
 
 
 def filtered(caps):
+    """What a client is shown: the backend's list filtered, plus imapmux's
+    own COMPRESS=DEFLATE (compress = yes)."""
     return {c for c in caps
-            if c not in HIDDEN_WORDS and not c.startswith(HIDDEN_PREFIXES)}
+            if c not in HIDDEN_WORDS and not c.startswith(HIDDEN_PREFIXES)
+            } | {"COMPRESS=DEFLATE"}
 
 
 # ---------------------------------------------------------------------------
