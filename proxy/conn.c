@@ -567,6 +567,16 @@ static int wire_fill(struct conn *c, struct buf *b)
 
 /* Inflate zin into in as far as in has room: 1 progress, 0 none, -1
  * failed (corrupt or ended stream: c failed). */
+/* Point zs at have bytes of input and room bytes of output (our buffers are
+ * far below 4 GiB; an empty buffer may have no storage: zlib takes NULL). */
+static void z_window(z_stream *zs, const uint8_t *in, size_t have, uint8_t *out, size_t room)
+{
+	zs->next_in = have > 0 ? (Bytef *)in : Z_NULL;
+	zs->avail_in = (uInt)have;
+	zs->next_out = out;
+	zs->avail_out = (uInt)room;
+}
+
 static int z_inflate(struct conn *c)
 {
 	struct conn_z *z = c->z;
@@ -583,11 +593,7 @@ static int z_inflate(struct conn *c)
 		}
 		if (room == 0)
 			break;
-		/* an empty buffer may have no storage (zlib takes NULL with 0) */
-		z->inf.next_in = have > 0 ? (Bytef *)buf_head(&z->zin) : Z_NULL;
-		z->inf.avail_in = have > UINT32_MAX ? UINT32_MAX : (uInt)have;
-		z->inf.next_out = p;
-		z->inf.avail_out = room > UINT32_MAX ? UINT32_MAX : (uInt)room;
+		z_window(&z->inf, have > 0 ? buf_head(&z->zin) : NULL, have, p, room);
 		r = inflate(&z->inf, Z_SYNC_FLUSH);
 		size_t used = have - z->inf.avail_in, made = room - z->inf.avail_out;
 		if (r == Z_STREAM_END) {
@@ -722,10 +728,7 @@ static int z_deflate(struct conn *c)
 		}
 		if (room == 0)
 			break;
-		z->def.next_in = have > 0 ? (Bytef *)buf_head(&c->out) : Z_NULL;
-		z->def.avail_in = have > UINT32_MAX ? UINT32_MAX : (uInt)have;
-		z->def.next_out = p;
-		z->def.avail_out = room > UINT32_MAX ? UINT32_MAX : (uInt)room;
+		z_window(&z->def, have > 0 ? buf_head(&c->out) : NULL, have, p, room);
 		r = deflate(&z->def, Z_SYNC_FLUSH);
 		if (r != Z_OK && r != Z_BUF_ERROR) {
 			conn_fail(c, "COMPRESS: deflate failed");

@@ -107,6 +107,8 @@ struct stats {
 	atomic_ulong refused_ip;           /* connections refused: max_connections_per_ip */
 	atomic_ulong line_too_long;        /* sessions closed: command line over max_line_length */
 	atomic_long sessions_parked;       /* parked now, no backend held (gauge) */
+	atomic_long sessions_compressed;   /* COMPRESS=DEFLATE on now (gauge) */
+	atomic_ulong compress_started;     /* sessions that turned COMPRESS=DEFLATE on */
 	atomic_ulong parks;                /* times a session parked */
 	atomic_ulong wakes_client;         /* wakes for a client command */
 	atomic_ulong wakes_change;         /* wakes for a change (mbox event, watcher, resync) */

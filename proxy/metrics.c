@@ -137,6 +137,8 @@ struct stats_sum {
 	unsigned long refused_ip;
 	unsigned long line_too_long;
 	long sessions_parked;
+	long sessions_compressed;
+	unsigned long compress_started;
 	long watchers, watchers_up;
 	unsigned long watchers_lost;
 	unsigned long parks, wakes_client, wakes_change, wakes_failed, park_answers,
@@ -175,6 +177,8 @@ static void stats_collect(struct stats_sum *s, const struct stats *const *counte
 		s->refused_total += LOAD(st, refused_total);
 		s->refused_ip += LOAD(st, refused_ip);
 		s->sessions_parked += LOAD(st, sessions_parked);
+		s->sessions_compressed += LOAD(st, sessions_compressed);
+		s->compress_started += LOAD(st, compress_started);
 		s->parks += LOAD(st, parks);
 		s->wakes_client += LOAD(st, wakes_client);
 		s->wakes_change += LOAD(st, wakes_change);
@@ -473,6 +477,11 @@ void metrics_render(struct text *t, const struct stats *const *counters, unsigne
 	gauge(t, "imapmux_sessions_parked",
 	      "Client sessions parked now: logged in, holding no backend connection.",
 	      s.sessions_parked);
+	gauge(t, "imapmux_sessions_compressed",
+	      "Sessions with COMPRESS=DEFLATE on (each holds zlib state: BENCHMARKS.md).",
+	      s.sessions_compressed);
+	counter(t, "imapmux_compress_started_total", "Sessions that turned COMPRESS=DEFLATE on.",
+	        s.compress_started);
 	counter(t, "imapmux_parks_total", "Times a quiet session gave its backend connection up.",
 	        s.parks);
 	name = "imapmux_wakes_total";

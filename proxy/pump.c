@@ -403,6 +403,8 @@ static int pump_compress(struct session *s, const struct imap_tok_unit *u,
 		return 1;
 	}
 	sess_log(s, LOG_LVL_INFO, "COMPRESS DEFLATE on");
+	STAT_INC(&s->w->stats, compress_started);
+	STAT_INC(&s->w->stats, sessions_compressed);
 	return 1;
 }
 

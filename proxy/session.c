@@ -98,6 +98,8 @@ static void sess_free_later(struct session *s)
 	s->conn_counted = s->ip_counted = false;
 	if (s->counted_proxying)
 		STAT_DEC(&s->w->stats, sessions_proxying);
+	if (s->client.z != NULL)
+		STAT_DEC(&s->w->stats, sessions_compressed);
 	STAT_ADD(&s->w->stats, client_bytes_in, s->client.bytes_in);
 	STAT_ADD(&s->w->stats, client_bytes_out, s->client.bytes_out);
 	ev_timer_stop(s->w->loop, &s->timer);

@@ -135,6 +135,9 @@ def test_offered_once_after_login_then_bulk_both_ways(mux, ca_ctx):
 
     _, t = c.cmd("z2", "COMPRESS DEFLATE")
     assert t.startswith(b"z2 NO [COMPRESSIONACTIVE]"), t
+    # counted once, the refused second COMPRESS not
+    assert parklib.metric(mux, "imapmux_compress_started_total") == 1
+    assert parklib.metric(mux, "imapmux_sessions_compressed") == 1
     # UNAUTHENTICATE is imapmux's to refuse; the connection stays compressed
     _, t = c.cmd("u", "UNAUTHENTICATE")
     assert t.startswith(b"u BAD"), t
@@ -145,6 +148,8 @@ def test_offered_once_after_login_then_bulk_both_ways(mux, ca_ctx):
     assert t.startswith(b"o OK"), t
     assert any(u.startswith(b"* BYE") for u in untagged), untagged
     c.close()
+    wait_until(lambda: parklib.metric(mux, "imapmux_sessions_compressed") == 0, 5,
+               "the compressed-sessions gauge back to 0")
 
 
 def test_wrong_arguments_and_before_login(mux, ca_ctx):

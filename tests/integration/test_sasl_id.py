@@ -18,6 +18,17 @@ def b64(s):
     return base64.b64encode(s.encode() if isinstance(s, str) else s).decode()
 
 
+def sasl_login(c, user, pw, tag="l"):
+    """AUTHENTICATE LOGIN without an initial response: the challenges are
+    "Username:" and "Password:" (base64); the tagged answer."""
+    c.send(tag.encode() + b" AUTHENTICATE LOGIN\r\n")
+    assert c.readline() == b"+ VXNlcm5hbWU6\r\n"
+    c.send(b64(user) + "\r\n")
+    assert c.readline() == b"+ UGFzc3dvcmQ6\r\n"
+    c.send(b64(pw) + "\r\n")
+    return c.read_until_tagged(tag)[1]
+
+
 def id_pairs(n, vlen, value_char="v"):
     """n pairs of 30-octet fields (name and version first) and vlen values."""
     pairs = [("name", "Compliance-Client"), ("version", "9.8.7")]
@@ -158,12 +169,7 @@ def test_authenticate_login_without_initial_response(client_tls):
     c = client_tls()
     caps = imapc.caps_of(c.greeting())
     assert "AUTH=LOGIN" in caps and "AUTH=PLAIN" in caps, caps
-    c.send(b"a AUTHENTICATE LOGIN\r\n")
-    assert c.readline() == b"+ VXNlcm5hbWU6\r\n"          # "Username:"
-    c.send(b64("alice") + "\r\n")
-    assert c.readline() == b"+ UGFzc3dvcmQ6\r\n"          # "Password:"
-    c.send(b64(password("alice")) + "\r\n")
-    _, tagged = c.read_until_tagged("a")
+    tagged = sasl_login(c, "alice", password("alice"), "a")
     assert tagged.startswith(b"a OK"), tagged
     _, tagged = c.cmd("s", "SELECT INBOX")
     assert tagged.startswith(b"s OK"), tagged
@@ -241,12 +247,7 @@ def test_utf8_user_and_password_every_way(client_tls, dovecot):
             c.send(pb + b"\r\n")
             _, tagged = c.read_until_tagged("l")
         elif way == "login":
-            c.send(b"l AUTHENTICATE LOGIN\r\n")
-            assert c.readline().startswith(b"+")
-            c.send(b64(ub) + "\r\n")
-            assert c.readline().startswith(b"+")
-            c.send(b64(pb) + "\r\n")
-            _, tagged = c.read_until_tagged("l")
+            tagged = sasl_login(c, ub, pb)
         else:
             _, tagged = ways[way](c)
         assert tagged.startswith(b"l OK"), (way, tagged)
@@ -307,12 +308,7 @@ def test_utf8_and_sasl_login_through_to_cyrus(make_mux, cyrus, ca_ctx):
     for user, pw in [(UTF8PW_USER, UTF8_PASSWORD), ("alice", password("alice"))]:
         c = imapc.Client(m.imaps_port, tls=ca_ctx)
         c.greeting()
-        c.send(b"l AUTHENTICATE LOGIN\r\n")
-        assert c.readline().startswith(b"+")
-        c.send(b64(user) + "\r\n")
-        assert c.readline().startswith(b"+")
-        c.send(b64(pw) + "\r\n")
-        _, tagged = c.read_until_tagged("l")
+        tagged = sasl_login(c, user, pw)
         assert tagged.startswith(b"l OK"), (user, tagged)
         _, tagged = c.cmd("s", "SELECT INBOX")
         assert tagged.startswith(b"s OK"), (user, tagged)
