@@ -141,7 +141,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (w.nsessions > 0) {
 			/* Still there after a forced drain and its close: a stuck
 			 * session is a bug too. */
-			session_cancel_all(&w);
+			session_stop_all(&w);
 			die("session did not end after a forced drain");
 		}
 	}
