@@ -119,6 +119,7 @@ static const struct key_def imapmux_keys[] = {
     {"park_keepalive", V_DURATION, CF(park_keepalive), KF_POSITIVE, 0, 0},
     {"reuseport", V_BOOL, CF(reuseport), 0, 0, 0},
     {"compress", V_BOOL, CF(compress), 0, 0, 0},
+    {"oauth", V_BOOL, CF(oauth), 0, 0, 0},
     {"user", V_STRING, CF(user), 0, 0, 64},
     {"group", V_STRING, CF(group), 0, 0, 64},
     {"preauth_timeout", V_DURATION, CF(preauth_timeout), KF_POSITIVE, 0, 0},
@@ -1552,6 +1553,11 @@ static int check_whole(struct parser *p)
 	}
 	if (c->lookup == CFG_LOOKUP_REDIS && !c->has_redis) {
 		set_err(p, p->lookup_line, "lookup = redis needs a [redis] section");
+		return -1;
+	}
+	if (c->auth == CFG_AUTH_REDIS && c->oauth) {
+		set_err(p, p->auth_line,
+		        "oauth = yes needs auth = backend: imapmux cannot check a bearer token");
 		return -1;
 	}
 	if (c->auth == CFG_AUTH_REDIS && !c->has_redis) {

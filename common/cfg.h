@@ -184,6 +184,7 @@ struct cfg {
 	double park_idle_after; /* park_idle_after = 30; 0 = never */
 	double park_keepalive;  /* park_keepalive = 2m: "* OK Still here" to parked IDLE */
 	bool reuseport; /* reuseport = no: share the listeners' ports with other processes */
+	bool oauth;     /* oauth = yes: AUTHENTICATE XOAUTH2 / OAUTHBEARER passed to backends */
 	bool compress;  /* compress = yes: COMPRESS=DEFLATE (RFC 4978) offered to logged-in
 	                 * clients, terminated in imapmux (backends stay uncompressed) */
 	char *user;     /* user = NAME: run as NAME once the sockets are bound (NULL: stay) */

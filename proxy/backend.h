@@ -125,6 +125,9 @@ struct backend {
 	char *pass;
 	size_t pass_len;
 	char *plain_b64;    /* AUTHENTICATE PLAIN without SASL-IR: the response, sent on "+" */
+	const char *mech;   /* a client's SASL mechanism passed on (XOAUTH2, OAUTHBEARER), or
+	                     * NULL: pass is then its whole SASL message */
+	bool mech_failed;   /* ... the backend's error challenge was answered */
 	char *id_args;      /* ID's argument list, sent before the login (backend_set_id) */
 	uint8_t *proxy_hdr; /* send_proxy: the client's PROXY header (backend_set_proxy);
 	                     * NULL: the proxy's own (LOCAL / UNKNOWN) */
@@ -189,6 +192,14 @@ __attribute__((warn_unused_result)) int backend_set_id(struct backend *b, const 
 __attribute__((warn_unused_result)) int backend_login(struct backend *b, const char *user,
                                                       size_t user_len, const char *pass,
                                                       size_t pass_len);
+
+/* Log in with the client's own SASL exchange: AUTHENTICATE mech with msg
+ * (the client's whole initial response, decoded) as the initial response;
+ * a backend that does not list AUTH=mech fails the login (AUTH_FAILED).
+ * mech is a static string. Returns 0 or -1. */
+__attribute__((warn_unused_result)) int backend_login_mech(struct backend *b, const char *mech,
+                                                           const char *user, size_t user_len,
+                                                           const char *msg, size_t msg_len);
 
 /* Log in as authz using the credentials of user (a master user): SASL PLAIN
  * with an authorization identity, or LOGIN "authz<sep>user" when the

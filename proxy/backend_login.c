@@ -14,10 +14,12 @@
  * The credentials live in the backend until queued, then only in the
  * queue and conn.out, wiped once sent (BK_CMD_SECRET).
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend.h"
+#include "base64.h"
 #include "caps.h"
 #include "imap_login.h"
 
@@ -25,7 +27,16 @@ static void bk_login_cb(void *arg, struct backend *b, const struct bk_reply *r)
 {
 	(void)arg;
 	if (r->ev == BK_EV_CONTINUE) {
-		/* AUTHENTICATE PLAIN without SASL-IR: the response, once. */
+		/* A bearer token refused (RFC 7628 3.2.2): the server's error
+		 * challenge, answered with the dummy response; its NO follows. */
+		if (b->mech != NULL && b->plain_b64 == NULL && !b->mech_failed) {
+			const char *dummy = strcmp(b->mech, "OAUTHBEARER") == 0 ? "AQ==" : "";
+			b->mech_failed = true;
+			if (backend_cmd_reply(b, dummy, strlen(dummy), 0) < 0)
+				bk_fail(b, "command too long");
+			return;
+		}
+		/* AUTHENTICATE without SASL-IR: the response, once. */
 		if (b->plain_b64 == NULL) {
 			bk_fail(b, "unexpected continuation request");
 			return;
@@ -114,6 +125,19 @@ static void bk_send_id(struct backend *b)
 	free(args);
 }
 
+/* The client's SASL message (b->pass), base64; NULL when out of memory. */
+static char *bk_sasl_b64(const struct backend *b)
+{
+	size_t cap = B64_ENCODED_LEN(b->pass_len) + 1;
+	char *enc = malloc(cap);
+
+	if (enc != NULL && b64_encode((const uint8_t *)b->pass, b->pass_len, enc, cap) < 0) {
+		free(enc);
+		enc = NULL;
+	}
+	return enc;
+}
+
 void bk_send_login(struct backend *b)
 {
 	bool plain = caps_has(b->caps, strlen(b->caps), "AUTH=PLAIN");
@@ -132,7 +156,41 @@ void bk_send_login(struct backend *b)
 		bk_fail(b, "backend refuses plaintext login (LOGINDISABLED): use tls = starttls");
 		return;
 	}
-	if (plain) {
+	if (b->mech != NULL) {
+		char *enc = bk_sasl_b64(b);
+		char cmd[64];
+
+		b->mech_failed = false;
+		snprintf(cmd, sizeof(cmd), "AUTH=%s", b->mech);
+		if (!caps_has(b->caps, strlen(b->caps), cmd)) {
+			bk_wipe_free(&enc, enc ? strlen(enc) : 0);
+			bk_wipe_free(&b->user, b->user_len);
+			bk_wipe_free(&b->pass, b->pass_len);
+			bk_finish(b, BK_RES_AUTH_FAILED,
+			          "backend does not offer the SASL mechanism");
+			return;
+		}
+		if (enc == NULL) {
+			bk_fail(b, why);
+			return;
+		}
+		snprintf(cmd, sizeof(cmd), "AUTHENTICATE %s", b->mech);
+		if (sasl_ir) {
+			size_t clen = strlen(cmd), elen = strlen(enc);
+			text = malloc(clen + 1 + elen);
+			if (text != NULL) {
+				memcpy(text, cmd, clen);
+				text[clen] = ' ';
+				memcpy(text + clen + 1, enc, elen);
+				len = clen + 1 + elen;
+			}
+			bk_wipe_free(&enc, elen);
+		} else {
+			b->plain_b64 = enc;
+			r = bk_cmd_queue(b, cmd, 0, bk_login_cb);
+			why = "command too long";
+		}
+	} else if (plain) {
 		char *enc = imap_login_plain(&cr);
 
 		if (enc == NULL) {
@@ -178,9 +236,25 @@ int backend_login(struct backend *b, const char *user, size_t user_len, const ch
 	return backend_login_as(b, NULL, 0, user, user_len, pass, pass_len);
 }
 
+static int bk_store_login(struct backend *b, const char *mech, const char *authz, size_t authz_len,
+                          const char *user, size_t user_len, const char *pass, size_t pass_len);
+
+int backend_login_mech(struct backend *b, const char *mech, const char *user, size_t user_len,
+                       const char *msg, size_t msg_len)
+{
+	return bk_store_login(b, mech, NULL, 0, user, user_len, msg, msg_len);
+}
+
 int backend_login_as(struct backend *b, const char *authz, size_t authz_len, const char *user,
                      size_t user_len, const char *pass, size_t pass_len)
 {
+	return bk_store_login(b, NULL, authz, authz_len, user, user_len, pass, pass_len);
+}
+
+static int bk_store_login(struct backend *b, const char *mech, const char *authz, size_t authz_len,
+                          const char *user, size_t user_len, const char *pass, size_t pass_len)
+{
+	b->mech = mech;
 	if (authz != NULL) {
 		b->authz = malloc(authz_len + 1);
 		if (b->authz == NULL)

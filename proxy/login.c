@@ -53,7 +53,8 @@ struct login {
 	struct pool_wait *wait; /* waiting for a backend connection (pool_max) */
 	ev_timer delay;
 	enum login_result result;
-	bool keep_key; /* see login_req */
+	bool keep_key;    /* see login_req */
+	const char *mech; /* see login_req */
 	login_done_cb *done;
 	/* /metrics: a client's LOGIN or AUTHENTICATE (not a wake's login) is
 	 * timed from login_start to its answer, and counted by result under
@@ -468,7 +469,10 @@ static void login_send(struct session *s, struct backend *b)
 	}
 	/* First: a connection that is ready sends its login at once. */
 	r = bc->forward_id ? login_set_id(s) : 0;
-	if (r == 0 && (cfg->auth == CFG_AUTH_REDIS || l->plen == 0))
+	if (r == 0 && l->mech != NULL)
+		r = backend_login_mech(s->bk, l->mech, (const char *)l->sent, l->ulen,
+		                       (const char *)l->pass, l->plen);
+	else if (r == 0 && (cfg->auth == CFG_AUTH_REDIS || l->plen == 0))
 		r = backend_login_as(s->bk, (const char *)l->sent, l->ulen, bc->master_user,
 		                     strlen(bc->master_user), bc->master_password,
 		                     strlen(bc->master_password));
@@ -753,6 +757,7 @@ int login_start(struct session *s, const struct login_req *rq)
 	if (rq->plen > 0)
 		memcpy(l->pass, rq->pass, rq->plen);
 	l->plen = rq->plen;
+	l->mech = rq->mech;
 	l->done = rq->done;
 	l->keep_key = rq->keep_key;
 	l->client = !rq->verified;

@@ -44,7 +44,7 @@ void preauth_greet(struct session *s)
 	sess_to(s, SESS_PREAUTH);
 	s->client.want_input = true;
 	sess_reply(s, "* OK [CAPABILITY %s] %s ready.",
-	           runtime_preauth_caps(s->lcfg, s->tls_active), IMAPMUX_NAME);
+	           runtime_preauth_caps(s->lcfg, s->tls_active, s->rt->cfg->oauth), IMAPMUX_NAME);
 }
 
 static bool arg_is_string(const struct imap_arg *a)
@@ -359,7 +359,7 @@ static void sess_preauth_command(struct session *s)
 	size_t nlen = c.name_len;
 
 	if (imap_word_eq(name, nlen, "CAPABILITY") && c.nargs == 0) {
-		sess_reply(s, "* CAPABILITY %s", runtime_preauth_caps(s->lcfg, s->tls_active));
+		sess_reply(s, "* CAPABILITY %s", runtime_preauth_caps(s->lcfg, s->tls_active, s->rt->cfg->oauth));
 		sess_reply(
 		    s, "%s OK Pre-login capabilities listed, post-login capabilities have more.",
 		    tag);

@@ -552,13 +552,18 @@ size_t runtime_backend_index(const struct runtime *rt, const struct cfg_backend 
 
 #define CAPS_BASE "IMAP4rev1 LITERAL+ ID ENABLE IDLE"
 
-const char *runtime_preauth_caps(const struct cfg_listen *l, int tls_active)
+#define CAPS_AUTH  "SASL-IR AUTH=PLAIN AUTH=LOGIN"
+#define CAPS_OAUTH " AUTH=XOAUTH2 AUTH=OAUTHBEARER"
+
+const char *runtime_preauth_caps(const struct cfg_listen *l, int tls_active, bool oauth)
 {
-	if (tls_active || l->allow_plaintext_auth) {
-		if (l->tls == CFG_TLS_STARTTLS && !tls_active)
-			return CAPS_BASE " STARTTLS SASL-IR AUTH=PLAIN AUTH=LOGIN";
-		return CAPS_BASE " SASL-IR AUTH=PLAIN AUTH=LOGIN";
-	}
+	static const char *const offer[2][2] = {
+	    {CAPS_BASE " " CAPS_AUTH, CAPS_BASE " " CAPS_AUTH CAPS_OAUTH},
+	    {CAPS_BASE " STARTTLS " CAPS_AUTH, CAPS_BASE " STARTTLS " CAPS_AUTH CAPS_OAUTH},
+	};
+
+	if (tls_active || l->allow_plaintext_auth)
+		return offer[l->tls == CFG_TLS_STARTTLS && !tls_active][oauth];
 	if (l->tls == CFG_TLS_STARTTLS)
 		return CAPS_BASE " STARTTLS LOGINDISABLED";
 	return CAPS_BASE " LOGINDISABLED";

@@ -74,6 +74,6 @@ bool runtime_slot_up(unsigned slot);
 
 /* The CAPABILITY list clients see before login: depends on the listener's
  * TLS mode, whether TLS is active and whether plaintext auth is allowed. */
-const char *runtime_preauth_caps(const struct cfg_listen *l, int tls_active);
+const char *runtime_preauth_caps(const struct cfg_listen *l, int tls_active, bool oauth);
 
 #endif

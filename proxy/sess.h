@@ -245,6 +245,10 @@ struct login_req {
 	/* Leave s->reuse_key as it is and look for no kept session (a wake
 	 * has looked under its own key already). */
 	bool keep_key;
+	/* A client's SASL mechanism passed on to the backend (XOAUTH2,
+	 * OAUTHBEARER; auth = backend): pass is its whole message. NULL: pass
+	 * is a password. */
+	const char *mech;
 	login_done_cb *done;
 };
 
