@@ -101,7 +101,7 @@ static void preauth_login_done(struct session *s, enum login_result r, struct ba
 
 /* Check the credentials' form and start the login pipeline. */
 static void sess_start_login(struct session *s, const uint8_t *user, size_t ulen,
-                             const uint8_t *pass, size_t plen)
+                             const uint8_t *pass, size_t plen, const char *mech)
 {
 	const char *bad = NULL;
 
@@ -127,8 +127,12 @@ static void sess_start_login(struct session *s, const uint8_t *user, size_t ulen
 		sess_reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", s->tag);
 		return;
 	}
-	struct login_req rq = {
-	    .user = user, .ulen = ulen, .pass = pass, .plen = plen, .done = preauth_login_done};
+	struct login_req rq = {.user = user,
+	                       .ulen = ulen,
+	                       .pass = pass,
+	                       .plen = plen,
+	                       .mech = mech,
+	                       .done = preauth_login_done};
 	sess_to(s, SESS_LOGIN);
 	s->client.want_input = false;
 	if (login_start(s, &rq) < 0) {
@@ -168,7 +172,7 @@ static void sess_sasl_plain(struct session *s, const uint8_t *b64, size_t len)
 		goto out;
 	}
 	s->method = "authenticate";
-	sess_start_login(s, authc, authc_len, pass, pass_len);
+	sess_start_login(s, authc, authc_len, pass, pass_len, NULL);
 out:
 	explicit_bzero(raw, sizeof(raw));
 }
@@ -176,9 +180,11 @@ out:
 /* Which answer to AUTHENTICATE the client owes (s->sasl). */
 enum sasl_step {
 	SASL_NONE,
-	SASL_PLAIN,      /* "+ " sent: the PLAIN response */
-	SASL_LOGIN_USER, /* "+ VXNlcm5hbWU6" ("Username:") sent */
-	SASL_LOGIN_PASS, /* "+ UGFzc3dvcmQ6" ("Password:") sent; the name heads s->cmd */
+	SASL_PLAIN,       /* "+ " sent: the PLAIN response */
+	SASL_LOGIN_USER,  /* "+ VXNlcm5hbWU6" ("Username:") sent */
+	SASL_LOGIN_PASS,  /* "+ UGFzc3dvcmQ6" ("Password:") sent; the name heads s->cmd */
+	SASL_XOAUTH2,     /* "+ " sent: the XOAUTH2 message */
+	SASL_OAUTHBEARER, /* "+ " sent: the OAUTHBEARER message (RFC 7628) */
 };
 
 static void sasl_clear(struct session *s)
@@ -216,12 +222,85 @@ static void sess_sasl_login(struct session *s, const uint8_t *b64, size_t len)
 	size_t ulen = s->sasl_ulen;
 	sasl_clear(s);
 	s->method = "authenticate";
-	sess_start_login(s, user, ulen, raw, rawlen);
+	sess_start_login(s, user, ulen, raw, rawlen, NULL);
 out:
 	explicit_bzero(raw, sizeof(raw));
 }
 
-/* AUTHENTICATE mech [initial-response]: PLAIN and LOGIN. */
+/* The user an OAuth message names, into out (at most cap bytes); its
+ * length, or -1 without one. XOAUTH2: "user=" U ^A "auth=Bearer " T ^A ^A.
+ * OAUTHBEARER (RFC 7628 3.1): a GS2 header "n,a=" U "," (U with "=2C" for
+ * "," and "=3D" for "="), then ^A key=value pairs. */
+static long oauth_user(const uint8_t *m, size_t n, bool bearer, uint8_t *out, size_t cap)
+{
+	size_t i, o = 0;
+
+	if (!bearer) {
+		if (n < 5 || memcmp(m, "user=", 5) != 0)
+			return -1;
+		for (i = 5; i < n && m[i] != 0x01; i++) {
+			if (o == cap)
+				return -1;
+			out[o++] = m[i];
+		}
+		return i < n ? (long)o : -1;
+	}
+	/* gs2-cb-flag ("n", "y" or "p=..."), then "," authzid? "," */
+	const uint8_t *comma = memchr(m, ',', n);
+	if (comma == NULL)
+		return -1;
+	i = (size_t)(comma - m) + 1;
+	if (n - i < 2 || m[i] != 'a' || m[i + 1] != '=')
+		return -1;
+	for (i += 2; i < n && m[i] != ','; i++) {
+		uint8_t c = m[i];
+		if (c == '=') {
+			if (n - i < 3)
+				return -1;
+			if (m[i + 1] == '2' && (m[i + 2] == 'C' || m[i + 2] == 'c'))
+				c = ',';
+			else if (m[i + 1] == '3' && (m[i + 2] == 'D' || m[i + 2] == 'd'))
+				c = '=';
+			else
+				return -1;
+			i += 2;
+		}
+		if (o == cap)
+			return -1;
+		out[o++] = c;
+	}
+	return i < n ? (long)o : -1;
+}
+
+/* XOAUTH2 and OAUTHBEARER (oauth = yes, auth = backend): imapmux cannot
+ * check a bearer token, so the whole message goes to the backend, routed by
+ * the user it names; the backend's answer decides. */
+static void sess_sasl_oauth(struct session *s, const uint8_t *b64, size_t len, bool bearer)
+{
+	uint8_t raw[PREAUTH_MAX_LINE], user[USER_MAX + 1];
+	size_t rawlen = 0;
+
+	s->sasl = SASL_NONE;
+	if (b64_decode((const char *)b64, len, raw, sizeof(raw), &rawlen) < 0) {
+		sess_bad(s, s->tag, strlen(s->tag), "Invalid base64 data in AUTHENTICATE.");
+		return;
+	}
+	long ulen = oauth_user(raw, rawlen, bearer, user, sizeof(user));
+	if (ulen <= 0) {
+		sess_log(s, LOG_LVL_WARN, "login refused: OAuth message names no user");
+		STAT_INC(&s->w->stats, logins_auth_failed);
+		sess_reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", s->tag);
+	} else {
+		s->method = "authenticate";
+		sess_start_login(s, user, (size_t)ulen, raw, rawlen,
+		                 bearer ? "OAUTHBEARER" : "XOAUTH2");
+	}
+	explicit_bzero(raw, sizeof(raw));
+	explicit_bzero(user, sizeof(user));
+}
+
+/* AUTHENTICATE mech [initial-response]: PLAIN and LOGIN; XOAUTH2 and
+ * OAUTHBEARER with oauth = yes. */
 static void sess_cmd_authenticate(struct session *s, const struct imap_cmd *c)
 {
 	const char *tag = s->tag;
@@ -248,6 +327,15 @@ static void sess_cmd_authenticate(struct session *s, const struct imap_cmd *c)
 			sess_sasl_login(s, ir->data, ir->len);
 		else
 			sess_reply(s, "+ VXNlcm5hbWU6");
+	} else if (s->rt->cfg->oauth && (imap_word_eq(mech->data, mech->len, "XOAUTH2") ||
+	                                 imap_word_eq(mech->data, mech->len, "OAUTHBEARER"))) {
+		bool bearer = imap_word_eq(mech->data, mech->len, "OAUTHBEARER");
+		if (ir != NULL) {
+			sess_sasl_oauth(s, ir->data, ir->len, bearer);
+		} else {
+			sess_reply(s, "+ ");
+			s->sasl = bearer ? SASL_OAUTHBEARER : SASL_XOAUTH2;
+		}
 	} else {
 		sess_reply(s, "%s NO Unsupported authentication mechanism.", tag);
 	}
@@ -359,7 +447,8 @@ static void sess_preauth_command(struct session *s)
 	size_t nlen = c.name_len;
 
 	if (imap_word_eq(name, nlen, "CAPABILITY") && c.nargs == 0) {
-		sess_reply(s, "* CAPABILITY %s", runtime_preauth_caps(s->lcfg, s->tls_active, s->rt->cfg->oauth));
+		sess_reply(s, "* CAPABILITY %s",
+		           runtime_preauth_caps(s->lcfg, s->tls_active, s->rt->cfg->oauth));
 		sess_reply(
 		    s, "%s OK Pre-login capabilities listed, post-login capabilities have more.",
 		    tag);
@@ -388,7 +477,8 @@ static void sess_preauth_command(struct session *s)
 		if (sess_refuse_plaintext(s, tag))
 			return;
 		s->method = "login";
-		sess_start_login(s, c.args[0].data, c.args[0].len, c.args[1].data, c.args[1].len);
+		sess_start_login(s, c.args[0].data, c.args[0].len, c.args[1].data, c.args[1].len,
+		                 NULL);
 	} else if (imap_word_eq(name, nlen, "AUTHENTICATE")) {
 		sess_cmd_authenticate(s, &c);
 	} else {
@@ -413,6 +503,8 @@ static void sess_sasl_response(struct session *s)
 	if (s->sasl == SASL_PLAIN) {
 		s->sasl = SASL_NONE;
 		sess_sasl_plain(s, line, len);
+	} else if (s->sasl == SASL_XOAUTH2 || s->sasl == SASL_OAUTHBEARER) {
+		sess_sasl_oauth(s, line, len, s->sasl == SASL_OAUTHBEARER);
 	} else {
 		sess_sasl_login(s, line, len);
 	}
