@@ -67,7 +67,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		die("fopen");
 	fprintf(f,
 	        "[imapmux]\nworkers = 1\nlog_level = error\nauth_fail_delay = 0\n"
-	        "auth_fail_limit = 0\n"
+	        "auth_fail_limit = 0\noauth = yes\n"
 	        "[listen plain]\naddress = 127.0.0.1:1\ntls = none\nallow_plaintext_auth = yes\n"
 	        "[listen starttls]\naddress = 127.0.0.1:2\ntls = starttls\n"
 	        "cert = %s/cert.pem\nkey = %s/key.pem\n"
