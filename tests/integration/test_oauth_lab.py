@@ -22,6 +22,8 @@ What Dovecot 2.3.19 sends, byte for byte (the proxy relays or handles these):
   no initial response     `+ ` (plus, space, CRLF: an empty challenge), then the
                           client's base64 message on a line of its own
   `*` on a `+` line       `TAG BAD Authentication aborted by client.`
+  no user / malformed     `TAG NO [AUTHENTICATIONFAILED] Authentication failed.`
+                          at once (no challenge, the endpoint is not asked)
 
 The token is refused the same way whether the endpoint does not know it
 (401 {"active": false}) or knows it for another user (Dovecot compares the
@@ -172,6 +174,20 @@ def test_oauthbearer_without_initial_response(direct):
     assert t.startswith(b"o OK"), t
 
 
+def test_malformed_messages_fail_at_once(direct, oauth_server):
+    # No user (OAUTHBEARER's GS2 header without a=, "n,,") or no
+    # user=/auth= fields at all: Dovecot answers the tagged NO straight away,
+    # with no error challenge, and never asks the endpoint (its log says
+    # "Missing username or token" / "Username or token missing").
+    before = oauth_server.count()
+    c = direct()
+    c.cmd_send("n", "AUTHENTICATE OAUTHBEARER " + oauthbearer_ir(None, ALICE_TOKEN))
+    assert c.readline() == b"n " + AUTH_FAILED
+    c.cmd_send("m", "AUTHENTICATE XOAUTH2 " + imapc.b64("garbage"))
+    assert c.readline() == b"m " + AUTH_FAILED
+    assert oauth_server.count() == before
+
+
 def test_cancel_on_continuation_is_bad(direct):
     c = direct()
     c.send(b"x AUTHENTICATE XOAUTH2\r\n")
@@ -296,6 +312,9 @@ def test_mux_oauthbearer_without_user_is_no(via, oauth_server):
     c, _ = via()
     _, t = c.cmd("o", "AUTHENTICATE OAUTHBEARER " + oauthbearer_ir(None, ALICE_TOKEN))
     assert imapc.status_of(t) == "NO", t
+    # ... and not for want of the mechanism: with a= the same session logs in.
+    _, t = c.cmd("g", "AUTHENTICATE OAUTHBEARER " + oauthbearer_ir("alice", ALICE_TOKEN))
+    assert t.startswith(b"g OK"), t
 
 
 @xfail_mux
