@@ -8,7 +8,8 @@ oauth2 }` checks every token itself at a token introspection endpoint
                     daemon thread; one per module) answering Dovecot's
                     introspection POSTs ("token=TOKEN"): {"active": true,
                     "username": USER} for a token in .tokens, else 401 with
-                    {"active": false}. Counts requests (.requests) and keeps
+                    {"active": false}; bodies up to MAX_BODY, at most
+                    MAX_CONNECTIONS at once. Counts requests (.requests) and keeps
                     the tokens it was asked about (.asked)
   oauth_dovecot     a Dovecot with USERS (passwords still work), the lab
                     certificate, and the oauth2 passdb pointing at
@@ -36,8 +37,11 @@ OAUTH_TOKENS = {
     "tok-sasl-Xe55": "sasl",
 }
 
-# The most an introspection request body may be: a token is far shorter.
+# The most an introspection request body may be (a token is far shorter),
+# and the most connections served at once (Dovecot's auth process keeps one
+# or two; each waits at most Handler.timeout for a request).
 MAX_BODY = 16384
+MAX_CONNECTIONS = 16
 
 
 def xoauth2_ir(user, token):
@@ -108,8 +112,26 @@ class OAuthServer:
                 self._reply(200, {"active": True, "username": user, "sub": user,
                                   "scope": "imap", "token_type": "Bearer"})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.httpd.daemon_threads = True
+        slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            block_on_close = False
+
+            def process_request(self, request, client_address):
+                # At most MAX_CONNECTIONS at a time: one more is closed at once.
+                if not slots.acquire(blocking=False):
+                    self.shutdown_request(request)
+                    return
+                super().process_request(request, client_address)
+
+            def process_request_thread(self, request, client_address):
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    slots.release()
+
+        self.httpd = Server(("127.0.0.1", self.port), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever,
                                        kwargs={"poll_interval": 0.1}, daemon=True)
 
