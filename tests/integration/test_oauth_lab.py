@@ -39,8 +39,11 @@ import pytest
 
 import imapc
 from conftest import backend_section, dovecot_login_line, password
-from conftest_oauth import OAUTH_TOKENS, oauthbearer_ir, xoauth2_ir
 
+pytest.register_assert_rewrite("conftest_oauth")
+from conftest_oauth import OAUTH_TOKENS, oauthbearer_ir, xoauth2_ir  # noqa: E402
+
+# The fixtures oauth_server and oauth_dovecot.
 pytest_plugins = ["conftest_oauth"]
 
 ALICE_TOKEN = "tok-alice-Vq81"
