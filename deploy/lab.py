@@ -481,7 +481,7 @@ default_process_limit = 1000
 ssl = {ssl}
 {ssl_settings}
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{oauth_mechs}
 # Any byte in user names (the default set is ASCII only): UTF-8 logins.
 auth_username_chars =
 auth_master_user_separator = *
@@ -505,9 +505,9 @@ passdb {{
   master = yes
   result_success = continue
 }}
-passdb {{
+{oauth_passdb}passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u {dir}/users
+  args = scheme=PLAIN username_format=%u {dir}/users{users_mechs}
 }}
 userdb {{
   driver = passwd-file
@@ -544,6 +544,33 @@ protocol imap {{
 }}
 """
 
+# The oauth2 passdb (Dovecot 2.3, built into dovecot-core): only for the
+# XOAUTH2 and OAUTHBEARER mechanisms, which the passwd-file passdb below then
+# never sees (nor does this one see PLAIN passwords). The bearer token is the
+# "password"; Dovecot checks it against the introspection endpoint and the
+# user the client named against username_attribute.
+OAUTH2_PASSDB = """\
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {path}
+}}
+"""
+
+# DIR/dovecot-oauth2.conf.ext. introspection_mode = post: a POST of
+# "token=TOKEN" (application/x-www-form-urlencoded) to introspection_url;
+# force_introspection: always ask the endpoint (no tokeninfo_url here);
+# active_attribute/active_value: RFC 7662's "active": true is required.
+OAUTH2_CONF = """\
+introspection_mode = post
+introspection_url = {url}
+force_introspection = yes
+username_attribute = username
+active_attribute = active
+active_value = true
+timeout_msecs = 5000
+"""
+
 # The push_notification Lua driver: the notify framework, push_notification
 # on it, mail_lua (the Lua storage API) and the driver itself.
 PUSH_PLUGINS = " notify push_notification mail_lua push_notification_lua"
@@ -568,6 +595,13 @@ class Dovecot:
     implicit TLS on imaps_port with cert/key (made here when not given).
     extra_conf: text appended to the generated dovecot.conf (e.g.
     "imap_capability = +XFOOBAR").
+    oauth2_url: None (the default: PLAIN and LOGIN only), or the URL of an
+    RFC 7662 token introspection endpoint (http://127.0.0.1:PORT/...): then
+    Dovecot also offers XOAUTH2 and OAUTHBEARER, checked by a passdb with
+    driver = oauth2 (DIR/dovecot-oauth2.conf.ext, see OAUTH2_CONF) that
+    POSTs token=TOKEN to the URL and wants {"active": true, "username":
+    USER} back, USER the name the client gave; oauth2_conf adds lines to
+    that file.
     push_lua: None (the default: no push notifications), or a dict of
     plugin settings ({"imapmux_redis": "127.0.0.1:PORT", "imapmux_prefix":
     ...}) for deploy/dovecot/imapmux-push.lua, which is then loaded as the
@@ -576,8 +610,11 @@ class Dovecot:
 
     def __init__(self, users, port=None, tls=False, cert=None, key=None, imaps_port=None,
                  master_user=MASTER_USER, master_password="lab-master-secret",
-                 directory=None, name="dovecot", extra_conf="", push_lua=None):
+                 directory=None, name="dovecot", extra_conf="", push_lua=None,
+                 oauth2_url=None, oauth2_conf=""):
         self.users = dict(users)
+        self.oauth2_url = oauth2_url
+        self.oauth2_conf = oauth2_conf
         self.extra_conf = extra_conf
         self.push_lua = push_lua
         self.port = port or free_port()
@@ -637,13 +674,28 @@ class Dovecot:
         if self.tls:
             ssl_settings = ("ssl_cert = <%s\nssl_key = <%s\nssl_min_protocol = TLSv1.2\n"
                             % (self.cert, self.key))
+        oauth_mechs = oauth_passdb = users_mechs = ""
+        if self.oauth2_url:
+            if "\n" in self.oauth2_url:
+                raise LabError("bad oauth2_url %r" % self.oauth2_url)
+            oauth2_path = os.path.join(self.dir, "dovecot-oauth2.conf.ext")
+            text = OAUTH2_CONF.format(url=self.oauth2_url)
+            if self.oauth2_conf:
+                text += self.oauth2_conf.rstrip("\n") + "\n"
+            self._write(oauth2_path, text)
+            oauth_mechs = " xoauth2 oauthbearer"
+            oauth_passdb = OAUTH2_PASSDB.format(path=oauth2_path)
+            # A token is no password: a refused one is not tried on the
+            # users' file (whose passdb would otherwise follow).
+            users_mechs = "\n  mechanisms = plain login"
         login_user = "dovenull" if _user_exists("dovenull") else "nobody"
         internal_user = "dovecot" if _user_exists("dovecot") else "nobody"
         conf = _DOVECOT_CONF.format(
             dir=self.dir, instance="imapmux-lab-%d" % self.port, port=self.port,
             imaps_port=self.imaps_port if self.tls else 0, ssl="yes" if self.tls else "no",
             ssl_settings=ssl_settings, uid=uid, gid=gid, login_user=login_user,
-            internal_user=internal_user,
+            internal_user=internal_user, oauth_mechs=oauth_mechs, oauth_passdb=oauth_passdb,
+            users_mechs=users_mechs,
             push_plugins=PUSH_PLUGINS if self.push_lua is not None else "")
         if self.push_lua is not None:
             conf += push_lua_conf(self.push_lua)
