@@ -2,7 +2,7 @@
 OAUTHBEARER (RFC 7628) at a real Dovecot 2.3 whose `passdb { driver = oauth2 }`
 checks each token at the introspection endpoint of conftest_oauth (nothing
 of Dovecot's is mocked: the endpoint only says which tokens are active), first
-directly, then through imapmux with `oauth = yes` (xfail until that is merged).
+directly, then through imapmux with `oauth = yes`.
 
 What Dovecot 2.3.19 sends, byte for byte (the proxy relays or handles these):
 
@@ -215,7 +215,6 @@ def test_plain_login_still_works_and_token_is_no_password(direct, oauth_server):
 # ---------------------------------------------------------------------------
 # through imapmux (oauth = yes, auth = backend): what the lead is building
 
-xfail_mux = pytest.mark.xfail(reason="imapmux OAuth pass-through not merged yet", strict=False)
 
 
 @pytest.fixture
@@ -239,7 +238,6 @@ def via(oauth_mux, ca_ctx):
         c.close()
 
 
-@xfail_mux
 def test_mux_greeting_lists_oauth_mechanisms(via):
     c, g = via()
     caps = imapc.caps_of(g)
@@ -249,7 +247,6 @@ def test_mux_greeting_lists_oauth_mechanisms(via):
     assert {"AUTH=XOAUTH2", "AUTH=OAUTHBEARER"} <= imapc.caps_of(untagged[0])
 
 
-@xfail_mux
 def test_mux_xoauth2_good_token_then_select(via, oauth_dovecot, oauth_server):
     since = len(oauth_dovecot.log_text())
     c, _ = via()
@@ -262,7 +259,6 @@ def test_mux_xoauth2_good_token_then_select(via, oauth_dovecot, oauth_server):
     assert t.startswith(b"s OK"), t
 
 
-@xfail_mux
 def test_mux_xoauth2_bad_token_is_no(via, oauth_server):
     before = oauth_server.count()
     c, _ = via()
@@ -277,7 +273,6 @@ def test_mux_xoauth2_bad_token_is_no(via, oauth_server):
     assert t.startswith(b"g OK"), t
 
 
-@xfail_mux
 def test_mux_oauthbearer_good_token_then_select(via, oauth_dovecot):
     since = len(oauth_dovecot.log_text())
     c, _ = via()
@@ -288,7 +283,6 @@ def test_mux_oauthbearer_good_token_then_select(via, oauth_dovecot):
     assert t.startswith(b"s OK"), t
 
 
-@xfail_mux
 def test_mux_oauthbearer_bad_token_is_no(via):
     c, _ = via()
     c.cmd_send("o", "AUTHENTICATE OAUTHBEARER " + oauthbearer_ir("bob", ALICE_TOKEN))
@@ -296,7 +290,6 @@ def test_mux_oauthbearer_bad_token_is_no(via):
     assert line.startswith(b"o NO [AUTHENTICATIONFAILED]"), line
 
 
-@xfail_mux
 def test_mux_xoauth2_without_initial_response(via):
     c, _ = via()
     c.send(b"a AUTHENTICATE XOAUTH2\r\n")
@@ -309,7 +302,6 @@ def test_mux_xoauth2_without_initial_response(via):
     assert t.startswith(b"s OK"), t
 
 
-@xfail_mux
 def test_mux_oauthbearer_without_user_is_no(via, oauth_server):
     # No a= in the GS2 header: imapmux has no user to route by.
     c, _ = via()
@@ -320,7 +312,6 @@ def test_mux_oauthbearer_without_user_is_no(via, oauth_server):
     assert t.startswith(b"g OK"), t
 
 
-@xfail_mux
 def test_mux_cancel_is_bad(via):
     c, _ = via()
     c.send(b"x AUTHENTICATE XOAUTH2\r\n")
