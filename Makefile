@@ -86,6 +86,8 @@ UNIT_OBJS_compress := proxy/conn.o
 UNIT_LIBS_compress := -lssl -lcrypto -lz
 # TLS 1.3 records sealed and opened here against OpenSSL's own client.
 UNIT_LIBS_tls13 := -lssl -lcrypto
+# Ticket keys by epoch, and a TLS 1.3 resumption through their callback.
+UNIT_LIBS_tktkeys := -lssl -lcrypto
 # Watchers shared by two hand-built workers through their mailboxes, against a fake backend.
 UNIT_OBJS_watch_box := proxy/watch.o proxy/pool.o proxy/backend.o proxy/backend_login.o proxy/cmdq.o \
                        proxy/conn.o proxy/reaper.o proxy/runtime.o
