@@ -431,6 +431,8 @@ static int parse_user_fmt(struct bench *b, const char *fmt)
 	if (strlen(fmt) >= sizeof(b->user_fmt) - 1)
 		return bad("-u: too long");
 	snprintf(b->user_fmt, sizeof(b->user_fmt), "%s", fmt);
+	b->user_has_d = b->user_zero = b->user_width = 0;
+	b->user_prefix = b->user_suffix = NULL;
 	for (const char *p = fmt; *p; p++) {
 		if (*p != '%')
 			continue;
