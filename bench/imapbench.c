@@ -96,8 +96,7 @@ int bench_op_begin(struct ib_conn *c)
 			b->started++;
 	}
 	if (!ok) {
-		c->waiting = 1;
-		bench_check_barrier(b);
+		bench_loop_set(c, IB_LOOP_WAITING);
 		return 0;
 	}
 	c->in_op = 1;
@@ -116,42 +115,45 @@ void bench_op_done(struct ib_conn *c)
 	}
 }
 
-void bench_conn_gone(struct ib_conn *c)
-{
-	(void)c;
-	bench_check_barrier(c->b);
-}
-
-/* Every loop waiting, gone or finished? Then the phase moves on, from an
+/* Every loop waiting, dead or finished? Then the phase moves on, from an
  * idle watcher (the loops are resumed outside their own callbacks). */
-void bench_check_barrier(struct bench *b)
+static void check_barrier(struct bench *b)
 {
-	unsigned n = 0;
-	for (unsigned i = 0; i < b->concurrency; i++) {
-		struct ib_conn *c = &b->conns[i];
-		if (c->dead || c->finished || (c->waiting && b->phase != IB_PH_END))
-			n++;
-	}
+	unsigned n = b->loops_in[IB_LOOP_DEAD] + b->loops_in[IB_LOOP_FINISHED];
+	if (b->phase != IB_PH_END)
+		n += b->loops_in[IB_LOOP_WAITING];
 	if (n == b->concurrency)
 		ev_idle_start(b->loop, &b->advance);
+}
+
+void bench_loop_set(struct ib_conn *c, enum ib_loop st)
+{
+	struct bench *b = c->b;
+	if (c->loop_state == st)
+		return;
+	b->loops_in[c->loop_state]--;
+	b->loops_in[st]++;
+	c->loop_state = st;
+	if (st != IB_LOOP_RUNNING)
+		check_barrier(b);
+}
+
+/* The loops still in the run (waiting, or at the end also running) go on. */
+static void resume_loops(struct bench *b)
+{
+	for (unsigned i = 0; i < b->concurrency; i++) {
+		struct ib_conn *c = &b->conns[i];
+		if (c->loop_state != IB_LOOP_WAITING && c->loop_state != IB_LOOP_RUNNING)
+			continue;
+		bench_loop_set(c, IB_LOOP_RUNNING);
+		b->mode->resume(c);
+	}
 }
 
 static void split_quota(struct bench *b, unsigned total)
 {
 	for (unsigned i = 0; i < b->concurrency; i++)
 		b->conns[i].quota = total / b->concurrency + (i < total % b->concurrency ? 1 : 0);
-}
-
-static void begin_end(struct bench *b)
-{
-	b->phase = IB_PH_END;
-	for (unsigned i = 0; i < b->concurrency; i++) {
-		struct ib_conn *c = &b->conns[i];
-		if (c->dead || c->finished)
-			continue;
-		c->waiting = 0;
-		b->mode->resume(c);
-	}
 }
 
 static void advance_cb(struct ev_loop *loop, ev_idle *w, int revents)
@@ -168,21 +170,16 @@ static void advance_cb(struct ev_loop *loop, ev_idle *w, int revents)
 		fprintf(stderr, "imapbench: %s: measuring\n", b->mode->name);
 		cpu_sample(b, &b->cpu0);
 		b->t_start = ib_now();
-		for (unsigned i = 0; i < b->concurrency; i++) {
-			struct ib_conn *c = &b->conns[i];
-			if (c->dead || c->finished)
-				continue;
-			c->waiting = 0;
-			b->mode->resume(c);
-		}
-		bench_check_barrier(b); /* all gone already, or nothing to do */
+		resume_loops(b);
+		check_barrier(b); /* all dead already, or nothing to do */
 		return;
 	}
 	if (b->phase == IB_PH_MEASURE) {
 		b->t_end = ib_now();
 		cpu_sample(b, &b->cpu1);
-		begin_end(b);
-		bench_check_barrier(b);
+		b->phase = IB_PH_END;
+		resume_loops(b);
+		check_barrier(b);
 		return;
 	}
 	ev_break(loop, EVBREAK_ALL); /* END: every loop finished or gone */
@@ -783,6 +780,7 @@ int main(int argc, char **argv)
 	ev_timer_start(b->loop, &b->limit);
 	b->phase = IB_PH_WARMUP;
 	b->target = b->warmup;
+	b->loops_in[IB_LOOP_RUNNING] = b->concurrency;
 	for (unsigned i = 0; i < b->concurrency; i++) {
 		conn_init(&b->conns[i], b, i);
 		make_user(b, i, b->conns[i].user, sizeof(b->conns[i].user));

@@ -56,6 +56,15 @@ enum ib_net {
 /* Tagged completion status. */
 enum ib_status { IB_OK, IB_NO, IB_BAD, IB_OTHER };
 
+/* Where a loop is in the run (bench_loop_set() is the one way to move it). */
+enum ib_loop {
+	IB_LOOP_RUNNING,  /* doing its operations (or setting up) */
+	IB_LOOP_WAITING,  /* its share of this phase done: waits for the next phase */
+	IB_LOOP_DEAD,     /* gave up after a failure (modes that do not reconnect) */
+	IB_LOOP_FINISHED, /* logged out at the end: done for the run */
+	IB_LOOP_COUNT
+};
+
 struct ib_conn;
 
 /* A mode's handlers; every one may call conn_fail() or conn_close(). */
@@ -128,14 +137,12 @@ struct ib_conn {
 	/* the command in flight */
 	char tag[16];
 	unsigned tagno;
-	int step;       /* the mode's step */
-	double t_op;    /* operation start (CLOCK_MONOTONIC seconds) */
-	double t_cmd;   /* command sent */
-	int op_phase;   /* the phase the operation started in */
-	int in_op;      /* an operation is under way */
-	int waiting;    /* waits for the phase to change */
-	int dead;       /* gave up (modes that do not reconnect) */
-	int finished;   /* done for the run (logged out) */
+	int step;     /* the mode's step */
+	double t_op;  /* operation start (CLOCK_MONOTONIC seconds) */
+	double t_cmd; /* command sent */
+	int op_phase; /* the phase the operation started in */
+	int in_op;    /* an operation is under way */
+	enum ib_loop loop_state;
 	unsigned quota; /* latency: operations left in this phase */
 
 	/* mode data */
@@ -197,11 +204,12 @@ struct bench {
 
 	/* the run */
 	enum ib_phase phase;
-	unsigned started;    /* shared counter: operations begun in this phase */
-	unsigned target;     /* operations this phase */
-	ev_idle advance;     /* moves to the next phase outside any callback chain */
-	ev_timer limit;      /* -t */
-	ev_timer idle_timer; /* idle: settle, then hold */
+	unsigned started;                 /* shared counter: operations begun in this phase */
+	unsigned target;                  /* operations this phase */
+	unsigned loops_in[IB_LOOP_COUNT]; /* how many loops are in each ib_loop */
+	ev_idle advance;                  /* moves to the next phase outside any callback chain */
+	ev_timer limit;                   /* -t */
+	ev_timer idle_timer;              /* idle: settle, then hold */
 	int idle_stage;
 	int stopped_by_time;
 	double t_start, t_end;
@@ -233,10 +241,10 @@ void bench_error(struct bench *b, const char *fmt, ...) __attribute__((format(pr
 int bench_op_begin(struct ib_conn *c);
 /* c's operation completed (counted when it began in the measured phase). */
 void bench_op_done(struct ib_conn *c);
-/* c gave up for the run / finished its LOGOUT: the barrier may be reached. */
-void bench_conn_gone(struct ib_conn *c);
-/* Re-check the barrier (idle mode: a session reached IDLE). */
-void bench_check_barrier(struct bench *b);
+/* Move loop c to state st. When every loop is waiting, dead or finished
+ * (at the end: dead or finished), the run moves to its next phase, from the
+ * event loop; waiting loops are then resumed (mode->resume). */
+void bench_loop_set(struct ib_conn *c, enum ib_loop st);
 void bench_lat_add(struct bench *b, double us);
 
 /* ---- imapbench_net.c: a connection ---- */

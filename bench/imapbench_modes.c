@@ -79,8 +79,7 @@ static void send_logout(struct ib_conn *c)
 static void finish(struct ib_conn *c)
 {
 	conn_close(c);
-	c->finished = 1;
-	bench_conn_gone(c);
+	bench_loop_set(c, IB_LOOP_FINISHED);
 }
 
 /* At the end: a connected loop logs out, an unconnected one is done. */
@@ -478,8 +477,8 @@ static void idle_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	b->idle_stage = 3;
 	/* The measured phase ends: every idling loop waits for the change. */
 	for (unsigned i = 0; i < b->concurrency; i++)
-		b->conns[i].waiting = 1;
-	bench_check_barrier(b);
+		if (b->conns[i].loop_state == IB_LOOP_RUNNING)
+			bench_loop_set(&b->conns[i], IB_LOOP_WAITING);
 }
 
 static void idle_untagged(struct ib_conn *c, const char *s, size_t len)
@@ -501,8 +500,7 @@ static void idle_cont(struct ib_conn *c, const char *s, size_t len)
 	}
 	c->idling = 1;
 	c->b->ops++;
-	c->waiting = 1;
-	bench_check_barrier(c->b);
+	bench_loop_set(c, IB_LOOP_WAITING);
 }
 
 static void idle_tagged(struct ib_conn *c, enum ib_status st, const char *s, size_t len)
@@ -522,7 +520,6 @@ static void idle_resume(struct ib_conn *c)
 	if (b->phase == IB_PH_MEASURE) {
 		/* Every session idles: settle, sample, hold, sample (the first
 		 * loop resumed starts the timer for all). */
-		c->waiting = 0;
 		if (b->idle_stage == 0) {
 			b->idle_stage = 1;
 			ev_timer_init(&b->idle_timer, idle_timer_cb, b->settle, 0.);

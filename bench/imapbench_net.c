@@ -98,8 +98,7 @@ void conn_fail(struct ib_conn *c, const char *fmt, ...)
 		conn_kick(c); /* the loop's next operation, from the event loop */
 		return;
 	}
-	c->dead = 1;
-	bench_conn_gone(c);
+	bench_loop_set(c, IB_LOOP_DEAD);
 }
 
 static void kick_cb(struct ev_loop *loop, ev_timer *w, int revents)
