@@ -2,8 +2,8 @@
  * imapbench: an IMAP load generator in C, for side-by-side benchmarks
  * (bench/versus.py runs it against Dovecot, nginx's mail proxy, imapmux).
  *
- *   bench/imapbench MODE [options]     (usage() below; the contract with
- *                                       versus.py is in BENCHMARKS.md)
+ *   bench/imapbench MODE [options]     (usage() below; BENCHMARKS.md
+ *                                       describes the options and the JSON)
  *
  * One libev loop, -c loops (struct ib_conn) each a small state machine
  * (imapbench_modes.c) over a non-blocking connection (imapbench_net.c).
