@@ -150,6 +150,7 @@ struct ib_conn {
 	uint64_t uid;      /* bulk fetch: the message; latency fetch: the UID */
 	uint64_t uid_size; /* bulk fetch: its RFC822.SIZE */
 	int literal_plus;  /* the server offers LITERAL+ */
+	char bye[128];     /* the server's "* BYE" line, if it sent one */
 	int idling;        /* idle: got "+ idling" */
 	int mix_state;     /* mix: index into the state list */
 	int mix_cmd;       /* mix: the command in flight */

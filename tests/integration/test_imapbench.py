@@ -132,6 +132,15 @@ def test_logins_starttls_and_plain(dovecot):
     assert res["ops"] == 3 and res["tls"] == "none"
 
 
+def test_ca_checks_the_certificate(dovecot, cert, other_cert):
+    """--ca: the lab's certificate (SAN 127.0.0.1) passes; a CA that did not
+    sign it fails the handshake."""
+    res = ok("logins", *common(dovecot, "-n", 2, "--ca", cert))
+    assert res["ops"] == 2
+    rc, res, err = run("logins", *common(dovecot, "-n", 2, "--ca", other_cert))
+    assert rc == 1 and "certificate verify failed" in res["first_error"], (res, err)
+
+
 def test_wrong_password_fails_loudly(dovecot):
     rc, res, err = run("logins", "-p", dovecot.imaps_port, "-w", "not-the-password", "-n", 3,
                        "-t", 20)
@@ -152,7 +161,8 @@ def test_closed_port_fails_loudly():
 def test_usage_errors_exit_2():
     for args in ([], ["logins"], ["nosuchmode", "-p", "1"], ["logins", "-p", "0"],
                  ["bulk", "-p", "1"], ["bulk", "-p", "1", "--fetch", "--append", "1000"],
-                 ["logins", "-p", "1", "-u", "u%d%d"], ["latency", "-p", "1", "--resume"]):
+                 ["logins", "-p", "1", "-u", "u%d%d"], ["latency", "-p", "1", "--resume"],
+                 ["logins", "-p", "1", "--pid", "999999999"]):
         rc, res, err = run(*args, timeout=10)
         assert rc == 2 and res is None, (args, rc, err)
 
