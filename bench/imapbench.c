@@ -786,6 +786,11 @@ int main(int argc, char **argv)
 	b->loops_in[IB_LOOP_RUNNING] = b->concurrency;
 	for (unsigned i = 0; i < b->concurrency; i++) {
 		conn_init(&b->conns[i], b, i);
+		if (b->conns[i].rbuf == NULL) {
+			fprintf(stderr, "imapbench: out of memory for %u connections\n",
+			        b->concurrency);
+			return 2;
+		}
 		make_user(b, i, b->conns[i].user, sizeof(b->conns[i].user));
 	}
 	if (b->mode_id == IB_LATENCY)

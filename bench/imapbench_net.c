@@ -4,7 +4,7 @@
  *   CLOSED -> CONNECTING -> [HANDSHAKE] -> GREETING -> [STARTTLS -> HANDSHAKE
  *   -> (greeted)] -> OPEN ... -> CLOSED
  *
- * Reading: bytes go into c->rbuf (IB_RBUF_SIZE, so a bulk read takes 64 KB+
+ * Reading: bytes go into c->rbuf (IB_RBUF_BULK, so a bulk read takes 64 KB+
  * at once on a plain socket; OpenSSL hands out one 16 KB record per
  * SSL_read). The buffer is cut into lines at LF; a line that ends in "{n}"
  * announces a literal of n bytes: those are counted (c->lit_got) and
@@ -122,7 +122,8 @@ void conn_init(struct ib_conn *c, struct bench *b, unsigned idx)
 	c->b = b;
 	c->idx = idx;
 	c->fd = -1;
-	c->rbuf = malloc(IB_RBUF_SIZE);
+	c->rcap = b->mode_id == IB_BULK ? IB_RBUF_BULK : IB_RBUF_SMALL;
+	c->rbuf = malloc(c->rcap);
 	ev_init(&c->io, io_cb);
 	c->io.data = c;
 	ev_timer_init(&c->kick, kick_cb, 0., 0.);
@@ -163,10 +164,15 @@ int net_setup(struct bench *b)
 	SSL_CTX_set_min_proto_version(b->ctx, TLS1_2_VERSION);
 	SSL_CTX_set_mode(b->ctx,
 	                 SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-	/* Bulk reads: OpenSSL reads up to 64 KB from the socket at once and
-	 * hands out its records from that, fewer read(2)s per MB. */
-	SSL_CTX_set_read_ahead(b->ctx, 1);
-	SSL_CTX_set_default_read_buffer_len(b->ctx, 64 * 1024);
+	if (b->mode_id == IB_BULK) {
+		/* Bulk reads: OpenSSL reads up to 64 KB from the socket at once
+		 * and hands out its records from that: fewer read(2)s per MB. */
+		SSL_CTX_set_read_ahead(b->ctx, 1);
+		SSL_CTX_set_default_read_buffer_len(b->ctx, 64 * 1024);
+	}
+	if (b->mode_id == IB_IDLE)
+		/* Thousands of quiet sessions: OpenSSL's buffers only while in use. */
+		SSL_CTX_set_mode(b->ctx, SSL_MODE_RELEASE_BUFFERS);
 	if (b->ca != NULL) {
 		if (SSL_CTX_load_verify_locations(b->ctx, b->ca, NULL) != 1) {
 			fprintf(stderr, "imapbench: cannot load --ca %s\n", b->ca);
@@ -546,8 +552,8 @@ static int process(struct ib_conn *c)
 		memmove(c->rbuf, c->rbuf + pos, c->rlen - pos);
 		c->rlen -= pos;
 	}
-	if (c->rlen == IB_RBUF_SIZE) {
-		conn_fail(c, "response line longer than %d bytes", IB_RBUF_SIZE);
+	if (c->rlen == c->rcap) {
+		conn_fail(c, "response line longer than %zu bytes", c->rcap);
 		return -1;
 	}
 	return 0;
@@ -559,7 +565,7 @@ static void do_read(struct ib_conn *c)
 {
 	unsigned gen = c->gen;
 	for (int i = 0; i < 64; i++) {
-		size_t room = IB_RBUF_SIZE - c->rlen;
+		size_t room = c->rcap - c->rlen;
 		ssize_t n;
 		if (c->ssl != NULL) {
 			ERR_clear_error();
