@@ -443,7 +443,8 @@ static void on_line(struct ib_conn *c, const char *s, size_t len)
 {
 	const struct ib_mode *m = c->b->mode;
 	if (c->net == IB_NET_GREETING) {
-		if (len >= 4 && (memcmp(s, "* OK", 4) == 0 || memcmp(s, "* PREAUTH", 9) == 0)) {
+		if ((len >= 4 && memcmp(s, "* OK", 4) == 0) ||
+		    (len >= 9 && memcmp(s, "* PREAUTH", 9) == 0)) {
 			note_caps(c, s, len);
 			if (c->b->tls == IB_TLS_STARTTLS && c->ssl == NULL) {
 				c->net = IB_NET_STARTTLS;
