@@ -18,7 +18,8 @@ import time
 import pytest
 
 import lab
-from conftest import MASTER_PASSWORD, REPO, proc_status_kib, scrape_metrics, socks_to, wait_until
+from conftest import (MASTER_PASSWORD, REPO, backend_section, proc_status_kib, scrape_metrics,
+                      socks_to, wait_until)
 
 IMAPBENCH = os.path.join(REPO, "bench", "imapbench")
 PASSWORD = "bench-Pw-77"
@@ -274,11 +275,12 @@ def test_bulk_append_grows_the_mailbox(dovecot, make_mux):
 def test_idle_through_imapmux_samples_rss_and_backend_conns(make_mux, dovecot):
     """imapmux (parking off by default) holds backend connections for the
     idle sessions; imapbench's count is compared with the test's own from
-    /proc, taken while imapbench holds (--hold 3) after its first sample."""
-    m = make_mux()
+    /proc, taken while imapbench holds (--hold 3) after its first sample.
+    No health checks (check_interval = 0): nothing else connects meanwhile."""
+    m = make_mux(backends=[("a", backend_section(dovecot, check_interval=0))])
     pid = m.proc.pid
     p = subprocess.Popen([IMAPBENCH, "idle", "-p", str(m.imaps_port), "-w", PASSWORD,
-                          "-U", "4", "-c", "6", "--settle", "0.5", "--hold", "3",
+                          "-U", "4", "-c", "6", "--settle", "1", "--hold", "3",
                           "--pid", str(pid), "--backend-port", str(dovecot.port), "-t", "20"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
