@@ -29,6 +29,11 @@ SMALL = (b"From: a@localhost\r\nTo: b@localhost\r\nSubject: small\r\n"
          b"Message-ID: <small@imapbench.test>\r\n\r\nhello\r\n")
 BIG_LINES = 20000
 BIG = (b"From: a@localhost\r\nSubject: big\r\n\r\n" + (b"x" * 78 + b"\r\n") * BIG_LINES)
+# bench01's UID 2: literal bytes that look like IMAP lines (a tagged OK of
+# imapbench's tags, a literal announcement), which the reader must count,
+# never parse.
+MEDIUM = (b"From: a@localhost\r\nSubject: medium\r\n\r\n"
+          + b"b5 OK fake\r\n* 1 FETCH (BODY[] {99}\r\n+ go on\r\n" * 400)
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +44,7 @@ def dovecot(cert, key):
     for u in USERS:
         d.append(u, SMALL)      # UID 1: the latency mode's small message
     d.append("bench00", BIG)    # UID 2: the biggest, bulk --fetch's
+    d.append("bench01", MEDIUM)  # UID 2
     yield d
     d.cleanup()
 
@@ -267,6 +273,91 @@ def test_bulk_append_grows_the_mailbox(dovecot, make_mux):
              "-t", 20, "-n", 3, "--warmup", 0)
     assert res["bytes"] == 3000
     assert sizes()[len(after):] == [1000] * 3
+
+
+class Splitter:
+    """A TCP relay on loopback in front of Dovecot's plain port that hands
+    the server's bytes to the client in random pieces of 1..40 bytes (with a
+    short pause now and then, so that the client reads them one by one):
+    the reader's lines and literals must come out right wherever a read
+    ends. One connection at a time; every loop bounded by its sockets."""
+
+    def __init__(self, port, seed=7):
+        import random
+        import socket
+        import threading
+        self.port, self.rnd = port, random.Random(seed)
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(8)
+        self.ls.settimeout(20)
+        self.listen_port = self.ls.getsockname()[1]
+        self.threads = []
+        self.t = threading.Thread(target=self.serve, daemon=True)
+        self.t.start()
+
+    def serve(self):
+        import socket
+        import threading
+        while True:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=20)
+            for sock in (c, s):
+                sock.settimeout(20)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for a, b, split in ((c, s, False), (s, c, True)):
+                t = threading.Thread(target=self.pump, args=(a, b, split), daemon=True)
+                t.start()
+                self.threads.append(t)
+
+    def pump(self, src, dst, split):
+        import socket
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                while data and split:
+                    k = self.rnd.randint(1, 40)
+                    dst.sendall(data[:k])
+                    data = data[k:]
+                    if self.rnd.random() < 0.05:
+                        time.sleep(0.0005)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.ls.close()
+        for t in self.threads:
+            t.join(timeout=5)
+
+
+def test_reader_survives_any_split(dovecot):
+    """Through the splitting relay: bulk --fetch counts a literal full of
+    fake IMAP lines exactly, latency --cmd fetch sees its one literal, and
+    logins and mix parse every response, all with zero errors."""
+    sp = Splitter(dovecot.port)
+    try:
+        plain = ["-p", sp.listen_port, "-T", "none", "-w", PASSWORD, "-t", 20]
+        res = ok("bulk", "--fetch", *plain, "-u", "bench01", "-n", 2)
+        assert res["bytes"] == 2 * len(MEDIUM), (res["bytes"], len(MEDIUM))
+        res = ok("latency", *plain, "-u", "bench01", "-n", 5, "--cmd", "fetch")
+        assert res["ops"] == 5
+        res = ok("logins", *plain, "-u", "bench02", "-n", 3)
+        assert res["ops"] == 3
+        res = ok("mix", *plain, "-u", "mixer%d", "-U", 2, "-n", 2, "--warmup", 0)
+        assert res["ops"] == 2
+    finally:
+        sp.close()
 
 
 # ---------------------------------------------------------------------------
