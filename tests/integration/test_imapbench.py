@@ -11,8 +11,11 @@ here, so make_mux's imapmux fronts it) with the users bench00..bench03."""
 
 import json
 import os
+import random
 import re
+import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -177,7 +180,6 @@ def test_usage_errors_exit_2():
 def test_time_limit_stops_the_run(dovecot):
     """A server that never answers (a listener nobody accepts on): the run
     stops by itself at -t and says so; nothing completed is an error."""
-    import socket
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     s.listen(16)
@@ -283,9 +285,6 @@ class Splitter:
     ends. One connection at a time; every loop bounded by its sockets."""
 
     def __init__(self, port, seed=7):
-        import random
-        import socket
-        import threading
         self.port, self.rnd = port, random.Random(seed)
         self.ls = socket.socket()
         self.ls.bind(("127.0.0.1", 0))
@@ -297,8 +296,6 @@ class Splitter:
         self.t.start()
 
     def serve(self):
-        import socket
-        import threading
         while True:
             try:
                 c, _ = self.ls.accept()
@@ -314,7 +311,6 @@ class Splitter:
                 self.threads.append(t)
 
     def pump(self, src, dst, split):
-        import socket
         try:
             while True:
                 data = src.recv(65536)
