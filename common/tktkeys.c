@@ -217,7 +217,10 @@ static int ticket_cb(SSL *ssl, unsigned char *name, unsigned char *iv, EVP_CIPHE
 		        ? 1
 		        : -1;
 	} else {
-		r = tktkeys_open_key(k, time(NULL), name, key);
+		/* Always 2 when opened: OpenSSL sends a resumed connection a new
+		 * ticket only when asked to renew, and a client should not offer
+		 * one ticket twice (RFC 8446 C.4: it links its connections). */
+		r = tktkeys_open_key(k, time(NULL), name, key) > 0 ? 2 : 0;
 		if (r > 0 &&
 		    (EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, TKT_AES(key), iv) != 1 ||
 		     set_hmac(hctx, TKT_HMAC(key)) < 0))

@@ -8,8 +8,9 @@
  *   epoch(now) = now / lifetime
  *   seal: with the key of epoch E = epoch(now)
  *   open: a ticket sealed with the key of E-1, E or E+1 (an instance whose
- *         clock runs a little ahead); one opened with any key but E's is
- *         replaced by a new ticket. Other keys are forgotten.
+ *         clock runs a little ahead). Other keys are forgotten. Every
+ *         resumed connection gets a new ticket (sealed with E's key), so a
+ *         client need never offer one ticket twice.
  *
  * A ticket's own validity is the session timeout it carries (= lifetime,
  * checked by OpenSSL), so a key seals for one epoch and opens for at most

@@ -182,6 +182,7 @@ static void test_resumption(void **state)
 	SSL_CTX *sctx = SSL_CTX_new(TLS_server_method()), *cctx = SSL_CTX_new(TLS_client_method());
 	SSL_CTX *other = SSL_CTX_new(TLS_server_method());
 	SSL_SESSION *s1, *s2, *s3, *s4;
+	unsigned long sealed;
 	int reused;
 
 	(void)state;
@@ -202,14 +203,20 @@ static void test_resumption(void **state)
 	assert_non_null(s1);
 	assert_true(SSL_SESSION_has_ticket(s1));
 	assert_int_equal(SSL_SESSION_get_ticket_lifetime_hint(s1), 3600);
+	sealed = k.sealed;
 	s2 = connect_once(cctx, sctx, s1, &reused);
 	assert_true(reused);
+	/* The resumed connection got a ticket of its own. */
+	assert_int_equal(k.sealed, sealed + 1);
+	assert_true(SSL_SESSION_has_ticket(s2));
+	assert_ptr_not_equal(s2, s1);
 	/* Another session id context (listener): a full handshake. */
 	s3 = connect_once(cctx, other, s2, &reused);
 	assert_false(reused);
 	SSL_SESSION_free(s3);
-	/* The listener's context is checked before the ticket is opened. */
-	assert_int_equal(k.opened, 1);
+	/* The ticket opened (same keys), and OpenSSL refused its session for
+	 * this listener. */
+	assert_int_equal(k.opened, 2);
 	assert_int_equal(k.unknown, 0);
 	/* Keys forgotten (a new lifetime): the ticket names an unknown key, a
 	 * full handshake. */
@@ -217,7 +224,7 @@ static void test_resumption(void **state)
 	tktkeys_set_lifetime(&k, 7200);
 	s3 = connect_once(cctx, sctx, s4, &reused);
 	assert_false(reused);
-	assert_int_equal(k.opened, 1);
+	assert_int_equal(k.opened, 2);
 	assert_int_equal(k.unknown, 1);
 	SSL_SESSION_free(s4);
 
