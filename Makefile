@@ -94,6 +94,9 @@ UNIT_LIBS_pool_acct := -lssl -lcrypto -lz
 # COMPRESS=DEFLATE in the conn layer, over a socketpair, zlib as the peer.
 UNIT_OBJS_compress := proxy/conn.o
 UNIT_LIBS_compress := -lssl -lcrypto -lz
+# Bulk bytes written straight from the caller's buffer (conn_write_direct), TLS and plain.
+UNIT_OBJS_conn_direct := proxy/conn.o
+UNIT_LIBS_conn_direct := -lssl -lcrypto -lz
 # TLS 1.3 records sealed and opened here against OpenSSL's own client.
 UNIT_LIBS_tls13 := -lssl -lcrypto
 # Ticket keys by epoch, and a TLS 1.3 resumption through their callback.
