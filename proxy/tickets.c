@@ -51,8 +51,12 @@ static void got_keys(void *arg, const redisReply *rep)
 	w->tickets.req = NULL;
 	if (k == NULL)
 		return;
-	lifetime = tktkeys_lifetime(k);
-	e = tktkeys_epoch(k, now);
+	/* The keys are those of the epochs asked for, whatever the time now;
+	 * and none at all if a reload changed the lifetime meanwhile. */
+	lifetime = w->tickets.lifetime;
+	e = w->tickets.epoch;
+	if (lifetime != tktkeys_lifetime(k))
+		rep = NULL;
 	if (rep != NULL && rep->type == REDIS_REPLY_ARRAY && rep->elements == 3) {
 		for (size_t i = 0; i < 3; i++) {
 			const redisReply *r = rep->element[i];
@@ -65,7 +69,7 @@ static void got_keys(void *arg, const redisReply *rep)
 				         e - 1 + i, r->len, TKT_KEY_LEN);
 		}
 	}
-	shared = tktkeys_shared(k, e);
+	shared = tktkeys_shared(k, tktkeys_epoch(k, now));
 	if (shared != w->tickets.shared)
 		log_info("tls tickets: keys %s", shared
 		                                     ? "shared through Redis"
@@ -117,6 +121,8 @@ static void round_cb(struct ev_loop *loop, ev_timer *t, int revents)
 		argv[1 + i] = names[i];
 		argvlen[1 + i] = strlen(names[i]);
 	}
+	w->tickets.epoch = e;
+	w->tickets.lifetime = lifetime;
 	w->tickets.req = rds_command(w->rds, got_keys, w, 4, argv, argvlen);
 	if (w->tickets.req == NULL)
 		again(w, RETRY_AFTER);

@@ -95,6 +95,8 @@ struct worker {
 	struct tickets_sync {   /* worker 0: TLS ticket keys through Redis (tickets.c) */
 		ev_timer timer;
 		struct rds_req *req; /* SET, SET, MGET in flight */
+		uint64_t epoch;      /* ... asked at epoch E: the MGET names E-1, E, E+1 */
+		uint64_t lifetime;   /* ... with this lifetime */
 		bool shared;         /* the last round got the current epoch's key */
 	} tickets;
 	struct crypt_port *crypt; /* password checks come back here (auth = redis) */

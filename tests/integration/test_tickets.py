@@ -10,6 +10,7 @@ client): SSLSocket.session_reused says what the server did.
 import socket
 import ssl
 import subprocess
+import time
 
 import pytest
 
@@ -136,12 +137,13 @@ def test_ticket_only_at_its_listener(make_mux, cert, key):
     login(s)
 
 
-def two_instances(make_mux, redis=None):
+def two_instances(make_mux, redis=None, imapmux=None):
     """Two imapmux instances alike (a fleet), with stats ports."""
     out = []
     for _ in range(2):
         port = lab.free_port()
-        m = make_mux(imapmux={"stats_listen": "127.0.0.1:%d" % port}, redis=redis)
+        m = make_mux(imapmux=dict(imapmux or {}, stats_listen="127.0.0.1:%d" % port),
+                     redis=redis)
         m.stats_port = port
         out.append(m)
     return out
@@ -190,3 +192,36 @@ def test_bad_values_refused(make_mux, name, value):
                        timeout=10)
     assert r.returncode != 0, (r.stdout, r.stderr)
     assert ("bad " in r.stderr + r.stdout) and name in r.stderr + r.stdout, r
+
+
+def test_fleet_keys_rotate_in_step(make_mux, cert, redis, prefix):
+    # tls_ticket_lifetime = 2s: the keys change every 2 s; for 6 s, a ticket
+    # fresh from A always resumes at B, whichever epoch it was sealed in,
+    # and Redis holds a key per epoch, each kept 3 lifetimes.
+    a, b = two_instances(make_mux, redis=redis_section(redis, prefix),
+                         imapmux={"tls_ticket_lifetime": "2s"})
+    for m in (a, b):
+        wait_until(lambda m=m: "keys shared through Redis" in m.log_text(), 10,
+                   "imapmux logs that it shares the ticket keys")
+    ctx = client_ctx(cert)
+
+    def epochs():
+        return sorted(int(k.rsplit(":", 1)[1])
+                      for k in redis.command("KEYS", prefix + "ticketkey:2:*"))
+    first = epochs()
+    t_end = time.monotonic() + 6
+    tries = 0
+    while time.monotonic() < t_end:
+        s = connect(b.imaps_port, ctx, session=ticket(a.imaps_port, ctx))
+        assert s.session_reused, "try %d: a ticket from A did not resume at B" % tries
+        login(s)
+        tries += 1
+        time.sleep(0.2)
+    # Keys of new epochs came (older ones expired), one per epoch, each
+    # kept at most 3 lifetimes.
+    last = epochs()
+    assert last[-1] >= first[-1] + 2, (first, last)
+    assert len(last) >= 3 and last == list(range(last[0], last[0] + len(last))), last
+    for k in redis.command("KEYS", prefix + "ticketkey:2:*"):
+        assert 0 < redis.command("TTL", k) <= 6
+    assert tries >= 10
