@@ -144,14 +144,15 @@ def floor_of(samples):
 # running imapbench
 
 class Target:
-    """Where imapbench connects, and the processes whose CPU is measured.
-    rss_pids: the processes that hold the sessions (nginx: its workers)."""
+    """Where imapbench connects, and the processes whose CPU (and, in the
+    idle mode, memory) is measured: pids, the roots of process trees;
+    pgid, the process group they all share (for the RSS before a run)."""
 
-    def __init__(self, name, port, pids, rss_pids=None):
+    def __init__(self, name, port, pids, pgid):
         self.name = name
         self.port = port
         self.pids = list(pids)
-        self.rss_pids = rss_pids
+        self.pgid = pgid
 
 
 class Run:
@@ -173,11 +174,9 @@ class Run:
         return self.left() <= 0
 
     def targets(self):
-        return [Target("direct", self.dv.imaps_port, [self.dv.proc.pid]),
-                Target("nginx", self.nginx.port, [self.nginx.pid],
-                       rss_pids=self.nginx.worker_pids),
-                Target("imapmux", self.mux.ports[0], [self.mux.pid],
-                       rss_pids=lambda: [self.mux.pid])]
+        return [Target("direct", self.dv.imaps_port, [self.dv.proc.pid], self.dv.proc.pgid),
+                Target("nginx", self.nginx.port, [self.nginx.pid], self.nginx.proc.pgid),
+                Target("imapmux", self.mux.ports[0], [self.mux.pid], self.mux.proc.pgid)]
 
 
 def imapbench(run, mode, target, opts, label, pids=None, limit=None):
@@ -349,16 +348,16 @@ def mode_idle(run):
             "--backend-port", str(run.dv.port)] + user_opts()
 
     def one(t, r):
-        # The sessions' memory is where they are held: nginx's workers,
-        # imapmux's one process. Direct: one imap process per session, not
-        # sampled (--pid is Dovecot's master, for the run's CPU only).
-        pids = t.rss_pids() if t.rss_pids else None
-        base = rss_sum(pids) if pids else None
+        # The sessions' memory is that of the whole tree under --pid:
+        # imapmux's one process, nginx's master and its workers, Dovecot's
+        # master and every login and imap process (direct: one imap process
+        # per session; RSS summed, so pages shared between processes count
+        # once in each). The RSS before: the target's process group, the
+        # same processes.
+        base = rss_sum(lab.group_pids(t.pgid))
         limit = a.run_time + a.idle_settle + 60
-        res = imapbench(run, "idle", t, opts, "idle/%s/%d" % (t.name, r), pids=pids,
-                        limit=limit)
+        res = imapbench(run, "idle", t, opts, "idle/%s/%d" % (t.name, r), limit=limit)
         res["rss_base_kb"] = base
-        res["rss_pids"] = pids
         return res
 
     return _mode(run, "idle", run.targets(), one, sessions=a.idle_sessions)
@@ -379,8 +378,8 @@ def mode_workers(run):
                                   run.dv, run.redis, name="imapmux-w1", workers=1,
                                   imapmux_extra=IMAPMUX_EXTRA)
     try:
-        targets = [Target("imapmux-w1", mux1.ports[0], [mux1.pid]),
-                   Target("imapmux-w2", run.mux.ports[0], [run.mux.pid])]
+        targets = [Target("imapmux-w1", mux1.ports[0], [mux1.pid], mux1.proc.pgid),
+                   Target("imapmux-w2", run.mux.ports[0], [run.mux.pid], run.mux.proc.pgid)]
         opts = ["-c", str(a.login_conc), "-n", str(a.logins), "--warmup",
                 str(a.login_warmup)] + user_opts()
         return _mode(run, "workers", targets,
@@ -422,24 +421,26 @@ def metric(res, key):
         v = 100.0 * res["resumed"] / res["ops"] if res.get("ops") and _num(
             res.get("resumed")) else None
     elif key == "rss_total":
-        v = sum(res["rss_kb"]) if res.get("rss_kb") and res.get("rss_pids") else None
+        v = _tree_sum(res, "rss_kb")
     elif key == "rss_per_session":
-        v = None
-        if res.get("rss_kb") and res.get("rss_pids") and res.get("ops") \
-                and _num(res.get("rss_base_kb")):
-            v = (sum(res["rss_kb"]) - res["rss_base_kb"]) / res["ops"]
+        v = _tree_sum(res, "rss_kb")
+        base = res.get("rss_base_kb")
+        v = (v - base) / res["ops"] if v is not None and _num(base) and res.get("ops") else None
     elif key == "backend_total":
-        v = sum(res["backend_conns"]) if res.get("backend_conns") and res.get("rss_pids") \
-            else None
-    elif key == "backend_hold":
-        bc = res.get("backend_conns_hold")
-        v = sum(bc) if bc and res.get("rss_pids") else None
+        v = _tree_sum(res, "backend_conns")
     elif key == "cmds_per_s":
         c = res.get("commands")
         v = sum(c.values()) / res["wall_s"] if c and res.get("wall_s") else None
     else:
         v = res.get(key)
     return v if _num(v) else None
+
+
+def _tree_sum(res, key):
+    """Sum over the --pid trees of an idle sample (imapbench's KEY_tree,
+    falling back to KEY, the --pid processes alone)."""
+    vals = res.get(key + "_tree") or res.get(key)
+    return sum(vals) if vals else None
 
 
 def median_of(results, key):
