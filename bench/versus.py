@@ -376,7 +376,7 @@ def mode_workers(run):
     a = run.args
     mux1, _ = world.start_imapmux(os.path.join(run.tmp, "imapmux-w1"), run.cert, run.key,
                                   run.dv, run.redis, name="imapmux-w1", workers=1,
-                                  imapmux_extra=IMAPMUX_EXTRA)
+                                  imapmux_extra=IMAPMUX_EXTRA, redis_prefix="versus-w1:")
     try:
         targets = [Target("imapmux-w1", mux1.ports[0], [mux1.pid], mux1.proc.pgid),
                    Target("imapmux-w2", run.mux.ports[0], [run.mux.pid], run.mux.proc.pgid)]

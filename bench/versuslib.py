@@ -319,8 +319,9 @@ def start_nginx(directory, cert, key, backend_port, workers=2, sessions=0):
 # imapmux
 
 def imapmux_conf(cert, key, port, dv, redis, workers=2, stats_port=None, imapmux_extra=None,
-                 backend_extra=None):
-    """lab.write_imapmux_conf keywords for the world's imapmux."""
+                 backend_extra=None, redis_prefix="versus:"):
+    """lab.write_imapmux_conf keywords for the world's imapmux (a second
+    instance gets a redis_prefix of its own: not one fleet with the first)."""
     backend = {"address": "127.0.0.1:%d" % dv.port, "tls": "none",
                "master_user": lab.MASTER_USER, "master_password": dv.master_password,
                "reuse_ttl": 300, "check_interval": 0}
@@ -334,7 +335,7 @@ def imapmux_conf(cert, key, port, dv, redis, workers=2, stats_port=None, imapmux
         "imapmux": top,
         "listens": [("imaps", {"address": "127.0.0.1:%d" % port, "tls": "implicit",
                                "cert": cert, "key": key})],
-        "redis": {"address": "127.0.0.1:%d" % redis.port, "prefix": "versus:"},
+        "redis": {"address": "127.0.0.1:%d" % redis.port, "prefix": redis_prefix},
         "routing": {"lookup": "static", "fallback": "a"},
         "backends": [("a", backend)],
     }
