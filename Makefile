@@ -43,7 +43,7 @@ UNIT_BIN   := $(UNIT_SRC:.c=)
 
 CTL_BIN := tools/imapmuxctl
 
-all: proxy/imapmux $(CTL_BIN)
+all: proxy/imapmux $(CTL_BIN) bench/imapbench
 
 %.o: %.c $(wildcard common/*.h proxy/*.h) $(BUILD_STAMP)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c -o $@ $<
@@ -57,6 +57,13 @@ proxy/imapmux: $(PROXY_OBJ) common/libcommon.a
 # The control tool (tools/imapmuxctl.c): the config parser, hiredis.
 $(CTL_BIN): tools/imapmuxctl.c common/libcommon.a $(wildcard common/*.h) $(BUILD_STAMP)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< common/libcommon.a -lhiredis -lcrypt -lm
+
+# The load generator (BENCHMARKS.md "imapbench"): libev and OpenSSL only.
+BENCH_SRC := $(sort $(wildcard bench/*.c))
+BENCH_OBJ := $(BENCH_SRC:.c=.o)
+$(BENCH_OBJ): $(wildcard bench/*.h)
+bench/imapbench: $(BENCH_OBJ)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $(BENCH_OBJ) -lssl -lcrypto -lev -lm
 
 # A unit test needing more than common/ names the objects it links and the
 # libraries those need, for tests/unit/test_<name>.c:
@@ -211,10 +218,12 @@ bench: deps all
 # Pinned: another clang-format version formats some constructs differently.
 CLANG_FORMAT ?= clang-format-14
 lint: deps
-	$(CLANG_FORMAT) --dry-run --Werror common/*.[ch] proxy/*.[ch] tests/unit/*.c tests/fuzz/*.[ch] tools/*.c
+	$(CLANG_FORMAT) --dry-run --Werror common/*.[ch] proxy/*.[ch] tests/unit/*.c tests/fuzz/*.[ch] tools/*.c \
+	    bench/*.[ch]
 
 format: deps
-	$(CLANG_FORMAT) -i common/*.[ch] proxy/*.[ch] tests/unit/*.c tests/fuzz/*.[ch] tools/*.c
+	$(CLANG_FORMAT) -i common/*.[ch] proxy/*.[ch] tests/unit/*.c tests/fuzz/*.[ch] tools/*.c \
+	    bench/*.[ch]
 
 # common/ includes nothing from proxy/, and proxy/ modules (x.c + x.h)
 # include each other without a cycle; tools/layering.py prints what breaks it.
@@ -273,5 +282,6 @@ deb:
 	@ls $(DEB_DIR)/imapmux_*.deb
 
 clean:
-	rm -f common/*.o common/libcommon.a proxy/*.o proxy/imapmux $(CTL_BIN) $(UNIT_BIN) $(BUILD_STAMP)
+	rm -f common/*.o common/libcommon.a proxy/*.o proxy/imapmux $(CTL_BIN) $(UNIT_BIN) $(BUILD_STAMP) \
+	    bench/*.o bench/imapbench
 	rm -rf tests/integration/__pycache__ build/fuzz $(DEB_DIR)
