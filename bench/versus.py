@@ -170,12 +170,32 @@ class Run:
         self.dv = self.redis = self.nginx = self.mux = None
         self.conf_text = ""
         self.calls = 0
+        self.restarts = 0
 
     def left(self):
         return self.deadline - time.monotonic()
 
     def over(self):
         return self.left() <= 0
+
+    def fresh(self, target):
+        """Replace the nginx or imapmux of target by a fresh process (new
+        ports; target is updated in place), so that what sessions cost is
+        not hidden in heap that earlier runs grew and freed."""
+        self.restarts += 1
+        d = os.path.join(self.tmp, "%s-%d" % (target.name, self.restarts))
+        if target.name == "nginx":
+            self.nginx.stop()
+            self.nginx = world.start_nginx(d, self.cert, self.key, self.dv.port,
+                                           sessions=self.args.idle_sessions)
+            p = self.nginx
+        else:
+            self.mux.stop()
+            self.mux, _ = world.start_imapmux(d, self.cert, self.key, self.dv, self.redis,
+                                              workers=2, imapmux_extra=IMAPMUX_EXTRA)
+            p = self.mux
+        target.port = p.port if target.name == "nginx" else p.ports[0]
+        target.pids, target.pgid = [p.pid], p.proc.pgid
 
     def plain(self):
         """Dovecot's plain port without TLS: a reference for latency only."""
@@ -226,14 +246,14 @@ def imapbench(run, mode, target, opts, label, pids=None, limit=None):
     return res
 
 
-def rounds(run, mode, targets, one):
-    """Each target --rounds times, the order rotated every round (A B C,
+def rounds(run, mode, targets, one, n_rounds):
+    """Each target n_rounds times, the order rotated every round (A B C,
     B C A, C A B). one(target, round) runs one measurement. Returns
     {target name: [results]} and whether the deadline cut it short."""
     results = {t.name: [] for t in targets}
     cut = False
     n = len(targets)
-    for r in range(run.args.rounds):
+    for r in range(n_rounds):
         order = targets[r % n:] + targets[:r % n]
         for t in order:
             if run.over():
@@ -272,9 +292,9 @@ def user_opts(users=len(world.USERS)):
 # ---------------------------------------------------------------------------
 # the modes: each returns {"mode", "results": {target: [...]}, "cut", ...}
 
-def _mode(run, mode, targets, one, **extra):
+def _mode(run, mode, targets, one, n_rounds=None, **extra):
     t0 = time.monotonic()
-    results, cut = rounds(run, mode, targets, one)
+    results, cut = rounds(run, mode, targets, one, n_rounds or run.args.rounds)
     out = {"mode": mode, "targets": [t.name for t in targets], "results": results, "cut": cut,
            "mode_s": time.monotonic() - t0}
     out.update(extra)
@@ -324,8 +344,11 @@ def mode_latency(run, cmd):
     opts = ["-c", str(a.lat_conc), "-n", str(a.lat_ops), "--warmup", str(a.lat_warmup),
             "--cmd", cmd] + user_opts()
     name = "latency_" + cmd
+    # Shorter runs, more rounds: a busy moment of the shared machine then
+    # hits one short run of one target, and the median leaves it out.
     return _mode(run, name, run.targets() + [run.plain()],
-                 lambda t, r: imapbench(run, "latency", t, opts, "%s/%s/%d" % (name, t.name, r)))
+                 lambda t, r: imapbench(run, "latency", t, opts, "%s/%s/%d" % (name, t.name, r)),
+                 n_rounds=a.lat_rounds)
 
 
 def mode_bulk_fetch(run):
@@ -390,7 +413,9 @@ def mode_idle(run):
         # master and every login and imap process (direct: one imap process
         # per session; RSS summed, so pages shared between processes count
         # once in each). The RSS before: the target's process group, the
-        # same processes.
+        # same processes, the proxies freshly started.
+        if t.name != "direct":
+            run.fresh(t)
         base = rss_sum(lab.group_pids(t.pgid))
         limit = a.run_time + a.idle_settle + 60
         res = imapbench(run, "idle", t, opts, "idle/%s/%d" % (t.name, r), limit=limit)
@@ -823,7 +848,8 @@ def main(argv):
     ap.add_argument("--logins", type=int, default=1000, help="logins per logins run (-n)")
     ap.add_argument("--login-conc", type=int, default=10, help="login loops at once (-c)")
     ap.add_argument("--login-warmup", type=int, default=50, help="logins before measuring")
-    ap.add_argument("--lat-ops", type=int, default=20000, help="round trips per latency run")
+    ap.add_argument("--lat-ops", type=int, default=8000, help="round trips per latency run")
+    ap.add_argument("--lat-rounds", type=int, default=7, help="rounds of the latency modes")
     ap.add_argument("--lat-conc", type=int, default=1, help="latency connections")
     ap.add_argument("--lat-warmup", type=int, default=500, help="round trips before measuring")
     ap.add_argument("--bulk-ops", type=int, default=20, help="20 MB FETCHes per bulk run")
@@ -847,7 +873,7 @@ def main(argv):
     if bad:
         ap.error("unknown mode %s (modes: %s)" % (", ".join(bad), ", ".join(MODES)))
     if not (1 <= args.rounds <= 20 and 1 <= args.login_conc <= 200 and args.logins >= 1
-            and 1 <= args.lat_conc <= 100 and args.lat_ops >= 1 and args.bulk_ops >= 1
+            and 1 <= args.lat_conc <= 100 and args.lat_ops >= 1 and 1 <= args.lat_rounds <= 50 and args.bulk_ops >= 1
             and args.append_ops >= 1 and 1 <= args.idle_sessions <= 5000
             and 1 <= args.mix_conc <= 200 and args.mix_logins >= 1
             and 5 <= args.run_time <= 600 and 1 <= args.speed_seconds <= 30
