@@ -74,7 +74,7 @@ static void cpu_sample(struct bench *b, struct ib_cpu *out)
 	for (unsigned i = 0; i < b->npids; i++) {
 		out->s[i] = proc_tree_cpu(b->pids[i]);
 		if (out->s[i] < 0) {
-			fprintf(stderr, "imapbench: --pid %d: no such process\n", b->pids[i]);
+			bench_error(b, "--pid %d: the process is gone", b->pids[i]);
 			b->cpu_ok = 0;
 		}
 	}
@@ -671,6 +671,9 @@ static int parse_args(struct bench *b, int argc, char **argv)
 		return bad("unexpected argument: %s", argv[optind]);
 	if (b->port == 0)
 		return bad("-p PORT is required");
+	for (unsigned i = 0; i < b->npids; i++)
+		if (proc_tree_cpu(b->pids[i]) < 0)
+			return bad("--pid %d: no such process", b->pids[i]);
 	if (b->resume && b->mode_id != IB_LOGINS)
 		return bad("--resume: logins mode only");
 	if (b->resume && b->tls == IB_TLS_NONE)
@@ -783,6 +786,11 @@ int main(int argc, char **argv)
 	b->loops_in[IB_LOOP_RUNNING] = b->concurrency;
 	for (unsigned i = 0; i < b->concurrency; i++) {
 		conn_init(&b->conns[i], b, i);
+		if (b->conns[i].rbuf == NULL) {
+			fprintf(stderr, "imapbench: out of memory for %u connections\n",
+			        b->concurrency);
+			return 2;
+		}
 		make_user(b, i, b->conns[i].user, sizeof(b->conns[i].user));
 	}
 	if (b->mode_id == IB_LATENCY)

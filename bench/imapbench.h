@@ -26,10 +26,11 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#define IB_MAX_PIDS  16
-#define IB_RBUF_SIZE (128 * 1024) /* reads of 64 KB+; also the longest line */
-#define IB_WBUF_SIZE 4096         /* one command line (the big literal is not copied) */
-#define IB_ERR_SIZE  256
+#define IB_MAX_PIDS   16
+#define IB_RBUF_BULK  (128 * 1024) /* bulk mode: reads of 64 KB+; also the longest line */
+#define IB_RBUF_SMALL (32 * 1024)  /* the other modes (many connections at once) */
+#define IB_WBUF_SIZE  4096         /* one command line (the big literal is not copied) */
+#define IB_ERR_SIZE   256
 
 enum ib_tls { IB_TLS_IMPLICIT, IB_TLS_STARTTLS, IB_TLS_NONE };
 
@@ -121,7 +122,7 @@ struct ib_conn {
 
 	/* reading: lines, and literals counted but never kept */
 	char *rbuf;
-	size_t rlen;
+	size_t rlen, rcap;
 	uint64_t lit_left;  /* literal bytes still to come */
 	uint64_t lit_size;  /* announced size of the latest literal */
 	uint64_t lit_got;   /* literal bytes received for the command in flight */
@@ -150,6 +151,7 @@ struct ib_conn {
 	uint64_t uid;      /* bulk fetch: the message; latency fetch: the UID */
 	uint64_t uid_size; /* bulk fetch: its RFC822.SIZE */
 	int literal_plus;  /* the server offers LITERAL+ */
+	char bye[128];     /* the server's "* BYE" line, if it sent one */
 	int idling;        /* idle: got "+ idling" */
 	int mix_state;     /* mix: index into the state list */
 	int mix_cmd;       /* mix: the command in flight */
@@ -272,6 +274,7 @@ int net_setup(struct bench *b) __attribute__((warn_unused_result));
  * -1 when pid is gone. */
 double proc_tree_cpu(int pid);
 long proc_rss_kb(int pid);
+/* Sum of VmRSS over the tree (pages shared between processes count in each). */
 long proc_tree_rss_kb(int pid);
 /* ESTABLISHED TCP connections held by pid (tree: and its descendants) to
  * remote port `port` (IPv4 and IPv6). */

@@ -590,6 +590,8 @@ static const struct {
     [IB_MIX_EXPUNGE] = {100, 1, 0}, [IB_MIX_APPEND] = {100, 0, 0}, [IB_MIX_LOGOUT] = {100, 0, 0},
 };
 
+#define MIX_MAX_APPENDS 10
+
 static unsigned rnd(unsigned n)
 {
 	return n ? (unsigned)(random() % n) : 0;
@@ -771,8 +773,11 @@ static void mix_tagged(struct ib_conn *c, enum ib_status st, const char *s, size
 		if (b->phase == IB_PH_MEASURE)
 			b->no_replies++;
 	}
-	if (c->mix_cmd == IB_MIX_APPEND && rnd(100) < 5) {
-		mix_send(c, IB_MIX_APPEND); /* imaptest's second APPEND probability */
+	/* imaptest's second APPEND probability, at most MIX_MAX_APPENDS in a
+	 * row so that every session is bounded. */
+	if (c->mix_cmd == IB_MIX_APPEND && c->mix_appends < MIX_MAX_APPENDS && rnd(100) < 5) {
+		c->mix_appends++;
+		mix_send(c, IB_MIX_APPEND);
 		return;
 	}
 	mix_next(c);

@@ -4,7 +4,7 @@
  *   CLOSED -> CONNECTING -> [HANDSHAKE] -> GREETING -> [STARTTLS -> HANDSHAKE
  *   -> (greeted)] -> OPEN ... -> CLOSED
  *
- * Reading: bytes go into c->rbuf (IB_RBUF_SIZE, so a bulk read takes 64 KB+
+ * Reading: bytes go into c->rbuf (IB_RBUF_BULK, so a bulk read takes 64 KB+
  * at once on a plain socket; OpenSSL hands out one 16 KB record per
  * SSL_read). The buffer is cut into lines at LF; a line that ends in "{n}"
  * announces a literal of n bytes: those are counted (c->lit_got) and
@@ -122,7 +122,8 @@ void conn_init(struct ib_conn *c, struct bench *b, unsigned idx)
 	c->b = b;
 	c->idx = idx;
 	c->fd = -1;
-	c->rbuf = malloc(IB_RBUF_SIZE);
+	c->rcap = b->mode_id == IB_BULK ? IB_RBUF_BULK : IB_RBUF_SMALL;
+	c->rbuf = malloc(c->rcap);
 	ev_init(&c->io, io_cb);
 	c->io.data = c;
 	ev_timer_init(&c->kick, kick_cb, 0., 0.);
@@ -163,6 +164,15 @@ int net_setup(struct bench *b)
 	SSL_CTX_set_min_proto_version(b->ctx, TLS1_2_VERSION);
 	SSL_CTX_set_mode(b->ctx,
 	                 SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	if (b->mode_id == IB_BULK) {
+		/* Bulk reads: OpenSSL reads up to 64 KB from the socket at once
+		 * and hands out its records from that: fewer read(2)s per MB. */
+		SSL_CTX_set_read_ahead(b->ctx, 1);
+		SSL_CTX_set_default_read_buffer_len(b->ctx, 64 * 1024);
+	}
+	if (b->mode_id == IB_IDLE)
+		/* Thousands of quiet sessions: OpenSSL's buffers only while in use. */
+		SSL_CTX_set_mode(b->ctx, SSL_MODE_RELEASE_BUFFERS);
 	if (b->ca != NULL) {
 		if (SSL_CTX_load_verify_locations(b->ctx, b->ca, NULL) != 1) {
 			fprintf(stderr, "imapbench: cannot load --ca %s\n", b->ca);
@@ -210,6 +220,8 @@ void conn_connect(struct ib_conn *c)
 	c->net = IB_NET_CONNECTING;
 	c->rlen = c->wlen = c->woff = 0;
 	c->tagno = 0;
+	c->bye[0] = '\0';
+	c->literal_plus = 0;
 	if (connect(fd, (struct sockaddr *)&b->addr, b->addrlen) < 0 && errno != EINPROGRESS) {
 		conn_fail(c, "connect: %s", strerror(errno));
 		return;
@@ -225,6 +237,12 @@ static int start_tls(struct ib_conn *c)
 		return -1;
 	}
 	SSL_set_app_data(c->ssl, c);
+	/* --ca: the certificate must also name the address we connect to. */
+	if (c->b->ca != NULL &&
+	    X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), c->b->host) != 1) {
+		conn_fail(c, "--ca: cannot check the certificate for %s", c->b->host);
+		return -1;
+	}
 	if (c->b->resume && c->sess != NULL)
 		(void)SSL_set_session(c->ssl, c->sess);
 	c->net = IB_NET_HANDSHAKE;
@@ -411,13 +429,23 @@ static int contains(const char *s, size_t len, const char *word)
 	return 0;
 }
 
+/* A capability list (greeting, "* CAPABILITY", a tagged OK's
+ * "[CAPABILITY ...]"): the newest one says whether LITERAL+ is offered
+ * (after LOGIN the list may differ from the greeting's). */
+static void note_caps(struct ib_conn *c, const char *s, size_t len)
+{
+	if (contains(s, len, "CAPABILITY "))
+		c->literal_plus = contains(s, len, " LITERAL+");
+}
+
 /* One complete line piece (without CRLF), the first of its response. */
 static void on_line(struct ib_conn *c, const char *s, size_t len)
 {
 	const struct ib_mode *m = c->b->mode;
 	if (c->net == IB_NET_GREETING) {
-		if (len >= 4 && (memcmp(s, "* OK", 4) == 0 || memcmp(s, "* PREAUTH", 9) == 0)) {
-			c->literal_plus = contains(s, len, "LITERAL+");
+		if ((len >= 4 && memcmp(s, "* OK", 4) == 0) ||
+		    (len >= 9 && memcmp(s, "* PREAUTH", 9) == 0)) {
+			note_caps(c, s, len);
 			if (c->b->tls == IB_TLS_STARTTLS && c->ssl == NULL) {
 				c->net = IB_NET_STARTTLS;
 				conn_cmd(c, "STARTTLS");
@@ -439,10 +467,15 @@ static void on_line(struct ib_conn *c, const char *s, size_t len)
 		return;
 	}
 	if (len >= 2 && s[0] == '*' && s[1] == ' ') {
-		if (contains(s, len, "LITERAL+"))
-			c->literal_plus = 1;
-		if (len >= 5 && memcmp(s, "* BYE", 5) == 0)
-			return; /* the tagged reply (LOGOUT) or the close tells */
+		note_caps(c, s, len);
+		if (len >= 5 && memcmp(s, "* BYE", 5) == 0) {
+			/* The tagged reply (LOGOUT) or the close tells; a close
+			 * reports this text. */
+			size_t k = len < sizeof(c->bye) - 1 ? len : sizeof(c->bye) - 1;
+			memcpy(c->bye, s, k);
+			c->bye[k] = '\0';
+			return;
+		}
 		if (c->net == IB_NET_OPEN && m->untagged != NULL)
 			m->untagged(c, s, len);
 		return;
@@ -463,8 +496,7 @@ static void on_line(struct ib_conn *c, const char *s, size_t len)
 			}
 			return;
 		}
-		if (contains(s, len, "LITERAL+"))
-			c->literal_plus = 1;
+		note_caps(c, s, len);
 		m->tagged(c, st, s, len);
 		return;
 	}
@@ -521,8 +553,8 @@ static int process(struct ib_conn *c)
 		memmove(c->rbuf, c->rbuf + pos, c->rlen - pos);
 		c->rlen -= pos;
 	}
-	if (c->rlen == IB_RBUF_SIZE) {
-		conn_fail(c, "response line longer than %d bytes", IB_RBUF_SIZE);
+	if (c->rlen == c->rcap) {
+		conn_fail(c, "response line longer than %zu bytes", c->rcap);
 		return -1;
 	}
 	return 0;
@@ -534,7 +566,7 @@ static void do_read(struct ib_conn *c)
 {
 	unsigned gen = c->gen;
 	for (int i = 0; i < 64; i++) {
-		size_t room = IB_RBUF_SIZE - c->rlen;
+		size_t room = c->rcap - c->rlen;
 		ssize_t n;
 		if (c->ssl != NULL) {
 			ERR_clear_error();
@@ -549,7 +581,8 @@ static void do_read(struct ib_conn *c)
 					return;
 				}
 				if (e == SSL_ERROR_ZERO_RETURN) {
-					conn_fail(c, "server closed the connection");
+					conn_fail(c, "server closed the connection%s%s",
+					          c->bye[0] ? " after " : "", c->bye);
 					return;
 				}
 				conn_fail(c, "read: %s", ssl_err_text());
@@ -565,7 +598,8 @@ static void do_read(struct ib_conn *c)
 				return;
 			}
 			if (n == 0) {
-				conn_fail(c, "server closed the connection");
+				conn_fail(c, "server closed the connection%s%s",
+				          c->bye[0] ? " after " : "", c->bye);
 				return;
 			}
 		}

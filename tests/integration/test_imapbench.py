@@ -11,14 +11,18 @@ here, so make_mux's imapmux fronts it) with the users bench00..bench03."""
 
 import json
 import os
+import random
 import re
+import socket
 import subprocess
+import threading
 import time
 
 import pytest
 
 import lab
-from conftest import MASTER_PASSWORD, REPO, proc_status_kib, scrape_metrics, socks_to, wait_until
+from conftest import (MASTER_PASSWORD, REPO, backend_section, proc_status_kib, scrape_metrics,
+                      socks_to, wait_until)
 
 IMAPBENCH = os.path.join(REPO, "bench", "imapbench")
 PASSWORD = "bench-Pw-77"
@@ -28,6 +32,11 @@ SMALL = (b"From: a@localhost\r\nTo: b@localhost\r\nSubject: small\r\n"
          b"Message-ID: <small@imapbench.test>\r\n\r\nhello\r\n")
 BIG_LINES = 20000
 BIG = (b"From: a@localhost\r\nSubject: big\r\n\r\n" + (b"x" * 78 + b"\r\n") * BIG_LINES)
+# bench01's UID 2: literal bytes that look like IMAP lines (a tagged OK of
+# imapbench's tags, a literal announcement), which the reader must count,
+# never parse.
+MEDIUM = (b"From: a@localhost\r\nSubject: medium\r\n\r\n"
+          + b"b5 OK fake\r\n* 1 FETCH (BODY[] {99}\r\n+ go on\r\n" * 400)
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +47,7 @@ def dovecot(cert, key):
     for u in USERS:
         d.append(u, SMALL)      # UID 1: the latency mode's small message
     d.append("bench00", BIG)    # UID 2: the biggest, bulk --fetch's
+    d.append("bench01", MEDIUM)  # UID 2
     yield d
     d.cleanup()
 
@@ -132,6 +142,15 @@ def test_logins_starttls_and_plain(dovecot):
     assert res["ops"] == 3 and res["tls"] == "none"
 
 
+def test_ca_checks_the_certificate(dovecot, cert, other_cert):
+    """--ca: the lab's certificate (SAN 127.0.0.1) passes; a CA that did not
+    sign it fails the handshake."""
+    res = ok("logins", *common(dovecot, "-n", 2, "--ca", cert))
+    assert res["ops"] == 2
+    rc, res, err = run("logins", *common(dovecot, "-n", 2, "--ca", other_cert))
+    assert rc == 1 and "certificate verify failed" in res["first_error"], (res, err)
+
+
 def test_wrong_password_fails_loudly(dovecot):
     rc, res, err = run("logins", "-p", dovecot.imaps_port, "-w", "not-the-password", "-n", 3,
                        "-t", 20)
@@ -152,7 +171,8 @@ def test_closed_port_fails_loudly():
 def test_usage_errors_exit_2():
     for args in ([], ["logins"], ["nosuchmode", "-p", "1"], ["logins", "-p", "0"],
                  ["bulk", "-p", "1"], ["bulk", "-p", "1", "--fetch", "--append", "1000"],
-                 ["logins", "-p", "1", "-u", "u%d%d"], ["latency", "-p", "1", "--resume"]):
+                 ["logins", "-p", "1", "-u", "u%d%d"], ["latency", "-p", "1", "--resume"],
+                 ["logins", "-p", "1", "--pid", "999999999"]):
         rc, res, err = run(*args, timeout=10)
         assert rc == 2 and res is None, (args, rc, err)
 
@@ -160,7 +180,6 @@ def test_usage_errors_exit_2():
 def test_time_limit_stops_the_run(dovecot):
     """A server that never answers (a listener nobody accepts on): the run
     stops by itself at -t and says so; nothing completed is an error."""
-    import socket
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     s.listen(16)
@@ -258,17 +277,97 @@ def test_bulk_append_grows_the_mailbox(dovecot, make_mux):
     assert sizes()[len(after):] == [1000] * 3
 
 
+class Splitter:
+    """A TCP relay on loopback in front of Dovecot's plain port that hands
+    the server's bytes to the client in random pieces of 1..40 bytes (with a
+    short pause now and then, so that the client reads them one by one):
+    the reader's lines and literals must come out right wherever a read
+    ends. One connection at a time; every loop bounded by its sockets."""
+
+    def __init__(self, port, seed=7):
+        self.port, self.rnd = port, random.Random(seed)
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(8)
+        self.ls.settimeout(20)
+        self.listen_port = self.ls.getsockname()[1]
+        self.threads = []
+        self.t = threading.Thread(target=self.serve, daemon=True)
+        self.t.start()
+
+    def serve(self):
+        while True:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=20)
+            for sock in (c, s):
+                sock.settimeout(20)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for a, b, split in ((c, s, False), (s, c, True)):
+                t = threading.Thread(target=self.pump, args=(a, b, split), daemon=True)
+                t.start()
+                self.threads.append(t)
+
+    def pump(self, src, dst, split):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                while data and split:
+                    k = self.rnd.randint(1, 40)
+                    dst.sendall(data[:k])
+                    data = data[k:]
+                    if self.rnd.random() < 0.05:
+                        time.sleep(0.0005)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.ls.close()
+        for t in self.threads:
+            t.join(timeout=5)
+
+
+def test_reader_survives_any_split(dovecot):
+    """Through the splitting relay: bulk --fetch counts a literal full of
+    fake IMAP lines exactly, latency --cmd fetch sees its one literal, and
+    logins and mix parse every response, all with zero errors."""
+    sp = Splitter(dovecot.port)
+    try:
+        plain = ["-p", sp.listen_port, "-T", "none", "-w", PASSWORD, "-t", 20]
+        res = ok("bulk", "--fetch", *plain, "-u", "bench01", "-n", 2)
+        assert res["bytes"] == 2 * len(MEDIUM), (res["bytes"], len(MEDIUM))
+        res = ok("latency", *plain, "-u", "bench01", "-n", 5, "--cmd", "fetch")
+        assert res["ops"] == 5
+        res = ok("logins", *plain, "-u", "bench02", "-n", 3)
+        assert res["ops"] == 3
+        res = ok("mix", *plain, "-u", "mixer%d", "-U", 2, "-n", 2, "--warmup", 0)
+        assert res["ops"] == 2
+    finally:
+        sp.close()
+
+
 # ---------------------------------------------------------------------------
 # idle
 
 def test_idle_through_imapmux_samples_rss_and_backend_conns(make_mux, dovecot):
     """imapmux (parking off by default) holds backend connections for the
     idle sessions; imapbench's count is compared with the test's own from
-    /proc, taken while imapbench holds (--hold 3) after its first sample."""
-    m = make_mux()
+    /proc, taken while imapbench holds (--hold 3) after its first sample.
+    No health checks (check_interval = 0): nothing else connects meanwhile."""
+    m = make_mux(backends=[("a", backend_section(dovecot, check_interval=0))])
     pid = m.proc.pid
     p = subprocess.Popen([IMAPBENCH, "idle", "-p", str(m.imaps_port), "-w", PASSWORD,
-                          "-U", "4", "-c", "6", "--settle", "0.5", "--hold", "3",
+                          "-U", "4", "-c", "6", "--settle", "1", "--hold", "3",
                           "--pid", str(pid), "--backend-port", str(dovecot.port), "-t", "20"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
