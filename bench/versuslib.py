@@ -304,7 +304,7 @@ def nginx_version():
                            stdin=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return (r.stderr or r.stdout).strip().replace("nginx version: ", "") or "unknown"
+    return (r.stderr or r.stdout).strip().replace("nginx version: nginx/", "") or "unknown"
 
 
 def start_nginx(directory, cert, key, backend_port, workers=2, sessions=0):
