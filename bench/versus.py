@@ -660,6 +660,12 @@ def render_goals(modes, floor):
             resumed = median_of(by["logins_resume"]["results"]["imapmux"], "resumed_pct")
             if not resumed:
                 verdict = "MISS (nothing resumed)"
+        if key == "workers" and verdict == "MISS":
+            busy1 = median_of(by["workers"]["results"]["imapmux-w1"], "busy")
+            if busy1 is not None and busy1 < 0.9:
+                # One worker is one core at most: one that is not kept
+                # busy is not what limits the logins/s.
+                verdict = "MISS (not shown: 1 worker < 1 core busy)"
         rows.append([what, "-" if v is None else "%.3g" % v, goal, verdict, note])
     return md_table(rows)
 
