@@ -432,6 +432,27 @@ def mode_mix(run):
                  lambda t, r: imapbench(run, "mix", t, opts, "mix/%s/%d" % (t.name, r)))
 
 
+def thread_ticks(pid):
+    """{tid: utime + stime clock ticks} of every thread of pid."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(tid)] = int(rest[11]) + int(rest[12])
+    return out
+
+
+def thread_split(before, after):
+    """The CPU each thread took between two thread_ticks() samples, in %
+    of the process's, largest first, threads under 2% left out."""
+    d = sorted((after[t] - before.get(t, 0) for t in after), reverse=True)
+    total = sum(d)
+    return [round(100.0 * x / total) for x in d if total and 100.0 * x / total >= 2]
+
+
 def mode_workers(run):
     """imapmux with workers = 1 (a second instance, started for this mode)
     and the world's, workers = 2, alternating."""
@@ -444,9 +465,16 @@ def mode_workers(run):
                    Target("imapmux-w2", run.mux.ports[0], [run.mux.pid], run.mux.proc.pgid)]
         opts = ["-c", str(a.login_conc), "-n", str(a.logins), "--warmup",
                 str(a.login_warmup)] + user_opts()
-        return _mode(run, "workers", targets,
-                     lambda t, r: imapbench(run, "logins", t, opts, "workers/%s/%d"
-                                            % (t.name, r)))
+
+        def one(t, r):
+            # How imapmux's CPU fell on its threads: with 2 workers, both
+            # should carry about half (the load is shared out at all).
+            t0 = thread_ticks(t.pids[0])
+            res = imapbench(run, "logins", t, opts, "workers/%s/%d" % (t.name, r))
+            res["thread_split"] = thread_split(t0, thread_ticks(t.pids[0]))
+            return res
+
+        return _mode(run, "workers", targets, one)
     finally:
         mux1.stop()
 
@@ -627,9 +655,13 @@ def goal_values(modes, floor):
     vals["mix_vs_direct"] = (ratio(med("mix", "imapmux", "ops_per_s"),
                                    med("mix", "direct", "ops_per_s")), "")
     busy = [med("workers", t, "busy") for t in ("imapmux-w1", "imapmux-w2")]
+    note = "" if None in busy else "imapmux busy %.2f / %.2f cores" % tuple(busy)
+    split = [r.get("thread_split") for r in by["workers"]["results"]["imapmux-w2"]] \
+        if "workers" in by else []
+    if split and split[-1]:
+        note += "; workers = 2, CPU by thread: %s%%" % "/".join(str(x) for x in split[-1])
     vals["workers"] = (ratio(med("workers", "imapmux-w2", "ops_per_s"),
-                             med("workers", "imapmux-w1", "ops_per_s")),
-                       "" if None in busy else "imapmux busy %.2f / %.2f cores" % tuple(busy))
+                             med("workers", "imapmux-w1", "ops_per_s")), note)
     return vals
 
 
