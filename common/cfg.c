@@ -60,7 +60,9 @@
 #define MAX_CONNECTIONS_MAX 10000000u
 #define MAX_LINE_MIN        1024u
 #define MAX_LINE_MAX        (16u * 1024 * 1024)
-#define KEYS_MAX            32
+#define KEYS_MAX            48
+/* RFC 8446 4.6.1: a ticket lives at most 7 days. */
+#define TLS_TICKET_LIFETIME_MAX (7u * 24 * 3600)
 
 enum val_type {
 	V_DURATION,  /* double, seconds */
@@ -84,10 +86,11 @@ enum val_type {
 	V_SENDPROXY, /* enum cfg_send_proxy: no | v1 | v2 */
 };
 
-#define KF_REQUIRED 0x1u /* the section is incomplete without it */
-#define KF_POSITIVE 0x2u /* duration where zero makes no sense */
-#define KF_FILE     0x4u /* string naming a file that must be readable now */
-#define KF_EMPTY_OK 0x8u /* "" is a meaningful value */
+#define KF_REQUIRED 0x1u  /* the section is incomplete without it */
+#define KF_POSITIVE 0x2u  /* duration where zero makes no sense */
+#define KF_FILE     0x4u  /* string naming a file that must be readable now */
+#define KF_EMPTY_OK 0x8u  /* "" is a meaningful value */
+#define KF_SECOND   0x10u /* duration of at least one second */
 
 struct key_def {
 	const char *name;
@@ -120,6 +123,9 @@ static const struct key_def imapmux_keys[] = {
     {"reuseport", V_BOOL, CF(reuseport), 0, 0, 0},
     {"compress", V_BOOL, CF(compress), 0, 0, 0},
     {"oauth", V_BOOL, CF(oauth), 0, 0, 0},
+    {"tls_tickets", V_BOOL, CF(tls_tickets), 0, 0, 0},
+    {"tls_ticket_lifetime", V_DURATION, CF(tls_ticket_lifetime), KF_SECOND, 0,
+     TLS_TICKET_LIFETIME_MAX},
     {"user", V_STRING, CF(user), 0, 0, 64},
     {"group", V_STRING, CF(group), 0, 0, 64},
     {"preauth_timeout", V_DURATION, CF(preauth_timeout), KF_POSITIVE, 0, 0},
@@ -699,6 +705,8 @@ static int cfg_new(struct parser *p)
 	c->max_connections_per_ip = 0;
 	c->max_line_length = 65536;
 	c->compress = true;
+	c->tls_tickets = true;
+	c->tls_ticket_lifetime = 3600;
 	c->username_case = CFG_UCASE_FOLD;
 	c->ipv6_prefix = 64;
 	c->auth_threads = 2;
@@ -867,6 +875,11 @@ static int set_value(struct parser *p, const struct key_def *k, const char *v)
 		}
 		if ((k->flags & KF_POSITIVE) && d <= 0) {
 			set_err(p, p->line, "bad duration '%s' for %s (must be more than 0)", v,
+			        k->name);
+			return -1;
+		}
+		if ((k->flags & KF_SECOND) && d < 1) {
+			set_err(p, p->line, "bad duration '%s' for %s (must be at least 1s)", v,
 			        k->name);
 			return -1;
 		}

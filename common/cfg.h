@@ -183,12 +183,16 @@ struct cfg {
 	enum cfg_auth auth;     /* auth = backend */
 	double park_idle_after; /* park_idle_after = 30; 0 = never */
 	double park_keepalive;  /* park_keepalive = 2m: "* OK Still here" to parked IDLE */
-	bool reuseport; /* reuseport = no: share the listeners' ports with other processes */
-	bool oauth;     /* oauth = yes: AUTHENTICATE XOAUTH2 / OAUTHBEARER passed to backends */
-	bool compress;  /* compress = yes: COMPRESS=DEFLATE (RFC 4978) offered to logged-in
+	bool reuseport;   /* reuseport = no: share the listeners' ports with other processes */
+	bool oauth;       /* oauth = yes: AUTHENTICATE XOAUTH2 / OAUTHBEARER passed to backends */
+	bool compress;    /* compress = yes: COMPRESS=DEFLATE (RFC 4978) offered to logged-in
 	                 * clients, terminated in imapmux (backends stay uncompressed) */
-	char *user;     /* user = NAME: run as NAME once the sockets are bound (NULL: stay) */
-	char *group;    /* group = NAME: ... with this group (default: user's own) */
+	bool tls_tickets; /* tls_tickets = yes: TLS 1.3 session tickets (resumption) on every
+	                   * TLS listener, keys rotating every tls_ticket_lifetime, shared
+	                   * through [redis] when there is one */
+	double tls_ticket_lifetime; /* tls_ticket_lifetime = 1h (at most 7d) */
+	char *user;  /* user = NAME: run as NAME once the sockets are bound (NULL: stay) */
+	char *group; /* group = NAME: ... with this group (default: user's own) */
 	double preauth_timeout;   /* preauth_timeout = 60 */
 	double idle_timeout;      /* idle_timeout = 1800 */
 	double shutdown_timeout;  /* shutdown_timeout = 30 */

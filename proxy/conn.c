@@ -480,6 +480,8 @@ int conn_use_tls13(struct conn *c, const struct tls13 *t)
 
 bool conn_out_idle(const struct conn *c)
 {
+	if (c->direct_owed)
+		return false;
 	if (c->z != NULL && (!buf_is_empty(&c->z->zout) || c->z->flush_owed))
 		return false;
 	return buf_is_empty(&c->out) &&
@@ -746,6 +748,36 @@ static int z_deflate(struct conn *c)
 	return got;
 }
 
+/* One write of p[0..n) to the socket, through OpenSSL when TLS is on: the
+ * bytes taken (counted in bytes_out), -2 when the socket is full, -1 (c
+ * failed). */
+static ssize_t wire_write(struct conn *c, const uint8_t *p, size_t n)
+{
+	ssize_t w;
+
+	if (c->ssl == NULL) {
+		w = send_some(c, p, n);
+	} else {
+		int e;
+
+		ERR_clear_error();
+		w = SSL_write(c->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
+		if (w <= 0) {
+			e = SSL_get_error(c->ssl, (int)w);
+			if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+				c->wr_wants_read = e == SSL_ERROR_WANT_READ;
+				return -2;
+			}
+			conn_fail(c, e == SSL_ERROR_SYSCALL ? "write error" : ssl_reason());
+			return -1;
+		}
+		c->wr_wants_read = false;
+	}
+	if (w > 0)
+		c->bytes_out += (unsigned long long)w;
+	return w;
+}
+
 /* Write b (out, or zout) to the socket: 1 progress, 0 none now, -1. */
 static int wire_flush(struct conn *c, struct buf *b)
 {
@@ -756,40 +788,30 @@ static int wire_flush(struct conn *c, struct buf *b)
 		return r == -1 ? -1 : r == 0;
 	}
 	while (!buf_is_empty(b)) {
-		size_t len = buf_len(b);
-		ssize_t n;
+		ssize_t n = wire_write(c, buf_head(b), buf_len(b));
 
-		if (c->ssl != NULL) {
-			int e;
-
-			ERR_clear_error();
-			n = SSL_write(c->ssl, buf_head(b), len > INT32_MAX ? INT32_MAX : (int)len);
-			if (n <= 0) {
-				e = SSL_get_error(c->ssl, (int)n);
-				if (e == SSL_ERROR_WANT_WRITE) {
-					c->wr_wants_read = false;
-					break;
-				}
-				if (e == SSL_ERROR_WANT_READ) {
-					c->wr_wants_read = true;
-					break;
-				}
-				conn_fail(c, e == SSL_ERROR_SYSCALL ? "write error" : ssl_reason());
-				return -1;
-			}
-			c->wr_wants_read = false;
-		} else {
-			n = send_some(c, buf_head(b), len);
-			if (n == -1)
-				return -1;
-			if (n == -2)
-				break;
-		}
+		if (n == -1)
+			return -1;
+		if (n == -2)
+			break;
 		buf_consume(b, (size_t)n);
-		c->bytes_out += (unsigned long long)n;
 		progress = true;
 	}
 	return progress;
+}
+
+bool conn_can_write_direct(const struct conn *c)
+{
+	return c->fd >= 0 && !c->error && !c->handshaking && !c->connecting && c->z == NULL &&
+	       c->t13 == NULL && buf_is_empty(&c->out);
+}
+
+ssize_t conn_write_direct(struct conn *c, const uint8_t *p, size_t n)
+{
+	ssize_t w = wire_write(c, p, n);
+
+	c->direct_owed = w == -2;
+	return w == -2 ? 0 : w;
 }
 
 /* The deflater goes while idle (conn_compress_idle) and all is sent. */

@@ -53,6 +53,7 @@ struct conn {
 	bool eof;            /* the peer closed its side (or TLS close_notify) */
 	bool error;          /* I/O or TLS error: the conn is dead */
 	bool connecting;     /* non-blocking connect() in progress */
+	bool direct_owed;    /* a conn_write_direct blocked: the next write is its bytes */
 	const char *errmsg;  /* static text for logs when error */
 	unsigned long long bytes_in;
 	unsigned long long bytes_out;
@@ -77,6 +78,19 @@ __attribute__((warn_unused_result)) int conn_start_tls(struct conn *c, SSL_CTX *
  */
 __attribute__((warn_unused_result)) int conn_read(struct conn *c);
 __attribute__((warn_unused_result)) int conn_flush(struct conn *c);
+
+/*
+ * Bulk data without a copy into `out`: a literal passed on from another
+ * conn's `in` goes from there to SSL_write (or send) at once. Possible
+ * (conn_can_write_direct) when `out` is empty, nothing else is owed and the
+ * conn is OpenSSL's or plaintext (not compressed, not after conn_shed_tls).
+ * Returns the bytes taken, 0 when the socket is full, or -1 (c failed).
+ * After a 0 the caller must offer the same bytes again first (OpenSSL may
+ * hold a record of them; direct_owed keeps the write watcher armed).
+ */
+bool conn_can_write_direct(const struct conn *c);
+__attribute__((warn_unused_result)) ssize_t conn_write_direct(struct conn *c, const uint8_t *p,
+                                                              size_t n);
 
 /* Finish a non-blocking connect(): 0 done, -2 still in progress, -1 failed. */
 int conn_connect_check(struct conn *c);

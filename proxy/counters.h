@@ -103,6 +103,8 @@ struct stats {
 	atomic_ulong client_bytes_out;     /* bytes written to clients (before TLS) */
 	atomic_ulong preauth_bad;          /* BAD answers before login */
 	atomic_ulong tls_handshake_failed; /* client TLS handshakes that failed */
+	atomic_ulong tls_handshakes;       /* client TLS handshakes done: full */
+	atomic_ulong tls_resumed;          /* ... resumed from a session ticket */
 	atomic_ulong refused_total;        /* connections refused: max_connections */
 	atomic_ulong refused_ip;           /* connections refused: max_connections_per_ip */
 	atomic_ulong line_too_long;        /* sessions closed: command line over max_line_length */

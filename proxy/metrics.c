@@ -132,7 +132,7 @@ struct stats_sum {
 	unsigned long client_bytes_in;
 	unsigned long client_bytes_out;
 	unsigned long preauth_bad;
-	unsigned long tls_handshake_failed;
+	unsigned long tls_handshake_failed, tls_handshakes, tls_resumed;
 	unsigned long refused_total;
 	unsigned long refused_ip;
 	unsigned long line_too_long;
@@ -174,6 +174,8 @@ static void stats_collect(struct stats_sum *s, const struct stats *const *counte
 		s->client_bytes_out += LOAD(st, client_bytes_out);
 		s->preauth_bad += LOAD(st, preauth_bad);
 		s->tls_handshake_failed += LOAD(st, tls_handshake_failed);
+		s->tls_handshakes += LOAD(st, tls_handshakes);
+		s->tls_resumed += LOAD(st, tls_resumed);
 		s->refused_total += LOAD(st, refused_total);
 		s->refused_ip += LOAD(st, refused_ip);
 		s->sessions_parked += LOAD(st, sessions_parked);
@@ -549,6 +551,10 @@ void metrics_render(struct text *t, const struct stats *const *counters, unsigne
 	        s.preauth_bad);
 	counter(t, "imapmux_tls_handshake_failures_total", "Client TLS handshakes that failed.",
 	        s.tls_handshake_failed);
+	metric_head(t, "imapmux_tls_handshakes_total", "counter",
+	            "Client TLS handshakes done, full or resumed from a session ticket.");
+	text_printf(t, "imapmux_tls_handshakes_total{resumed=\"no\"} %lu\n", s.tls_handshakes);
+	text_printf(t, "imapmux_tls_handshakes_total{resumed=\"yes\"} %lu\n", s.tls_resumed);
 	metric_head(t, "imapmux_connections_refused_total", "counter",
 	            "Client connections refused by a connection limit.");
 	text_printf(t, "imapmux_connections_refused_total{limit=\"max_connections\"} %lu\n",

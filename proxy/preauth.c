@@ -670,6 +670,10 @@ bool preauth_input(struct session *s)
 void preauth_tls_up(struct session *s)
 {
 	s->tls_active = true;
+	if (SSL_session_reused(s->client.ssl))
+		STAT_INC(&s->w->stats, tls_resumed);
+	else
+		STAT_INC(&s->w->stats, tls_handshakes);
 	if (s->starttls_done) {
 		sess_to(s, SESS_PREAUTH);
 		s->client.want_input = true;

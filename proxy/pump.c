@@ -745,6 +745,13 @@ bool pump_b2c(struct session *s)
 			s->bskip = !(u.type == IMAP_TOK_LINE && u.last);
 		} else if (u.type == IMAP_TOK_LITERAL && s->bskip) {
 			as_is = false; /* a literal of a response not for the client */
+		} else if (u.type == IMAP_TOK_LITERAL && conn_can_write_direct(c)) {
+			/* Bulk data: from the backend's buffer to the client's
+			 * socket (through OpenSSL), no copy into client.out. */
+			ssize_t w = conn_write_direct(c, p, n);
+			if (w <= 0)
+				break; /* full (again from these bytes), or failed */
+			n = (size_t)w;
 		} else if (u.type == IMAP_TOK_LITERAL) {
 			if (n > buf_room(&c->out))
 				n = buf_room(&c->out);

@@ -9,8 +9,11 @@
  *     ignores it, and never starts one). OpenSSL 3 servers refuse
  *     client-initiated renegotiation by default already, but openssl.cnf can
  *     turn it back on (Options = ClientRenegotiation); this option wins.
- *   - No compression, no session tickets.
- *   - Listeners: the server's cipher order, and no session cache.
+ *   - No compression. No session tickets, except TLS 1.3 tickets from the
+ *     listeners with tls_tickets = yes (tktkeys.h: keys by epoch, shared
+ *     through Redis by tickets.c); no session cache either way (a ticket
+ *     carries its session).
+ *   - Listeners: the server's cipher order.
  *   - ciphers, ciphersuites and curves from the section (or [imapmux]),
  *     else the defaults below.
  * OpenSSL releases idle connection buffers (SSL_MODE_RELEASE_BUFFERS) so
@@ -32,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tktkeys.h"
 #include "tls13.h"
 
 /*
@@ -345,6 +349,20 @@ static SSL_CTX *server_ctx(const struct cfg *cfg, const struct cfg_listen *l, co
 		goto fail;
 	}
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+	if (cfg->tls_tickets) {
+		struct tktkeys *k = runtime_tickets();
+
+		if (k == NULL ||
+		    tktkeys_install(ctx, k, l->name, (uint64_t)cfg->tls_ticket_lifetime) < 0) {
+			ssl_err(err, errlen, "cannot set up session tickets for listener", l->name);
+			goto fail;
+		}
+	} else {
+		/* Else OpenSSL would still send TLS 1.3 clients two tickets
+		 * (stateful ones, under SSL_OP_NO_TICKET) that no cache here
+		 * could ever open. */
+		SSL_CTX_set_num_tickets(ctx, 0);
+	}
 	return ctx;
 fail:
 	SSL_CTX_free(ctx);
@@ -429,6 +447,25 @@ void runtime_set_backend_up(struct runtime *rt, size_t i, bool up)
 		atomic_store_explicit(&slot_up[rt->backend_slot[i]], up, memory_order_relaxed);
 }
 
+/* ---- TLS ticket keys ----------------------------------------------------- */
+
+/* One ring for the process, kept across reloads: a reload with the same
+ * tls_ticket_lifetime keeps the keys, and tickets issued before it open. */
+static pthread_once_t tickets_once = PTHREAD_ONCE_INIT;
+static struct tktkeys tickets;
+static bool tickets_ok;
+
+static void tickets_make(void)
+{
+	tickets_ok = tktkeys_init(&tickets, 3600) == 0;
+}
+
+struct tktkeys *runtime_tickets(void)
+{
+	pthread_once(&tickets_once, tickets_make);
+	return tickets_ok ? &tickets : NULL;
+}
+
 /* ---- the runtime in force ------------------------------------------------ */
 
 /* One reference, swapped under cur_lock; readers take their own reference
@@ -510,6 +547,8 @@ struct runtime *runtime_new(struct cfg *cfg, char *err, size_t errlen)
 			goto fail;
 		}
 	}
+	if (cfg->tls_tickets && runtime_tickets() != NULL)
+		tktkeys_set_lifetime(runtime_tickets(), (uint64_t)cfg->tls_ticket_lifetime);
 	return rt;
 fail:
 	runtime_unref(&rt);

@@ -74,6 +74,10 @@ bool runtime_slot_up(unsigned slot);
 
 /* The CAPABILITY list clients see before login: depends on the listener's
  * TLS mode, whether TLS is active and whether plaintext auth is allowed. */
+/* The process's TLS ticket keys (tktkeys.h; NULL: out of memory), the same
+ * for every runtime; runtime_new gives them tls_ticket_lifetime. */
+struct tktkeys *runtime_tickets(void);
+
 const char *runtime_preauth_caps(const struct cfg_listen *l, int tls_active, bool oauth);
 
 #endif

@@ -28,6 +28,7 @@
 #include "reuse.h"
 #include "session.h"
 #include "sessions_api.h"
+#include "tickets.h"
 #include "ttlmap.h"
 #include "watch.h"
 
@@ -301,6 +302,7 @@ static void *worker_main(void *arg)
 			log_error("worker %d: cannot set up Redis; logins needing it will fail",
 			          w->id);
 	}
+	tickets_start(w);
 	w->crypt = crypt_port_new(w->loop);
 	if (w->crypt == NULL)
 		log_error("worker %d: cannot set up password checks", w->id);
@@ -314,6 +316,7 @@ static void *worker_main(void *arg)
 	hmap_destroy(&w->parked);
 	reaper_cb(w->loop, &w->reap_prepare, 0);
 	pool_destroy_all(w);
+	tickets_stop(w);
 	rds_destroy(&w->rds);
 	ttlmap_destroy(&w->routes);
 	crypt_port_destroy(&w->crypt);

@@ -88,10 +88,15 @@ struct worker {
 	size_t nsessions;
 	unsigned wide_cmds; /* sessions holding a widened pre-login ID buffer (preauth.c) */
 	bool draining;
-	struct stats stats;       /* written by this worker only */
-	struct rds *rds;          /* Redis, when [redis] is configured */
-	struct ttlmap *routes;    /* cached user routes (lookup = redis) */
-	struct drained drained;   /* drained backends (drain.c) */
+	struct stats stats;     /* written by this worker only */
+	struct rds *rds;        /* Redis, when [redis] is configured */
+	struct ttlmap *routes;  /* cached user routes (lookup = redis) */
+	struct drained drained; /* drained backends (drain.c) */
+	struct tickets_sync {   /* worker 0: TLS ticket keys through Redis (tickets.c) */
+		ev_timer timer;
+		struct rds_req *req; /* SET, SET, MGET in flight */
+		bool shared;         /* the last round got the current epoch's key */
+	} tickets;
 	struct crypt_port *crypt; /* password checks come back here (auth = redis) */
 	struct list_node reuse;   /* kept backend sessions (reuse.c), newest first */
 	struct hmap reuse_idx;    /* ... the same, by key (reuse.c) */

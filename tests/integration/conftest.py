@@ -69,7 +69,7 @@ _PLAIN_USERS = [
     "draining", "limits", "preauth", "pipe2", "idler2", "authz", "sasl", "viewer",
     "viewer2", "park1", "park2", "park3", "park4", "park5", "park6", "park7", "park8",
     "park9", "park10", "park11", "park12", "park13", "park14", "park15", "park16", "park17",
-    "park18", "park19", "park20", "park21", "park22", "park23", "park24",
+    "park18", "park19", "park20", "park21", "park22", "park23", "park24", "resume1",
 ] + ["model%d" % i for i in range(1, 14)]
 
 

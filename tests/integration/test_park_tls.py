@@ -157,6 +157,34 @@ def test_implicit_tls_handed_over_then_bulk_both_ways_and_close_notify(make_mux,
     c.close()
 
 
+def test_resumed_session_handed_over(make_mux, dovecot, redis, prefix, cert):
+    # A TLS 1.3 handshake resumed from a session ticket (tls_tickets) has
+    # traffic secrets of its own: its capture must hand over the same way.
+    m = _mux(make_mux, dovecot, redis, prefix)
+    user = "resume1"
+    ctx = lab.client_context(cert)
+    first = ctx.wrap_socket(socket.create_connection(("127.0.0.1", m.imaps_port), TIMEOUT),
+                            server_hostname="127.0.0.1")
+    first.recv(1000)  # the greeting, and the ticket after the handshake
+    session = first.session
+    first.close()
+    c = imapc.Client(m.imaps_port, connect=False, timeout=TIMEOUT)
+    c.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", m.imaps_port), TIMEOUT),
+                             server_hostname="127.0.0.1", session=session)
+    c.greeting()
+    assert c.sock.session_reused and c.sock.version() == "TLSv1.3"
+    _ok(c, "l", "LOGIN %s %s" % (imapc.quote(user), imapc.quote(password(user))))
+    n = _select_idle(c)
+    _wait_metric(m, "imapmux_tls_handovers_total", 1, "TLS handed over")
+    n = _change_and_see_exists(m, dovecot, redis, prefix, c, user, n)
+    c.send(b"DONE\r\n")
+    _, t = c.read_until_tagged("i")
+    assert t.startswith(b"i OK"), t
+    untagged, t = c.cmd("g", "FETCH %d BODY.PEEK[]" % n)
+    assert t.startswith(b"g OK") and b"Subject: new" in b"".join(untagged), (untagged, t)
+    c.close()
+
+
 def test_starttls_handed_over(make_mux, dovecot, redis, prefix, ca_ctx):
     m = _mux(make_mux, dovecot, redis, prefix)
     user = "park19"
