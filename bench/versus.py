@@ -757,10 +757,11 @@ def record(out):
            "- software: %s (`%s`); nginx %s (Debian, libnginx-mod-mail); Dovecot %s; %s; "
            "imapbench `%s`" % (f["imapmux"], f["binary"], f["nginx"], f["dovecot"],
                                f["openssl"], f["imapbench"]),
-           "- load: %d rounds per mode, order rotated; logins -c %d -n %d; latency -c %d -n %d; "
+           "- load: %d rounds per mode (latency %d), order rotated; logins -c %d -n %d; "
+           "latency -c %d -n %d; "
            "bulk -n %d (FETCH) / %d (APPEND) x %d MB; idle %d sessions, settle %g s; mix -c %d "
            "-n %d; imapbench -t %d"
-           % (a.rounds, a.login_conc, a.logins, a.lat_conc, a.lat_ops, a.bulk_ops,
+           % (a.rounds, a.lat_rounds, a.login_conc, a.logins, a.lat_conc, a.lat_ops, a.bulk_ops,
               a.append_ops, world.BIG_BYTES // 10**6, a.idle_sessions, a.idle_settle,
               a.mix_conc, a.mix_logins, a.run_time),
            "",
