@@ -914,7 +914,8 @@ def main(argv):
     if bad:
         ap.error("unknown mode %s (modes: %s)" % (", ".join(bad), ", ".join(MODES)))
     if not (1 <= args.rounds <= 20 and 1 <= args.login_conc <= 200 and args.logins >= 1
-            and 1 <= args.lat_conc <= 100 and args.lat_ops >= 1 and 1 <= args.lat_rounds <= 50 and args.bulk_ops >= 1
+            and 1 <= args.lat_conc <= 100 and args.lat_ops >= 1 and 1 <= args.lat_rounds <= 50
+            and args.bulk_ops >= 1
             and args.append_ops >= 1 and 1 <= args.idle_sessions <= 5000
             and 1 <= args.mix_conc <= 200 and args.mix_logins >= 1
             and 5 <= args.run_time <= 600 and 1 <= args.speed_seconds <= 30
