@@ -599,7 +599,8 @@ def render_mode(m):
         for c in cols:
             row.append(fmt(median_of(res, c[1]), c[2], c[3] if len(c) > 3 else 1.0))
         e = errors_of(res)
-        row.append(str(e) if not e else "%d: %s" % (e, (first_error(res) or "")[:60].replace("|", "/")))
+        text = (first_error(res) or "")[:60].replace("|", "/")
+        row.append(str(e) if not e else "%d: %s" % (e, text))
         rows.append(row)
     title = {"logins": "logins, full TLS handshake", "logins_resume": "logins, TLS resumption",
              "latency_noop": "latency, NOOP", "latency_fetch": "latency, small UID FETCH",
