@@ -4,7 +4,8 @@ mail proxy, started by the very functions the benchmark uses
 (bench/versuslib.py), with a login through nginx over TLS 1.3 with the
 world's ECDSA certificate. A benchmark is never a test: nothing here is timed;
 this only makes CI notice when the benchmark's peer breaks (a package update,
-a config directive nginx no longer takes)."""
+a config directive nginx no longer takes, an `openssl speed` output the
+crypto floor's parser no longer reads)."""
 
 import imaplib
 import os
@@ -19,6 +20,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "bench"))
 
 import lab  # noqa: E402  (conftest put deploy/ on the path)
+import versus  # noqa: E402
 import versuslib  # noqa: E402
 
 # imapmux is not involved: nothing a sanitizer would see.
@@ -107,3 +109,13 @@ def test_wrong_password_is_refused_by_dovecot(world):
             c.login("bench01", "not-" + versuslib.PASSWORD)
     finally:
         c.shutdown()
+
+
+def test_crypto_floor_is_read_from_openssl_speed():
+    """versus.py reads `openssl speed -mr`'s machine-readable lines: this
+    notices when OpenSSL's output changes (the parser raises then). Only
+    that numbers were found, never how fast they are."""
+    f = versus.openssl_speed(1)
+    assert f["sign_s"] > 0 and f["derive_s"] > 0 and f["aes_gcm_Bps"] > 0
+    assert f["handshake_us"] == pytest.approx(1e6 / f["sign_s"] + 1e6 / f["derive_s"])
+    assert f["aes_ms_per_mb"] == pytest.approx(1e9 / f["aes_gcm_Bps"])
