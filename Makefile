@@ -213,13 +213,15 @@ demo: deps all
 demo-stop:
 	@sh deploy/demo.sh stop
 
-# Every benchmark, one after the other; BENCH=park (or webmail) runs one.
-# PARK_MODES=capacity (or events,idle,...) runs only those of park.py's modes.
-BENCH ?= webmail park
+# Every benchmark, one after the other; BENCH=versus (or webmail, park) runs one.
+# PARK_MODES=capacity (or events,idle,...) runs only those of park.py's modes;
+# VERSUS_MODES=logins,bulk_fetch (...) only those of versus.py's.
+BENCH ?= versus webmail park
 PARK_MODES ?=
+VERSUS_MODES ?=
 bench: deps all
 	@set -e; for b in $(BENCH); do echo "== bench/$$b.py"; \
-	  PARK_MODES="$(PARK_MODES)" $(PYTHON) bench/$$b.py; done
+	  PARK_MODES="$(PARK_MODES)" VERSUS_MODES="$(VERSUS_MODES)" $(PYTHON) bench/$$b.py; done
 
 # Pinned: another clang-format version formats some constructs differently.
 CLANG_FORMAT ?= clang-format-14

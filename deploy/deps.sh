@@ -47,6 +47,12 @@ PKGS="$PKGS python3-pytest-xdist"
 # (test_clients.py, README "Client compatibility"); curl and Python's imaplib
 # come with the packages above, script(1) with bsdutils (essential).
 PKGS="$PKGS isync fetchmail offlineimap3 neomutt"
+# nginx, libnginx-mod-mail: bench/versus.py's peer, nginx's IMAP proxy (Debian
+# 12's nginx-light has no mail module; nginx + libnginx-mod-mail is the set
+# that provides it). The benchmark runs its own nginx (-p, -c, daemon off,
+# loopback ports); the system one is kept off below (its default site would
+# listen on port 80).
+PKGS="$PKGS nginx libnginx-mod-mail"
 CYRUS_DIR=/usr/local/lib/imapmux-cyrus
 
 installed() {
@@ -106,6 +112,20 @@ if [ -n "$missing" ]; then
 			systemctl stop cyrus-imapd.service >/dev/null 2>&1 || true
 		elif [ -x /etc/init.d/cyrus-imapd ]; then
 			/etc/init.d/cyrus-imapd stop >/dev/null 2>&1 || true
+		fi
+		;;
+	esac
+	case " $missing " in
+	*" nginx "*)
+		# The system-wide nginx is not wanted either.
+		if [ -e /etc/init.d/nginx ]; then
+			update-rc.d nginx disable >/dev/null 2>&1 || true
+		fi
+		deb-systemd-helper disable nginx.service >/dev/null 2>&1 || true
+		if [ -d /run/systemd/system ]; then
+			systemctl stop nginx.service >/dev/null 2>&1 || true
+		elif [ -x /etc/init.d/nginx ]; then
+			/etc/init.d/nginx stop >/dev/null 2>&1 || true
 		fi
 		;;
 	esac
