@@ -26,6 +26,11 @@ Modes (--modes, or VERSUS_MODES in the environment; default all):
   mix            imapbench's imaptest-like stress mix; logins/s
   workers        logins against imapmux with workers = 1 and with 2 (a
                  second imapmux, workers = 1, next to the world's)
+  scale          logins against one fresh imapmux with --scale-few parked
+                 sessions and with --scale-many (opened in batches of
+                 --scale-batch by imapbench idle processes, held open), in
+                 the order few, many, many, few: per-login CPU must not
+                 grow with the sessions imapmux keeps
 
 Every mode runs each target --rounds times, alternating the order (A B C,
 B C A, C A B, ...); the table shows medians over the rounds. The crypto
@@ -55,6 +60,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import urllib.request
 import tempfile
 import time
 
@@ -68,11 +74,12 @@ import versuslib as world  # noqa: E402
 import webmail  # noqa: E402  (facts(), BENCHMARKS.md's results marker)
 
 IMAPBENCH = os.environ.get("IMAPBENCH_BIN") or os.path.join(HERE, "imapbench")
+TLSFLOOR = os.path.join(HERE, "tlsfloor")
 BENCHMARKS_MD = webmail.BENCHMARKS_MD
 RESULTS_MARKER = webmail.RESULTS_MARKER
 
 MODES = ("logins", "logins_resume", "latency_noop", "latency_fetch", "bulk_fetch",
-         "bulk_append", "idle", "mix", "workers")
+         "bulk_append", "idle", "mix", "workers", "scale")
 TARGETS = ("direct", "nginx", "imapmux")
 APPEND_USER = "bench19"
 
@@ -93,6 +100,18 @@ GOALS = (
     ("mix_vs_direct", "stress-mix logins/s, imapmux / direct", ">= 1.5", lambda v: v >= 1.5),
     ("workers", "logins/s, imapmux workers = 2 / workers = 1", ">= 1.2 (scaling shown)",
      lambda v: v >= 1.2),
+    ("scale", "CPU per login, many parked sessions / few", "~1 (<= 1.15)",
+     lambda v: v <= 1.15),
+    # No goal: what OpenSSL itself costs (bench/tlsfloor), under any OpenSSL server.
+    ("login_vs_lib", "CPU per login, imapmux / OpenSSL's own full handshake (tlsfloor)",
+     "(info)", None),
+    ("lib_vs_floor", "OpenSSL's own full handshake (tlsfloor) / crypto floor", "(info)", None),
+    ("lib_resume_vs_nginx", "OpenSSL's own resumed handshake (tlsfloor) / nginx login",
+     "(info)", None),
+    ("bulk_vs_relay", "bulk FETCH CPU per MB, imapmux / bare TLS relay (tlsfloor)", "(info)",
+     None),
+    ("relay_vs_floor", "bare TLS relay CPU per MB (tlsfloor) / aes-256-gcm floor", "(info)",
+     None),
     # No goal: how much of the NOOP latency is TLS and a hop at all.
     ("noop_plain_p50", "NOOP p50, imapmux - Dovecot's plain port, no TLS (us)", "(info)", None),
     ("noop_plain_p99", "NOOP p99, imapmux - Dovecot's plain port, no TLS (us)", "(info)", None),
@@ -135,11 +154,30 @@ def openssl_speed(seconds):
     return out
 
 
+def tlsfloor():
+    """What OpenSSL itself costs a TLS server here (bench/tlsfloor): a full
+    TLS 1.3 handshake as imapmux's listeners make it (one ticket, the key
+    log callback), a resumed one, and MB through a bare TLS relay."""
+    def run(*argv):
+        r = subprocess.run([TLSFLOOR, *argv], capture_output=True, text=True, timeout=300,
+                           stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise BenchError("tlsfloor %s failed: %s" % (" ".join(argv), r.stderr[-500:]))
+        return json.loads(r.stdout)
+    return {"full_us": run("handshake", "-n", "2000", "--tickets", "1",
+                           "--keylog")["server_cpu_us_per_handshake"],
+            "resumed_us": run("handshake", "-n", "2000", "--tickets", "1", "--keylog",
+                              "--resume")["server_cpu_us_per_handshake"],
+            "relay_ms_per_mb": run("relay", "-m", "2000")["relay_cpu_ms_per_mb"]}
+
+
 def floor_of(samples):
     """The floor: the cheapest of the samples (the machine is shared; a
     busy moment only makes a sample dearer)."""
+    libs = [s["lib"] for s in samples if s.get("lib")]
     return {"handshake_us": min(s["handshake_us"] for s in samples),
             "aes_ms_per_mb": min(s["aes_ms_per_mb"] for s in samples),
+            "lib": {k: min(x[k] for x in libs) for k in libs[0]} if libs else None,
             "samples": samples}
 
 
@@ -479,6 +517,135 @@ def mode_workers(run):
         mux1.stop()
 
 
+def scrape(port):
+    """{sample: value} of imapmux's /metrics at port ({}: no answer)."""
+    out = {}
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line and not line.startswith("#"):
+                    name, val = line.rsplit(None, 1)
+                    out[name] = float(val)
+    except OSError:
+        pass
+    return out
+
+
+def parked_now(port):
+    """imapmux_sessions_parked (None: no answer)."""
+    v = scrape(port).get("imapmux_sessions_parked")
+    return None if v is None else int(v)
+
+
+# What imapmux did besides the logins while they were measured.
+SCALE_DELTAS = ("imapmux_parks_total", 'imapmux_wakes_total{cause="change"}',
+                'imapmux_wakes_total{cause="client"}', "imapmux_backend_logins_total",
+                "imapmux_park_keepalives_total")
+
+
+def hold_parked(run, target, stats_port, n, procs, batch):
+    """Bring the parked sessions of target to at least n: imapbench idle
+    processes of batch sessions each (Dovecot logs each in once; imapmux
+    parks them after park_idle_after and gives its connection back), kept
+    open (--hold) until stopped. Each batch waits for its sessions to park
+    (bounded), so Dovecot never has more than a batch at once."""
+    hold = int(run.left()) + 60
+    while (parked_now(stats_port) or 0) < n and not run.over():
+        want = (parked_now(stats_port) or 0) + batch
+        argv = [IMAPBENCH, "idle", "-H", "127.0.0.1", "-p", str(target.port), "-T", "implicit",
+                "-w", world.PASSWORD, "-c", str(batch), "--settle", "1", "--hold", str(hold),
+                "-t", str(hold + 60)] + user_opts()
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
+        deadline = time.monotonic() + 120
+        while (parked_now(stats_port) or 0) < want * 0.98 and time.monotonic() < deadline:
+            if procs[-1].poll() is not None:
+                raise BenchError("scale: imapbench idle exited early (%s)" % procs[-1].returncode)
+            time.sleep(0.5)
+    return parked_now(stats_port) or 0
+
+
+def settle_parks(stats_port, quiet=2.0, limit=30.0):
+    """Wait (bounded) until no session has parked for quiet seconds: the
+    last batch's stragglers do not park during the measurement."""
+    deadline = time.monotonic() + limit
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        n = scrape(stats_port).get("imapmux_parks_total")
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.25)
+
+
+def stop_all_procs(procs):
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    procs.clear()
+
+
+def mode_scale(run):
+    """Logins with few and with many parked sessions on the same imapmux
+    (issue #14: per-login work must not grow with the sessions it keeps):
+    a fresh imapmux, --scale-few parked sessions, logins; then
+    --scale-many, logins; the order alternates over the rounds (few, many,
+    many, few, ...), the many held from their first round to their last."""
+    a = run.args
+    stats_port = lab.free_port()
+    mux, _ = world.start_imapmux(os.path.join(run.tmp, "imapmux-scale"), run.cert, run.key,
+                                 run.dv, run.redis, name="imapmux-scale", workers=2,
+                                 stats_port=stats_port, redis_prefix="versus-scale:",
+                                 imapmux_extra={"park_idle_after": "1s"})
+    target = Target("imapmux", mux.ports[0], [mux.pid], mux.proc.pgid)
+    opts = ["-c", str(a.login_conc), "-n", str(a.logins), "--warmup", str(a.login_warmup)]
+    opts += user_opts()
+    base = []  # the few, held all along
+    extra = []  # the rest of the many
+    results = {"few": [], "many": []}
+    held = {"few": [], "many": []}
+    t0 = time.monotonic()
+    try:
+        hold_parked(run, target, stats_port, a.scale_few, base, min(a.scale_few, 500))
+        order = ["few", "many", "many", "few"][:max(2, min(4, 2 * a.rounds))]
+        for r, which in enumerate(order):
+            if run.over():
+                break
+            if which == "many":
+                hold_parked(run, target, stats_port, a.scale_many, extra, a.scale_batch)
+                settle_parks(stats_port)
+            else:
+                stop_all_procs(extra)
+                deadline = time.monotonic() + 30
+                while (parked_now(stats_port) or 0) > a.scale_few * 1.05 and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.5)
+            n = parked_now(stats_port)
+            m0 = scrape(stats_port)
+            res = imapbench(run, "logins", target, opts, "scale/%s/%d" % (which, r))
+            m1 = scrape(stats_port)
+            res["parked"] = n
+            res["during"] = {k.replace("imapmux_", ""): m1.get(k, 0) - m0.get(k, 0)
+                             for k in SCALE_DELTAS}
+            results[which].append(res)
+            held[which].append(n)
+            print("versus: %-13s round %d %-11s parked %s, %s; during it: %s"
+                  % ("scale", r + 1, which, n, brief(res), res["during"]), flush=True)
+    finally:
+        stop_all_procs(extra)
+        stop_all_procs(base)
+        mux.stop()
+    return {"mode": "scale", "targets": ["few", "many"], "results": results,
+            "cut": run.over(), "mode_s": time.monotonic() - t0, "held": held}
+
+
 MODE_FUNCS = {
     "logins": mode_logins,
     "logins_resume": lambda run: mode_logins(run, resume=True),
@@ -489,6 +656,7 @@ MODE_FUNCS = {
     "idle": mode_idle,
     "mix": mode_mix,
     "workers": mode_workers,
+    "scale": mode_scale,
 }
 
 # The world's imapmux, apart from versuslib's defaults: sessions quiet this
@@ -577,6 +745,7 @@ COLUMNS = {
 COLUMNS["latency_fetch"] = COLUMNS["latency_noop"]
 COLUMNS["bulk_append"] = COLUMNS["bulk_fetch"]
 COLUMNS["workers"] = COLUMNS["logins"][:2] + [("busy cores", "busy", "%.2f")]
+COLUMNS["scale"] = [("parked", "parked", "%.0f")] + COLUMNS["logins"][:3]
 
 
 def fmt(v, f, scale=1.0):
@@ -607,7 +776,8 @@ def render_mode(m):
              "bulk_fetch": "bulk FETCH, %d MB message" % (world.BIG_BYTES // 10**6),
              "bulk_append": "bulk APPEND, %d MB message" % (world.BIG_BYTES // 10**6),
              "idle": "idle, %s sessions in IDLE" % m.get("sessions"),
-             "mix": "stress mix", "workers": "imapmux workers = 1 vs 2, logins"}[m["mode"]]
+             "mix": "stress mix", "workers": "imapmux workers = 1 vs 2, logins",
+             "scale": "imapmux logins with few and with many parked sessions"}[m["mode"]]
     out = ["%s (medians of %s rounds, %.0f s)%s"
            % (title, max((len(v) for v in m["results"].values()), default=0), m["mode_s"],
               ", CUT SHORT by the time limit" if m["cut"] else "")]
@@ -663,6 +833,19 @@ def goal_values(modes, floor):
         note += "; workers = 2, CPU by thread: %s%%" % "/".join(str(x) for x in split[-1])
     vals["workers"] = (ratio(med("workers", "imapmux-w2", "ops_per_s"),
                              med("workers", "imapmux-w1", "ops_per_s")), note)
+    many, few = med("scale", "many", "parked"), med("scale", "few", "parked")
+    vals["scale"] = (ratio(med("scale", "many", "cpu_per_op_us"),
+                           med("scale", "few", "cpu_per_op_us")),
+                     "" if many is None else "%.0f vs %.0f parked" % (many, few))
+    lib = (floor or {}).get("lib") or {}
+    full, resumed, relay = lib.get("full_us"), lib.get("resumed_us"), lib.get("relay_ms_per_mb")
+    vals["login_vs_lib"] = (ratio(mux_login, full), "" if full is None else "%.0f us" % full)
+    vals["lib_vs_floor"] = (ratio(full, floor["handshake_us"] if floor else None), "")
+    vals["lib_resume_vs_nginx"] = (ratio(resumed, ngx_login),
+                                   "" if resumed is None else "%.0f us" % resumed)
+    vals["bulk_vs_relay"] = (ratio(med("bulk_fetch", "imapmux", "cpu_per_mb_ms"), relay),
+                             "" if relay is None else "%.3f ms/MB" % relay)
+    vals["relay_vs_floor"] = (ratio(relay, floor["aes_ms_per_mb"] if floor else None), "")
     return vals
 
 
@@ -670,7 +853,10 @@ GOAL_MODES = {"login_vs_nginx": ("logins",), "login_vs_floor": ("logins",),
               "resume_vs_nginx": ("logins_resume", "logins"), "bulk_vs_nginx": ("bulk_fetch",),
               "bulk_vs_floor": ("bulk_fetch",), "noop_p50": ("latency_noop",),
               "noop_p99": ("latency_noop",), "mix_vs_direct": ("mix",), "workers": ("workers",),
-              "noop_plain_p50": ("latency_noop",), "noop_plain_p99": ("latency_noop",)}
+              "noop_plain_p50": ("latency_noop",), "noop_plain_p99": ("latency_noop",),
+              "scale": ("scale",), "login_vs_lib": ("logins",), "lib_vs_floor": (),
+              "lib_resume_vs_nginx": ("logins",), "bulk_vs_relay": ("bulk_fetch",),
+              "relay_vs_floor": ()}
 
 
 def render_goals(modes, floor):
@@ -719,6 +905,12 @@ def render(out):
                      "%.1f us (ECDSA P-256 sign + X25519 derive), aes-256-gcm at 16 KB "
                      "%.3f ms per MB" % (len(fl["samples"]), fl["handshake_us"],
                                          fl["aes_ms_per_mb"]))
+        if fl.get("lib"):
+            lines.append("OpenSSL's own cost (bench/tlsfloor, cheaper of the samples): full "
+                         "handshake %.0f us, resumed %.0f us (server side, memory BIOs, one "
+                         "ticket, key log on); bare TLS relay %.3f ms per MB"
+                         % (fl["lib"]["full_us"], fl["lib"]["resumed_us"],
+                            fl["lib"]["relay_ms_per_mb"]))
         lines.append("  samples: " + "; ".join(
             "%.0f signs/s, %.0f derives/s, %.0f MB/s" % (s["sign_s"], s["derive_s"],
                                                          s["aes_gcm_Bps"] / 1e6)
@@ -835,6 +1027,7 @@ def run_all(args):
     try:
         try:
             floors.append(openssl_speed(args.speed_seconds))
+            floors[-1]["lib"] = tlsfloor()
             setup(run)
         except Exception as e:
             print("versus: set-up failed: %s" % e, file=sys.stderr)
@@ -847,6 +1040,7 @@ def run_all(args):
             modes.append(MODE_FUNCS[name](run))
         try:
             floors.append(openssl_speed(args.speed_seconds))
+            floors[-1]["lib"] = tlsfloor()
         except BenchError as e:
             print("versus: %s" % e, file=sys.stderr)
     finally:
@@ -901,6 +1095,11 @@ def main(argv):
                     help="seconds between the last IDLE and the sample (imapmux parks after 2)")
     ap.add_argument("--mix-conc", type=int, default=10, help="stress-mix clients")
     ap.add_argument("--mix-logins", type=int, default=300, help="stress-mix logins per run")
+    ap.add_argument("--scale-few", type=int, default=100, help="scale: the few parked sessions")
+    ap.add_argument("--scale-many", type=int, default=8000,
+                    help="scale: the many parked sessions (under max_connections = auto)")
+    ap.add_argument("--scale-batch", type=int, default=800,
+                    help="scale: sessions opened at once (Dovecot logs each in)")
     ap.add_argument("--run-time", type=int, default=60, help="imapbench -t per run, seconds")
     ap.add_argument("--speed-seconds", type=int, default=2, help="openssl speed -seconds")
     ap.add_argument("--time-limit", type=float, default=540.0,
