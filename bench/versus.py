@@ -864,8 +864,8 @@ def render_goals(modes, floor):
     by = {m["mode"]: m for m in modes}
     rows = [["target (issue #14)", "measured", "goal", "verdict", "note"]]
     for key, what, goal, ok in GOALS:
-        if not any(mode in by for mode in GOAL_MODES[key]):
-            continue    # --modes left its mode out
+        if GOAL_MODES[key] and not any(mode in by for mode in GOAL_MODES[key]):
+            continue    # --modes left its mode out (no modes: the floors alone)
         v, note = vals[key]
         dirty = [mode for mode in GOAL_MODES[key] if mode in by and any(
             errors_of(res) for res in by[mode]["results"].values())]

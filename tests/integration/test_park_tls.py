@@ -100,6 +100,18 @@ def _change_and_see_exists(m, dovecot, redis, prefix, c, user, n):
     return n + 1
 
 
+def _handed_over_and_woken(m, dovecot, redis, prefix, c, user):
+    """c (logged in as user) goes into IDLE, parks and has its TLS handed
+    over; a change wakes it, and DONE ends the IDLE. The message count."""
+    n = _select_idle(c)
+    _wait_metric(m, "imapmux_tls_handovers_total", 1, "TLS handed over")
+    n = _change_and_see_exists(m, dovecot, redis, prefix, c, user, n)
+    c.send(b"DONE\r\n")
+    _, t = c.read_until_tagged("i")
+    assert t.startswith(b"i OK"), t
+    return n
+
+
 def _tls12_ctx(ca_ctx_cert):
     ctx = lab.client_context(ca_ctx_cert)
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
@@ -174,12 +186,7 @@ def test_resumed_session_handed_over(make_mux, dovecot, redis, prefix, cert):
     c.greeting()
     assert c.sock.session_reused and c.sock.version() == "TLSv1.3"
     _ok(c, "l", "LOGIN %s %s" % (imapc.quote(user), imapc.quote(password(user))))
-    n = _select_idle(c)
-    _wait_metric(m, "imapmux_tls_handovers_total", 1, "TLS handed over")
-    n = _change_and_see_exists(m, dovecot, redis, prefix, c, user, n)
-    c.send(b"DONE\r\n")
-    _, t = c.read_until_tagged("i")
-    assert t.startswith(b"i OK"), t
+    n = _handed_over_and_woken(m, dovecot, redis, prefix, c, user)
     untagged, t = c.cmd("g", "FETCH %d BODY.PEEK[]" % n)
     assert t.startswith(b"g OK") and b"Subject: new" in b"".join(untagged), (untagged, t)
     c.close()
@@ -193,12 +200,7 @@ def test_starttls_handed_over(make_mux, dovecot, redis, prefix, ca_ctx):
     _ok(c, "t", "STARTTLS")
     c.starttls(ca_ctx)
     _ok(c, "l", "LOGIN %s %s" % (imapc.quote(user), imapc.quote(password(user))))
-    n = _select_idle(c)
-    _wait_metric(m, "imapmux_tls_handovers_total", 1, "TLS handed over")
-    n = _change_and_see_exists(m, dovecot, redis, prefix, c, user, n)
-    c.send(b"DONE\r\n")
-    _, t = c.read_until_tagged("i")
-    assert t.startswith(b"i OK"), t
+    n = _handed_over_and_woken(m, dovecot, redis, prefix, c, user)
     _ok(c, "n", "NOOP")
     c.close()
 
