@@ -75,7 +75,7 @@ bench/tlsfloor: bench/tlsfloor.c
 #   UNIT_LIBS_<name> = -lssl ...
 # Only what it names: a test that links too little fails to link.
 .SECONDEXPANSION:
-tests/unit/test_%: tests/unit/test_%.c $$(UNIT_OBJS_$$*) common/libcommon.a $(BUILD_STAMP)
+tests/unit/test_%: tests/unit/test_%.c $(wildcard tests/unit/*.h) $$(UNIT_OBJS_$$*) common/libcommon.a $(BUILD_STAMP)
 	$(CC) $(CPPFLAGS) $(if $(UNIT_OBJS_$*),-Iproxy) $(ALL_CFLAGS) -Wno-missing-prototypes \
 	    -o $@ $< $(UNIT_OBJS_$*) common/libcommon.a $(UNIT_LIBS_$*) \
 	    -lcmocka -lcrypt -lm -lev -lpthread
@@ -226,11 +226,11 @@ bench: deps all
 # Pinned: another clang-format version formats some constructs differently.
 CLANG_FORMAT ?= clang-format-14
 lint: deps
-	$(CLANG_FORMAT) --dry-run --Werror common/*.[ch] proxy/*.[ch] tests/unit/*.c tests/fuzz/*.[ch] tools/*.c \
+	$(CLANG_FORMAT) --dry-run --Werror common/*.[ch] proxy/*.[ch] tests/unit/*.[ch] tests/fuzz/*.[ch] tools/*.c \
 	    bench/*.[ch]
 
 format: deps
-	$(CLANG_FORMAT) -i common/*.[ch] proxy/*.[ch] tests/unit/*.c tests/fuzz/*.[ch] tools/*.c \
+	$(CLANG_FORMAT) -i common/*.[ch] proxy/*.[ch] tests/unit/*.[ch] tests/fuzz/*.[ch] tools/*.c \
 	    bench/*.[ch]
 
 # common/ includes nothing from proxy/, and proxy/ modules (x.c + x.h)

@@ -92,8 +92,12 @@ static void round_cb(struct ev_loop *loop, ev_timer *t, int revents)
 
 	(void)loop;
 	(void)revents;
-	if (k == NULL || !w->rt->cfg->tls_tickets || w->rds == NULL || !rds_up(w->rds) ||
-	    w->tickets.req != NULL) {
+	if (k == NULL || !w->rt->cfg->tls_tickets) {
+		/* Off: only a reload can turn tickets on; look again now and then. */
+		again(w, EVERY_MAX);
+		return;
+	}
+	if (w->rds == NULL || !rds_up(w->rds) || w->tickets.req != NULL) {
 		again(w, RETRY_AFTER);
 		return;
 	}

@@ -12,7 +12,8 @@
  * The first instance's SET of an epoch wins and every instance reads the
  * winner's key, one epoch ahead of its use. Again after a quarter of the
  * lifetime (at most 5 minutes); every second while Redis is down or has not
- * given the current key. Until then, and without [redis], tktkeys makes
+ * given the current key; every 5 minutes while tls_tickets = no (a reload
+ * may turn it on). Until then, and without [redis], tktkeys makes
  * keys of its own: tickets then open on this instance only.
  */
 #ifndef IMAPMUX_TICKETS_H

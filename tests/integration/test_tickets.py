@@ -225,3 +225,35 @@ def test_fleet_keys_rotate_in_step(make_mux, cert, redis, prefix):
     for k in redis.command("KEYS", prefix + "ticketkey:2:*"):
         assert 0 < redis.command("TTL", k) <= 6
     assert tries >= 10
+
+
+def s_client(port, cafile, tmp_path, sess_in=None, sess_out=None):
+    """One `openssl s_client` connection (TLS 1.3) that logs out; its output.
+    s_client writes -sess_out when the server sends a ticket."""
+    argv = [lab.OPENSSL, "s_client", "-connect", "127.0.0.1:%d" % port, "-tls1_3",
+            "-CAfile", cafile, "-verify_return_error", "-ign_eof"]
+    if sess_in:
+        argv += ["-sess_in", str(sess_in)]
+    if sess_out:
+        argv += ["-sess_out", str(sess_out)]
+    r = subprocess.run(argv, input=b"a LOGOUT\r\n", capture_output=True, timeout=20)
+    out = r.stdout.decode(errors="replace")
+    assert "a OK" in out, out[-2000:]
+    return out
+
+
+def test_resumed_connection_gets_a_new_ticket(make_mux, cert, tmp_path):
+    # OpenSSL's own client: each resumed connection must hand it a fresh
+    # ticket (-sess_out written), so that a client never offers one twice;
+    # a chain of resumptions, each from the previous connection's ticket.
+    m = make_mux()
+    prev = tmp_path / "s0.pem"
+    out = s_client(m.imaps_port, cert, tmp_path, sess_out=prev)
+    assert "New, TLSv1.3" in out and prev.exists()
+    for i in range(1, 4):
+        nxt = tmp_path / ("s%d.pem" % i)
+        out = s_client(m.imaps_port, cert, tmp_path, sess_in=prev, sess_out=nxt)
+        assert "Reused, TLSv1.3" in out, out[-2000:]
+        assert nxt.exists(), "resumed connection %d sent no ticket" % i
+        assert nxt.read_bytes() != prev.read_bytes()
+        prev = nxt

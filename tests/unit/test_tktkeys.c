@@ -8,11 +8,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#include <cmocka.h>
-#include <openssl/evp.h>
-#include <openssl/x509.h>
-
+#include "selfsigned.h"
 #include "tktkeys.h"
+#include <cmocka.h>
 
 #define LIFE 100
 
@@ -111,27 +109,6 @@ static void test_shared_keys(void **state)
 
 /* ---- a real resumption through the callback -------------------------------- */
 
-static EVP_PKEY *make_key(void)
-{
-	return EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-}
-
-static X509 *make_cert(EVP_PKEY *pk)
-{
-	X509 *x = X509_new();
-
-	X509_set_version(x, 2);
-	ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-	X509_gmtime_adj(X509_getm_notBefore(x), 0);
-	X509_gmtime_adj(X509_getm_notAfter(x), 3600);
-	X509_set_pubkey(x, pk);
-	X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-	                           (const unsigned char *)"t", -1, -1, 0);
-	X509_set_issuer_name(x, X509_get_subject_name(x));
-	X509_sign(x, pk, EVP_sha256());
-	return x;
-}
-
 /* Drive a client and a server over memory BIOs until both are done. */
 static void handshake(SSL *c, SSL *s)
 {
@@ -177,8 +154,6 @@ static SSL_SESSION *connect_once(SSL_CTX *cctx, SSL_CTX *sctx, SSL_SESSION *offe
 static void test_resumption(void **state)
 {
 	struct tktkeys k;
-	EVP_PKEY *pk = make_key();
-	X509 *x = make_cert(pk);
 	SSL_CTX *sctx = SSL_CTX_new(TLS_server_method()), *cctx = SSL_CTX_new(TLS_client_method());
 	SSL_CTX *other = SSL_CTX_new(TLS_server_method());
 	SSL_SESSION *s1, *s2, *s3, *s4;
@@ -188,8 +163,7 @@ static void test_resumption(void **state)
 	(void)state;
 	assert_int_equal(tktkeys_init(&k, 3600), 0);
 	for (SSL_CTX *ctx = sctx; ctx != NULL; ctx = ctx == sctx ? other : NULL) {
-		assert_int_equal(SSL_CTX_use_certificate(ctx, x), 1);
-		assert_int_equal(SSL_CTX_use_PrivateKey(ctx, pk), 1);
+		assert_int_equal(selfsigned_use(ctx), 0);
 		SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
 		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 		assert_int_equal(tktkeys_install(ctx, &k, ctx == sctx ? "imaps" : "other", 3600),
@@ -234,8 +208,6 @@ static void test_resumption(void **state)
 	SSL_CTX_free(sctx);
 	SSL_CTX_free(other);
 	SSL_CTX_free(cctx);
-	X509_free(x);
-	EVP_PKEY_free(pk);
 	tktkeys_fini(&k);
 }
 
